@@ -1,0 +1,179 @@
+"""The ``clawdbot-webhooks`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import ConfigError, Settings, find_config, load_settings
+from .plugins import PluginError, PluginSet, PluginSelection, load_plugins
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (JSON5). Default: $CLAWDBOT_WEBHOOKS_CONFIG, ~/.clawdbot/clawdbot.json, "
+    "~/.openclaw/openclaw.json.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _load(config_path: str | None) -> tuple[Settings, PluginSet]:
+    try:
+        return load_settings(config_path)
+    except ConfigError as exc:
+        where = f" in {exc.source}" if exc.source else ""
+        click.echo(f"Config errors{where}:", err=True)
+        for line in exc.errors:
+            click.echo(f"  {line}", err=True)
+        sys.exit(2)
+    except PluginError as exc:
+        click.echo(f"Plugin error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group()
+@click.version_option(__version__, prog_name="clawdbot-webhooks")
+def main() -> None:
+    """Webhooks for Clawdbot: incoming hooks become actions, events go out to URLs."""
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Listen address (default: incoming.host).")
+@click.option("--port", type=int, default=None, help="Listen port (default: incoming.port).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path: str | None, host: str | None, port: int | None, log_level: str) -> None:
+    """Run the server until SIGTERM or SIGINT (then shut down gracefully)."""
+    _logging(log_level)
+    settings, plugins = _load(config_path)
+    from .runtime import Runtime
+    from .server import serve as run
+
+    host = host or settings.incoming["host"]
+    port = settings.incoming["port"] if port is None else port
+    handlers = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
+    logging.getLogger("clawdbot_webhooks").info(
+        "listening on http://%s:%s%s/<hook-id> (handlers: %s; storage: %s)",
+        host, port, settings.incoming["basePath"], handlers, settings.storage_url,
+    )
+    run(Runtime(settings, plugins), host, port)
+
+
+@main.command()
+@config_option
+@click.option("--probe", is_flag=True, help="Also connect to the configured gateway.")
+def check(config_path: str | None, probe: bool) -> None:
+    """Validate the config, compile its templates and check its plugins."""
+    path = find_config(config_path)
+    settings, plugins = _load(config_path)
+    click.echo(f"Config OK: {path or '(built-in defaults)'}")
+    click.echo(f"  handlers: {len(settings.handlers)}, outgoing: {len(settings.outgoing)}, "
+               f"gateway: {settings.gateway['type']}, storage: {settings.storage_url}")
+    off = [i for i in plugins.infos.values() if not i.enabled]
+    for info in off:
+        click.echo(f"  plugin {info.name}: {info.reason}")
+    if probe:
+        from .runtime import Runtime
+
+        async def run_probe() -> str:
+            gateway = Runtime(settings, plugins).gateway
+            try:
+                return await gateway.probe()
+            finally:
+                await gateway.close()
+
+        try:
+            click.echo(f"Gateway OK: {asyncio.run(run_probe())}")
+        except Exception as exc:
+            click.echo(f"Gateway probe failed: {exc}", err=True)
+            sys.exit(1)
+
+
+@main.command()
+@config_option
+@json_option
+@click.option("--all", "show_all", is_flag=True, help="Include the hooks each plugin implements.")
+def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
+    """List plugins: name, distribution, version, what each registers, enabled or not."""
+    path = find_config(config_path)
+    from .config import plugin_selection, read_raw
+
+    try:
+        selection = plugin_selection(read_raw(path)) if path else PluginSelection.from_config()
+        plugin_set = load_plugins(selection)
+    except (ConfigError, PluginError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    infos = sorted(plugin_set.infos.values(), key=lambda i: (not i.builtin, i.name))
+    if as_json:
+        click.echo(json.dumps([asdict(i) for i in infos], indent=2))
+        return
+    rows = [("NAME", "DISTRIBUTION", "VERSION", "STATE", "REGISTERS")]
+    for info in infos:
+        registers = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.registers.items()))
+        if show_all and info.hooks:
+            registers += f" [hooks: {', '.join(info.hooks)}]"
+        state = "enabled" if info.enabled else f"disabled ({info.reason})"
+        rows.append((info.name, info.distribution or "-", info.version or "-", state,
+                     registers or "-"))
+    _table(rows)
+
+
+@main.command()
+@config_option
+@json_option
+@click.option("--session", default=None, help="Only this session.")
+def messages(config_path: str | None, as_json: bool, session: str | None) -> None:
+    """The local gateway's message log: what send_message sent, what the echo agent said."""
+    from .builtin.local_gateway import read_log
+
+    settings, _ = _load(config_path)
+    log = [m for m in read_log(settings.state_dir) if session is None or m["session"] == session]
+    if as_json:
+        click.echo(json.dumps(log, indent=2, ensure_ascii=False))
+        return
+    if not log:
+        click.echo("No messages yet.")
+        return
+    rows = [("TIME", "KIND", "SESSION", "TO/AGENT", "TEXT")]
+    for m in log:
+        who = f"{m['channel']}:{m['peer']}" if m["kind"] == "sent" else m["agent_id"]
+        rows.append((_time(m["at"]), m["kind"], m["session"], who or "-", m["text"]))
+    _table(rows)
+
+
+def _time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
+        click.echo("  ".join(cells).rstrip())
+
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

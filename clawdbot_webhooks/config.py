@@ -1,0 +1,610 @@
+"""Loading and validating the ``webhooks`` section of a JSON5 config file.
+
+Three passes, all of whose errors are gathered before anything is reported: the shape of the
+file (marshmallow schemas below), each handler's action options (the action's own schema), and
+template compilation. Every error names its key path, e.g.
+``webhooks.handlers[2].agentId: Missing data for required field.``
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import json5
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+from clawdbot_webhooks_hookspecs import EVENT_TYPES, Handler, Template
+
+from .plugins import PluginSelection, PluginSet
+from .retry import BACKOFF_KINDS, RetryPolicy
+from .templates import TemplateError, compile_template, make_environment
+
+CONFIG_ENV = "CLAWDBOT_WEBHOOKS_CONFIG"
+DEFAULT_PATHS = ("~/.clawdbot/clawdbot.json", "~/.openclaw/openclaw.json")
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """One or more config problems, each ``key.path: message``."""
+
+    def __init__(self, errors: Sequence[str], source: str | None = None) -> None:
+        self.errors = list(errors)
+        self.source = source
+        super().__init__("\n".join(self.errors))
+
+
+# ---------------------------------------------------------------------------------- schemas
+
+
+class CIDR(fields.String):
+    """An IP address or network (v4 or v6)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            raise ValidationError(f"not an IP address or network: {text!r}") from exc
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class RetrySchema(Strict):
+    maxAttempts = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000))
+    backoff = fields.String(load_default="exponential", validate=validate.OneOf(BACKOFF_KINDS))
+    initialDelay = fields.Float(load_default=1.0, validate=validate.Range(min=0))
+    maxDelay = fields.Float(load_default=3600.0, validate=validate.Range(min=0))
+    jitter = fields.Boolean(load_default=True)
+
+
+class IncomingSchema(Strict):
+    enabled = fields.Boolean(load_default=True)
+    host = fields.String(load_default="127.0.0.1")
+    port = fields.Integer(load_default=3011, validate=validate.Range(min=0, max=65535))
+    basePath = fields.String(load_default="/webhook", validate=validate.Regexp(r"^(/[^/?#]+)*$"))
+    secret = fields.String(load_default=None, allow_none=True)
+    secretHeader = fields.String(load_default="X-Webhook-Secret")
+    allowedIPs = fields.List(CIDR(), load_default=None, allow_none=True)
+    trustedProxies = fields.List(CIDR(), load_default=list)
+    maxBodyBytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1))
+    concurrency = fields.Integer(load_default=16, validate=validate.Range(min=1, max=10_000))
+    shutdownTimeout = fields.Float(load_default=10.0, validate=validate.Range(min=0))
+    retry = fields.Nested(RetrySchema, load_default=dict)
+
+
+class VerifySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # the verifier's own schema checks the rest
+
+    type = fields.String(required=True)
+
+
+class HandlerSchema(Schema):
+    """The keys every handler has; everything else belongs to its action's schema."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9._~-]+$"))
+    path = fields.String(load_default=None, validate=validate.Regexp(r"^/?[A-Za-z0-9._~/-]+$"))
+    action = fields.String(required=True)
+    enabled = fields.Boolean(load_default=True)
+    sessionMode = fields.String(
+        load_default="ephemeral", validate=validate.OneOf(["ephemeral", "persistent"])
+    )
+    sessionKey = fields.String(load_default=None)
+    secret = fields.String(load_default=None, allow_none=True)
+    secretHeader = fields.String(load_default=None)
+    verify = fields.Nested(VerifySchema, load_default=None)
+    mode = fields.String(load_default="async", validate=validate.OneOf(["async", "sync"]))
+    syncTimeout = fields.Float(load_default=30.0, validate=validate.Range(min=0))
+    retry = fields.Nested(RetrySchema, load_default=None)
+
+    @validates_schema
+    def _persistent_needs_key(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("sessionMode") == "persistent" and not data.get("sessionKey"):
+            raise ValidationError("required when sessionMode is 'persistent'", "sessionKey")
+
+
+class SubscriptionSchema(Strict):
+    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9._~-]+$"))
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    events = fields.List(
+        fields.String(validate=validate.OneOf([*EVENT_TYPES, "*"])),
+        required=True,
+        validate=validate.Length(min=1),
+    )
+    method = fields.String(
+        load_default="POST", validate=validate.OneOf(["POST", "PUT", "PATCH"])
+    )
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    secret = fields.String(load_default=None, allow_none=True)
+    retry = fields.Nested(RetrySchema, load_default=dict)
+    timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.001))
+    transport = fields.String(load_default="http")
+    template = fields.String(load_default=None)
+    enabled = fields.Boolean(load_default=True)
+    concurrency = fields.Integer(load_default=8, validate=validate.Range(min=1, max=1000))
+    retryOn4xx = fields.Boolean(load_default=False)
+
+
+class GatewaySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # the gateway's own options, checked by its schema when it has one
+
+    type = fields.String(load_default="local")
+
+
+class StorageSchema(Strict):
+    url = fields.String(load_default=None)
+    synchronous = fields.String(
+        load_default="NORMAL", validate=validate.OneOf(["OFF", "NORMAL", "FULL", "EXTRA"])
+    )
+
+
+class PluginsSchema(Strict):
+    disabled = fields.List(fields.String(), load_default=list)
+    enabled = fields.List(fields.String(), load_default=None)
+    settings = fields.Dict(keys=fields.String(), values=fields.Dict(), load_default=dict)
+
+
+class SessionsSchema(Strict):
+    idleTimeout = fields.Float(load_default=1800.0, validate=validate.Range(min=0))
+
+
+class TopSchema(Strict):
+    """The scalar top-level keys; each section is loaded by its own schema below."""
+
+    incoming = fields.Raw()
+    handlers = fields.List(fields.Raw(), load_default=list)
+    outgoing = fields.List(fields.Raw(), load_default=list)
+    gateway = fields.Dict(load_default=dict)
+    storage = fields.Raw()
+    plugins = fields.Raw()
+    sessions = fields.Raw()
+    strictTemplates = fields.Boolean(load_default=False)
+    stateDir = fields.String(load_default=None)
+
+
+# Sections loaded one by one, so a mistake in one does not hide the mistakes in the others.
+SECTIONS: dict[str, type[Schema]] = {
+    "incoming": IncomingSchema,
+    "storage": StorageSchema,
+    "plugins": PluginsSchema,
+    "sessions": SessionsSchema,
+}
+
+
+# ---------------------------------------------------------------------------- loaded shapes
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A handler ready to run: the plugin-visible ``Handler`` plus what the runtime needs."""
+
+    handler: Handler
+    action: Any
+    templates: dict[tuple[str, ...], Any]  # option path -> compiled template
+    session_key: Any | None
+    secret: str | None
+    secret_header: str | None
+    verify: dict[str, Any] | None
+    retry: RetryPolicy
+    sync_timeout: float
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    url: str
+    events: frozenset[str]
+    method: str
+    headers: dict[str, str]
+    secret: str | None
+    retry: RetryPolicy
+    timeout: float
+    transport: str
+    template: Any | None
+    concurrency: int
+    retry_on_4xx: bool
+
+    def wants(self, event_type: str) -> bool:
+        return "*" in self.events or event_type in self.events
+
+
+@dataclass
+class Settings:
+    """The whole validated ``webhooks`` section."""
+
+    incoming: dict[str, Any]
+    handlers: list[HandlerSpec]
+    outgoing: list[Subscription]
+    gateway: dict[str, Any]
+    storage_url: str
+    synchronous: str
+    state_dir: Path
+    idle_timeout: float
+    strict_templates: bool
+    plugin_settings: dict[str, dict[str, Any]]
+    source: str | None = None
+    routes: dict[str, HandlerSpec] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """The config file: ``--config``, then ``$CLAWDBOT_WEBHOOKS_CONFIG``, then the defaults."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env).expanduser()
+    for candidate in DEFAULT_PATHS:
+        path = Path(candidate).expanduser()
+        if path.exists():
+            return path
+    return None
+
+
+def read_raw(path: Path | None) -> dict[str, Any]:
+    """The ``webhooks`` object of a JSON5 file, with ``${VAR}`` substituted."""
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file {path}: {exc.strerror}"]) from exc
+    try:
+        document = json5.loads(text)
+    except ValueError as exc:
+        raise ConfigError([f"{path}: not valid JSON5: {exc}"]) from exc
+    if not isinstance(document, dict):
+        raise ConfigError([f"{path}: the top level must be an object"])
+    section = document.get("webhooks")
+    if section is None:
+        raise ConfigError(["webhooks: missing (only the 'webhooks' key of the file is read)"])
+    if not isinstance(section, dict):
+        raise ConfigError(["webhooks: must be an object"])
+    errors: list[str] = []
+    section = _substitute(section, "webhooks", errors)
+    if errors:
+        raise ConfigError(errors)
+    return section
+
+
+def _substitute(value: Any, path: str, errors: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name = match.group(1)
+            if name not in os.environ:
+                errors.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return os.environ[name]
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{path}.{k}", errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    return value
+
+
+def flatten_errors(messages: Any, prefix: str) -> Iterator[str]:
+    """marshmallow's nested error dict as ``key.path: message`` lines."""
+    if isinstance(messages, dict):
+        for key, inner in messages.items():
+            if key == "_schema":
+                yield from flatten_errors(inner, prefix)
+            elif isinstance(key, int):
+                yield from flatten_errors(inner, f"{prefix}[{key}]")
+            else:
+                yield from flatten_errors(inner, f"{prefix}.{key}")
+    elif isinstance(messages, list):
+        for item in messages:
+            yield from flatten_errors(item, prefix)
+    else:
+        yield f"{prefix}: {messages}"
+
+
+def plugin_selection(raw: Mapping[str, Any]) -> PluginSelection:
+    """Read just the plugin switches, before the plugins the rest of the config needs load."""
+    section = raw.get("plugins") or {}
+    disabled = section.get("disabled") or [] if isinstance(section, dict) else []
+    enabled = section.get("enabled") if isinstance(section, dict) else None
+    return PluginSelection.from_config(
+        [str(n) for n in disabled] if isinstance(disabled, list) else [],
+        [str(n) for n in enabled] if isinstance(enabled, list) else None,
+    )
+
+
+def build_settings(raw: dict[str, Any], plugins: PluginSet, source: str | None) -> Settings:
+    """Validate everything, gathering all errors, and return ready-to-run settings."""
+    errors: list[str] = []
+    data = _load(TopSchema, raw, "webhooks", errors)
+    for name, schema in SECTIONS.items():
+        data[name] = _load(schema, raw.get(name) or {}, f"webhooks.{name}", errors)
+
+    base = Path(source).parent if source else Path.cwd()
+    state_dir = _resolve(data.get("stateDir") or "~/.clawdbot/webhooks", base)
+    storage = data["storage"]
+    storage_url = storage.get("url") or f"sqlite:///{state_dir / 'webhooks.sqlite3'}"
+    if storage_url.startswith("sqlite:///") and not storage_url.startswith("sqlite:////"):
+        storage_url = f"sqlite:///{_resolve(storage_url[len('sqlite:///') :], base)}"
+
+    env = make_environment(
+        {n: f for n, f in plugins.registries.filters.items()},
+        strict=bool(data.get("strictTemplates")),
+    )
+    incoming = data["incoming"]
+    default_retry = _policy(incoming.get("retry") or {})
+    handlers = _build_handlers(data.get("handlers") or [], plugins, env, default_retry, errors)
+    outgoing = _build_outgoing(data.get("outgoing") or [], plugins, env, errors)
+    gateway = dict(data.get("gateway") or {})
+    gateway.setdefault("type", "local")
+    if not isinstance(gateway["type"], str):
+        errors.append("webhooks.gateway.type: Not a valid string.")
+    elif gateway["type"] not in plugins.registries.gateways:
+        errors.append(
+            "webhooks.gateway.type: " + _unknown(plugins, "gateways", gateway["type"], "gateway")
+        )
+    else:
+        schema = getattr(plugins.registries.gateways[gateway["type"]], "schema", None)
+        if schema is not None:
+            options = {k: v for k, v in gateway.items() if k != "type"}
+            try:
+                gateway = {"type": gateway["type"], **schema().load(options)}
+            except ValidationError as exc:
+                errors.extend(flatten_errors(exc.messages, "webhooks.gateway"))
+
+    routes: dict[str, HandlerSpec] = {}
+    for i, spec in enumerate(handlers):
+        if spec is None:
+            continue
+        for key in {spec.handler.id, spec.handler.path.lstrip("/")}:
+            other = routes.get(key)
+            if other is not None and other is not spec:
+                errors.append(
+                    f"webhooks.handlers[{i}]: route {key!r} is already used by handler "
+                    f"{other.handler.id!r}"
+                )
+            routes[key] = spec
+    seen: set[str] = set()
+    for i, sub in enumerate(outgoing):
+        if sub.id in seen:
+            errors.append(f"webhooks.outgoing[{i}].id: duplicate subscription id {sub.id!r}")
+        seen.add(sub.id)
+
+    if errors:
+        raise ConfigError(errors, source)
+    return Settings(
+        incoming=incoming,
+        handlers=[h for h in handlers if h is not None],
+        outgoing=outgoing,
+        gateway=gateway,
+        storage_url=storage_url,
+        synchronous=storage["synchronous"],
+        state_dir=state_dir,
+        idle_timeout=data["sessions"]["idleTimeout"],
+        strict_templates=bool(data.get("strictTemplates")),
+        plugin_settings=data["plugins"]["settings"],
+        source=source,
+        routes=routes,
+    )
+
+
+def _load(schema: type[Schema], value: Any, path: str, errors: list[str]) -> dict[str, Any]:
+    """Load one section; on errors record them and fall back to what was valid plus defaults."""
+    if not isinstance(value, dict):
+        errors.append(f"{path}: must be an object")
+        value = {}
+    try:
+        loaded: dict[str, Any] = schema().load(value)
+        return loaded
+    except ValidationError as exc:
+        errors.extend(flatten_errors(exc.messages, path))
+        bad = exc.messages if isinstance(exc.messages, dict) else {}
+        fallback: dict[str, Any] = schema().load(
+            {k: v for k, v in value.items() if k not in bad and k in schema().fields}
+        )
+        return fallback
+
+
+def _resolve(path: str, base: Path) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else (base / candidate).resolve()
+
+
+def _policy(given: Mapping[str, Any]) -> RetryPolicy:
+    # Loading again fills the defaults that marshmallow leaves out of a ``load_default={}``.
+    data = RetrySchema().load(dict(given))
+    return RetryPolicy(
+        max_attempts=data["maxAttempts"],
+        backoff=data["backoff"],
+        initial_delay=data["initialDelay"],
+        max_delay=data["maxDelay"],
+        jitter=data["jitter"],
+    )
+
+
+def _unknown(plugins: PluginSet, kind: str, name: str, what: str) -> str:
+    off = plugins.disabled_provider(kind, name)
+    if off is not None:
+        return f"{what} {name!r} is provided by plugin {off.name!r}, which is {off.reason}"
+    known = ", ".join(plugins.registries.of(kind).names()) or "none"
+    return f"unknown {what} {name!r} (known: {known})"
+
+
+def _template_paths(schema: Schema, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Where an action's schema declares ``Template`` fields, nested schemas included."""
+    for name, fld in schema.fields.items():
+        key = fld.data_key or name
+        if isinstance(fld, Template):
+            yield (*prefix, key)
+        elif isinstance(fld, fields.Nested) and isinstance(fld.schema, Schema):
+            yield from _template_paths(fld.schema, (*prefix, key))
+
+
+def _dig(options: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = options
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _build_handlers(
+    items: list[Any],
+    plugins: PluginSet,
+    env: Any,
+    default_retry: RetryPolicy,
+    errors: list[str],
+) -> list[HandlerSpec | None]:
+    common = set(HandlerSchema().fields)
+    specs: list[HandlerSpec | None] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        path = f"webhooks.handlers[{i}]"
+        specs.append(None)
+        if not isinstance(item, dict):
+            errors.append(f"{path}: must be an object")
+            continue
+        try:
+            base = HandlerSchema().load(item)
+        except ValidationError as exc:
+            errors.extend(flatten_errors(exc.messages, path))
+            base = None
+        name = item.get("action")
+        action = plugins.registries.actions.get(name) if isinstance(name, str) else None
+        if isinstance(name, str) and action is None:
+            errors.append(f"{path}.action: " + _unknown(plugins, "actions", name, "action"))
+        hid = item.get("id")
+        if isinstance(hid, str):
+            if hid in seen:
+                errors.append(f"{path}.id: duplicate handler id {hid!r} (also handlers[{seen[hid]}])")
+            seen.setdefault(hid, i)
+        options: dict[str, Any] | None = None
+        templates: dict[tuple[str, ...], Any] = {}
+        if action is not None:
+            schema = action.schema()
+            own = {k: v for k, v in item.items() if k not in common or k in schema.fields}
+            try:
+                options = schema.load(own, unknown=RAISE)
+            except ValidationError as exc:
+                errors.extend(flatten_errors(exc.messages, path))
+            if options is not None:
+                for tpath in _template_paths(schema):
+                    source = _dig(options, tpath)
+                    if isinstance(source, str):
+                        try:
+                            templates[tpath] = compile_template(env, source)
+                        except TemplateError as exc:
+                            errors.append(f"{path}.{'.'.join(tpath)}: {exc}")
+        session_key = None
+        if base is not None and base["sessionKey"]:
+            try:
+                session_key = compile_template(env, base["sessionKey"])
+            except TemplateError as exc:
+                errors.append(f"{path}.sessionKey: {exc}")
+                base = None
+        if base is None or options is None or action is None or not base["enabled"]:
+            continue
+        route = (base["path"] or base["id"]).lstrip("/")
+        specs[-1] = HandlerSpec(
+            handler=Handler(
+                id=base["id"],
+                path="/" + route,
+                action=base["action"],
+                options=options,
+                session_mode=base["sessionMode"],
+                mode=base["mode"],
+            ),
+            action=action,
+            templates=templates,
+            session_key=session_key,
+            secret=base["secret"],
+            secret_header=base["secretHeader"],
+            verify=base["verify"],
+            retry=_policy(base["retry"]) if base["retry"] else default_retry,
+            sync_timeout=base["syncTimeout"],
+        )
+    return specs
+
+
+def _build_outgoing(
+    items: list[Any], plugins: PluginSet, env: Any, errors: list[str]
+) -> list[Subscription]:
+    subs: list[Subscription] = []
+    for i, item in enumerate(items):
+        path = f"webhooks.outgoing[{i}]"
+        try:
+            data = SubscriptionSchema().load(item if isinstance(item, dict) else {})
+        except ValidationError as exc:
+            errors.extend(flatten_errors(exc.messages, path))
+            continue
+        if data["transport"] not in plugins.registries.transports:
+            errors.append(
+                f"{path}.transport: "
+                + _unknown(plugins, "transports", data["transport"], "transport")
+            )
+            continue
+        template = None
+        if data["template"]:
+            try:
+                template = compile_template(env, data["template"])
+            except TemplateError as exc:
+                errors.append(f"{path}.template: {exc}")
+                continue
+        if not data["enabled"]:
+            continue
+        subs.append(
+            Subscription(
+                id=data["id"],
+                url=data["url"],
+                events=frozenset(data["events"]),
+                method=data["method"],
+                headers=data["headers"],
+                secret=data["secret"],
+                retry=_policy(data["retry"]),
+                timeout=data["timeout"],
+                transport=data["transport"],
+                template=template,
+                concurrency=data["concurrency"],
+                retry_on_4xx=data["retryOn4xx"],
+            )
+        )
+    return subs
+
+
+def load_settings(
+    config: str | None, plugins_for: Any = None
+) -> tuple[Settings, PluginSet]:
+    """Find, read and validate the config, loading the plugins it selects."""
+    from .plugins import load_plugins
+
+    path = find_config(config)
+    raw = read_raw(path)
+    extra = plugins_for or ()
+    plugin_set = load_plugins(plugin_selection(raw), extra)
+    return build_settings(raw, plugin_set, str(path) if path else None), plugin_set

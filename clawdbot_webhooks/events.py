@@ -1,0 +1,84 @@
+"""The in-process event bus.
+
+``publish`` awaits the durable subscribers (the outbox writes the event's deliveries) before
+it returns, so whoever published knows the event is safe; plugin ``on_event`` hooks then run
+in the background, each isolated, so a slow or broken plugin never holds anything up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pluggy
+
+from clawdbot_webhooks_hookspecs import Event
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[Event], Awaitable[None]]
+
+
+def derived_event_id(*parts: str) -> str:
+    """An event id derived from what caused it, so a re-run after a crash repeats the same id
+    and receivers can deduplicate by it."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:26]
+    return f"evt_{digest}"
+
+
+class EventBus:
+    def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
+        self._pm = pm
+        self._durable: list[Subscriber] = []
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Add a durable subscriber: ``publish`` waits for it and lets its errors through."""
+        self._durable.append(subscriber)
+
+    async def publish(self, event: Event) -> None:
+        for subscriber in self._durable:
+            await subscriber(event)
+        self._notify_plugins(event)
+
+    def emit(self, event: Event) -> None:
+        """Publish from code that cannot await (a gateway's socket reader, a timer)."""
+        self._track(self._publish_logged(event))
+
+    async def _publish_logged(self, event: Event) -> None:
+        try:
+            await self.publish(event)
+        except Exception:
+            log.exception("event %s (%s) could not be published", event.id, event.type)
+
+    def _notify_plugins(self, event: Event) -> None:
+        if self._pm is None:
+            return
+        for impl in self._pm.hook.on_event.get_hookimpls():
+            try:
+                outcome = impl.function(event=event)
+            except Exception:
+                log.exception("plugin %r failed in on_event for %s", impl.plugin_name, event.id)
+                continue
+            if inspect.isawaitable(outcome):
+                self._track(self._guard(impl.plugin_name, event, outcome))
+
+    async def _guard(self, plugin: str, event: Event, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception:
+            log.exception("plugin %r failed in on_event for %s", plugin, event.id)
+
+    def _track(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for background notifications (at shutdown, and in tests)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)

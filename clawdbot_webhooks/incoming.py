@@ -1,0 +1,141 @@
+"""Reading an incoming request: who sent it, its body within the size limit, what it says."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Request headers never stored with a delivery: they carry credentials.
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+class Rejected(Exception):
+    """A request refused with a status code and a message for the JSON error body."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _within(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+            networks: Iterable[IPNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in networks)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: Iterable[IPNetwork]) -> str:
+    """The client's address. ``X-Forwarded-For`` counts only when the peer is a trusted proxy,
+    and then it is walked from the right past every trusted hop: the first untrusted address is
+    the client (anything further left could have been written by the client itself)."""
+    trusted = list(trusted)
+    address = _address(peer or "")
+    if address is None:
+        return peer or ""
+    if not forwarded_for or not _within(address, trusted):
+        return str(address)
+    for hop in reversed(forwarded_for.split(",")):
+        hop_address = _address(hop)
+        if hop_address is None:
+            break  # a malformed hop: stop trusting the chain at the last good address
+        address = hop_address
+        if not _within(address, trusted):
+            break
+    return str(address)
+
+
+def ip_allowed(ip: str, allowed: Iterable[IPNetwork] | None) -> bool:
+    if allowed is None:
+        return True
+    address = _address(ip)
+    return address is not None and _within(address, allowed)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refusing it (413) as soon as it is known to exceed ``limit``: from
+    Content-Length before reading anything, otherwise while reading the chunks."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise Rejected(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise Rejected(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _strict_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_body(body: bytes, content_type: str, charset: str | None) -> Any:
+    """The payload as templates see it: JSON as it is, forms as a dict, text as a string."""
+    mime = content_type.lower()
+    if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
+        if not body.strip():
+            raise Rejected(400, "empty body: expected a JSON document")
+        try:
+            return json.loads(body.decode(charset or "utf-8"), parse_constant=_strict_json_constant)
+        except UnicodeDecodeError as exc:
+            raise Rejected(400, f"body is not valid {charset or 'utf-8'}: {exc.reason}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise Rejected(400, f"invalid JSON: {exc}") from exc
+    if mime == "application/x-www-form-urlencoded":
+        try:
+            text = body.decode(charset or "utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected(400, f"form body is not valid {charset or 'utf-8'}") from exc
+        form: dict[str, Any] = {}
+        for key, value in parse_qsl(text, keep_blank_values=True):
+            if key in form:  # repeated keys become lists, as forms send them
+                previous = form[key]
+                form[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+            else:
+                form[key] = value
+        # A form with one `payload` field of JSON is how GitHub and Slack send form hooks.
+        if set(form) == {"payload"} and isinstance(form["payload"], str):
+            try:
+                form = {"payload": json.loads(form["payload"])}
+            except ValueError:
+                pass
+        return form
+    if mime.startswith("text/"):
+        try:
+            return body.decode(charset or "utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected(400, f"text body is not valid {charset or 'utf-8'}") from exc
+    if mime == "" and not body:
+        return {}
+    if mime == "":
+        raise Rejected(415, "missing Content-Type (send application/json, a form or text)")
+    raise Rejected(
+        415,
+        f"unsupported content type {content_type!r}: send application/json, "
+        "application/x-www-form-urlencoded or text/*",
+    )
+
+
+def stored_headers(headers: Mapping[str, str], secret_headers: Iterable[str]) -> dict[str, str]:
+    """Lower-cased request headers minus anything that carries a credential."""
+    drop = CREDENTIAL_HEADERS | {h.lower() for h in secret_headers}
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in drop}

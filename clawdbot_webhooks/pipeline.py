@@ -1,0 +1,295 @@
+"""From a stored delivery to its action's outcome.
+
+The server stores a delivery (leased to this process) and hands it here. ``Pipeline`` runs it:
+``on_incoming`` plugins, the session, the templates, the action; then records the outcome:
+done, retry later (backoff), or dead letter. A retry schedule lives in the store, so a delivery
+that was acknowledged but not finished runs again after a crash or restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import pluggy
+
+from clawdbot_webhooks_hookspecs import (
+    DROP,
+    ActionContext,
+    ActionError,
+    Delivery,
+    Event,
+    Gateway,
+    GatewayError,
+    utc_timestamp,
+)
+
+from .config import HandlerSpec, Settings
+from .events import EventBus, derived_event_id
+from .incoming import parse_body
+from .sessions import Sessions
+from .store import IncomingRecord, Store
+from .templates import context_for
+
+log = logging.getLogger(__name__)
+
+#: How long a claimed delivery stays ours before another process may take it over.
+LEASE_SECONDS = 300.0
+#: How often stored work (retries, work of a dead process) is looked for at the latest.
+POLL_SECONDS = 1.0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        pm: pluggy.PluginManager,
+        store: Store,
+        gateway: Gateway,
+        bus: EventBus,
+        sessions: Sessions,
+        http: Any,
+    ) -> None:
+        self.settings = settings
+        self._pm = pm
+        self._store = store
+        self._gateway = gateway
+        self._bus = bus
+        self._sessions = sessions
+        self._http = http
+        self._slots = asyncio.Semaphore(settings.incoming["concurrency"])
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, asyncio.Future[Any]] = {}
+        self._wake = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._running: set[str] = set()
+        self._closing = False
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._poller = asyncio.create_task(self._poll(), name="inbox-poller")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking work, let running actions finish within ``timeout``, leave the rest
+        stored for the next start (their leases are released then)."""
+        self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("%d actions did not finish in time; they run again at next start",
+                            len(pending))
+                await asyncio.wait(pending, timeout=1)
+
+    # -- intake
+
+    def submit(
+        self, record: IncomingRecord, payload: Any = None, *, wait: bool = False
+    ) -> asyncio.Future[Any] | None:
+        """Run a freshly stored (already leased) delivery; with ``wait``, a future of its
+        result. While closing nothing starts: the stored delivery runs at the next start."""
+        if self._closing:
+            return None
+        waiter: asyncio.Future[Any] | None = None
+        if wait:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[record.id] = waiter
+        self._spawn(record, payload)
+        return waiter
+
+    def _spawn(self, record: IncomingRecord, payload: Any = None) -> None:
+        self._running.add(record.id)
+        task = asyncio.create_task(self._run(record, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _poll(self) -> None:
+        """Pick up stored work that is due: retries, and work left by a stopped process."""
+        while not self._closing:
+            try:
+                free = max(0, self.settings.incoming["concurrency"] * 4 - len(self._tasks))
+                if free:
+                    for record in await self._store.claim_incoming(free, LEASE_SECONDS):
+                        if record.id not in self._running:
+                            self._spawn(record)
+                due = await self._store.next_incoming_due()
+            except Exception:
+                log.exception("could not read the inbox; trying again")
+                due = None
+            wait = POLL_SECONDS if due is None else min(POLL_SECONDS, max(0.0, due - time.time()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- running one delivery
+
+    async def _run(self, record: IncomingRecord, payload: Any) -> None:
+        spec = self.settings.routes.get(record.hook_id)
+        try:
+            if spec is None:
+                await self._dead(record, f"handler {record.hook_id!r} is no longer configured",
+                                 None)
+                return
+            async with self._sessions.lock(record.session), self._slots:
+                await self._attempt(record, spec, payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store failed: the lease expires and it runs again
+            log.exception("delivery %s could not be recorded: %r", record.id, exc)
+            self._settle(record.id, exc)
+        finally:
+            self._running.discard(record.id)
+
+    async def _attempt(self, record: IncomingRecord, spec: HandlerSpec, payload: Any) -> None:
+        handler = spec.handler
+        attempt = record.attempts + 1
+        if payload is None:
+            ctype, _, params = record.content_type.partition(";")
+            charset = params.partition("charset=")[2].strip() or None
+            payload = parse_body(record.body, ctype.strip(), charset)
+        delivery = Delivery(
+            id=record.id,
+            hook_id=handler.id,
+            received_at=record.received_at,
+            content_type=record.content_type,
+            body=record.body,
+            payload=payload,
+            headers=record.headers,
+            query=record.query,
+            client_ip=record.client_ip,
+            session=record.session,
+            attempt=attempt,
+        )
+        await self._sessions.begin(
+            record.session, handler.id, handler.session_mode == "persistent", record.id
+        )
+        try:
+            outcome = await self._act(delivery, spec)
+        except Exception as exc:
+            retry = getattr(exc, "retry", True)
+            reason = _describe(exc)
+            if not retry or spec.retry.gives_up_after(attempt):
+                await self._dead(record, reason, spec, attempts=attempt)
+                await self._sessions.finish(record.session, record.id)
+            else:
+                delay = spec.retry.delay(attempt)
+                log.warning("delivery %s attempt %d failed (%s); retrying in %.2fs",
+                            record.id, attempt, reason, delay)
+                await self._store.finish_incoming(
+                    record.id, "pending", attempts=attempt, error=reason,
+                    retry_at=time.time() + delay,
+                )
+                await self._sessions.finish(record.session, record.id)
+                self.wake()
+            return
+        if outcome is DROP:
+            await self._store.finish_incoming(record.id, "dropped", attempts=attempt)
+            self._settle(record.id, {"dropped": True})
+        else:
+            await self._store.finish_incoming(record.id, "done", attempts=attempt, result=outcome)
+            self._settle(record.id, outcome)
+        await self._sessions.finish(record.session, record.id)
+
+    async def _act(self, delivery: Delivery, spec: HandlerSpec) -> Any:
+        handler = spec.handler
+        for impl in self._pm.hook.on_incoming.get_hookimpls():
+            try:
+                changed = impl.function(delivery=delivery, handler=handler)
+            except Exception as exc:
+                raise ActionError(f"plugin {impl.plugin_name!r} failed in on_incoming: {exc!r}")\
+                    from exc
+            if changed is DROP:
+                log.info("delivery %s dropped by plugin %r", delivery.id, impl.plugin_name)
+                return DROP
+            if isinstance(changed, Delivery):
+                delivery = replace(changed, id=delivery.id, session=delivery.session)
+        options = self._render(spec, delivery)
+        text = options.get("template")
+        if isinstance(text, str):
+            await self._bus.publish(
+                Event(
+                    "message_received",
+                    {"from": f"webhook:{handler.id}", "text": text, "timestamp": utc_timestamp()},
+                    session=delivery.session,
+                    causation=delivery.id,
+                    id=derived_event_id(delivery.id, "message_received"),
+                )
+            )
+        ctx = ActionContext(
+            delivery=delivery,
+            handler=handler,
+            options=options,
+            session=delivery.session,
+            idempotency_key=delivery.id,
+            gateway=self._gateway,
+            http=self._http,
+            publish=self._bus.publish,
+            logger=logging.getLogger(f"clawdbot_webhooks.action.{handler.action}"),
+        )
+        return await spec.action.run(ctx)
+
+    def _render(self, spec: HandlerSpec, delivery: Delivery) -> dict[str, Any]:
+        """The action's options with every template rendered for this delivery."""
+        options: dict[str, Any] = copy.deepcopy(dict(spec.handler.options))
+        if not spec.templates:
+            return options
+        context = context_for(delivery, spec.handler)
+        for path, template in spec.templates.items():
+            try:
+                text = template.render(context)
+            except Exception as exc:  # strict undefined, a filter's error, the sandbox
+                raise ActionError(f"template {'.'.join(path)}: {exc}", retry=False) from exc
+            target: Any = options
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = text
+        return options
+
+    async def _dead(self, record: IncomingRecord, reason: str, spec: HandlerSpec | None,
+                    attempts: int | None = None) -> None:
+        n = attempts if attempts is not None else record.attempts
+        log.error("delivery %s to %s dead-lettered after %d attempts: %s",
+                  record.id, record.hook_id, n, reason)
+        await self._store.finish_incoming(record.id, "dead", attempts=n, error=reason)
+        self._settle(record.id, ActionError(reason, retry=False))
+        await self._bus.publish(
+            Event(
+                "error",
+                {"kind": "incoming", "hook": record.hook_id, "delivery": record.id,
+                 "attempts": n, "error": reason},
+                session=record.session,
+                causation=record.id,
+                id=derived_event_id(record.id, "error", str(n)),
+            )
+        )
+
+    def _settle(self, delivery_id: str, outcome: Any) -> None:
+        waiter = self._waiters.pop(delivery_id, None)
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ActionError | GatewayError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+

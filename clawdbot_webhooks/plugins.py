@@ -1,0 +1,302 @@
+"""The plugin manager: which plugins load, in which order, and what each one registers.
+
+Load order (DESIGN §3): block disabled names, load entry points, register built-ins,
+``check_pending()``. Registration hooks are called one plugin at a time so every registered
+name remembers its owner, which is what makes a clash error name both plugins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any, Generic, TypeVar
+
+import pluggy
+from clawdbot_webhooks_hookspecs import PROJECT_NAME, specs
+
+log = logging.getLogger(__name__)
+
+#: Built-in plugins: (plugin name, module). They register exactly like third-party ones.
+BUILTINS: tuple[tuple[str, str], ...] = (
+    ("builtin-actions", "clawdbot_webhooks.builtin.actions"),
+    ("builtin-filters", "clawdbot_webhooks.builtin.filters"),
+    ("builtin-verifiers", "clawdbot_webhooks.builtin.verifiers"),
+    ("local-gateway", "clawdbot_webhooks.builtin.local_gateway"),
+    ("http-transport", "clawdbot_webhooks.builtin.http_transport"),
+)
+
+#: Comma-separated plugin names; when set it replaces the config's enabled/disabled lists.
+LOAD_PLUGINS_ENV = "CLAWDBOT_WEBHOOKS_LOAD_PLUGINS"
+
+#: The registration hooks and the registry each one fills.
+KINDS = {
+    "register_actions": "actions",
+    "register_template_filters": "filters",
+    "register_transports": "transports",
+    "register_verifiers": "verifiers",
+    "register_gateways": "gateways",
+}
+
+T = TypeVar("T")
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or registered something that clashes."""
+
+
+class Registry(Generic[T]):
+    """Names to registered objects, each remembering the plugin that registered it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self.owners: dict[str, str] = {}
+
+    def add(self, name: str, item: T, owner: str) -> None:
+        if name in self._items:
+            raise PluginError(
+                f"{self.kind[:-1]} {name!r} is registered by both plugin "
+                f"{self.owners[name]!r} and plugin {owner!r}; disable one of them in "
+                "webhooks.plugins.disabled"
+            )
+        self._items[name] = item
+        self.owners[name] = owner
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __getitem__(self, name: str) -> T:
+        return self._items[name]
+
+    def get(self, name: str) -> T | None:
+        return self._items.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def items(self) -> Iterable[tuple[str, T]]:
+        return self._items.items()
+
+
+@dataclass
+class Registries:
+    actions: Registry[Any] = field(default_factory=lambda: Registry("actions"))
+    filters: Registry[Callable[..., Any]] = field(default_factory=lambda: Registry("filters"))
+    transports: Registry[Any] = field(default_factory=lambda: Registry("transports"))
+    verifiers: Registry[Any] = field(default_factory=lambda: Registry("verifiers"))
+    gateways: Registry[Any] = field(default_factory=lambda: Registry("gateways"))
+
+    def of(self, kind: str) -> Registry[Any]:
+        registry: Registry[Any] = getattr(self, kind)
+        return registry
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``clawdbot-webhooks plugins`` shows it."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    enabled: bool
+    reason: str
+    registers: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PluginSelection:
+    """Which plugins the user switched on or off."""
+
+    disabled: frozenset[str] = frozenset()
+    enabled: frozenset[str] | None = None  # an allowlist of third-party plugins when set
+    from_env: bool = False
+
+    @classmethod
+    def from_config(
+        cls, disabled: Sequence[str] = (), enabled: Sequence[str] | None = None
+    ) -> PluginSelection:
+        env = os.environ.get(LOAD_PLUGINS_ENV)
+        if env is not None:
+            names = frozenset(n.strip() for n in env.split(",") if n.strip())
+            return cls(enabled=names, from_env=True)
+        return cls(frozenset(disabled), None if enabled is None else frozenset(enabled))
+
+    def why_off(self, name: str, builtin: bool) -> str | None:
+        """The reason a plugin is off, or None when it loads."""
+        where = LOAD_PLUGINS_ENV if self.from_env else "webhooks.plugins"
+        if name in self.disabled:
+            return f"disabled in {where}.disabled"
+        if not builtin and self.enabled is not None and name not in self.enabled:
+            return f"not listed in {LOAD_PLUGINS_ENV}" if self.from_env else (
+                f"not listed in {where}.enabled"
+            )
+        return None
+
+
+@dataclass
+class PluginSet:
+    """A loaded plugin manager and everything its plugins registered."""
+
+    pm: pluggy.PluginManager
+    registries: Registries
+    infos: dict[str, PluginInfo]
+    selection: PluginSelection
+
+    def disabled_provider(self, kind: str, name: str) -> PluginInfo | None:
+        """The switched-off plugin that would register ``name``, found on the error path only."""
+        for info in self.infos.values():
+            if not info.enabled and name in info.registers.get(kind, []):
+                return info
+        return None
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=PROJECT_NAME))
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(specs)
+    return pm
+
+
+def _collect(pm: pluggy.PluginManager, registries: Registries) -> dict[str, dict[str, list[str]]]:
+    """Call each registration hook plugin by plugin so every name knows its owner."""
+    registered: dict[str, dict[str, list[str]]] = {}
+    for hook_name, kind in KINDS.items():
+        caller = getattr(pm.hook, hook_name)
+        for impl in caller.get_hookimpls():
+            owner = impl.plugin_name
+
+            def register(name: str, item: Any, _owner: str = owner, _kind: str = kind) -> None:
+                registries.of(_kind).add(name, item, _owner)
+                registered.setdefault(_owner, {}).setdefault(_kind, []).append(name)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {owner!r} failed in {hook_name}: {exc!r}") from exc
+    return registered
+
+
+def _dist_of(plugin: object) -> tuple[str | None, str | None]:
+    module = getattr(plugin, "__name__", "") or type(plugin).__module__
+    top = module.split(".")[0]
+    for dist_name in metadata.packages_distributions().get(top, []):
+        try:
+            return dist_name, metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
+def _hooks_of(plugin: object) -> list[str]:
+    return sorted(
+        name for name in dir(plugin) if name in KINDS or name in ("on_incoming", "on_event")
+    )
+
+
+def load_plugins(
+    selection: PluginSelection | None = None,
+    extra: Sequence[tuple[str, ModuleType | object]] = (),
+) -> PluginSet:
+    """Build the plugin manager.
+
+    :param selection: which plugins are switched on or off.
+    :param extra: (name, plugin) pairs registered after the built-ins, as if they came from an
+        entry point; tests use this to add inline plugins.
+    """
+    selection = selection or PluginSelection()
+    pm = _new_manager()
+    infos: dict[str, PluginInfo] = {}
+    off: list[tuple[str, object, bool]] = []
+
+    # 1. block disabled names, 2. load entry points
+    for ep in _entry_points():
+        builtin = False
+        reason = selection.why_off(ep.name, builtin)
+        dist = ep.dist.name if ep.dist else None
+        version = ep.dist.version if ep.dist else None
+        if reason is not None:
+            pm.set_blocked(ep.name)
+            infos[ep.name] = PluginInfo(ep.name, dist, version, builtin, False, reason)
+            off.append((ep.name, ep, builtin))
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(f"plugin {ep.name!r} ({dist}) failed to import: {exc!r}") from exc
+        pm.register(plugin, name=ep.name)
+        infos[ep.name] = PluginInfo(ep.name, dist, version, builtin, True, "installed")
+
+    # 3. register built-ins, then inline extras
+    for name, module_name in BUILTINS:
+        reason = selection.why_off(name, True)
+        if reason is not None:
+            infos[name] = PluginInfo(name, "clawdbot-webhooks", _own_version(), True, False, reason)
+            off.append((name, module_name, True))
+            continue
+        pm.register(importlib.import_module(module_name), name=name)
+        infos[name] = PluginInfo(name, "clawdbot-webhooks", _own_version(), True, True, "built in")
+    for name, plugin in extra:
+        reason = selection.why_off(name, False)
+        if reason is not None:
+            infos[name] = PluginInfo(name, None, None, False, False, reason)
+            off.append((name, plugin, False))
+            continue
+        pm.register(plugin, name=name)
+        dist, version = _dist_of(plugin)
+        infos[name] = PluginInfo(name, dist, version, False, True, "registered inline")
+
+    # 4. check_pending: a misspelt hook name fails loudly instead of never being called
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc)) from exc
+
+    registries = Registries()
+    for owner, kinds in _collect(pm, registries).items():
+        infos[owner].registers = kinds
+    for name, plugin in pm.list_name_plugin():
+        if name in infos:
+            infos[name].hooks = _hooks_of(plugin)
+    _describe_off(off, infos)
+    return PluginSet(pm, registries, infos, selection)
+
+
+def _describe_off(off: list[tuple[str, object, bool]], infos: dict[str, PluginInfo]) -> None:
+    """Find out what switched-off plugins would register, so listings and errors can say it.
+
+    Each one is loaded alone into a scratch manager whose registrations go nowhere.
+    """
+    for name, source, _builtin in off:
+        try:
+            if isinstance(source, metadata.EntryPoint):
+                plugin = source.load()
+            elif isinstance(source, str):
+                plugin = importlib.import_module(source)
+            else:
+                plugin = source
+            scratch = _new_manager()
+            scratch.register(plugin, name=name)
+            infos[name].registers = _collect(scratch, Registries()).get(name, {})
+            infos[name].hooks = _hooks_of(plugin)
+        except Exception as exc:  # a broken disabled plugin must not stop anything
+            log.debug("could not inspect disabled plugin %s: %r", name, exc)
+
+
+def _own_version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,80 @@
+"""The runtime: config, plugins, store, gateway, event bus and pipeline, started and stopped
+together. The HTTP server and the CLI both work through it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+
+from clawdbot_webhooks_hookspecs import Gateway, GatewayEnv
+
+from .config import Settings
+from .events import EventBus
+from .pipeline import Pipeline
+from .plugins import PluginSet
+from .sessions import Sessions
+from .store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, plugins: PluginSet) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.bus = EventBus(plugins.pm)
+        self.store: Store = open_store(settings.storage_url, settings.synchronous)
+        self.sessions = Sessions(self.bus, settings.idle_timeout)
+        self.gateway: Gateway = self._make_gateway()
+        self.http: aiohttp.ClientSession | None = None
+        self.pipeline: Pipeline | None = None
+        self.accepting = False
+
+    def _make_gateway(self) -> Gateway:
+        options = dict(self.settings.gateway)
+        factory = self.plugins.registries.gateways[options.pop("type")]
+        env = GatewayEnv(
+            state_dir=str(self.settings.state_dir),
+            emit=self.bus.emit,
+            logger=logging.getLogger("clawdbot_webhooks.gateway"),
+        )
+        gateway: Gateway = factory(options, env)
+        return gateway
+
+    async def start(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        # SQLite belongs to one process: whatever a killed predecessor had claimed is ours now.
+        await self.store.release_leases()
+        self.http = aiohttp.ClientSession()
+        await self.gateway.start()
+        self.pipeline = Pipeline(
+            self.settings, self.plugins.pm, self.store, self.gateway, self.bus, self.sessions,
+            self.http,
+        )
+        self.pipeline.start()
+        self.accepting = True
+
+    async def stop(self) -> None:
+        self.accepting = False
+        if self.pipeline is not None:
+            await self.pipeline.stop(self.settings.incoming["shutdownTimeout"])
+        await self.bus.drain(timeout=5)
+        self.sessions.close()
+        await self.gateway.close()
+        for _, transport in self.plugins.registries.transports.items():
+            close = getattr(transport, "close", None)
+            if close is not None:
+                await _quietly(close())
+        if self.http is not None:
+            await self.http.close()
+        await self.store.close()
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("error while closing")

@@ -1,0 +1,230 @@
+"""The incoming HTTP server (aiohttp): routes, status codes and error bodies of DESIGN §5.
+
+A request goes: method (405) → client address (403) → route (404) → body within the limit
+(413) → authentication (401) → content type and parsing (415/400) → duplicate check (200) →
+stored durably (503 when that fails) → 202, and the pipeline takes it from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
+
+from .config import HandlerSpec
+from .incoming import Rejected, client_ip, ip_allowed, parse_body, read_body, stored_headers
+from .pipeline import LEASE_SECONDS
+from .runtime import Runtime
+from .sessions import ephemeral_session
+from .store import IncomingRecord, StoreUnavailable
+from .templates import context_for
+
+log = logging.getLogger(__name__)
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+#: Headers whose value identifies a delivery at its sender, so a repeat is recognised.
+DELIVERY_ID_HEADERS = ("webhook-id", "svix-id", "x-github-delivery", "idempotency-key")
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"ok": False, "error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error this server answers is JSON, including aiohttp's own 404/405."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error(exc.status, exc.reason, headers)
+
+
+def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, ip: str) -> str:
+    """Authenticate; returns the sender's delivery id when the scheme carries one."""
+    verifiers = rt.plugins.registries.verifiers
+    incoming = rt.settings.incoming
+    if spec.verify is not None:
+        name, options = spec.verify["type"], spec.verify
+    elif spec.secret or incoming["secret"]:
+        name = "shared-secret"
+        options = {
+            "secret": spec.secret or incoming["secret"],
+            "header": spec.secret_header or incoming["secretHeader"],
+        }
+    else:
+        return ""
+    signed = SignedRequest(
+        method=request.method,
+        path=request.path,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+        client_ip=ip,
+        now=time.time(),
+    )
+    try:
+        return verifiers[name].verify(signed, options) or ""
+    except VerificationError as exc:
+        raise Rejected(401, str(exc)) from exc
+
+
+def _secret_headers(rt: Runtime, spec: HandlerSpec) -> list[str]:
+    names = [rt.settings.incoming["secretHeader"]]
+    if spec.secret_header:
+        names.append(spec.secret_header)
+    return names
+
+
+async def receive(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    if request.method != "POST":
+        return error(405, f"method {request.method} not allowed; use POST", {"Allow": "POST"})
+    incoming = rt.settings.incoming
+    try:
+        ip = client_ip(
+            request.remote, request.headers.get("X-Forwarded-For"), incoming["trustedProxies"]
+        )
+        if not ip_allowed(ip, incoming["allowedIPs"]):
+            raise Rejected(403, f"client address {ip} is not allowed")
+        hook_id = request.match_info["hook_id"]
+        spec = rt.settings.routes.get(hook_id)
+        if spec is None:
+            raise Rejected(404, f"no handler for hook {hook_id!r}")
+        if not rt.accepting:
+            raise Rejected(503, "shutting down; try again shortly", {"Retry-After": "5"})
+        body = await read_body(request, incoming["maxBodyBytes"])
+        sender_id = _verify(rt, spec, request, body, ip)
+        raw_type = request.headers.get("Content-Type", "")
+        mime, _, params = raw_type.partition(";")
+        charset = params.partition("charset=")[2].strip().strip('"') or None
+        payload = parse_body(body, mime.strip(), charset)
+        headers = stored_headers(request.headers, _secret_headers(rt, spec))
+        dedup = sender_id or next((headers[h] for h in DELIVERY_ID_HEADERS if h in headers), None)
+        record = IncomingRecord(
+            id=new_id("dlv"),
+            hook_id=spec.handler.id,
+            received_at=time.time(),
+            content_type=raw_type,
+            body=body,
+            headers=headers,
+            query=dict(request.query),
+            client_ip=ip,
+            session="",
+            dedup_key=dedup,
+        )
+        record.session = _session_for(spec, record, payload)
+        try:
+            stored = await rt.store.add_incoming(record, LEASE_SECONDS)
+            original = None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
+        except StoreUnavailable as exc:
+            log.error("delivery to %s refused: %s", spec.handler.id, exc)
+            raise Rejected(503, "storage unavailable; nothing was accepted",
+                           {"Retry-After": "5"}) from exc
+    except Rejected as exc:
+        return error(exc.status, exc.message, exc.headers)
+    if not stored:
+        return web.json_response({"ok": True, "duplicate": True, "id": original}, status=200)
+    assert rt.pipeline is not None
+    sync = spec.handler.mode == "sync"
+    waiter = rt.pipeline.submit(record, payload, wait=sync)
+    answer: dict[str, Any] = {"ok": True, "id": record.id, "session": record.session}
+    if waiter is not None:
+        try:
+            answer["result"] = await asyncio.wait_for(asyncio.shield(waiter), spec.sync_timeout)
+            return web.json_response(answer, status=200, dumps=_dumps)
+        except TimeoutError:
+            answer["pending"] = True
+        except Exception as exc:
+            answer["error"] = str(exc)
+    return web.json_response(answer, status=202)
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str:
+    if spec.handler.session_mode != "persistent" or spec.session_key is None:
+        return ephemeral_session()
+    from clawdbot_webhooks_hookspecs import Delivery
+
+    delivery = Delivery(
+        record.id, record.hook_id, record.received_at, record.content_type, record.body,
+        payload, record.headers, record.query, record.client_ip, "",
+    )
+    try:
+        key = str(spec.session_key.render(context_for(delivery, spec.handler))).strip()
+    except Exception as exc:
+        raise Rejected(400, f"sessionKey template failed for this payload: {exc}") from exc
+    if not key:
+        raise Rejected(400, "sessionKey template rendered empty for this payload")
+    return key
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    checks: dict[str, str] = {}
+    try:
+        await rt.store.count_incoming("pending")
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"unavailable: {exc}"
+    ready = rt.accepting and all(v == "ok" for v in checks.values())
+    return web.json_response({"ok": ready, "checks": checks}, status=200 if ready else 503)
+
+
+def make_app(runtime: Runtime) -> web.Application:
+    """The app factory. The runtime starts with the app and stops after the server has
+    stopped taking requests and finished the ones in flight."""
+    incoming = runtime.settings.incoming
+    app = web.Application(
+        middlewares=[json_errors], client_max_size=incoming["maxBodyBytes"] + 1
+    )
+    app[RUNTIME] = runtime
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await runtime.start()
+        yield
+        await runtime.stop()
+
+    async def stop_accepting(app: web.Application) -> None:
+        runtime.accepting = False
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(stop_accepting)
+    base = incoming["basePath"].rstrip("/")
+    app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def serve(runtime: Runtime, host: str, port: int) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    app = make_app(runtime)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        access_log=None,
+        shutdown_timeout=runtime.settings.incoming["shutdownTimeout"],
+        print=lambda text: log.info("%s", text.strip()),
+        handle_signals=True,
+    )

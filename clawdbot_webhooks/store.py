@@ -1,0 +1,539 @@
+"""Durable storage: the inbox of incoming deliveries, the outbox of outgoing ones, their
+attempts and dead letters.
+
+``Store`` is the interface the rest of the runtime uses; ``open_store`` picks the backend from
+``storage.url``. The SQLite backend keeps one connection in one writer thread and commits
+whatever requests are queued together in a single transaction (group commit): a request's
+future resolves only after its transaction is committed, which is what lets the server answer
+202 only for deliveries that are on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes (closed, shutting down, or the database is gone)."""
+
+
+@dataclass(slots=True)
+class IncomingRecord:
+    id: str
+    hook_id: str
+    received_at: float
+    content_type: str
+    body: bytes
+    headers: dict[str, str]
+    query: dict[str, str]
+    client_ip: str
+    session: str
+    status: str = "pending"
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    result: Any = None
+    dedup_key: str | None = None
+
+
+@dataclass(slots=True)
+class OutgoingRecord:
+    id: str
+    event_id: str
+    subscription_id: str
+    event_type: str
+    session: str | None
+    payload: bytes
+    created_at: float
+    status: str = "pending"
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class Attempt:
+    delivery_id: str
+    number: int
+    at: float
+    status: int | None
+    latency_ms: float
+    response: str | None
+    error: str | None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    id: str
+    kind: str  # "incoming" | "outgoing"
+    target: str  # hook id or subscription id
+    created_at: float
+    attempts: int
+    error: str | None
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    id TEXT PRIMARY KEY,
+    hook_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    query TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    session TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    result TEXT,
+    finished_at REAL,
+    dedup_key TEXT
+);
+CREATE INDEX IF NOT EXISTS inbox_due ON inbox (status, next_attempt_at);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_dedup ON inbox (hook_id, dedup_key)
+    WHERE dedup_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    session TEXT,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (subscription_id, session, seq);
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    at REAL NOT NULL,
+    status INTEGER,
+    latency_ms REAL NOT NULL,
+    response TEXT,
+    error TEXT,
+    PRIMARY KEY (delivery_id, number)
+);
+"""
+
+_INBOX_COLUMNS = (
+    "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
+    "status, attempts, next_attempt_at, last_error, result, dedup_key"
+)
+_OUTBOX_COLUMNS = (
+    "id, event_id, subscription_id, event_type, session, payload, created_at, status, "
+    "attempts, next_attempt_at, last_error, seq"
+)
+
+
+def _incoming(row: sqlite3.Row | tuple[Any, ...]) -> IncomingRecord:
+    (id_, hook, received, ctype, body, headers, query, ip, session, status, attempts, due,
+     error, result, dedup) = row
+    return IncomingRecord(
+        id_, hook, received, ctype, bytes(body), json.loads(headers), json.loads(query), ip,
+        session, status, attempts, due, error, None if result is None else json.loads(result),
+        dedup,
+    )
+
+
+def _outgoing(row: tuple[Any, ...]) -> OutgoingRecord:
+    (id_, event_id, sub, etype, session, payload, created, status, attempts, due, error,
+     seq) = row
+    return OutgoingRecord(
+        id_, event_id, sub, etype, session, bytes(payload), created, status, attempts, due,
+        error, seq,
+    )
+
+
+class SQLiteStore:
+    """SQLite in WAL mode behind one writer thread that group-commits queued requests."""
+
+    #: How many queued requests one transaction takes at most.
+    BATCH = 512
+
+    def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Any] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = True
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, args=(asyncio.get_running_loop(), ready), daemon=True,
+            name="sqlite-writer",
+        )
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except Exception as exc:
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            outcomes: list[tuple[Any, Any, BaseException | None]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, future in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        outcomes.append((future, fn(conn), None))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        outcomes.append((future, None, exc))
+                conn.execute("COMMIT")
+            except Exception as exc:  # the whole transaction failed: nobody's work is stored
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                failure = StoreUnavailable(f"database write failed: {exc}")
+                outcomes = [(future, None, failure) for _, future in batch]
+            for future, result, error in outcomes:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+        conn.close()
+
+    async def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((fn, future))
+        return await future
+
+    # -- inbox
+
+    async def add_incoming(self, record: IncomingRecord, lease: float) -> bool:
+        """Store a new delivery, leased to this process. False when its dedup key was seen."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            try:
+                conn.execute(
+                    f"INSERT INTO inbox ({_INBOX_COLUMNS}, lease_until) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        record.id, record.hook_id, record.received_at, record.content_type,
+                        record.body, json.dumps(record.headers), json.dumps(record.query),
+                        record.client_ip, record.session, record.status, record.attempts,
+                        record.next_attempt_at, record.last_error, None, record.dedup_key,
+                        time.time() + lease,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                if record.dedup_key is None:
+                    raise
+                return False
+            return True
+
+        return await self._do(op)
+
+    async def find_duplicate(self, hook_id: str, dedup_key: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT id FROM inbox WHERE hook_id=? AND dedup_key=?", (hook_id, dedup_key)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._do(op)
+
+    async def claim_incoming(self, limit: int, lease: float) -> list[IncomingRecord]:
+        """Due deliveries whose lease is free, leased to this process, oldest first."""
+
+        def op(conn: sqlite3.Connection) -> list[IncomingRecord]:
+            now = time.time()
+            rows = conn.execute(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE status='pending' "
+                "AND next_attempt_at<=? AND lease_until<=? ORDER BY received_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE inbox SET lease_until=? WHERE id=?", [(now + lease, r[0]) for r in rows]
+            )
+            return [_incoming(r) for r in rows]
+
+        return await self._do(op)
+
+    async def next_incoming_due(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM inbox WHERE status='pending'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._do(op)
+
+    async def finish_incoming(
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        result: Any = None,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        """Record an action's outcome: done, dead, dropped, or pending again at ``retry_at``."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, "
+                "next_attempt_at=?, lease_until=0, finished_at=? WHERE id=?",
+                (
+                    status, attempts, None if result is None else json.dumps(result, default=str),
+                    error, retry_at or 0, None if status == "pending" else time.time(),
+                    delivery_id,
+                ),
+            )
+
+        await self._do(op)
+
+    async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
+        def op(conn: sqlite3.Connection) -> IncomingRecord | None:
+            row = conn.execute(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE id=?", (delivery_id,)
+            ).fetchone()
+            return None if row is None else _incoming(row)
+
+        return await self._do(op)
+
+    async def release_leases(self) -> None:
+        """Free every lease. Only right for a store one process owns (SQLite), at start-up."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE inbox SET lease_until=0 WHERE status='pending'")
+            conn.execute("UPDATE outbox SET lease_until=0 WHERE status='pending'")
+
+        await self._do(op)
+
+    async def count_incoming(self, status: str | None = None) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            if status is None:
+                return int(conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
+            return int(
+                conn.execute("SELECT COUNT(*) FROM inbox WHERE status=?", (status,)).fetchone()[0]
+            )
+
+        return await self._do(op)
+
+    # -- outbox
+
+    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            until = time.time() + lease
+            conn.executemany(
+                "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, "
+                "payload, created_at, status, attempts, next_attempt_at, lease_until) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        r.id, r.event_id, r.subscription_id, r.event_type, r.session, r.payload,
+                        r.created_at, r.status, r.attempts, r.next_attempt_at, until,
+                    )
+                    for r in records
+                ],
+            )
+
+        await self._do(op)
+
+    async def claim_outgoing(self, limit: int, lease: float) -> list[OutgoingRecord]:
+        def op(conn: sqlite3.Connection) -> list[OutgoingRecord]:
+            now = time.time()
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status='pending' "
+                "AND next_attempt_at<=? AND lease_until<=? ORDER BY seq LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET lease_until=? WHERE id=?", [(now + lease, r[0]) for r in rows]
+            )
+            return [_outgoing(r) for r in rows]
+
+        return await self._do(op)
+
+    async def next_outgoing_due(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM outbox WHERE status='pending'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._do(op)
+
+    async def finish_outgoing(
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        error: str | None = None,
+        retry_at: float | None = None,
+        attempt: Attempt | None = None,
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET status=?, attempts=?, last_error=?, next_attempt_at=?, "
+                "lease_until=0, finished_at=? WHERE id=?",
+                (
+                    status, attempts, error, retry_at or 0,
+                    None if status == "pending" else time.time(), delivery_id,
+                ),
+            )
+            if attempt is not None:
+                _insert_attempt(conn, attempt)
+
+        await self._do(op)
+
+    async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
+        def op(conn: sqlite3.Connection) -> OutgoingRecord | None:
+            row = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id=?", (delivery_id,)
+            ).fetchone()
+            return None if row is None else _outgoing(row)
+
+        return await self._do(op)
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        await self._do(lambda conn: _insert_attempt(conn, attempt))
+
+    async def attempts(self, delivery_id: str) -> list[Attempt]:
+        def op(conn: sqlite3.Connection) -> list[Attempt]:
+            rows = conn.execute(
+                "SELECT delivery_id, number, at, status, latency_ms, response, error "
+                "FROM attempts WHERE delivery_id=? ORDER BY number",
+                (delivery_id,),
+            ).fetchall()
+            return [Attempt(*r) for r in rows]
+
+        return await self._do(op)
+
+    # -- dead letters
+
+    async def dead_letters(self, since: float | None = None) -> list[DeadLetter]:
+        def op(conn: sqlite3.Connection) -> list[DeadLetter]:
+            lower = since or 0.0
+            rows = conn.execute(
+                "SELECT id, 'incoming', hook_id, received_at, attempts, last_error FROM inbox "
+                "WHERE status='dead' AND received_at>=? UNION ALL "
+                "SELECT id, 'outgoing', subscription_id, created_at, attempts, last_error "
+                "FROM outbox WHERE status='dead' AND created_at>=? ORDER BY 4",
+                (lower, lower),
+            ).fetchall()
+            return [DeadLetter(*r) for r in rows]
+
+        return await self._do(op)
+
+    async def revive(self, ids: Iterable[str]) -> list[str]:
+        """Make dead letters pending again (attempts start over); returns the ids revived."""
+        wanted = list(ids)
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            done: list[str] = []
+            for delivery_id in wanted:
+                for table in ("inbox", "outbox"):
+                    cur = conn.execute(
+                        f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
+                        "lease_until=0, finished_at=NULL WHERE id=? AND status='dead'",
+                        (delivery_id,),
+                    )
+                    if cur.rowcount:
+                        done.append(delivery_id)
+            return done
+
+        return await self._do(op)
+
+    async def purge_dead(self, before: float | None = None) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            upper = time.time() + 1 if before is None else before
+            n = conn.execute(
+                "DELETE FROM inbox WHERE status='dead' AND received_at<?", (upper,)
+            ).rowcount
+            n += conn.execute(
+                "DELETE FROM outbox WHERE status='dead' AND created_at<?", (upper,)
+            ).rowcount
+            return int(n)
+
+        return await self._do(op)
+
+
+def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?)",
+        (a.delivery_id, a.number, a.at, a.status, a.latency_ms, a.response, a.error),
+    )
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the awaiting task was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+Store = SQLiteStore  # the interface every backend implements
+
+
+def open_store(url: str, synchronous: str = "NORMAL") -> Store:
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(Path(url[len("sqlite:///") :]), synchronous)
+    raise ValueError(f"unsupported storage url {url!r} (expected sqlite:///PATH)")

@@ -1,0 +1,105 @@
+"""Jinja2 templates: a sandbox, plugin filters, and the context a delivery renders with.
+
+Only templates written in the config are ever compiled. Payload text reaches a template as
+data (variables), so a payload value that looks like ``{{ ... }}`` is printed as it is.
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from clawdbot_webhooks_hookspecs import Delivery, Handler
+
+#: Names the runtime puts into every template context; payload keys never replace them.
+RESERVED = frozenset({"event", "headers", "query", "hook", "delivery"})
+
+
+# Python internals that only an escape attempt would name (dunders are refused as a class).
+_INTERNALS = frozenset(
+    {"mro", "func_globals", "f_globals", "f_locals", "gi_frame", "gi_code", "cr_frame", "tb_frame"}
+)
+
+
+class TemplateError(Exception):
+    """A config template that does not compile or is unsafe."""
+
+
+def make_environment(
+    filters: Mapping[str, Callable[..., Any]], *, strict: bool = False
+) -> ImmutableSandboxedEnvironment:
+    """The one environment every config template compiles in.
+
+    Missing values render empty by default (``ChainableUndefined`` makes
+    ``{{event.repository.name}}`` empty even when ``repository`` is absent); ``strict`` makes
+    them an error instead. Autoescape stays off: the output is chat text, not HTML.
+    """
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined if strict else ChainableUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+    )
+    env.filters.update(filters)
+    return env
+
+
+def _unsafe_names(tree: nodes.Node) -> list[str]:
+    found: list[str] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Name):
+            name = node.name
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            name = node.arg.value
+        else:
+            continue
+        if name.startswith("__") or name in _INTERNALS:
+            found.append(name)
+    return found
+
+
+def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Any:
+    """Compile a config template, refusing what could only be an attempt to leave the sandbox.
+
+    The sandbox would stop such access at render time too; refusing it at load time means
+    ``check`` reports it before any request arrives.
+    """
+    try:
+        tree = env.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    unsafe = _unsafe_names(tree)
+    if unsafe:
+        raise TemplateError(
+            f"template refused: access to {unsafe[0]!r} is not allowed in the sandbox"
+        )
+    return env.from_string(source)
+
+
+def context_for(delivery: Delivery, handler: Handler) -> dict[str, Any]:
+    """The variables a delivery's templates see (DESIGN §5)."""
+    context: dict[str, Any] = {}
+    payload = delivery.payload
+    if isinstance(payload, Mapping):
+        for key, value in payload.items():
+            if isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key):
+                context[key] = value
+    context.update(
+        event=payload,
+        headers=dict(delivery.headers),
+        query=dict(delivery.query),
+        hook={"id": handler.id, "path": handler.path, "action": handler.action},
+        delivery={
+            "id": delivery.id,
+            "session": delivery.session,
+            "received_at": delivery.received_at,
+            "client_ip": delivery.client_ip,
+            "content_type": delivery.content_type,
+        },
+    )
+    return context

@@ -1,0 +1,61 @@
+"""The stable plugin API of clawdbot-webhooks.
+
+Plugins depend on this small distribution, never on the runtime: it holds the pluggy markers,
+the hook specifications and the data types a plugin sees.
+"""
+
+from __future__ import annotations
+
+from .markers import PROJECT_NAME, hookimpl, hookspec
+from .types import (
+    DROP,
+    Action,
+    ActionContext,
+    ActionError,
+    Delivery,
+    Event,
+    EVENT_TYPES,
+    Gateway,
+    GatewayEnv,
+    GatewayError,
+    GatewayFactory,
+    Handler,
+    OutgoingRequest,
+    OutgoingResponse,
+    SignedRequest,
+    Template,
+    Transport,
+    VerificationError,
+    Verifier,
+    AgentReply,
+    new_id,
+    utc_timestamp,
+)
+
+__all__ = [
+    "DROP",
+    "EVENT_TYPES",
+    "PROJECT_NAME",
+    "Action",
+    "ActionContext",
+    "ActionError",
+    "AgentReply",
+    "Delivery",
+    "Event",
+    "Gateway",
+    "GatewayEnv",
+    "GatewayError",
+    "GatewayFactory",
+    "Handler",
+    "OutgoingRequest",
+    "OutgoingResponse",
+    "SignedRequest",
+    "Template",
+    "Transport",
+    "VerificationError",
+    "Verifier",
+    "hookimpl",
+    "hookspec",
+    "new_id",
+    "utc_timestamp",
+]

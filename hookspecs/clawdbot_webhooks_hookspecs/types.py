@@ -1,0 +1,248 @@
+"""The data types plugins see. They are plain dataclasses and protocols, free of the runtime."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from marshmallow import Schema, fields
+
+#: The event types on the bus, in the order the documentation lists them.
+EVENT_TYPES = ("message_received", "agent_response", "session_started", "session_ended", "error")
+
+# Where each event type keeps its own part in the outgoing payload (DESIGN §6).
+_PAYLOAD_KEY = {"message_received": "message", "agent_response": "response"}
+
+#: Returned by ``on_incoming`` to skip a delivery's action.
+DROP = object()
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """A sortable, unguessable id: ``prefix_`` + 10 chars of milliseconds + 16 random chars."""
+    ms = int(time.time() * 1000)
+    head = "".join(_ALPHABET[(ms >> shift) & 31] for shift in range(45, -5, -5))
+    tail = "".join(secrets.choice(_ALPHABET) for _ in range(16))
+    return f"{prefix}_{head}{tail}"
+
+
+def utc_timestamp(epoch: float | None = None) -> str:
+    """ISO 8601 in UTC with a ``Z``, second precision, as in the outgoing payloads."""
+    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Template(fields.String):
+    """A handler option that holds a Jinja2 template.
+
+    The runtime compiles it when the config loads (so ``check`` reports template errors) and
+    hands the action the rendered text in ``ctx.options``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One incoming webhook request, as stored before it was acknowledged."""
+
+    id: str
+    hook_id: str
+    received_at: float
+    content_type: str
+    body: bytes
+    payload: Any
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    client_ip: str
+    session: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A configured handler: its id, route, action name and the action's validated options."""
+
+    id: str
+    path: str
+    action: str
+    options: Mapping[str, Any]
+    session_mode: str = "ephemeral"
+    mode: str = "async"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event on the bus; ``to_payload()`` is exactly what outgoing subscribers receive."""
+
+    type: str
+    data: Mapping[str, Any]
+    session: str | None = None
+    causation: str | None = None
+    id: str = field(default_factory=lambda: new_id("evt"))
+    timestamp: str = field(default_factory=utc_timestamp)
+
+    def to_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "timestamp": self.timestamp,
+            "session": self.session,
+        }
+        payload[_PAYLOAD_KEY.get(self.type, "data")] = dict(self.data)
+        if self.causation is not None:
+            payload["causation"] = self.causation
+        return payload
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    """What a gateway's agent run answered."""
+
+    text: str
+    run_id: str
+    agent_id: str
+
+
+class GatewayError(Exception):
+    """A gateway refused or failed a request; ``retry`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class ActionError(Exception):
+    """An action failed; ``retry=False`` sends the delivery straight to the dead letters."""
+
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class VerificationError(Exception):
+    """An incoming request failed authentication (answered 401). Never put a secret in it."""
+
+
+@runtime_checkable
+class Gateway(Protocol):
+    """A connection to Clawdbot (or the embedded local stand-in)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def probe(self) -> str:
+        """Connect and report what was reached; raise ``GatewayError`` on failure."""
+        ...
+
+    async def send_message(
+        self, *, channel: str, peer: str, text: str, session: str, idempotency_key: str
+    ) -> Mapping[str, Any]: ...
+
+    async def run_agent(
+        self, *, agent_id: str, message: str, session: str, idempotency_key: str
+    ) -> AgentReply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayEnv:
+    """What the runtime gives a gateway factory."""
+
+    state_dir: str
+    emit: Callable[[Event], None]
+    logger: logging.Logger
+
+
+GatewayFactory = Callable[[Mapping[str, Any], GatewayEnv], Gateway]
+
+
+@dataclass(slots=True)
+class ActionContext:
+    """Everything an action's ``run`` needs for one delivery."""
+
+    delivery: Delivery
+    handler: Handler
+    #: The handler's options, validated by the action's schema, templates rendered.
+    options: Mapping[str, Any]
+    session: str
+    #: Stable across retries and restarts: pass it on so the effect happens once.
+    idempotency_key: str
+    gateway: Gateway
+    #: The runtime's shared ``aiohttp.ClientSession``.
+    http: Any
+    #: ``await ctx.publish(event)``: returns once the event's outgoing deliveries are stored.
+    publish: Callable[[Event], Awaitable[None]]
+    logger: logging.Logger
+
+
+@runtime_checkable
+class Action(Protocol):
+    """A handler action: ``schema`` validates its options, ``run`` does the work."""
+
+    schema: type[Schema]
+
+    async def run(self, ctx: ActionContext) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRequest:
+    """One attempt of an outgoing delivery."""
+
+    url: str
+    method: str
+    headers: Mapping[str, str]
+    body: bytes
+    timeout: float
+    delivery_id: str
+    subscription_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingResponse:
+    """What an attempt got back; ``status`` is ``None`` when no HTTP answer arrived."""
+
+    status: int | None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    error: str | None = None
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Sends outgoing deliveries. Transport errors go in ``OutgoingResponse.error``."""
+
+    async def send(self, request: OutgoingRequest) -> OutgoingResponse: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """What a verifier sees of an incoming request."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    client_ip: str
+    now: float
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """An incoming authentication scheme.
+
+    ``verify`` raises ``VerificationError`` to refuse; it may return the provider's delivery id
+    (``webhook-id``, ``X-GitHub-Delivery`` …) so duplicates are recognised.
+    """
+
+    schema: type[Schema]
+
+    def verify(self, request: SignedRequest, options: Mapping[str, Any]) -> str | None: ...
+
+
+# Re-exported for type checkers of plugins that only need the awaitable shape of on_event.
+EventHandlerResult = Awaitable[None] | None
