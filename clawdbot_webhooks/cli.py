@@ -6,17 +6,15 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import click
 
 from . import __version__
 from .config import ConfigError, Settings, find_config, load_settings
-from .plugins import PluginError, PluginSet, PluginSelection, load_plugins
+from .plugins import PluginError, PluginSelection, PluginSet, load_plugins
 
 config_option = click.option(
     "--config",
@@ -60,8 +58,12 @@ def main() -> None:
 @config_option
 @click.option("--host", default=None, help="Listen address (default: incoming.host).")
 @click.option("--port", type=int, default=None, help="Listen port (default: incoming.port).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def serve(config_path: str | None, host: str | None, port: int | None, log_level: str) -> None:
     """Run the server until SIGTERM or SIGINT (then shut down gracefully)."""
     _logging(log_level)
@@ -74,7 +76,11 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
     handlers = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
     logging.getLogger("clawdbot_webhooks").info(
         "listening on http://%s:%s%s/<hook-id> (handlers: %s; storage: %s)",
-        host, port, settings.incoming["basePath"], handlers, settings.storage_url,
+        host,
+        port,
+        settings.incoming["basePath"],
+        handlers,
+        settings.storage_url,
     )
     run(Runtime(settings, plugins), host, port)
 
@@ -87,8 +93,10 @@ def check(config_path: str | None, probe: bool) -> None:
     path = find_config(config_path)
     settings, plugins = _load(config_path)
     click.echo(f"Config OK: {path or '(built-in defaults)'}")
-    click.echo(f"  handlers: {len(settings.handlers)}, outgoing: {len(settings.outgoing)}, "
-               f"gateway: {settings.gateway['type']}, storage: {settings.storage_url}")
+    click.echo(
+        f"  handlers: {len(settings.handlers)}, outgoing: {len(settings.outgoing)}, "
+        f"gateway: {settings.gateway['type']}, storage: {settings.storage_url}"
+    )
     off = [i for i in plugins.infos.values() if not i.enabled]
     for info in off:
         click.echo(f"  plugin {info.name}: {info.reason}")
@@ -134,8 +142,9 @@ def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
         if show_all and info.hooks:
             registers += f" [hooks: {', '.join(info.hooks)}]"
         state = "enabled" if info.enabled else f"disabled ({info.reason})"
-        rows.append((info.name, info.distribution or "-", info.version or "-", state,
-                     registers or "-"))
+        rows.append(
+            (info.name, info.distribution or "-", info.version or "-", state, registers or "-")
+        )
     _table(rows)
 
 
@@ -166,13 +175,11 @@ def _time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
         click.echo("  ".join(cells).rstrip())
-
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import json5
+from clawdbot_webhooks_hookspecs import EVENT_TYPES, Handler, Template
 from marshmallow import (
     EXCLUDE,
     RAISE,
@@ -26,8 +27,6 @@ from marshmallow import (
     validate,
     validates_schema,
 )
-
-from clawdbot_webhooks_hookspecs import EVENT_TYPES, Handler, Template
 
 from .plugins import PluginSelection, PluginSet
 from .retry import BACKOFF_KINDS, RetryPolicy
@@ -131,9 +130,7 @@ class SubscriptionSchema(Strict):
         required=True,
         validate=validate.Length(min=1),
     )
-    method = fields.String(
-        load_default="POST", validate=validate.OneOf(["POST", "PUT", "PATCH"])
-    )
+    method = fields.String(load_default="POST", validate=validate.OneOf(["POST", "PUT", "PATCH"]))
     headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     secret = fields.String(load_default=None, allow_none=True)
     retry = fields.Nested(RetrySchema, load_default=dict)
@@ -284,10 +281,10 @@ def read_raw(path: Path | None) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ConfigError(["webhooks: must be an object"])
     errors: list[str] = []
-    section = _substitute(section, "webhooks", errors)
+    substituted: dict[str, Any] = _substitute(section, "webhooks", errors)
     if errors:
         raise ConfigError(errors)
-    return section
+    return substituted
 
 
 def _substitute(value: Any, path: str, errors: list[str]) -> Any:
@@ -369,11 +366,11 @@ def build_settings(raw: dict[str, Any], plugins: PluginSet, source: str | None) 
             "webhooks.gateway.type: " + _unknown(plugins, "gateways", gateway["type"], "gateway")
         )
     else:
-        schema = getattr(plugins.registries.gateways[gateway["type"]], "schema", None)
-        if schema is not None:
+        gateway_schema = getattr(plugins.registries.gateways[gateway["type"]], "schema", None)
+        if gateway_schema is not None:
             options = {k: v for k, v in gateway.items() if k != "type"}
             try:
-                gateway = {"type": gateway["type"], **schema().load(options)}
+                gateway = {"type": gateway["type"], **gateway_schema().load(options)}
             except ValidationError as exc:
                 errors.extend(flatten_errors(exc.messages, "webhooks.gateway"))
 
@@ -502,7 +499,9 @@ def _build_handlers(
         hid = item.get("id")
         if isinstance(hid, str):
             if hid in seen:
-                errors.append(f"{path}.id: duplicate handler id {hid!r} (also handlers[{seen[hid]}])")
+                errors.append(
+                    f"{path}.id: duplicate handler id {hid!r} (also handlers[{seen[hid]}])"
+                )
             seen.setdefault(hid, i)
         options: dict[str, Any] | None = None
         templates: dict[tuple[str, ...], Any] = {}
@@ -597,9 +596,7 @@ def _build_outgoing(
     return subs
 
 
-def load_settings(
-    config: str | None, plugins_for: Any = None
-) -> tuple[Settings, PluginSet]:
+def load_settings(config: str | None, plugins_for: Any = None) -> tuple[Settings, PluginSet]:
     """Find, read and validate the config, loading the plugins it selects."""
     from .plugins import load_plugins
 

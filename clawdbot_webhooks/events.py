@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pluggy
-
 from clawdbot_webhooks_hookspecs import Event
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
@@ -36,8 +37,9 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
-def _within(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-            networks: Iterable[IPNetwork]) -> bool:
+def _within(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Iterable[IPNetwork]
+) -> bool:
     return any(address.version == net.version and address in net for net in networks)
 
 
@@ -114,10 +116,8 @@ def parse_body(body: bytes, content_type: str, charset: str | None) -> Any:
                 form[key] = value
         # A form with one `payload` field of JSON is how GitHub and Slack send form hooks.
         if set(form) == {"payload"} and isinstance(form["payload"], str):
-            try:
+            with contextlib.suppress(ValueError):
                 form = {"payload": json.loads(form["payload"])}
-            except ValueError:
-                pass
         return form
     if mime.startswith("text/"):
         try:

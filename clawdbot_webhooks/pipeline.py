@@ -13,12 +13,10 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import pluggy
-
 from clawdbot_webhooks_hookspecs import (
     DROP,
     ActionContext,
@@ -89,8 +87,9 @@ class Pipeline:
             for task in pending:
                 task.cancel()
             if pending:
-                log.warning("%d actions did not finish in time; they run again at next start",
-                            len(pending))
+                log.warning(
+                    "%d actions did not finish in time; they run again at next start", len(pending)
+                )
                 await asyncio.wait(pending, timeout=1)
 
     # -- intake
@@ -142,8 +141,9 @@ class Pipeline:
         spec = self.settings.routes.get(record.hook_id)
         try:
             if spec is None:
-                await self._dead(record, f"handler {record.hook_id!r} is no longer configured",
-                                 None)
+                await self._dead(
+                    record, f"handler {record.hook_id!r} is no longer configured", None
+                )
                 return
             async with self._sessions.lock(record.session), self._slots:
                 await self._attempt(record, spec, payload)
@@ -188,10 +188,18 @@ class Pipeline:
                 await self._sessions.finish(record.session, record.id)
             else:
                 delay = spec.retry.delay(attempt)
-                log.warning("delivery %s attempt %d failed (%s); retrying in %.2fs",
-                            record.id, attempt, reason, delay)
+                log.warning(
+                    "delivery %s attempt %d failed (%s); retrying in %.2fs",
+                    record.id,
+                    attempt,
+                    reason,
+                    delay,
+                )
                 await self._store.finish_incoming(
-                    record.id, "pending", attempts=attempt, error=reason,
+                    record.id,
+                    "pending",
+                    attempts=attempt,
+                    error=reason,
                     retry_at=time.time() + delay,
                 )
                 await self._sessions.finish(record.session, record.id)
@@ -211,8 +219,9 @@ class Pipeline:
             try:
                 changed = impl.function(delivery=delivery, handler=handler)
             except Exception as exc:
-                raise ActionError(f"plugin {impl.plugin_name!r} failed in on_incoming: {exc!r}")\
-                    from exc
+                raise ActionError(
+                    f"plugin {impl.plugin_name!r} failed in on_incoming: {exc!r}"
+                ) from exc
             if changed is DROP:
                 log.info("delivery %s dropped by plugin %r", delivery.id, impl.plugin_name)
                 return DROP
@@ -260,18 +269,33 @@ class Pipeline:
             target[path[-1]] = text
         return options
 
-    async def _dead(self, record: IncomingRecord, reason: str, spec: HandlerSpec | None,
-                    attempts: int | None = None) -> None:
+    async def _dead(
+        self,
+        record: IncomingRecord,
+        reason: str,
+        spec: HandlerSpec | None,
+        attempts: int | None = None,
+    ) -> None:
         n = attempts if attempts is not None else record.attempts
-        log.error("delivery %s to %s dead-lettered after %d attempts: %s",
-                  record.id, record.hook_id, n, reason)
+        log.error(
+            "delivery %s to %s dead-lettered after %d attempts: %s",
+            record.id,
+            record.hook_id,
+            n,
+            reason,
+        )
         await self._store.finish_incoming(record.id, "dead", attempts=n, error=reason)
         self._settle(record.id, ActionError(reason, retry=False))
         await self._bus.publish(
             Event(
                 "error",
-                {"kind": "incoming", "hook": record.hook_id, "delivery": record.id,
-                 "attempts": n, "error": reason},
+                {
+                    "kind": "incoming",
+                    "hook": record.hook_id,
+                    "delivery": record.id,
+                    "attempts": n,
+                    "error": reason,
+                },
                 session=record.session,
                 causation=record.id,
                 id=derived_event_id(record.id, "error", str(n)),
@@ -292,4 +316,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ActionError | GatewayError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-

@@ -134,8 +134,10 @@ class PluginSelection:
         if name in self.disabled:
             return f"disabled in {where}.disabled"
         if not builtin and self.enabled is not None and name not in self.enabled:
-            return f"not listed in {LOAD_PLUGINS_ENV}" if self.from_env else (
-                f"not listed in {where}.enabled"
+            return (
+                f"not listed in {LOAD_PLUGINS_ENV}"
+                if self.from_env
+                else (f"not listed in {where}.enabled")
             )
         return None
 

@@ -26,7 +26,7 @@ class RetryPolicy:
         if self.backoff == "linear":
             steps = (self.initial_delay * n for n in itertools.count(1))
             return backoff.constant(interval=steps)
-        return backoff.constant(interval=self.initial_delay)
+        return backoff.constant(interval=itertools.repeat(self.initial_delay))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 import aiohttp
-
 from clawdbot_webhooks_hookspecs import Gateway, GatewayEnv
 
 from .config import Settings
@@ -51,7 +50,12 @@ class Runtime:
         self.http = aiohttp.ClientSession()
         await self.gateway.start()
         self.pipeline = Pipeline(
-            self.settings, self.plugins.pm, self.store, self.gateway, self.bus, self.sessions,
+            self.settings,
+            self.plugins.pm,
+            self.store,
+            self.gateway,
+            self.bus,
+            self.sessions,
             self.http,
         )
         self.pipeline.start()

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
 
 from .config import HandlerSpec
@@ -126,11 +125,14 @@ async def receive(request: web.Request) -> web.StreamResponse:
         record.session = _session_for(spec, record, payload)
         try:
             stored = await rt.store.add_incoming(record, LEASE_SECONDS)
-            original = None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
+            original = (
+                None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
+            )
         except StoreUnavailable as exc:
             log.error("delivery to %s refused: %s", spec.handler.id, exc)
-            raise Rejected(503, "storage unavailable; nothing was accepted",
-                           {"Retry-After": "5"}) from exc
+            raise Rejected(
+                503, "storage unavailable; nothing was accepted", {"Retry-After": "5"}
+            ) from exc
     except Rejected as exc:
         return error(exc.status, exc.message, exc.headers)
     if not stored:
@@ -162,8 +164,16 @@ def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str
     from clawdbot_webhooks_hookspecs import Delivery
 
     delivery = Delivery(
-        record.id, record.hook_id, record.received_at, record.content_type, record.body,
-        payload, record.headers, record.query, record.client_ip, "",
+        record.id,
+        record.hook_id,
+        record.received_at,
+        record.content_type,
+        record.body,
+        payload,
+        record.headers,
+        record.query,
+        record.client_ip,
+        "",
     )
     try:
         key = str(spec.session_key.render(context_for(delivery, spec.handler))).strip()
@@ -194,9 +204,7 @@ def make_app(runtime: Runtime) -> web.Application:
     """The app factory. The runtime starts with the app and stops after the server has
     stopped taking requests and finished the ones in flight."""
     incoming = runtime.settings.incoming
-    app = web.Application(
-        middlewares=[json_errors], client_max_size=incoming["maxBodyBytes"] + 1
-    )
+    app = web.Application(middlewares=[json_errors], client_max_size=incoming["maxBodyBytes"] + 1)
     app[RUNTIME] = runtime
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -148,21 +148,57 @@ _OUTBOX_COLUMNS = (
 
 
 def _incoming(row: sqlite3.Row | tuple[Any, ...]) -> IncomingRecord:
-    (id_, hook, received, ctype, body, headers, query, ip, session, status, attempts, due,
-     error, result, dedup) = row
+    (
+        id_,
+        hook,
+        received,
+        ctype,
+        body,
+        headers,
+        query,
+        ip,
+        session,
+        status,
+        attempts,
+        due,
+        error,
+        result,
+        dedup,
+    ) = row
     return IncomingRecord(
-        id_, hook, received, ctype, bytes(body), json.loads(headers), json.loads(query), ip,
-        session, status, attempts, due, error, None if result is None else json.loads(result),
+        id_,
+        hook,
+        received,
+        ctype,
+        bytes(body),
+        json.loads(headers),
+        json.loads(query),
+        ip,
+        session,
+        status,
+        attempts,
+        due,
+        error,
+        None if result is None else json.loads(result),
         dedup,
     )
 
 
 def _outgoing(row: tuple[Any, ...]) -> OutgoingRecord:
-    (id_, event_id, sub, etype, session, payload, created, status, attempts, due, error,
-     seq) = row
+    (id_, event_id, sub, etype, session, payload, created, status, attempts, due, error, seq) = row
     return OutgoingRecord(
-        id_, event_id, sub, etype, session, bytes(payload), created, status, attempts, due,
-        error, seq,
+        id_,
+        event_id,
+        sub,
+        etype,
+        session,
+        bytes(payload),
+        created,
+        status,
+        attempts,
+        due,
+        error,
+        seq,
     )
 
 
@@ -187,7 +223,9 @@ class SQLiteStore:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed = False
         self._thread = threading.Thread(
-            target=self._run, args=(asyncio.get_running_loop(), ready), daemon=True,
+            target=self._run,
+            args=(asyncio.get_running_loop(), ready),
+            daemon=True,
             name="sqlite-writer",
         )
         self._thread.start()
@@ -271,10 +309,21 @@ class SQLiteStore:
                     f"INSERT INTO inbox ({_INBOX_COLUMNS}, lease_until) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
-                        record.id, record.hook_id, record.received_at, record.content_type,
-                        record.body, json.dumps(record.headers), json.dumps(record.query),
-                        record.client_ip, record.session, record.status, record.attempts,
-                        record.next_attempt_at, record.last_error, None, record.dedup_key,
+                        record.id,
+                        record.hook_id,
+                        record.received_at,
+                        record.content_type,
+                        record.body,
+                        json.dumps(record.headers),
+                        json.dumps(record.query),
+                        record.client_ip,
+                        record.session,
+                        record.status,
+                        record.attempts,
+                        record.next_attempt_at,
+                        record.last_error,
+                        None,
+                        record.dedup_key,
                         time.time() + lease,
                     ),
                 )
@@ -338,8 +387,12 @@ class SQLiteStore:
                 "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, "
                 "next_attempt_at=?, lease_until=0, finished_at=? WHERE id=?",
                 (
-                    status, attempts, None if result is None else json.dumps(result, default=str),
-                    error, retry_at or 0, None if status == "pending" else time.time(),
+                    status,
+                    attempts,
+                    None if result is None else json.dumps(result, default=str),
+                    error,
+                    retry_at or 0,
+                    None if status == "pending" else time.time(),
                     delivery_id,
                 ),
             )
@@ -385,8 +438,17 @@ class SQLiteStore:
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
-                        r.id, r.event_id, r.subscription_id, r.event_type, r.session, r.payload,
-                        r.created_at, r.status, r.attempts, r.next_attempt_at, until,
+                        r.id,
+                        r.event_id,
+                        r.subscription_id,
+                        r.event_type,
+                        r.session,
+                        r.payload,
+                        r.created_at,
+                        r.status,
+                        r.attempts,
+                        r.next_attempt_at,
+                        until,
                     )
                     for r in records
                 ],
@@ -433,8 +495,12 @@ class SQLiteStore:
                 "UPDATE outbox SET status=?, attempts=?, last_error=?, next_attempt_at=?, "
                 "lease_until=0, finished_at=? WHERE id=?",
                 (
-                    status, attempts, error, retry_at or 0,
-                    None if status == "pending" else time.time(), delivery_id,
+                    status,
+                    attempts,
+                    error,
+                    retry_at or 0,
+                    None if status == "pending" else time.time(),
+                    delivery_id,
                 ),
             )
             if attempt is not None:

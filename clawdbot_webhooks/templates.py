@@ -10,10 +10,9 @@ import keyword
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from clawdbot_webhooks_hookspecs import Delivery, Handler
 from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from clawdbot_webhooks_hookspecs import Delivery, Handler
 
 #: Names the runtime puts into every template context; payload keys never replace them.
 RESERVED = frozenset({"event", "headers", "query", "hook", "delivery"})
@@ -54,7 +53,11 @@ def _unsafe_names(tree: nodes.Node) -> list[str]:
             name = node.attr
         elif isinstance(node, nodes.Name):
             name = node.name
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str)
+        ):
             name = node.arg.value
         else:
             continue

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from marshmallow import Schema, ValidationError, fields, validate
-
 from clawdbot_webhooks_hookspecs import (
     ActionContext,
     ActionError,
@@ -18,6 +16,7 @@ from clawdbot_webhooks_hookspecs import (
     Template,
     hookimpl,
 )
+from marshmallow import Schema, ValidationError, fields, validate
 
 from ..events import derived_event_id
 
@@ -30,7 +29,7 @@ class _Target(Schema):
 class SendMessage:
     """Send the rendered ``template`` to ``target: {channel, peer}`` through the gateway."""
 
-    class schema(Schema):  # noqa: N801 - the protocol names it `schema`
+    class schema(Schema):
         target = fields.Nested(_Target, required=True)
         template = Template(required=True)
 
@@ -50,8 +49,8 @@ class RunAgent:
     """Prompt agent ``agentId`` with the rendered ``template``; its reply is an
     ``agent_response`` event."""
 
-    class schema(Schema):  # noqa: N801
-        agentId = fields.String(required=True, validate=validate.Length(min=1))  # noqa: N815
+    class schema(Schema):
+        agentId = fields.String(required=True, validate=validate.Length(min=1))
         template = Template(required=True)
 
     async def run(self, ctx: ActionContext) -> Any:
@@ -78,9 +77,20 @@ class RunAgent:
 #: or are recomputed for the new request.
 HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailer", "transfer-encoding", "upgrade", "host", "content-length",
-        "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
     }
 )
 #: Status codes worth retrying; any other non-2xx answer is final.
@@ -94,7 +104,7 @@ class Forward:
     ``Idempotency-Key: <delivery id>`` so the receiver can drop repeats.
     """
 
-    class schema(Schema):  # noqa: N801
+    class schema(Schema):
         url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
         timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.001))
         headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
@@ -122,9 +132,7 @@ class Forward:
         except aiohttp.ClientError as exc:
             raise ActionError(f"forward failed: {exc}") from exc
         if not 200 <= status < 300:
-            raise ActionError(
-                f"forward answered {status}: {text[:200]}", retry=status in RETRYABLE
-            )
+            raise ActionError(f"forward answered {status}: {text[:200]}", retry=status in RETRYABLE)
         return {"status": status, "ms": round((time.monotonic() - started) * 1000, 1)}
 
 
@@ -153,7 +161,7 @@ class _Function(fields.String):
 class Custom:
     """Call ``function: "module:callable"`` (sync or async) with the action context."""
 
-    class schema(Schema):  # noqa: N801
+    class schema(Schema):
         function = _Function(required=True)
         template = Template(load_default=None)
 

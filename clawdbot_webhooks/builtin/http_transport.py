@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-
 from clawdbot_webhooks_hookspecs import OutgoingRequest, OutgoingResponse, hookimpl
 
 #: How much of a response body is kept with an attempt.
@@ -40,7 +38,7 @@ class HttpTransport:
             ) as response:
                 body = await response.content.read(KEEP_BODY)
                 return OutgoingResponse(response.status, dict(response.headers), body)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return OutgoingResponse(None, error=f"timed out after {request.timeout}s")
         except aiohttp.ClientError as exc:
             return OutgoingResponse(None, error=f"{type(exc).__name__}: {exc}")

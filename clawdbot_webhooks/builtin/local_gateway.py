@@ -114,9 +114,12 @@ class LocalGateway:
             ).fetchone()
             if row is not None:
                 return AgentReply(row[0], idempotency_key, agent_id)
-            turn = 1 + conn.execute(
-                "SELECT COUNT(*) FROM messages WHERE session=? AND kind='prompt'", (session,)
-            ).fetchone()[0]
+            turn = (
+                1
+                + conn.execute(
+                    "SELECT COUNT(*) FROM messages WHERE session=? AND kind='prompt'", (session,)
+                ).fetchone()[0]
+            )
             reply = echo_reply(agent_id, message, turn)
             now = time.time()
             conn.executemany(

@@ -6,9 +6,8 @@ import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from marshmallow import Schema, fields
-
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, hookimpl
+from marshmallow import Schema, fields
 
 
 def _secrets(options: Mapping[str, Any]) -> list[str]:
@@ -29,7 +28,7 @@ def matches_any(given: str, secrets: list[str]) -> bool:
 class SharedSecret:
     """The secret itself in a header (``X-Webhook-Secret`` by default)."""
 
-    class schema(Schema):  # noqa: N801
+    class schema(Schema):
         secret = fields.String(load_default=None)
         secrets = fields.List(fields.String(), load_default=list)
         header = fields.String(load_default="X-Webhook-Secret")
@@ -47,7 +46,7 @@ class SharedSecret:
 class Bearer:
     """``Authorization: Bearer <token>``, as Clawdbot's own hooks use."""
 
-    class schema(Schema):  # noqa: N801
+    class schema(Schema):
         secret = fields.String(load_default=None)
         secrets = fields.List(fields.String(), load_default=list)
 
@@ -59,7 +58,6 @@ class Bearer:
         if not matches_any(token.strip(), _secrets(options)):
             raise VerificationError("wrong bearer token")
         return None
-
 
 
 @hookimpl

@@ -9,12 +9,13 @@ from __future__ import annotations
 from .markers import PROJECT_NAME, hookimpl, hookspec
 from .types import (
     DROP,
+    EVENT_TYPES,
     Action,
     ActionContext,
     ActionError,
+    AgentReply,
     Delivery,
     Event,
-    EVENT_TYPES,
     Gateway,
     GatewayEnv,
     GatewayError,
@@ -27,7 +28,6 @@ from .types import (
     Transport,
     VerificationError,
     Verifier,
-    AgentReply,
     new_id,
     utc_timestamp,
 )

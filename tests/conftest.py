@@ -1,0 +1,257 @@
+"""Shared fixtures: real servers on loopback, real SQLite files, real HTTP sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from clawdbot_webhooks.config import build_settings
+from clawdbot_webhooks.plugins import PluginSelection, load_plugins
+from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.server import make_app
+
+ROOT = Path(__file__).resolve().parent.parent
+VECTORS = ROOT.parent / "shared" / "vectors" / "signatures.json"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, webhooks: dict[str, Any]) -> Path:
+    path.write_text(json.dumps({"webhooks": webhooks}, ensure_ascii=False, indent=2))
+    return path
+
+
+@dataclass
+class Running:
+    """A server started in this process on a real loopback port."""
+
+    runtime: Runtime
+    server: TestServer
+    session: aiohttp.ClientSession
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    async def post(
+        self,
+        hook: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
+        hdrs = {"Content-Type": content_type, **(headers or {})}
+        async with self.session.post(
+            f"{self.base}/webhook/{hook}", data=data, headers=hdrs
+        ) as resp:
+            return resp.status, await resp.json()
+
+    async def idle(self, timeout: float = 10.0) -> None:
+        """Wait until every stored incoming delivery has finished (done, dead or dropped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.runtime.store.count_incoming("pending") == 0:
+                await self.runtime.bus.drain(timeout=1)
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"deliveries still pending after {timeout:.1f}s")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+async def start_server(tmp_path: Path, state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_server(webhooks_dict, plugins=[(name, module)], host=...)``."""
+    started: list[Running] = []
+
+    async def start(
+        webhooks: dict[str, Any],
+        plugins: Sequence[tuple[str, object]] = (),
+        host: str = "127.0.0.1",
+    ) -> Running:
+        webhooks = {"stateDir": str(state_dir), **webhooks}
+        raw = json.loads(json.dumps(webhooks))
+        selection = PluginSelection.from_config(
+            raw.get("plugins", {}).get("disabled", []), raw.get("plugins", {}).get("enabled")
+        )
+        plugin_set = load_plugins(selection, plugins)
+        settings = build_settings(raw, plugin_set, str(tmp_path / "config.json5"))
+        runtime = Runtime(settings, plugin_set)
+        server = TestServer(make_app(runtime), host=host, port=0)
+        await server.start_server()
+        running = Running(runtime, server, aiohttp.ClientSession())
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.session.close()
+        await running.server.close()
+
+
+@dataclass
+class Sink:
+    """A real HTTP receiver that records what it gets and answers as it is told."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+    #: status codes to answer, one per request, then ``default``
+    script: list[int] = field(default_factory=list)
+    default: int = 200
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/in"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append(
+            {
+                "headers": dict(request.headers),
+                "body": body,
+                "path": request.path,
+                "at": time.time(),
+            }
+        )
+        self.arrived.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status = self.script.pop(0) if self.script else self.default
+        return web.Response(
+            status=status, text="ok" if status < 400 else "nope", headers=self.headers
+        )
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sink got {len(self.received)} of {count} requests")
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), timeout=0.1)
+
+    def json_bodies(self) -> list[Any]:
+        return [json.loads(r["body"]) for r in self.received]
+
+
+@pytest.fixture
+async def make_sink() -> AsyncIterator[Callable[..., Any]]:
+    runners: list[web.AppRunner] = []
+
+    async def make(**kwargs: Any) -> Sink:
+        sink = Sink(**kwargs)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", sink.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        sink.port = runner.addresses[0][1]
+        runners.append(runner)
+        return sink
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()
+
+
+@dataclass
+class ServerProcess:
+    """``clawdbot-webhooks serve`` in a child process, for crash and restart tests."""
+
+    config: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        assert self.log is not None
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clawdbot_webhooks",
+                "serve",
+                "--config",
+                str(self.config),
+                "--port",
+                str(self.port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server did not start in time")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    made: list[ServerProcess] = []
+
+    def make(webhooks: dict[str, Any], env: dict[str, str] | None = None) -> ServerProcess:
+        webhooks = {"stateDir": str(tmp_path / "state"), **webhooks}
+        config = write_config(tmp_path / f"config{len(made)}.json5", webhooks)
+        full_env = {**os.environ, "PYTHONPATH": str(tmp_path), **(env or {})}
+        process = ServerProcess(config, free_port(), full_env, log=tmp_path / "server.log")
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        if process.proc is not None and process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait(10)
