@@ -30,6 +30,7 @@ from marshmallow import (
 
 from .plugins import PluginSelection, PluginSet
 from .retry import BACKOFF_KINDS, RetryPolicy
+from .signing import signing_key
 from .templates import TemplateError, compile_template, make_environment
 
 CONFIG_ENV = "CLAWDBOT_WEBHOOKS_CONFIG"
@@ -73,12 +74,28 @@ class RetrySchema(Strict):
     jitter = fields.Boolean(load_default=True)
 
 
+class RateLimitSchema(Strict):
+    """A token bucket: ``requests`` per ``per`` seconds, bursts of up to ``burst``."""
+
+    requests = fields.Integer(required=True, validate=validate.Range(min=1))
+    per = fields.Float(load_default=1.0, validate=validate.Range(min=0.001))
+    burst = fields.Integer(load_default=None, validate=validate.Range(min=1))
+
+
+class AuthFailuresSchema(Strict):
+    """After ``max`` failed authentications within ``window`` seconds an address gets 429."""
+
+    max = fields.Integer(load_default=20, validate=validate.Range(min=1))
+    window = fields.Float(load_default=60.0, validate=validate.Range(min=0.001))
+
+
 class IncomingSchema(Strict):
     enabled = fields.Boolean(load_default=True)
     host = fields.String(load_default="127.0.0.1")
     port = fields.Integer(load_default=3011, validate=validate.Range(min=0, max=65535))
     basePath = fields.String(load_default="/webhook", validate=validate.Regexp(r"^(/[^/?#]+)*$"))
-    secret = fields.String(load_default=None, allow_none=True)
+    # An empty secret (say, from an empty environment variable) must not mean "no auth".
+    secret = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
     secretHeader = fields.String(load_default="X-Webhook-Secret")
     allowedIPs = fields.List(CIDR(), load_default=None, allow_none=True)
     trustedProxies = fields.List(CIDR(), load_default=list)
@@ -86,6 +103,11 @@ class IncomingSchema(Strict):
     concurrency = fields.Integer(load_default=16, validate=validate.Range(min=1, max=10_000))
     shutdownTimeout = fields.Float(load_default=10.0, validate=validate.Range(min=0))
     retry = fields.Nested(RetrySchema, load_default=dict)
+    dedupWindow = fields.Float(load_default=7 * 86_400.0, validate=validate.Range(min=0))
+    readTimeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.001))
+    maxJsonDepth = fields.Integer(load_default=64, validate=validate.Range(min=1, max=500))
+    rateLimitPerIP = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
+    authFailures = fields.Nested(AuthFailuresSchema, load_default=dict, allow_none=True)
 
 
 class VerifySchema(Schema):
@@ -109,17 +131,28 @@ class HandlerSchema(Schema):
         load_default="ephemeral", validate=validate.OneOf(["ephemeral", "persistent"])
     )
     sessionKey = fields.String(load_default=None)
-    secret = fields.String(load_default=None, allow_none=True)
+    secret = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
     secretHeader = fields.String(load_default=None)
     verify = fields.Nested(VerifySchema, load_default=None)
     mode = fields.String(load_default="async", validate=validate.OneOf(["async", "sync"]))
     syncTimeout = fields.Float(load_default=30.0, validate=validate.Range(min=0))
     retry = fields.Nested(RetrySchema, load_default=None)
+    rateLimit = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
+    maxConcurrent = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    maxPending = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
     @validates_schema
     def _persistent_needs_key(self, data: dict[str, Any], **kwargs: Any) -> None:
         if data.get("sessionMode") == "persistent" and not data.get("sessionKey"):
             raise ValidationError("required when sessionMode is 'persistent'", "sessionKey")
+
+
+class BreakerSchema(Strict):
+    """Per-endpoint circuit breaker: after ``threshold`` consecutive failed attempts the
+    endpoint is paused for ``cooldown`` seconds, then one probe delivery decides."""
+
+    threshold = fields.Integer(load_default=10, validate=validate.Range(min=1))
+    cooldown = fields.Float(load_default=30.0, validate=validate.Range(min=0))
 
 
 class SubscriptionSchema(Strict):
@@ -140,6 +173,16 @@ class SubscriptionSchema(Strict):
     enabled = fields.Boolean(load_default=True)
     concurrency = fields.Integer(load_default=8, validate=validate.Range(min=1, max=1000))
     retryOn4xx = fields.Boolean(load_default=False)
+    circuitBreaker = fields.Nested(BreakerSchema, load_default=dict)
+
+    @validates_schema
+    def _secret_decodes(self, data: dict[str, Any], **kwargs: Any) -> None:
+        secret = data.get("secret")
+        if isinstance(secret, str) and secret.startswith("whsec_"):
+            try:
+                signing_key(secret)
+            except ValueError as exc:  # the message names no part of the secret
+                raise ValidationError(str(exc), "secret") from None
 
 
 class GatewaySchema(Schema):
@@ -200,11 +243,15 @@ class HandlerSpec:
     action: Any
     templates: dict[tuple[str, ...], Any]  # option path -> compiled template
     session_key: Any | None
-    secret: str | None
+    secret: str | None = field(repr=False)
     secret_header: str | None
-    verify: dict[str, Any] | None
+    #: The verifier's name under ``type`` plus its loaded options (secrets: never log this).
+    verify: dict[str, Any] | None = field(repr=False)
     retry: RetryPolicy
     sync_timeout: float
+    rate_limit: dict[str, Any] | None = None
+    max_concurrent: int | None = None
+    max_pending: int | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +268,8 @@ class Subscription:
     template: Any | None
     concurrency: int
     retry_on_4xx: bool
+    breaker_threshold: int = 10
+    breaker_cooldown: float = 30.0
 
     def wants(self, event_type: str) -> bool:
         return "*" in self.events or event_type in self.events
@@ -355,7 +404,9 @@ def build_settings(raw: dict[str, Any], plugins: PluginSet, source: str | None) 
     )
     incoming = data["incoming"]
     default_retry = _policy(incoming.get("retry") or {})
-    handlers = _build_handlers(data.get("handlers") or [], plugins, env, default_retry, errors)
+    handlers = _build_handlers(
+        data.get("handlers") or [], plugins, env, default_retry, errors, incoming
+    )
     outgoing = _build_outgoing(data.get("outgoing") or [], plugins, env, errors)
     gateway = dict(data.get("gateway") or {})
     gateway.setdefault("type", "local")
@@ -462,6 +513,34 @@ def _template_paths(schema: Schema, prefix: tuple[str, ...] = ()) -> Iterator[tu
             yield from _template_paths(fld.schema, (*prefix, key))
 
 
+_NO_FILTER = re.compile(r"No filter named '([^']+)'")
+
+
+def _compile(env: Any, source: str, plugins: PluginSet) -> Any:
+    """Compile a template; an unknown filter names the switched-off plugin that has it."""
+    try:
+        return compile_template(env, source)
+    except TemplateError as exc:
+        missing = _NO_FILTER.search(str(exc))
+        off = plugins.disabled_provider("filters", missing.group(1)) if missing else None
+        if off is not None:
+            raise TemplateError(
+                f"{exc} (it is provided by plugin {off.name!r}, which is {off.reason})"
+            ) from exc
+        raise
+
+
+def _valid_part(given: dict[str, Any], schema: Schema) -> dict[str, Any]:
+    """The options that load on their own (each top-level key tried alone)."""
+    valid: dict[str, Any] = {}
+    for key, value in given.items():
+        try:
+            valid.update(schema.load({key: value}, partial=True, unknown=EXCLUDE))
+        except ValidationError:
+            continue
+    return valid
+
+
 def _dig(options: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = options
     for key in path:
@@ -477,6 +556,7 @@ def _build_handlers(
     env: Any,
     default_retry: RetryPolicy,
     errors: list[str],
+    incoming: Mapping[str, Any] | None = None,
 ) -> list[HandlerSpec | None]:
     common = set(HandlerSchema().fields)
     specs: list[HandlerSpec | None] = []
@@ -512,21 +592,25 @@ def _build_handlers(
                 options = schema.load(own, unknown=RAISE)
             except ValidationError as exc:
                 errors.extend(flatten_errors(exc.messages, path))
-            if options is not None:
+            # Templates are compiled even when other options failed, so one run of `check`
+            # reports every mistake, not the first of each handler.
+            loaded = options if options is not None else _valid_part(own, schema)
+            if loaded:
                 for tpath in _template_paths(schema):
-                    source = _dig(options, tpath)
+                    source = _dig(loaded, tpath)
                     if isinstance(source, str):
                         try:
-                            templates[tpath] = compile_template(env, source)
+                            templates[tpath] = _compile(env, source, plugins)
                         except TemplateError as exc:
                             errors.append(f"{path}.{'.'.join(tpath)}: {exc}")
         session_key = None
         if base is not None and base["sessionKey"]:
             try:
-                session_key = compile_template(env, base["sessionKey"])
+                session_key = _compile(env, base["sessionKey"], plugins)
             except TemplateError as exc:
                 errors.append(f"{path}.sessionKey: {exc}")
                 base = None
+        verify = _build_verify(item, base, incoming or {}, plugins, path, errors)
         if base is None or options is None or action is None or not base["enabled"]:
             continue
         route = (base["path"] or base["id"]).lstrip("/")
@@ -544,11 +628,51 @@ def _build_handlers(
             session_key=session_key,
             secret=base["secret"],
             secret_header=base["secretHeader"],
-            verify=base["verify"],
+            verify=verify,
             retry=_policy(base["retry"]) if base["retry"] else default_retry,
             sync_timeout=base["syncTimeout"],
+            rate_limit=base["rateLimit"],
+            max_concurrent=base["maxConcurrent"],
+            max_pending=base["maxPending"],
         )
     return specs
+
+
+def _build_verify(
+    item: Mapping[str, Any],
+    base: Mapping[str, Any] | None,
+    incoming: Mapping[str, Any],
+    plugins: PluginSet,
+    path: str,
+    errors: list[str],
+) -> dict[str, Any] | None:
+    """A handler's authentication: its ``verify`` options loaded by the verifier's own schema,
+    or the shared secret (handler ``secret``, else ``incoming.secret``) when there is none."""
+    raw = item.get("verify")
+    if raw is None:
+        if base is None:
+            return None
+        secret = base["secret"] or incoming.get("secret")
+        if not secret:
+            return None
+        header = base["secretHeader"] or incoming.get("secretHeader") or "X-Webhook-Secret"
+        raw = {"type": "shared-secret", "secret": secret, "header": header}
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("type"), str):
+        return None  # HandlerSchema has reported it
+    name = raw["type"]
+    verifier = plugins.registries.verifiers.get(name)
+    if verifier is None:
+        errors.append(f"{path}.verify.type: " + _unknown(plugins, "verifiers", name, "verifier"))
+        return None
+    options = {k: v for k, v in raw.items() if k != "type"}
+    schema = getattr(verifier, "schema", None)
+    if schema is not None:
+        try:
+            options = schema().load(options, unknown=RAISE)
+        except ValidationError as exc:
+            errors.extend(flatten_errors(exc.messages, f"{path}.verify"))
+            return None
+    return {"type": name, **options}
 
 
 def _build_outgoing(
@@ -571,12 +695,13 @@ def _build_outgoing(
         template = None
         if data["template"]:
             try:
-                template = compile_template(env, data["template"])
+                template = _compile(env, data["template"], plugins)
             except TemplateError as exc:
                 errors.append(f"{path}.template: {exc}")
                 continue
         if not data["enabled"]:
             continue
+        breaker = BreakerSchema().load(dict(data["circuitBreaker"]))  # fills the defaults
         subs.append(
             Subscription(
                 id=data["id"],
@@ -591,6 +716,8 @@ def _build_outgoing(
                 template=template,
                 concurrency=data["concurrency"],
                 retry_on_4xx=data["retryOn4xx"],
+                breaker_threshold=breaker["threshold"],
+                breaker_cooldown=breaker["cooldown"],
             )
         )
     return subs

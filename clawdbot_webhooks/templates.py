@@ -81,7 +81,10 @@ def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Any:
         raise TemplateError(
             f"template refused: access to {unsafe[0]!r} is not allowed in the sandbox"
         )
-    return env.from_string(source)
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as exc:  # raised while compiling, e.g. an unknown filter
+        raise TemplateError(f"template error on line {exc.lineno}: {exc.message}") from exc
 
 
 def context_for(delivery: Delivery, handler: Handler) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
+
+from clawdbot_webhooks_hookspecs import hookimpl
 
 from clawdbot_webhooks.config import build_settings
 from clawdbot_webhooks.plugins import PluginSelection, load_plugins
@@ -136,7 +140,7 @@ class Sink:
         body = await request.read()
         self.received.append(
             {
-                "headers": dict(request.headers),
+                "headers": CIMultiDict(request.headers),
                 "body": body,
                 "path": request.path,
                 "at": time.time(),
@@ -255,3 +259,48 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         if process.proc is not None and process.proc.poll() is None:
             process.proc.kill()
             process.proc.wait(10)
+
+
+class EventRecorder:
+    """An inline plugin that records every event on the bus."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    @hookimpl
+    def on_event(self, event: Any) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[Any]:
+        return [e for e in self.events if e.type == kind]
+
+
+@pytest.fixture
+def recorder() -> EventRecorder:
+    return EventRecorder()
+
+
+@pytest.fixture
+def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Install a plugin the way pip would: a module plus a ``.dist-info`` with an entry point
+    in the ``clawdbot_webhooks`` group, on ``sys.path`` for this test only."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(dist: str, version: str, module: str, source: str, entry: str | None = None
+                ) -> Path:
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
+        )
+        (info / "entry_points.txt").write_text(
+            f"[clawdbot_webhooks]\n{entry or dist} = {module}\n"
+        )
+        (info / "top_level.txt").write_text(f"{module}\n")
+        sys.modules.pop(module, None)
+        return site
+
+    return install

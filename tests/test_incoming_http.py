@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
+
+import aiohttp
 import pytest
 
 SECRET = "s3cret-value"
+TARGET = {"channel": "local", "peer": "me"}
 
 BASIC = {
     "incoming": {"secret": SECRET},
     "handlers": [
-        {
-            "id": "my-hook",
-            "action": "send_message",
-            "target": {"channel": "local", "peer": "me"},
-            "template": "got {{ text }}",
-        },
+        {"id": "my-hook", "action": "send_message", "target": TARGET, "template": "got {{ text }}"},
     ],
 }
 AUTH = {"X-Webhook-Secret": SECRET}
+
+
+def assert_error(body: object, fragment: str) -> None:
+    assert isinstance(body, dict)
+    assert body["ok"] is False
+    assert set(body) == {"ok", "error"}
+    assert fragment in body["error"], body["error"]
 
 
 async def test_accepted_with_id_and_session(start_server) -> None:
@@ -29,6 +37,8 @@ async def test_accepted_with_id_and_session(start_server) -> None:
     assert body["session"].startswith("hook:")
     stored = await srv.runtime.store.get_incoming(body["id"])
     assert stored is not None and stored.session == body["session"]
+    # The secret is a credential: it is not kept with the stored delivery.
+    assert "x-webhook-secret" not in stored.headers
 
 
 @pytest.mark.parametrize(
@@ -39,6 +49,212 @@ async def test_missing_or_wrong_secret_is_401(start_server, headers, message) ->
     srv = await start_server(BASIC)
     status, body = await srv.post("my-hook", {"text": "hi"}, headers=headers)
     assert status == 401
-    assert body == {"ok": False, "error": body["error"]} and message in body["error"]
+    assert_error(body, message)
     assert SECRET not in body["error"]
     assert await srv.runtime.store.count_incoming() == 0
+
+
+async def test_per_handler_secret_and_header_override(start_server) -> None:
+    config = {
+        "incoming": {"secret": SECRET},
+        "handlers": [
+            {"id": "own", "action": "send_message", "target": TARGET, "template": "x",
+             "secret": "other", "secretHeader": "X-Own-Token"},
+        ],
+    }
+    srv = await start_server(config)
+    status, _ = await srv.post("own", {}, headers=AUTH)
+    assert status == 401
+    status, _ = await srv.post("own", {}, headers={"X-Own-Token": SECRET})
+    assert status == 401
+    status, _ = await srv.post("own", {}, headers={"X-Own-Token": "other"})
+    assert status == 202
+
+
+async def test_unknown_hook_is_404(start_server) -> None:
+    srv = await start_server(BASIC)
+    status, body = await srv.post("nope", {}, headers=AUTH)
+    assert status == 404
+    assert_error(body, "no handler for hook 'nope'")
+
+
+async def test_unrouted_path_is_json_404(start_server) -> None:
+    srv = await start_server(BASIC)
+    async with srv.session.get(f"{srv.base}/elsewhere") as resp:
+        assert resp.status == 404
+        assert_error(await resp.json(), "Not Found")
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+async def test_other_methods_are_405(start_server, method) -> None:
+    srv = await start_server(BASIC)
+    async with srv.session.request(method, f"{srv.base}/webhook/my-hook", headers=AUTH) as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "POST"
+        assert_error(await resp.json(), f"method {method} not allowed")
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctype", "fragment"),
+    [
+        (b"{not json", "application/json", "invalid JSON"),
+        (b"", "application/json", "empty body"),
+        (b'{"a": NaN}', "application/json", "NaN is not valid JSON"),
+        (b'{"a": "\xff\xfe"}', "application/json", "not valid utf-8"),
+        (b"caf\xe9", "text/plain; charset=utf-8", "not valid utf-8"),
+    ],
+)
+async def test_bad_bodies_are_400(start_server, raw, ctype, fragment) -> None:
+    srv = await start_server(BASIC)
+    status, body = await srv.post("my-hook", raw=raw, headers=AUTH, content_type=ctype)
+    assert status == 400
+    assert_error(body, fragment)
+    assert await srv.runtime.store.count_incoming() == 0
+
+
+@pytest.mark.parametrize("ctype", ["application/xml", "image/png", "multipart/form-data"])
+async def test_unsupported_content_type_is_415(start_server, ctype) -> None:
+    srv = await start_server(BASIC)
+    status, body = await srv.post("my-hook", raw=b"<a/>", headers=AUTH, content_type=ctype)
+    assert status == 415
+    assert_error(body, "unsupported content type")
+
+
+async def test_form_and_text_bodies_are_accepted(start_server) -> None:
+    srv = await start_server(BASIC)
+    status, body = await srv.post(
+        "my-hook", raw=b"text=from+a+form&x=1", headers=AUTH,
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert status == 202
+    status, _ = await srv.post("my-hook", raw="plain ✓".encode(), headers=AUTH,
+                               content_type="text/plain; charset=utf-8")
+    assert status == 202
+    await srv.idle()
+    from clawdbot_webhooks.builtin.local_gateway import read_log
+
+    texts = [m["text"] for m in read_log(srv.runtime.settings.state_dir)]
+    assert texts == ["got from a form", "got "]
+
+
+async def test_body_over_limit_is_413_by_length_and_while_reading(start_server) -> None:
+    config = {**BASIC, "incoming": {"secret": SECRET, "maxBodyBytes": 100}}
+    srv = await start_server(config)
+    big = json.dumps({"text": "x" * 200}).encode()
+    status, body = await srv.post("my-hook", raw=big, headers=AUTH)
+    assert status == 413
+    assert_error(body, "exceeds the limit of 100 bytes")
+
+    async def chunks():  # no Content-Length: the limit must hold while reading
+        for _ in range(10):
+            yield b" " * 50
+
+    async with srv.session.post(f"{srv.base}/webhook/my-hook", data=chunks(),
+                                headers={**AUTH, "Content-Type": "application/json"}) as resp:
+        assert resp.status == 413
+        assert_error(await resp.json(), "exceeds the limit")
+    assert await srv.runtime.store.count_incoming() == 0
+    status, _ = await srv.post("my-hook", {"text": "small"}, headers=AUTH)
+    assert status == 202
+
+
+def _loopback2_available() -> bool:
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+        return True
+    except OSError:
+        return False
+
+
+async def _post_from(address: str, url: str, headers: dict[str, str]) -> tuple[int, dict]:
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with aiohttp.ClientSession(connector=connector) as session, session.post(
+        url, json={"text": "x"}, headers=headers
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.skipif(not _loopback2_available(), reason="127.0.0.2 is not usable here")
+async def test_allowed_ips_and_spoofed_forwarded_for(start_server) -> None:
+    config = {**BASIC, "incoming": {"secret": SECRET, "allowedIPs": ["127.0.0.1/32", "::1"]}}
+    srv = await start_server(config)
+    url = f"{srv.base}/webhook/my-hook"
+    status, body = await _post_from("127.0.0.2", url, AUTH)
+    assert status == 403
+    assert_error(body, "client address 127.0.0.2 is not allowed")
+    # An untrusted peer cannot claim an allowed address through X-Forwarded-For.
+    status, _ = await _post_from("127.0.0.2", url, {**AUTH, "X-Forwarded-For": "127.0.0.1"})
+    assert status == 403
+    status, _ = await _post_from("127.0.0.1", url, AUTH)
+    assert status == 202
+
+
+@pytest.mark.skipif(not _loopback2_available(), reason="127.0.0.2 is not usable here")
+async def test_trusted_proxy_forwarded_for_is_used(start_server) -> None:
+    config = {
+        **BASIC,
+        "incoming": {"secret": SECRET, "allowedIPs": ["10.1.0.0/16"],
+                     "trustedProxies": ["127.0.0.2"]},
+    }
+    srv = await start_server(config)
+    url = f"{srv.base}/webhook/my-hook"
+    # Through the trusted proxy, the rightmost untrusted hop is the client.
+    status, body = await _post_from("127.0.0.2", url, {**AUTH, "X-Forwarded-For": "10.1.2.3"})
+    assert status == 202
+    stored = await srv.runtime.store.get_incoming(body["id"])
+    assert stored is not None and stored.client_ip == "10.1.2.3"
+    # A client-written left part does not count: the proxy appended the real address.
+    status, body = await _post_from(
+        "127.0.0.2", url, {**AUTH, "X-Forwarded-For": "10.1.9.9, 192.0.2.7"}
+    )
+    assert status == 403
+    assert_error(body, "192.0.2.7")
+    # The same header from a peer that is not a trusted proxy is ignored.
+    status, _ = await _post_from("127.0.0.1", url, {**AUTH, "X-Forwarded-For": "10.1.2.3"})
+    assert status == 403
+
+
+async def test_ipv6_allowlist(start_server) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("IPv6 loopback is not available here")
+    config = {**BASIC, "incoming": {"secret": SECRET, "allowedIPs": ["::1/128"]}}
+    srv = await start_server(config, host="::1")
+    url = f"http://[::1]:{srv.server.port}/webhook/my-hook"
+    async with srv.session.post(url, json={"text": "v6"}, headers=AUTH) as resp:
+        assert resp.status == 202
+
+
+async def test_health_and_readiness(start_server) -> None:
+    srv = await start_server(BASIC)
+    async with srv.session.get(f"{srv.base}/healthz") as resp:
+        assert resp.status == 200 and (await resp.json())["ok"] is True
+    async with srv.session.get(f"{srv.base}/readyz") as resp:
+        body = await resp.json()
+        assert resp.status == 200 and body["checks"]["store"] == "ok"
+
+
+async def test_store_failure_is_503_and_nothing_half_accepted(start_server) -> None:
+    srv = await start_server(BASIC)
+    await srv.runtime.store.close()  # the database is gone
+    status, body = await srv.post("my-hook", {"text": "x"}, headers=AUTH)
+    assert status == 503
+    assert_error(body, "nothing was accepted")
+
+
+async def test_sync_mode_answers_200_with_result(start_server) -> None:
+    config = {
+        "handlers": [
+            {"id": "ask", "action": "run_agent", "agentId": "main", "mode": "sync",
+             "template": "ping {{ n }}"},
+        ],
+    }
+    srv = await start_server(config)
+    status, body = await srv.post("ask", {"n": 1})
+    assert status == 200
+    assert body["result"]["text"] == "[main #1] ping 1"
+    assert body["id"].startswith("dlv_")
+    await asyncio.sleep(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import time
@@ -159,14 +160,21 @@ class _Function(fields.String):
 
 
 class Custom:
-    """Call ``function: "module:callable"`` (sync or async) with the action context."""
+    """Call ``function: "module:callable"`` with the action context.
+
+    An ``async def`` runs on the event loop; a plain function runs in a worker thread, so a
+    blocking call in it cannot stall the server.
+    """
 
     class schema(Schema):
         function = _Function(required=True)
         template = Template(load_default=None)
 
     async def run(self, ctx: ActionContext) -> Any:
-        outcome = ctx.options["function"](ctx)
+        function = ctx.options["function"]
+        if inspect.iscoroutinefunction(function):
+            return await function(ctx)
+        outcome = await asyncio.to_thread(function, ctx)
         if inspect.isawaitable(outcome):
             outcome = await outcome
         return outcome

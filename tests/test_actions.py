@@ -1,0 +1,232 @@
+"""Each built-in action end to end, through the real server and the local gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from clawdbot_webhooks.builtin.local_gateway import read_log
+
+
+async def test_send_message_through_local_gateway(start_server, recorder) -> None:
+    config = {
+        "handlers": [
+            {"id": "pr", "action": "send_message",
+             "target": {"channel": "discord", "peer": "{{ event.room }}"},
+             "template": "🔔 {{event.action}}: {{event.pull_request.title}}"},
+        ],
+    }
+    srv = await start_server(config, plugins=[("recorder", recorder)])
+    status, body = await srv.post(
+        "pr", {"action": "opened", "room": "dev-channel", "pull_request": {"title": "Fix"}}
+    )
+    assert status == 202
+    await srv.idle()
+    [message] = read_log(srv.runtime.settings.state_dir)
+    assert (message["kind"], message["channel"], message["peer"]) == ("sent", "discord",
+                                                                     "dev-channel")
+    assert message["text"] == "🔔 opened: Fix"
+    assert message["idempotency_key"] == body["id"]
+    [received] = recorder.of("message_received")
+    assert received.data["text"] == "🔔 opened: Fix"
+    assert received.causation == body["id"]
+
+
+async def test_run_agent_reply_is_an_agent_response_event(start_server, recorder) -> None:
+    config = {
+        "handlers": [
+            {"id": "github-events", "path": "/github", "action": "run_agent", "agentId": "devops",
+             "template": "新的 GitHub 事件: {{event.action}} 在 {{event.repository.name}}"},
+        ],
+    }
+    srv = await start_server(config, plugins=[("recorder", recorder)])
+    status, body = await srv.post("github", {"action": "opened", "repository": {"name": "claw"}})
+    assert status == 202
+    await srv.idle()
+    [response] = recorder.of("agent_response")
+    assert response.data == {
+        "text": "[devops #1] 新的 GitHub 事件: opened 在 claw",
+        "agentId": "devops",
+        "runId": body["id"],
+    }
+    assert response.session == body["session"] and response.causation == body["id"]
+    payload = response.to_payload()
+    assert payload["response"]["text"].startswith("[devops #1]")
+    assert payload["causation"] == body["id"]
+
+
+async def test_ephemeral_sessions_start_and_end_per_delivery(start_server, recorder) -> None:
+    config = {
+        "handlers": [{"id": "a", "action": "run_agent", "agentId": "x", "template": "hi"}],
+    }
+    srv = await start_server(config, plugins=[("recorder", recorder)])
+    ids = [(await srv.post("a", {}))[1] for _ in range(3)]
+    await srv.idle()
+    sessions = {b["session"] for b in ids}
+    assert len(sessions) == 3
+    assert {e.session for e in recorder.of("session_started")} == sessions
+    assert {e.session for e in recorder.of("session_ended")} == sessions
+    for event in recorder.of("session_ended"):
+        assert event.data["reason"] == "completed"
+    order = [(e.type, e.session) for e in recorder.events]
+    for session in sessions:
+        kinds = [t for t, s in order if s == session]
+        assert kinds == ["session_started", "message_received", "agent_response",
+                         "session_ended"]
+
+
+async def test_persistent_session_reused_and_ends_when_idle(start_server, recorder) -> None:
+    config = {
+        "sessions": {"idleTimeout": 0.3},
+        "handlers": [
+            {"id": "alerts", "action": "run_agent", "agentId": "oncall",
+             "template": "告警: {{alert.name}} - {{alert.message}}",
+             "sessionMode": "persistent", "sessionKey": "alerts-{{ alert.team }}"},
+        ],
+    }
+    srv = await start_server(config, plugins=[("recorder", recorder)])
+    first = (await srv.post("alerts", {"alert": {"name": "CPU", "message": "high",
+                                                 "team": "ops"}}))[1]
+    await srv.idle()
+    second = (await srv.post("alerts", {"alert": {"name": "CPU", "message": "ok",
+                                                  "team": "ops"}}))[1]
+    await srv.idle()
+    assert first["session"] == second["session"] == "alerts-ops"
+    replies = [e.data["text"] for e in recorder.of("agent_response")]
+    assert replies == ["[oncall #1] 告警: CPU - high", "[oncall #2] 告警: CPU - ok"]
+    assert len(recorder.of("session_started")) == 1
+    assert recorder.of("session_ended") == []
+    await asyncio.sleep(0.6)
+    await srv.runtime.bus.drain()
+    [ended] = recorder.of("session_ended")
+    assert ended.session == "alerts-ops" and ended.data["reason"] == "idle"
+
+
+async def test_forward_passes_body_and_retries_until_the_sink_heals(start_server,
+                                                                    make_sink) -> None:
+    sink = await make_sink(script=[503, 500])
+    config = {
+        "handlers": [
+            {"id": "relay", "action": "forward", "url": sink.url, "timeout": 2,
+             "retry": {"maxAttempts": 4, "initialDelay": 0.05, "backoff": "constant",
+                       "jitter": False}},
+        ],
+    }
+    srv = await start_server(config)
+    raw = b'{"exact": "bytes",  "kept": true}'
+    status, body = await srv.post("relay", raw=raw, headers={
+        "X-Custom": "kept", "Connection": "keep-alive", "X-Forwarded-For": "203.0.113.9"})
+    assert status == 202
+    await sink.wait_for(3)
+    await srv.idle()
+    assert [r["body"] for r in sink.received] == [raw] * 3
+    last = sink.received[-1]["headers"]
+    assert last["Content-Type"] == "application/json"
+    assert last["X-Custom"] == "kept"
+    assert last["Idempotency-Key"] == body["id"]
+    assert "X-Forwarded-For" not in last
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "done" and record.attempts == 3
+
+
+async def test_forward_failure_is_recorded_after_last_attempt(start_server, make_sink,
+                                                              recorder) -> None:
+    sink = await make_sink(default=502)
+    config = {
+        "handlers": [
+            {"id": "relay", "action": "forward", "url": sink.url,
+             "retry": {"maxAttempts": 2, "initialDelay": 0.05, "jitter": False}},
+        ],
+    }
+    srv = await start_server(config, plugins=[("recorder", recorder)])
+    _, body = await srv.post("relay", {"a": 1})
+    await srv.idle()
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "dead" and record.attempts == 2
+    assert "forward answered 502" in (record.last_error or "")
+    [error] = recorder.of("error")
+    assert error.data["delivery"] == body["id"] and error.causation == body["id"]
+    dead = await srv.runtime.store.dead_letters()
+    assert [d.id for d in dead] == [body["id"]]
+
+
+async def test_forward_client_error_is_not_retried(start_server, make_sink) -> None:
+    sink = await make_sink(default=400)
+    config = {"handlers": [{"id": "relay", "action": "forward", "url": sink.url}]}
+    srv = await start_server(config)
+    _, body = await srv.post("relay", {"a": 1})
+    await srv.idle()
+    assert len(sink.received) == 1
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "dead"
+
+
+def _write_module(tmp_path: Path, name: str, source: str) -> None:
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    if str(tmp_path) not in sys.path:
+        sys.path.insert(0, str(tmp_path))
+    sys.modules.pop(name, None)
+
+
+async def test_custom_sync_and_async_functions(start_server, tmp_path) -> None:
+    _write_module(tmp_path, "custom_fns", """
+        import asyncio, threading
+        seen = []
+
+        def plain(ctx):
+            seen.append(("plain", ctx.delivery.payload["n"], ctx.idempotency_key,
+                         threading.current_thread() is threading.main_thread()))
+            return {"doubled": ctx.delivery.payload["n"] * 2}
+
+        async def coro(ctx):
+            await asyncio.sleep(0)
+            seen.append(("coro", ctx.options["template"], ctx.session))
+            return {"text": ctx.options["template"]}
+    """)
+    config = {
+        "handlers": [
+            {"id": "plain", "action": "custom", "function": "custom_fns:plain", "mode": "sync"},
+            {"id": "coro", "action": "custom", "function": "custom_fns:coro",
+             "template": "n={{ n }}", "mode": "sync"},
+        ],
+    }
+    srv = await start_server(config)
+    status, body = await srv.post("plain", {"n": 21})
+    assert (status, body["result"]) == (200, {"doubled": 42})
+    status, body2 = await srv.post("coro", {"n": 5})
+    assert (status, body2["result"]) == (200, {"text": "n=5"})
+    import custom_fns
+
+    assert custom_fns.seen == [
+        ("plain", 21, body["id"], False),  # a plain function runs off the event loop
+        ("coro", "n=5", body2["session"]),
+    ]
+
+
+async def test_custom_function_errors_go_down_the_failure_path(start_server, tmp_path) -> None:
+    _write_module(tmp_path, "failing_fns", """
+        calls = []
+        def flaky(ctx):
+            calls.append(ctx.delivery.attempt)
+            if len(calls) < 3:
+                raise RuntimeError("not yet")
+            return "ok"
+    """)
+    config = {
+        "handlers": [
+            {"id": "f", "action": "custom", "function": "failing_fns:flaky",
+             "retry": {"maxAttempts": 5, "initialDelay": 0.02, "jitter": False}},
+        ],
+    }
+    srv = await start_server(config)
+    _, body = await srv.post("f", {})
+    await srv.idle()
+    import failing_fns
+
+    assert failing_fns.calls == [1, 2, 3]
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "done" and record.result == "ok"
+    assert json.loads(json.dumps(record.result)) == "ok"

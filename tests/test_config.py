@@ -1,0 +1,149 @@
+"""Config loading: JSON5, ${VAR}, key-path errors gathered all at once, the search order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clawdbot_webhooks.cli import main
+from clawdbot_webhooks.config import ConfigError, find_config, load_settings
+
+FIVE_MISTAKES = """
+// a whole clawdbot.json: only `webhooks` is read
+{
+  agents: { list: [{ id: "main" }] },
+  webhooks: {
+    incoming: { port: "not-a-port", allowedIPs: ["10.0.0.0/8", "not-an-ip"] },
+    handlers: [
+      { id: "ok", action: "send_message", target: { channel: "c", peer: "p" }, template: "x" },
+      { id: "agent", action: "run_agent", template: "hi" },                    // no agentId
+      { id: "t", action: "send_message", target: { channel: "c", peer: "p" }, template: "{{ a" },
+      { id: "what", action: "teleport" },
+    ],
+  },
+}
+"""
+
+
+def test_five_mistakes_are_all_reported_with_key_paths(tmp_path: Path) -> None:
+    path = tmp_path / "clawdbot.json"
+    path.write_text(FIVE_MISTAKES)
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 2
+    lines = [line.strip() for line in result.output.splitlines() if line.startswith("  ")]
+    assert lines == [
+        "webhooks.incoming.port: Not a valid integer.",
+        "webhooks.incoming.allowedIPs[1]: not an IP address or network: 'not-an-ip'",
+        "webhooks.handlers[1].agentId: Missing data for required field.",
+        "webhooks.handlers[2].template: template syntax error on line 1: unexpected end of "
+        "template, expected 'end of print statement'.",
+        "webhooks.handlers[3].action: unknown action 'teleport' (known: custom, forward, "
+        "run_agent, send_message)",
+    ]
+
+
+def test_a_template_error_is_reported_beside_other_option_errors() -> None:
+    from clawdbot_webhooks.config import build_settings
+    from clawdbot_webhooks.plugins import load_plugins
+
+    raw = {"handlers": [{"id": "t", "action": "send_message", "target": {"channel": "c"},
+                         "template": "{{ a"}]}
+    with pytest.raises(ConfigError) as caught:
+        build_settings(raw, load_plugins(), None)
+    assert [e.split(":")[0] for e in caught.value.errors] == [
+        "webhooks.handlers[0].target.peer",
+        "webhooks.handlers[0].template",
+    ]
+
+
+def test_template_errors_are_reported_with_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "c.json5"
+    path.write_text(json.dumps({"webhooks": {"handlers": [
+        {"id": "a", "action": "run_agent", "agentId": "x", "template": "{{ a"},
+        {"id": "b", "action": "run_agent", "agentId": "x", "template": "ok",
+         "sessionMode": "persistent"},
+        {"id": "a", "action": "run_agent", "agentId": "x", "template": "dup id"},
+    ]}}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path))
+    errors = caught.value.errors
+    assert errors[0].startswith("webhooks.handlers[0].template: template syntax error on line 1")
+    assert "webhooks.handlers[1].sessionKey: required when sessionMode is 'persistent'" in errors
+    assert "webhooks.handlers[2].id: duplicate handler id 'a' (also handlers[0])" in errors
+
+
+def test_env_substitution_and_missing_variable(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "c.json5"
+    path.write_text('{webhooks: {incoming: {secret: "${HOOK_SECRET}", '
+                    'secretHeader: "X-${HEADER_PART}"}, stateDir: "$${literal}"}}')
+    monkeypatch.setenv("HOOK_SECRET", "from-env")
+    monkeypatch.delenv("HEADER_PART", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path))
+    assert caught.value.errors == [
+        "webhooks.incoming.secretHeader: environment variable HEADER_PART is not set"
+    ]
+    monkeypatch.setenv("HEADER_PART", "Token")
+    settings, _ = load_settings(str(path))
+    assert settings.incoming["secret"] == "from-env"
+    assert settings.incoming["secretHeader"] == "X-Token"
+    assert settings.state_dir == (tmp_path / "${literal}").resolve()
+
+
+def test_unknown_keys_and_bad_json5(tmp_path: Path) -> None:
+    path = tmp_path / "c.json5"
+    path.write_text('{webhooks: {incomming: {}, handlers: [{id: "a", action: "run_agent", '
+                    'agentId: "x", template: "t", agentid: "typo"}]}}')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path))
+    assert caught.value.errors == [
+        "webhooks.incomming: Unknown field.",
+        "webhooks.handlers[0].agentid: Unknown field.",
+    ]
+    path.write_text("{webhooks: {")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path))
+    assert "not valid JSON5" in caught.value.errors[0]
+    path.write_text("{other: {}}")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path))
+    assert caught.value.errors[0].startswith("webhooks: missing")
+
+
+def test_search_order(tmp_path: Path, monkeypatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("CLAWDBOT_WEBHOOKS_CONFIG", raising=False)
+    assert find_config(None) is None
+    openclaw = home / ".openclaw" / "openclaw.json"
+    openclaw.parent.mkdir(parents=True)
+    openclaw.write_text("{webhooks: {}}")
+    assert find_config(None) == openclaw
+    clawdbot = home / ".clawdbot" / "clawdbot.json"
+    clawdbot.parent.mkdir(parents=True)
+    clawdbot.write_text("{webhooks: {}}")
+    assert find_config(None) == clawdbot
+    monkeypatch.setenv("CLAWDBOT_WEBHOOKS_CONFIG", str(tmp_path / "env.json5"))
+    assert find_config(None) == tmp_path / "env.json5"
+    assert find_config(str(tmp_path / "explicit.json5")) == tmp_path / "explicit.json5"
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "c.json5"
+    path.parent.mkdir()
+    path.write_text('{webhooks: {stateDir: "data", storage: {url: "sqlite:///db/x.sqlite3"}}}')
+    settings, _ = load_settings(str(path))
+    assert settings.state_dir == tmp_path / "conf" / "data"
+    assert settings.storage_url == f"sqlite:///{tmp_path / 'conf' / 'db' / 'x.sqlite3'}"
+
+
+def test_check_passes_on_the_example_config(monkeypatch) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "quickstart.json5"
+    monkeypatch.setenv("WEBHOOK_SECRET", "my-secret")
+    monkeypatch.setenv("GH_SECRET", "gh-secret")
+    result = CliRunner().invoke(main, ["check", "--config", str(example)])
+    assert result.exit_code == 0, result.output
+    assert "Config OK" in result.output

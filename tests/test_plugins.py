@@ -1,0 +1,225 @@
+"""The plugin manager: entry points, built-ins, switching plugins on and off, clashes,
+listing, and containment of a plugin's errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clawdbot_webhooks.builtin.local_gateway import read_log
+from clawdbot_webhooks.cli import main
+from clawdbot_webhooks.plugins import PluginError, PluginSelection, load_plugins
+
+SHOUT = """
+    from marshmallow import Schema, fields
+    from clawdbot_webhooks_hookspecs import Template, hookimpl
+
+    class Shout:
+        class schema(Schema):
+            template = Template(required=True)
+            times = fields.Integer(load_default=1)
+
+        async def run(self, ctx):
+            text = ctx.options["template"].upper() * ctx.options["times"]
+            await ctx.gateway.send_message(channel="shout", peer="all", text=text,
+                                           session=ctx.session,
+                                           idempotency_key=ctx.idempotency_key)
+            return {"shouted": text}
+
+    @hookimpl
+    def register_actions(register):
+        register("shout", Shout())
+
+    @hookimpl
+    def register_template_filters(register):
+        register("sparkle", lambda value: f"*{value}*")
+"""
+
+HANDLER = {"id": "s", "action": "shout", "template": "{{ word | sparkle }}", "times": 2}
+
+
+def write(tmp_path: Path, webhooks: dict) -> str:
+    path = tmp_path / "config.json5"
+    path.write_text(json.dumps({"webhooks": {"stateDir": str(tmp_path / "st"), **webhooks}}))
+    return str(path)
+
+
+async def test_installed_plugin_adds_an_action_and_a_filter(fake_distribution,
+                                                            start_server) -> None:
+    fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", SHOUT, entry="shout")
+    srv = await start_server({"handlers": [HANDLER]})
+    status, body = await srv.post("s", {"word": "hey"})
+    assert status == 202
+    await srv.idle()
+    [message] = read_log(srv.runtime.settings.state_dir)
+    assert message["text"] == "*HEY**HEY*"
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.result == {"shouted": "*HEY**HEY*"}
+
+
+def test_disabling_removes_both_and_check_names_the_plugin(fake_distribution,
+                                                            tmp_path: Path) -> None:
+    fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", SHOUT, entry="shout")
+    plugins = load_plugins(PluginSelection.from_config(disabled=["shout"]))
+    assert "shout" not in plugins.registries.actions
+    assert "sparkle" not in plugins.registries.filters
+    config = write(tmp_path, {"handlers": [HANDLER], "plugins": {"disabled": ["shout"]}})
+    result = CliRunner().invoke(main, ["check", "--config", config])
+    assert result.exit_code == 2
+    assert ("webhooks.handlers[0].action: action 'shout' is provided by plugin 'shout', "
+            "which is disabled in webhooks.plugins.disabled") in result.output
+    # With the plugin on, the same config checks clean.
+    config = write(tmp_path, {"handlers": [HANDLER]})
+    result = CliRunner().invoke(main, ["check", "--config", config])
+    assert result.exit_code == 0, result.output
+
+
+def test_filter_of_a_disabled_plugin_is_an_unknown_filter(fake_distribution) -> None:
+    fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", SHOUT, entry="shout")
+    from clawdbot_webhooks.config import ConfigError, build_settings
+
+    plugins = load_plugins(PluginSelection.from_config(disabled=["shout"]))
+    raw = {"handlers": [{"id": "m", "action": "send_message", "template": "{{ x | sparkle }}",
+                         "target": {"channel": "c", "peer": "p"}}]}
+    with pytest.raises(ConfigError) as caught:
+        build_settings(raw, plugins, None)
+    [error] = caught.value.errors
+    assert error == (
+        "webhooks.handlers[0].template: template error on line 1: No filter named 'sparkle'. "
+        "(it is provided by plugin 'shout', which is disabled in webhooks.plugins.disabled)"
+    )
+
+
+def test_allowlist_and_environment_override(fake_distribution, monkeypatch) -> None:
+    fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", SHOUT, entry="shout")
+    only_other = load_plugins(PluginSelection.from_config(enabled=["other"]))
+    assert "shout" not in only_other.registries.actions
+    assert only_other.infos["shout"].reason == "not listed in webhooks.plugins.enabled"
+    assert "run_agent" in only_other.registries.actions  # built-ins are not affected
+    monkeypatch.setenv("CLAWDBOT_WEBHOOKS_LOAD_PLUGINS", "shout")
+    from_env = load_plugins(PluginSelection.from_config(disabled=["shout"]))
+    assert "shout" in from_env.registries.actions
+    monkeypatch.setenv("CLAWDBOT_WEBHOOKS_LOAD_PLUGINS", "")
+    none = load_plugins(PluginSelection.from_config())
+    assert "shout" not in none.registries.actions
+    assert none.infos["shout"].reason == "not listed in CLAWDBOT_WEBHOOKS_LOAD_PLUGINS"
+
+
+def test_a_name_clash_names_both_plugins(fake_distribution) -> None:
+    fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", SHOUT, entry="shout")
+    fake_distribution("clawdbot-webhooks-loud", "0.1", "cw_loud", SHOUT, entry="loud")
+    with pytest.raises(PluginError) as caught:
+        load_plugins()
+    message = str(caught.value)
+    assert "action 'shout' is registered by both plugin" in message
+    assert "'shout'" in message and "'loud'" in message
+    # Clashing with a built-in name is caught the same way.
+    fake_distribution("clawdbot-webhooks-fwd", "0.1", "cw_fwd", """
+        from clawdbot_webhooks_hookspecs import hookimpl
+        @hookimpl
+        def register_actions(register):
+            register("forward", object())
+    """, entry="fwd")
+    with pytest.raises(PluginError, match="'builtin-actions' and plugin 'fwd'|'fwd' and plugin"):
+        load_plugins(PluginSelection.from_config(disabled=["loud"]))
+
+
+def test_a_misspelt_hook_fails_loudly(fake_distribution) -> None:
+    fake_distribution("clawdbot-webhooks-typo", "0.1", "cw_typo", """
+        from clawdbot_webhooks_hookspecs import hookimpl
+        @hookimpl
+        def register_action(register):
+            pass
+    """, entry="typo")
+    with pytest.raises(PluginError, match="register_action"):
+        load_plugins()
+
+
+def test_plugins_listing(fake_distribution, tmp_path: Path) -> None:
+    fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", SHOUT, entry="shout")
+    config = write(tmp_path, {"plugins": {"disabled": ["shout"]}})
+    result = CliRunner().invoke(main, ["plugins", "--json", "--config", config])
+    assert result.exit_code == 0, result.output
+    listing = {p["name"]: p for p in json.loads(result.output)}
+    shout = listing["shout"]
+    assert (shout["distribution"], shout["version"]) == ("clawdbot-webhooks-shout", "1.2.3")
+    assert shout["enabled"] is False
+    assert shout["reason"] == "disabled in webhooks.plugins.disabled"
+    assert shout["registers"] == {"actions": ["shout"], "filters": ["sparkle"]}
+    actions = listing["builtin-actions"]
+    assert actions["enabled"] and actions["builtin"]
+    assert actions["registers"]["actions"] == ["send_message", "run_agent", "forward", "custom"]
+    table = CliRunner().invoke(main, ["plugins", "--config", config])
+    assert "disabled (disabled in webhooks.plugins.disabled)" in table.output
+    assert "actions: shout; filters: sparkle" in table.output
+
+
+class Broken:
+    """A plugin that fails everywhere it can."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    from clawdbot_webhooks_hookspecs import hookimpl
+
+    @hookimpl
+    def on_event(self, event):  # type: ignore[no-untyped-def]
+        raise RuntimeError("on_event exploded")
+
+    @hookimpl
+    def register_template_filters(self, register):  # type: ignore[no-untyped-def]
+        def explode(value):  # type: ignore[no-untyped-def]
+            raise ValueError("filter exploded")
+
+        register("explode", explode)
+
+    @hookimpl
+    def register_actions(self, register):  # type: ignore[no-untyped-def]
+        plugin = self
+
+        class Boom:
+            from marshmallow import Schema
+
+            schema = Schema
+
+            async def run(self, ctx):  # type: ignore[no-untyped-def]
+                plugin.calls += 1
+                raise RuntimeError("action exploded")
+
+        register("boom", Boom())
+
+
+async def test_a_broken_plugin_is_contained(start_server, recorder, caplog) -> None:
+    broken = Broken()
+    config = {
+        "handlers": [
+            {"id": "boom", "action": "boom",
+             "retry": {"maxAttempts": 2, "initialDelay": 0.02, "jitter": False}},
+            {"id": "filter", "action": "send_message", "template": "{{ x | explode }}",
+             "target": {"channel": "c", "peer": "p"}},
+            {"id": "fine", "action": "run_agent", "agentId": "a", "template": "still here"},
+        ],
+    }
+    srv = await start_server(config, plugins=[("broken", broken), ("recorder", recorder)])
+    _, boom = await srv.post("boom", {})
+    _, filt = await srv.post("filter", {"x": 1})
+    status, fine = await srv.post("fine", {})
+    assert status == 202
+    await srv.idle()
+    store = srv.runtime.store
+    boom_record = await store.get_incoming(boom["id"])
+    assert boom_record is not None and boom_record.status == "dead"
+    assert boom_record.attempts == 2 and broken.calls == 2
+    assert "action exploded" in (boom_record.last_error or "")
+    filt_record = await store.get_incoming(filt["id"])
+    assert filt_record is not None and filt_record.status == "dead"
+    assert "filter exploded" in (filt_record.last_error or "")
+    fine_record = await store.get_incoming(fine["id"])
+    assert fine_record is not None and fine_record.status == "done"
+    # The other subscriber still saw every event, and the failure was logged with the name.
+    assert len(recorder.of("agent_response")) == 1
+    assert len(recorder.of("error")) == 2
+    assert any("plugin 'broken' failed in on_event" in r.getMessage() for r in caplog.records)

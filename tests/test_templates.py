@@ -1,0 +1,105 @@
+"""Templates: the sandbox, payload text as data, missing values, filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from clawdbot_webhooks.builtin.local_gateway import read_log
+from clawdbot_webhooks.config import ConfigError, build_settings
+from clawdbot_webhooks.plugins import load_plugins
+
+
+def handler(template: str, **extra: object) -> dict[str, object]:
+    return {"id": "h", "action": "send_message", "target": {"channel": "c", "peer": "p"},
+            "template": template, **extra}
+
+
+async def sent_text(start_server, payload: object, template: str, **webhooks: object) -> str:
+    srv = await start_server({"handlers": [handler(template)], **webhooks})
+    status, _ = await srv.post("h", payload)
+    assert status == 202
+    await srv.idle()
+    [message] = read_log(srv.runtime.settings.state_dir)
+    return str(message["text"])
+
+
+async def test_payload_text_that_looks_like_a_template_stays_literal(start_server) -> None:
+    payload = {
+        "title": "{{ 7 * 7 }} {% for x in range(3) %}{{x}}{% endfor %}",
+        "nested": {"evil": "{{ ''.__class__.__mro__ }}"},
+    }
+    text = await sent_text(start_server, payload, "{{ title }} | {{ event.nested.evil }}")
+    assert text == "{{ 7 * 7 }} {% for x in range(3) %}{{x}}{% endfor %} | {{ ''.__class__.__mro__ }}"
+
+
+async def test_missing_values_render_empty_by_default(start_server) -> None:
+    text = await sent_text(start_server, {"event": 1}, "[{{ event.repository.name }}][{{ nope }}]")
+    assert text == "[][]"
+
+
+async def test_strict_templates_turn_missing_values_into_a_dead_letter(start_server) -> None:
+    srv = await start_server({"handlers": [handler("{{ alert.name }}")], "strictTemplates": True})
+    _, body = await srv.post("h", {"other": 1})
+    await srv.idle()
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "dead" and record.attempts == 1
+    assert "'alert' is undefined" in (record.last_error or "")
+
+
+async def test_top_level_keys_headers_query_and_hook_are_variables(start_server) -> None:
+    srv = await start_server({
+        "handlers": [handler("{{ alert.name }}/{{ headers['x-tag'] }}/{{ query.q }}/"
+                             "{{ hook.id }}/{{ delivery.id[:4] }}")]
+    })
+    async with srv.session.post(f"{srv.base}/webhook/h?q=42", json={"alert": {"name": "CPU"}},
+                                headers={"X-Tag": "t1"}) as resp:
+        assert resp.status == 202
+    await srv.idle()
+    [message] = read_log(srv.runtime.settings.state_dir)
+    assert message["text"] == "CPU/t1/42/h/dlv_"
+
+
+async def test_builtin_filters(start_server) -> None:
+    text = await sent_text(
+        start_server,
+        {"msg": "first line\nsecond", "data": {"k": "ü"}, "long": "word " * 40},
+        "{{ msg | first_line }}|{{ data | json }}|{{ long | shorten(20) }}",
+    )
+    assert text == 'first line|{"k": "ü"}|word word word word…'
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ event.__class__ }}",
+        "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+        "{{ event['__class__'] }}",
+        "{{ lipsum.__globals__ }}",
+        "{% for c in ''.__class__.mro() %}{% endfor %}",
+    ],
+)
+def test_sandbox_escapes_in_config_are_refused(template: str) -> None:
+    plugins = load_plugins()
+    with pytest.raises(ConfigError) as caught:
+        build_settings({"handlers": [handler(template)]}, plugins, None)
+    [error] = caught.value.errors
+    assert error.startswith("webhooks.handlers[0].template: template refused")
+
+
+async def test_sandbox_still_guards_what_a_static_check_cannot_see(start_server) -> None:
+    # The attribute name is computed at render time, so only the sandbox can refuse it.
+    srv = await start_server({"handlers": [handler("{{ event | attr('__cla' ~ 'ss__') }}")]})
+    _, body = await srv.post("h", {"a": 1})
+    await srv.idle()
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "done"
+    [message] = read_log(srv.runtime.settings.state_dir)
+    assert message["text"] == ""  # the sandbox yields an undefined value, never the class
+
+
+def test_syntax_errors_name_the_key_path() -> None:
+    plugins = load_plugins()
+    with pytest.raises(ConfigError) as caught:
+        build_settings({"handlers": [handler("{{ unclosed ")]}, plugins, None)
+    assert caught.value.errors[0].startswith("webhooks.handlers[0].template: template syntax")
