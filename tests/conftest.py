@@ -21,9 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from multidict import CIMultiDict
-
 from clawdbot_webhooks_hookspecs import hookimpl
+from multidict import CIMultiDict
 
 from clawdbot_webhooks.config import build_settings
 from clawdbot_webhooks.plugins import PluginSelection, load_plugins
@@ -288,17 +287,14 @@ def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callab
     site.mkdir(exist_ok=True)
     monkeypatch.syspath_prepend(str(site))
 
-    def install(dist: str, version: str, module: str, source: str, entry: str | None = None
-                ) -> Path:
+    def install(
+        dist: str, version: str, module: str, source: str, entry: str | None = None
+    ) -> Path:
         (site / f"{module}.py").write_text(textwrap.dedent(source))
         info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
-        )
-        (info / "entry_points.txt").write_text(
-            f"[clawdbot_webhooks]\n{entry or dist} = {module}\n"
-        )
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[clawdbot_webhooks]\n{entry or dist} = {module}\n")
         (info / "top_level.txt").write_text(f"{module}\n")
         sys.modules.pop(module, None)
         return site

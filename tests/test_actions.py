@@ -14,9 +14,12 @@ from clawdbot_webhooks.builtin.local_gateway import read_log
 async def test_send_message_through_local_gateway(start_server, recorder) -> None:
     config = {
         "handlers": [
-            {"id": "pr", "action": "send_message",
-             "target": {"channel": "discord", "peer": "{{ event.room }}"},
-             "template": "🔔 {{event.action}}: {{event.pull_request.title}}"},
+            {
+                "id": "pr",
+                "action": "send_message",
+                "target": {"channel": "discord", "peer": "{{ event.room }}"},
+                "template": "🔔 {{event.action}}: {{event.pull_request.title}}",
+            },
         ],
     }
     srv = await start_server(config, plugins=[("recorder", recorder)])
@@ -26,8 +29,11 @@ async def test_send_message_through_local_gateway(start_server, recorder) -> Non
     assert status == 202
     await srv.idle()
     [message] = read_log(srv.runtime.settings.state_dir)
-    assert (message["kind"], message["channel"], message["peer"]) == ("sent", "discord",
-                                                                     "dev-channel")
+    assert (message["kind"], message["channel"], message["peer"]) == (
+        "sent",
+        "discord",
+        "dev-channel",
+    )
     assert message["text"] == "🔔 opened: Fix"
     assert message["idempotency_key"] == body["id"]
     [received] = recorder.of("message_received")
@@ -38,8 +44,13 @@ async def test_send_message_through_local_gateway(start_server, recorder) -> Non
 async def test_run_agent_reply_is_an_agent_response_event(start_server, recorder) -> None:
     config = {
         "handlers": [
-            {"id": "github-events", "path": "/github", "action": "run_agent", "agentId": "devops",
-             "template": "新的 GitHub 事件: {{event.action}} 在 {{event.repository.name}}"},
+            {
+                "id": "github-events",
+                "path": "/github",
+                "action": "run_agent",
+                "agentId": "devops",
+                "template": "新的 GitHub 事件: {{event.action}} 在 {{event.repository.name}}",
+            },
         ],
     }
     srv = await start_server(config, plugins=[("recorder", recorder)])
@@ -74,25 +85,31 @@ async def test_ephemeral_sessions_start_and_end_per_delivery(start_server, recor
     order = [(e.type, e.session) for e in recorder.events]
     for session in sessions:
         kinds = [t for t, s in order if s == session]
-        assert kinds == ["session_started", "message_received", "agent_response",
-                         "session_ended"]
+        assert kinds == ["session_started", "message_received", "agent_response", "session_ended"]
 
 
 async def test_persistent_session_reused_and_ends_when_idle(start_server, recorder) -> None:
     config = {
         "sessions": {"idleTimeout": 0.3},
         "handlers": [
-            {"id": "alerts", "action": "run_agent", "agentId": "oncall",
-             "template": "告警: {{alert.name}} - {{alert.message}}",
-             "sessionMode": "persistent", "sessionKey": "alerts-{{ alert.team }}"},
+            {
+                "id": "alerts",
+                "action": "run_agent",
+                "agentId": "oncall",
+                "template": "告警: {{alert.name}} - {{alert.message}}",
+                "sessionMode": "persistent",
+                "sessionKey": "alerts-{{ alert.team }}",
+            },
         ],
     }
     srv = await start_server(config, plugins=[("recorder", recorder)])
-    first = (await srv.post("alerts", {"alert": {"name": "CPU", "message": "high",
-                                                 "team": "ops"}}))[1]
+    first = (
+        await srv.post("alerts", {"alert": {"name": "CPU", "message": "high", "team": "ops"}})
+    )[1]
     await srv.idle()
-    second = (await srv.post("alerts", {"alert": {"name": "CPU", "message": "ok",
-                                                  "team": "ops"}}))[1]
+    second = (await srv.post("alerts", {"alert": {"name": "CPU", "message": "ok", "team": "ops"}}))[
+        1
+    ]
     await srv.idle()
     assert first["session"] == second["session"] == "alerts-ops"
     replies = [e.data["text"] for e in recorder.of("agent_response")]
@@ -105,20 +122,33 @@ async def test_persistent_session_reused_and_ends_when_idle(start_server, record
     assert ended.session == "alerts-ops" and ended.data["reason"] == "idle"
 
 
-async def test_forward_passes_body_and_retries_until_the_sink_heals(start_server,
-                                                                    make_sink) -> None:
+async def test_forward_passes_body_and_retries_until_the_sink_heals(
+    start_server, make_sink
+) -> None:
     sink = await make_sink(script=[503, 500])
     config = {
         "handlers": [
-            {"id": "relay", "action": "forward", "url": sink.url, "timeout": 2,
-             "retry": {"maxAttempts": 4, "initialDelay": 0.05, "backoff": "constant",
-                       "jitter": False}},
+            {
+                "id": "relay",
+                "action": "forward",
+                "url": sink.url,
+                "timeout": 2,
+                "retry": {
+                    "maxAttempts": 4,
+                    "initialDelay": 0.05,
+                    "backoff": "constant",
+                    "jitter": False,
+                },
+            },
         ],
     }
     srv = await start_server(config)
     raw = b'{"exact": "bytes",  "kept": true}'
-    status, body = await srv.post("relay", raw=raw, headers={
-        "X-Custom": "kept", "Connection": "keep-alive", "X-Forwarded-For": "203.0.113.9"})
+    status, body = await srv.post(
+        "relay",
+        raw=raw,
+        headers={"X-Custom": "kept", "Connection": "keep-alive", "X-Forwarded-For": "203.0.113.9"},
+    )
     assert status == 202
     await sink.wait_for(3)
     await srv.idle()
@@ -132,13 +162,18 @@ async def test_forward_passes_body_and_retries_until_the_sink_heals(start_server
     assert record is not None and record.status == "done" and record.attempts == 3
 
 
-async def test_forward_failure_is_recorded_after_last_attempt(start_server, make_sink,
-                                                              recorder) -> None:
+async def test_forward_failure_is_recorded_after_last_attempt(
+    start_server, make_sink, recorder
+) -> None:
     sink = await make_sink(default=502)
     config = {
         "handlers": [
-            {"id": "relay", "action": "forward", "url": sink.url,
-             "retry": {"maxAttempts": 2, "initialDelay": 0.05, "jitter": False}},
+            {
+                "id": "relay",
+                "action": "forward",
+                "url": sink.url,
+                "retry": {"maxAttempts": 2, "initialDelay": 0.05, "jitter": False},
+            },
         ],
     }
     srv = await start_server(config, plugins=[("recorder", recorder)])
@@ -172,7 +207,10 @@ def _write_module(tmp_path: Path, name: str, source: str) -> None:
 
 
 async def test_custom_sync_and_async_functions(start_server, tmp_path) -> None:
-    _write_module(tmp_path, "custom_fns", """
+    _write_module(
+        tmp_path,
+        "custom_fns",
+        """
         import asyncio, threading
         seen = []
 
@@ -185,12 +223,18 @@ async def test_custom_sync_and_async_functions(start_server, tmp_path) -> None:
             await asyncio.sleep(0)
             seen.append(("coro", ctx.options["template"], ctx.session))
             return {"text": ctx.options["template"]}
-    """)
+    """,
+    )
     config = {
         "handlers": [
             {"id": "plain", "action": "custom", "function": "custom_fns:plain", "mode": "sync"},
-            {"id": "coro", "action": "custom", "function": "custom_fns:coro",
-             "template": "n={{ n }}", "mode": "sync"},
+            {
+                "id": "coro",
+                "action": "custom",
+                "function": "custom_fns:coro",
+                "template": "n={{ n }}",
+                "mode": "sync",
+            },
         ],
     }
     srv = await start_server(config)
@@ -207,18 +251,26 @@ async def test_custom_sync_and_async_functions(start_server, tmp_path) -> None:
 
 
 async def test_custom_function_errors_go_down_the_failure_path(start_server, tmp_path) -> None:
-    _write_module(tmp_path, "failing_fns", """
+    _write_module(
+        tmp_path,
+        "failing_fns",
+        """
         calls = []
         def flaky(ctx):
             calls.append(ctx.delivery.attempt)
             if len(calls) < 3:
                 raise RuntimeError("not yet")
             return "ok"
-    """)
+    """,
+    )
     config = {
         "handlers": [
-            {"id": "f", "action": "custom", "function": "failing_fns:flaky",
-             "retry": {"maxAttempts": 5, "initialDelay": 0.02, "jitter": False}},
+            {
+                "id": "f",
+                "action": "custom",
+                "function": "failing_fns:flaky",
+                "retry": {"maxAttempts": 5, "initialDelay": 0.02, "jitter": False},
+            },
         ],
     }
     srv = await start_server(config)

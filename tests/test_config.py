@@ -49,8 +49,11 @@ def test_a_template_error_is_reported_beside_other_option_errors() -> None:
     from clawdbot_webhooks.config import build_settings
     from clawdbot_webhooks.plugins import load_plugins
 
-    raw = {"handlers": [{"id": "t", "action": "send_message", "target": {"channel": "c"},
-                         "template": "{{ a"}]}
+    raw = {
+        "handlers": [
+            {"id": "t", "action": "send_message", "target": {"channel": "c"}, "template": "{{ a"}
+        ]
+    }
     with pytest.raises(ConfigError) as caught:
         build_settings(raw, load_plugins(), None)
     assert [e.split(":")[0] for e in caught.value.errors] == [
@@ -61,12 +64,25 @@ def test_a_template_error_is_reported_beside_other_option_errors() -> None:
 
 def test_template_errors_are_reported_with_the_others(tmp_path: Path) -> None:
     path = tmp_path / "c.json5"
-    path.write_text(json.dumps({"webhooks": {"handlers": [
-        {"id": "a", "action": "run_agent", "agentId": "x", "template": "{{ a"},
-        {"id": "b", "action": "run_agent", "agentId": "x", "template": "ok",
-         "sessionMode": "persistent"},
-        {"id": "a", "action": "run_agent", "agentId": "x", "template": "dup id"},
-    ]}}))
+    path.write_text(
+        json.dumps(
+            {
+                "webhooks": {
+                    "handlers": [
+                        {"id": "a", "action": "run_agent", "agentId": "x", "template": "{{ a"},
+                        {
+                            "id": "b",
+                            "action": "run_agent",
+                            "agentId": "x",
+                            "template": "ok",
+                            "sessionMode": "persistent",
+                        },
+                        {"id": "a", "action": "run_agent", "agentId": "x", "template": "dup id"},
+                    ]
+                }
+            }
+        )
+    )
     with pytest.raises(ConfigError) as caught:
         load_settings(str(path))
     errors = caught.value.errors
@@ -77,8 +93,10 @@ def test_template_errors_are_reported_with_the_others(tmp_path: Path) -> None:
 
 def test_env_substitution_and_missing_variable(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "c.json5"
-    path.write_text('{webhooks: {incoming: {secret: "${HOOK_SECRET}", '
-                    'secretHeader: "X-${HEADER_PART}"}, stateDir: "$${literal}"}}')
+    path.write_text(
+        '{webhooks: {incoming: {secret: "${HOOK_SECRET}", '
+        'secretHeader: "X-${HEADER_PART}"}, stateDir: "$${literal}"}}'
+    )
     monkeypatch.setenv("HOOK_SECRET", "from-env")
     monkeypatch.delenv("HEADER_PART", raising=False)
     with pytest.raises(ConfigError) as caught:
@@ -95,8 +113,10 @@ def test_env_substitution_and_missing_variable(tmp_path: Path, monkeypatch) -> N
 
 def test_unknown_keys_and_bad_json5(tmp_path: Path) -> None:
     path = tmp_path / "c.json5"
-    path.write_text('{webhooks: {incomming: {}, handlers: [{id: "a", action: "run_agent", '
-                    'agentId: "x", template: "t", agentid: "typo"}]}}')
+    path.write_text(
+        '{webhooks: {incomming: {}, handlers: [{id: "a", action: "run_agent", '
+        'agentId: "x", template: "t", agentid: "typo"}]}}'
+    )
     with pytest.raises(ConfigError) as caught:
         load_settings(str(path))
     assert caught.value.errors == [

@@ -37,8 +37,10 @@ GATED = """
 
 def post(base: str, hook: str, payload: dict) -> dict:
     request = urllib.request.Request(
-        f"{base}/webhook/{hook}", data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        f"{base}/webhook/{hook}",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 202
@@ -104,8 +106,9 @@ def test_kill_9_after_acknowledging_then_restart(server_process, gated_env, tmp_
     assert {n for _, n in prompts} == {1}
 
 
-def test_sigterm_drains_in_flight_work_and_leaves_the_rest(server_process, gated_env,
-                                                            tmp_path) -> None:
+def test_sigterm_drains_in_flight_work_and_leaves_the_rest(
+    server_process, gated_env, tmp_path
+) -> None:
     config = {**CONFIG, "incoming": {"concurrency": 2, "shutdownTimeout": 0.5}}
     server = server_process(config, env=gated_env)
     server.start()

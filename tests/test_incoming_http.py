@@ -58,8 +58,14 @@ async def test_per_handler_secret_and_header_override(start_server) -> None:
     config = {
         "incoming": {"secret": SECRET},
         "handlers": [
-            {"id": "own", "action": "send_message", "target": TARGET, "template": "x",
-             "secret": "other", "secretHeader": "X-Own-Token"},
+            {
+                "id": "own",
+                "action": "send_message",
+                "target": TARGET,
+                "template": "x",
+                "secret": "other",
+                "secretHeader": "X-Own-Token",
+            },
         ],
     }
     srv = await start_server(config)
@@ -122,13 +128,16 @@ async def test_unsupported_content_type_is_415(start_server, ctype) -> None:
 
 async def test_form_and_text_bodies_are_accepted(start_server) -> None:
     srv = await start_server(BASIC)
-    status, body = await srv.post(
-        "my-hook", raw=b"text=from+a+form&x=1", headers=AUTH,
+    status, _ = await srv.post(
+        "my-hook",
+        raw=b"text=from+a+form&x=1",
+        headers=AUTH,
         content_type="application/x-www-form-urlencoded",
     )
     assert status == 202
-    status, _ = await srv.post("my-hook", raw="plain ✓".encode(), headers=AUTH,
-                               content_type="text/plain; charset=utf-8")
+    status, _ = await srv.post(
+        "my-hook", raw="plain ✓".encode(), headers=AUTH, content_type="text/plain; charset=utf-8"
+    )
     assert status == 202
     await srv.idle()
     from clawdbot_webhooks.builtin.local_gateway import read_log
@@ -149,8 +158,11 @@ async def test_body_over_limit_is_413_by_length_and_while_reading(start_server) 
         for _ in range(10):
             yield b" " * 50
 
-    async with srv.session.post(f"{srv.base}/webhook/my-hook", data=chunks(),
-                                headers={**AUTH, "Content-Type": "application/json"}) as resp:
+    async with srv.session.post(
+        f"{srv.base}/webhook/my-hook",
+        data=chunks(),
+        headers={**AUTH, "Content-Type": "application/json"},
+    ) as resp:
         assert resp.status == 413
         assert_error(await resp.json(), "exceeds the limit")
     assert await srv.runtime.store.count_incoming() == 0
@@ -169,9 +181,10 @@ def _loopback2_available() -> bool:
 
 async def _post_from(address: str, url: str, headers: dict[str, str]) -> tuple[int, dict]:
     connector = aiohttp.TCPConnector(local_addr=(address, 0))
-    async with aiohttp.ClientSession(connector=connector) as session, session.post(
-        url, json={"text": "x"}, headers=headers
-    ) as resp:
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(url, json={"text": "x"}, headers=headers) as resp,
+    ):
         return resp.status, await resp.json()
 
 
@@ -194,8 +207,11 @@ async def test_allowed_ips_and_spoofed_forwarded_for(start_server) -> None:
 async def test_trusted_proxy_forwarded_for_is_used(start_server) -> None:
     config = {
         **BASIC,
-        "incoming": {"secret": SECRET, "allowedIPs": ["10.1.0.0/16"],
-                     "trustedProxies": ["127.0.0.2"]},
+        "incoming": {
+            "secret": SECRET,
+            "allowedIPs": ["10.1.0.0/16"],
+            "trustedProxies": ["127.0.0.2"],
+        },
     }
     srv = await start_server(config)
     url = f"{srv.base}/webhook/my-hook"
@@ -248,8 +264,13 @@ async def test_store_failure_is_503_and_nothing_half_accepted(start_server) -> N
 async def test_sync_mode_answers_200_with_result(start_server) -> None:
     config = {
         "handlers": [
-            {"id": "ask", "action": "run_agent", "agentId": "main", "mode": "sync",
-             "template": "ping {{ n }}"},
+            {
+                "id": "ask",
+                "action": "run_agent",
+                "agentId": "main",
+                "mode": "sync",
+                "template": "ping {{ n }}",
+            },
         ],
     }
     srv = await start_server(config)

@@ -10,8 +10,13 @@ from clawdbot_webhooks.plugins import load_plugins
 
 
 def handler(template: str, **extra: object) -> dict[str, object]:
-    return {"id": "h", "action": "send_message", "target": {"channel": "c", "peer": "p"},
-            "template": template, **extra}
+    return {
+        "id": "h",
+        "action": "send_message",
+        "target": {"channel": "c", "peer": "p"},
+        "template": template,
+        **extra,
+    }
 
 
 async def sent_text(start_server, payload: object, template: str, **webhooks: object) -> str:
@@ -29,7 +34,9 @@ async def test_payload_text_that_looks_like_a_template_stays_literal(start_serve
         "nested": {"evil": "{{ ''.__class__.__mro__ }}"},
     }
     text = await sent_text(start_server, payload, "{{ title }} | {{ event.nested.evil }}")
-    assert text == "{{ 7 * 7 }} {% for x in range(3) %}{{x}}{% endfor %} | {{ ''.__class__.__mro__ }}"
+    assert (
+        text == "{{ 7 * 7 }} {% for x in range(3) %}{{x}}{% endfor %} | {{ ''.__class__.__mro__ }}"
+    )
 
 
 async def test_missing_values_render_empty_by_default(start_server) -> None:
@@ -47,12 +54,19 @@ async def test_strict_templates_turn_missing_values_into_a_dead_letter(start_ser
 
 
 async def test_top_level_keys_headers_query_and_hook_are_variables(start_server) -> None:
-    srv = await start_server({
-        "handlers": [handler("{{ alert.name }}/{{ headers['x-tag'] }}/{{ query.q }}/"
-                             "{{ hook.id }}/{{ delivery.id[:4] }}")]
-    })
-    async with srv.session.post(f"{srv.base}/webhook/h?q=42", json={"alert": {"name": "CPU"}},
-                                headers={"X-Tag": "t1"}) as resp:
+    srv = await start_server(
+        {
+            "handlers": [
+                handler(
+                    "{{ alert.name }}/{{ headers['x-tag'] }}/{{ query.q }}/"
+                    "{{ hook.id }}/{{ delivery.id[:4] }}"
+                )
+            ]
+        }
+    )
+    async with srv.session.post(
+        f"{srv.base}/webhook/h?q=42", json={"alert": {"name": "CPU"}}, headers={"X-Tag": "t1"}
+    ) as resp:
         assert resp.status == 202
     await srv.idle()
     [message] = read_log(srv.runtime.settings.state_dir)
