@@ -11,6 +11,7 @@ from clawdbot_webhooks_hookspecs import Gateway, GatewayEnv
 
 from .config import Settings
 from .events import EventBus
+from .outbox import Outbox
 from .pipeline import Pipeline
 from .plugins import PluginSet
 from .sessions import Sessions
@@ -26,6 +27,8 @@ class Runtime:
         self.bus = EventBus(plugins.pm)
         self.store: Store = open_store(settings.storage_url, settings.synchronous)
         self.sessions = Sessions(self.bus, settings.idle_timeout)
+        self.outbox = Outbox(settings.outgoing, self.store, self.bus, plugins.registries.transports)
+        self.bus.subscribe(self.outbox.record)
         self.gateway: Gateway = self._make_gateway()
         self.http: aiohttp.ClientSession | None = None
         self.pipeline: Pipeline | None = None
@@ -47,6 +50,7 @@ class Runtime:
         await self.store.open()
         # SQLite belongs to one process: whatever a killed predecessor had claimed is ours now.
         await self.store.release_leases()
+        self.outbox.start()
         self.http = aiohttp.ClientSession()
         await self.gateway.start()
         self.pipeline = Pipeline(
@@ -66,6 +70,8 @@ class Runtime:
         if self.pipeline is not None:
             await self.pipeline.stop(self.settings.incoming["shutdownTimeout"])
         await self.bus.drain(timeout=5)
+        # After the pipeline (whose last events it stores), before transports and store close.
+        await self.outbox.stop(self.settings.incoming["shutdownTimeout"])
         self.sessions.close()
         await self.gateway.close()
         for _, transport in self.plugins.registries.transports.items():

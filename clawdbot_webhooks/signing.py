@@ -33,3 +33,28 @@ def sign_standard(secret: str, msg_id: str, timestamp: int | str, body: bytes) -
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(decode_secret(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signing_key(secret: str) -> bytes:
+    """The key an outgoing subscription signs with: a ``whsec_`` secret is base64-decoded;
+    any other secret is used as its UTF-8 bytes (so a plain passphrase works too)."""
+    if secret.startswith(SECRET_PREFIX):
+        return decode_secret(secret)
+    return secret.encode("utf-8")
+
+
+class StandardSigner:
+    """Signs the deliveries of one outgoing subscription; the key is decoded once."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = signing_key(secret)
+
+    def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+        """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for one attempt."""
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        digest = hmac.new(self._key, signed, hashlib.sha256).digest()
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii"),
+        }

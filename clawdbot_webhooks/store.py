@@ -75,6 +75,20 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class OutgoingOutcome:
+    """One attempt's result for ``finish_outgoing_many``; ``hold_until`` keeps the lease of a
+    delivery whose retry this process waits for (0 frees it)."""
+
+    delivery_id: str
+    status: str
+    attempts: int
+    error: str | None = None
+    retry_at: float | None = None
+    hold_until: float = 0.0
+    attempt: Attempt | None = None
+
+
+@dataclass(slots=True)
 class DeadLetter:
     id: str
     kind: str  # "incoming" | "outgoing"
@@ -125,6 +139,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (subscription_id, session, seq);
+CREATE INDEX IF NOT EXISTS outbox_pending_lane ON outbox (subscription_id, session, seq)
+    WHERE status='pending';
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL,
     number INTEGER NOT NULL,
@@ -145,6 +161,7 @@ _OUTBOX_COLUMNS = (
     "id, event_id, subscription_id, event_type, session, payload, created_at, status, "
     "attempts, next_attempt_at, last_error, seq"
 )
+_OUTBOX_COLUMNS_O = ", ".join(f"o.{c.strip()}" for c in _OUTBOX_COLUMNS.split(","))
 
 
 def _incoming(row: sqlite3.Row | tuple[Any, ...]) -> IncomingRecord:
@@ -429,14 +446,21 @@ class SQLiteStore:
 
     # -- outbox
 
-    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            until = time.time() + lease
-            conn.executemany(
-                "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, "
-                "payload, created_at, status, attempts, next_attempt_at, lease_until) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
+    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> list[str]:
+        """Store deliveries (leased for ``lease`` seconds); returns the ids that were new.
+
+        A row id that exists already is left as it is, so publishing an event again after a
+        crash (same event id, same subscription) never makes a second delivery.
+        """
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            until = time.time() + lease if lease > 0 else 0.0
+            added: list[str] = []
+            for r in records:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO outbox (id, event_id, subscription_id, event_type, "
+                    "session, payload, created_at, status, attempts, next_attempt_at, last_error, "
+                    "lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         r.id,
                         r.event_id,
@@ -448,26 +472,124 @@ class SQLiteStore:
                         r.status,
                         r.attempts,
                         r.next_attempt_at,
+                        r.last_error,
                         until,
-                    )
-                    for r in records
-                ],
-            )
+                    ),
+                )
+                if cur.rowcount:
+                    added.append(r.id)
+            return added
 
-        await self._do(op)
+        return await self._do(op)
 
-    async def claim_outgoing(self, limit: int, lease: float) -> list[OutgoingRecord]:
+    async def claim_outgoing(
+        self, limit: int, lease: float, exclude: Sequence[str] = ()
+    ) -> list[OutgoingRecord]:
+        """Due deliveries whose lease is free, oldest first, leased to this process.
+
+        A delivery is not claimed while an earlier one of the same subscription and session is
+        still pending and waiting (a retry not yet due, or leased elsewhere): events of one
+        session reach one endpoint in order. ``exclude`` skips subscriptions that already
+        have enough work in hand.
+        """
+
         def op(conn: sqlite3.Connection) -> list[OutgoingRecord]:
             now = time.time()
+            skip = ""
+            if exclude:
+                skip = f"AND o.subscription_id NOT IN ({','.join('?' * len(exclude))}) "
             rows = conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status='pending' "
-                "AND next_attempt_at<=? AND lease_until<=? ORDER BY seq LIMIT ?",
-                (now, now, limit),
+                f"SELECT {_OUTBOX_COLUMNS_O} FROM outbox o WHERE o.status='pending' "
+                f"AND o.next_attempt_at<=? AND o.lease_until<=? {skip}"
+                "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status='pending' "
+                "AND p.subscription_id=o.subscription_id AND p.session=o.session "
+                "AND p.seq<o.seq AND (p.next_attempt_at>? OR p.lease_until>?)) "
+                "ORDER BY o.seq LIMIT ?",
+                (now, now, *exclude, now, now, limit),
             ).fetchall()
             conn.executemany(
                 "UPDATE outbox SET lease_until=? WHERE id=?", [(now + lease, r[0]) for r in rows]
             )
             return [_outgoing(r) for r in rows]
+
+        return await self._do(op)
+
+    async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> None:
+        """Record many attempts' outcomes in one transaction (the dispatcher batches them).
+
+        Attempt numbers continue across replays, so the history of a revived dead letter is
+        kept; ``attempts`` on the row counts the current round only.
+        """
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.executemany(
+                "UPDATE outbox SET status=?, attempts=?, last_error=?, next_attempt_at=?, "
+                "lease_until=?, finished_at=? WHERE id=?",
+                [
+                    (
+                        o.status,
+                        o.attempts,
+                        o.error,
+                        o.retry_at or 0,
+                        o.hold_until,
+                        None if o.status == "pending" else now,
+                        o.delivery_id,
+                    )
+                    for o in outcomes
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO attempts SELECT ?, COALESCE(MAX(number), 0) + 1, ?, ?, ?, ?, ? "
+                "FROM attempts WHERE delivery_id=?",
+                [
+                    (
+                        a.delivery_id,
+                        a.at,
+                        a.status,
+                        a.latency_ms,
+                        a.response,
+                        a.error,
+                        a.delivery_id,
+                    )
+                    for a in (o.attempt for o in outcomes)
+                    if a is not None
+                ],
+            )
+
+        await self._do(op)
+
+    async def release_outgoing(self, ids: Sequence[str]) -> None:
+        """Give up the leases of deliveries this process holds but will not finish."""
+        wanted = list(ids)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE outbox SET lease_until=0 WHERE id=? AND status='pending'",
+                [(i,) for i in wanted],
+            )
+
+        await self._do(op)
+
+    async def claim_outgoing_ids(self, ids: Sequence[str], lease: float) -> list[OutgoingRecord]:
+        """Lease these pending deliveries if nobody holds them (a CLI replay uses it)."""
+        wanted = list(ids)
+
+        def op(conn: sqlite3.Connection) -> list[OutgoingRecord]:
+            now = time.time()
+            claimed: list[OutgoingRecord] = []
+            for delivery_id in wanted:
+                row = conn.execute(
+                    f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id=? AND status='pending' "
+                    "AND lease_until<=?",
+                    (delivery_id, now),
+                ).fetchone()
+                if row is not None:
+                    conn.execute(
+                        "UPDATE outbox SET lease_until=? WHERE id=?", (now + lease, delivery_id)
+                    )
+                    claimed.append(_outgoing(row))
+            return claimed
 
         return await self._do(op)
 

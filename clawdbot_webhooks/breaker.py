@@ -1,0 +1,73 @@
+"""A circuit breaker per outgoing endpoint.
+
+Closed: deliveries go out. After ``threshold`` consecutive failed attempts it opens: nothing
+goes to the endpoint for ``cooldown`` seconds (the waiting deliveries keep their place and
+spend no attempts). Then one delivery is let through as a probe; its success closes the
+breaker and wakes everyone, its failure opens it again for another cooldown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+class CircuitBreaker:
+    def __init__(self, name: str, threshold: int, cooldown: float) -> None:
+        self.name = name
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._probing = False
+        self._changed = asyncio.Event()
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self._probing else "open"
+
+    async def admit(self) -> bool:
+        """Wait until a delivery may go out; True when it is the probe of a half-open breaker
+        (its caller must then report the result with ``record(..., probe=True)``)."""
+        while self.opened_at is not None:
+            wait = self.opened_at + self.cooldown - time.monotonic()
+            if wait <= 0 and not self._probing:
+                self._probing = True
+                return True
+            self._changed.clear()
+            # With a probe in flight, wait for its verdict; otherwise for the cooldown's end.
+            timeout = None if self._probing else max(wait, 0.001)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        return False
+
+    def abandon_probe(self) -> None:
+        """The probe ended without an answer (shutdown); let the next delivery probe."""
+        self._probing = False
+        self._changed.set()
+
+    def record(self, healthy: bool, probe: bool = False) -> None:
+        if probe:
+            self._probing = False
+        if healthy:
+            if self.opened_at is not None:
+                log.info("endpoint %s answers again; circuit closed", self.name)
+            self.failures = 0
+            self.opened_at = None
+        else:
+            self.failures += 1
+            if probe or (self.opened_at is None and self.failures >= self.threshold):
+                log.warning(
+                    "endpoint %s failed %d times in a row; pausing it for %.1fs",
+                    self.name,
+                    self.failures,
+                    self.cooldown,
+                )
+                self.opened_at = time.monotonic()
+        self._changed.set()

@@ -1,0 +1,523 @@
+"""Outgoing webhooks: the durable outbox and the dispatcher that empties it.
+
+``Outbox.record`` is a durable subscriber of the event bus: ``bus.publish(event)`` returns only
+after one outbox row per matching subscription is committed. A row's id is derived from the
+event id and the subscription id, so publishing the same event again (a re-run after a crash)
+adds nothing.
+
+The dispatcher sends due rows with the subscription's transport and records every attempt.
+Rows of one (subscription, session) form a *lane* that is worked strictly in order: delivery
+N+1 starts only after N is delivered or dead, also across retries and restarts (the store only
+claims a row when no earlier row of its lane is waiting). Lanes run in parallel, limited per
+subscription by ``concurrency`` and paused per endpoint by a circuit breaker; an endpoint that
+hangs only ever holds its own slots, so it cannot delay anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clawdbot_webhooks_hookspecs import Event, OutgoingRequest, OutgoingResponse
+
+from . import __version__
+from .breaker import CircuitBreaker
+from .config import Subscription
+from .events import EventBus, derived_event_id
+from .signing import StandardSigner
+from .store import Attempt, OutgoingOutcome, OutgoingRecord, Store
+
+log = logging.getLogger(__name__)
+
+#: How long a claimed delivery stays ours before another process may take it over.
+LEASE_SECONDS = 300.0
+#: How often the outbox is looked at for due retries and work left by a stopped process.
+POLL_SECONDS = 1.0
+#: Rows one claim takes at most.
+CLAIM_BATCH = 500
+#: Rows of one subscription held in memory at most; beyond it the poller leaves them stored,
+#: so one slow endpoint's backlog cannot crowd out the others.
+HELD_PER_SUBSCRIPTION = 2000
+#: The longest ``Retry-After`` obeyed; a longer one is read as this.
+RETRY_AFTER_CAP = 3600.0
+#: How much of a response body an attempt keeps.
+KEEP_RESPONSE = 4096
+USER_AGENT = f"clawdbot-webhooks/{__version__}"
+
+
+def outbox_id(event_id: str, subscription_id: str) -> str:
+    """The deterministic row id of one event's delivery to one subscription."""
+    digest = hashlib.sha256(f"{event_id}\x1f{subscription_id}".encode()).hexdigest()[:26]
+    return f"out_{digest}"
+
+
+def payload_bytes(event: Event) -> bytes:
+    return json.dumps(event.to_payload(), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def render_template(sub: Subscription, event: Event) -> bytes:
+    """A subscription's custom body: its template rendered with the payload's keys (and the
+    whole payload as ``event``)."""
+    assert sub.template is not None
+    payload = event.to_payload()
+    text = sub.template.render({**payload, "event": payload})
+    return str(text).encode("utf-8")
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header (delay-seconds or an HTTP date) as seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How an attempt ended: ``done``, ``retry`` or ``dead``, and whether it says the endpoint
+    is unhealthy (what the circuit breaker counts)."""
+
+    outcome: str
+    reason: str | None
+    unhealthy: bool
+    retry_after: float | None = None
+
+
+def classify(response: OutgoingResponse, retry_on_4xx: bool) -> Verdict:
+    status = response.status
+    if status is None:
+        return Verdict("retry", response.error or "no response", True)
+    if 200 <= status < 300:
+        return Verdict("done", None, False)
+    reason = f"HTTP {status}"
+    if status == 410:
+        return Verdict("dead", "HTTP 410 Gone: the endpoint asked for no more deliveries", False)
+    after = retry_after_seconds(_header(response.headers, "retry-after"))
+    if status in (408, 429) or status >= 500:
+        return Verdict("retry", reason, True, after)
+    if 400 <= status < 500 and retry_on_4xx:
+        return Verdict("retry", reason, False, after)
+    return Verdict("dead", f"{reason} (not retried)", False)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _looks_like_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+class _Finisher:
+    """Collects attempt outcomes and writes whatever has gathered in one store call, so a
+    busy dispatcher costs one transaction per batch rather than per delivery."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._batch: list[OutgoingOutcome] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, outcome: OutgoingOutcome) -> None:
+        self._batch.append(outcome)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch, []
+            try:
+                await self._store.finish_outgoing_many(batch)
+            except Exception:
+                # The rows stay leased and pending: they are attempted again once the lease
+                # expires (or at the next start), so nothing is lost, at worst repeated.
+                log.exception("could not record %d outgoing attempts", len(batch))
+
+    async def drain(self) -> None:
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+
+class Outbox:
+    def __init__(
+        self,
+        subscriptions: Sequence[Subscription],
+        store: Store,
+        bus: EventBus,
+        transports: Any,
+    ) -> None:
+        self._subs = {s.id: s for s in subscriptions}
+        self._store = store
+        self._bus = bus
+        self._transports = transports
+        self._signers = {s.id: StandardSigner(s.secret) for s in subscriptions if s.secret}
+        self._slots = {s.id: asyncio.Semaphore(s.concurrency) for s in subscriptions}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._lanes: dict[tuple[str, str], deque[OutgoingRecord]] = {}
+        self._held: dict[str, int] = {}
+        self._known: set[str] = set()
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[Any]] = set()
+        self._finisher = _Finisher(store)
+        self._poller: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._running = False
+        self._closing = False
+
+    # -- the durable subscriber
+
+    def targets(self, event: Event) -> list[Subscription]:
+        """The subscriptions an event goes to.
+
+        An ``error`` event about a failed outgoing delivery never goes back to the
+        subscription that failed, and one about a failed ``error`` delivery goes nowhere:
+        two broken endpoints cannot feed each other an endless chain of errors.
+        """
+        subs = [s for s in self._subs.values() if s.wants(event.type)]
+        if event.type == "error" and event.data.get("kind") == "outgoing":
+            if event.data.get("eventType") == "error":
+                return []
+            failed = event.data.get("subscription")
+            subs = [s for s in subs if s.id != failed]
+        return subs
+
+    async def record(self, event: Event) -> None:
+        subs = self.targets(event)
+        if not subs:
+            return
+        now = time.time()
+        records: list[OutgoingRecord] = []
+        for sub in subs:
+            status, error = "pending", None
+            if sub.template is None:
+                body = payload_bytes(event)
+            else:
+                try:
+                    body = render_template(sub, event)
+                except Exception as exc:
+                    # Stored as a dead letter with the plain payload: visible, replayable
+                    # once the template is fixed, never silently lost.
+                    body, status, error = payload_bytes(event), "dead", f"template failed: {exc}"
+                    log.error("event %s for %s: %s", event.id, sub.id, error)
+            records.append(
+                OutgoingRecord(
+                    id=outbox_id(event.id, sub.id),
+                    event_id=event.id,
+                    subscription_id=sub.id,
+                    event_type=event.type,
+                    session=event.session,
+                    payload=body,
+                    created_at=now,
+                    status=status,
+                    last_error=error,
+                )
+            )
+        added = set(await self._store.add_outgoing(records, LEASE_SECONDS if self._running else 0))
+        if self._running:
+            for rec in records:
+                if rec.id in added and rec.status == "pending":
+                    self._enqueue(rec)
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._running = True
+        self._poller = asyncio.create_task(self._poll(), name="outbox-poller")
+
+    async def stop(self, timeout: float) -> None:
+        """Start nothing new; give attempts in flight up to ``timeout`` to finish; record
+        what finished and hand the rest back to the store for the next start."""
+        self._running = False
+        self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for task in self._lane_tasks - self._sending:
+            task.cancel()
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=timeout)
+        for task in self._lane_tasks:
+            task.cancel()
+        if self._lane_tasks:
+            await asyncio.wait(set(self._lane_tasks), timeout=1)
+        await self._finisher.drain()
+        if self._known:
+            with contextlib.suppress(Exception):
+                await self._store.release_outgoing(sorted(self._known))
+        self._known.clear()
+        self._lanes.clear()
+        self._held.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- dispatching
+
+    def _enqueue(self, rec: OutgoingRecord) -> None:
+        self._known.add(rec.id)
+        self._held[rec.subscription_id] = self._held.get(rec.subscription_id, 0) + 1
+        key = (rec.subscription_id, rec.session or f"\x00{rec.id}")
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(rec)
+            return
+        lane = self._lanes[key] = deque([rec])
+        task = asyncio.create_task(self._run_lane(key, lane))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    def _forget(self, rec: OutgoingRecord) -> None:
+        self._known.discard(rec.id)
+        self._held[rec.subscription_id] = self._held.get(rec.subscription_id, 1) - 1
+
+    async def _run_lane(self, key: tuple[str, str], lane: deque[OutgoingRecord]) -> None:
+        try:
+            while lane and not self._closing:
+                rec = lane[0]
+                try:
+                    await self._deliver(rec)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The store failed. Give up the whole lane: its rows stay leased and
+                    # pending, and are claimed again, in order, once the leases expire.
+                    log.exception("outgoing lane %s stopped; it resumes later", key)
+                    for left in lane:
+                        self._forget(left)
+                    lane.clear()
+                    break
+                lane.popleft()
+                self._forget(rec)
+        finally:
+            if not lane and self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    async def _deliver(self, rec: OutgoingRecord) -> None:
+        """Attempt one row until it is delivered or dead, waiting out its retries here."""
+        sub = self._subs.get(rec.subscription_id)
+        if sub is None:
+            await self._dead(rec, "subscription is no longer configured", None)
+            return
+        breaker = self._breaker(sub)
+        while not self._closing:
+            wait = rec.next_attempt_at - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            probe = await breaker.admit()
+            verdict: Verdict | None = None
+            try:
+                async with self._slots[sub.id]:
+                    if not self._closing:
+                        verdict = await self._attempt(rec, sub)
+            finally:
+                if verdict is not None:
+                    breaker.record(not verdict.unhealthy, probe)
+                elif probe:  # stopped or cancelled before an answer: someone else probes
+                    breaker.abandon_probe()
+            if verdict is None or verdict.outcome != "retry":
+                return
+
+    def _breaker(self, sub: Subscription) -> CircuitBreaker:
+        breaker = self._breakers.get(sub.url)
+        if breaker is None:
+            breaker = CircuitBreaker(sub.url, sub.breaker_threshold, sub.breaker_cooldown)
+            self._breakers[sub.url] = breaker
+        return breaker
+
+    async def _attempt(
+        self, rec: OutgoingRecord, sub: Subscription, *, hold: bool = True
+    ) -> Verdict:
+        """One attempt: send, classify, record (retry schedule, dead letter, or done)."""
+        request = self._request(rec, sub)
+        at = time.time()
+        started = time.monotonic()
+        task = asyncio.current_task()
+        if task is not None:
+            self._sending.add(task)
+        try:
+            response = await self._transports[sub.transport].send(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a plugin transport that raised instead of reporting
+            response = OutgoingResponse(None, error=f"transport {sub.transport!r}: {exc!r}")
+        finally:
+            if task is not None:
+                self._sending.discard(task)
+        latency = (time.monotonic() - started) * 1000
+        rec.attempts += 1
+        verdict = classify(response, sub.retry_on_4xx)
+        attempt = Attempt(
+            rec.id,
+            rec.attempts,
+            at,
+            response.status,
+            round(latency, 2),
+            bytes(response.body[:KEEP_RESPONSE]).decode("utf-8", "replace") or None,
+            response.error if response.status is None else verdict.reason,
+        )
+        if verdict.outcome == "done":
+            self._finisher.put(OutgoingOutcome(rec.id, "done", rec.attempts, attempt=attempt))
+            return verdict
+        if verdict.outcome == "retry" and not sub.retry.gives_up_after(rec.attempts):
+            delay = sub.retry.delay(rec.attempts)
+            if verdict.retry_after is not None:
+                # The endpoint said when: that wins over the policy, within reason.
+                delay = min(verdict.retry_after, RETRY_AFTER_CAP)
+            rec.next_attempt_at = time.time() + delay
+            log.info(
+                "delivery %s to %s attempt %d failed (%s); retrying in %.2fs",
+                rec.id,
+                sub.id,
+                rec.attempts,
+                verdict.reason,
+                delay,
+            )
+            self._finisher.put(
+                OutgoingOutcome(
+                    rec.id,
+                    "pending",
+                    rec.attempts,
+                    error=verdict.reason,
+                    retry_at=rec.next_attempt_at,
+                    # Waiting for the retry here, we keep the row so no one else takes it.
+                    hold_until=rec.next_attempt_at + LEASE_SECONDS if hold else 0.0,
+                    attempt=attempt,
+                )
+            )
+            return verdict
+        reason = verdict.reason or "failed"
+        if verdict.outcome == "retry":
+            reason = f"{reason}; gave up after {rec.attempts} attempts"
+        await self._dead(rec, reason, response.status, attempt)
+        return Verdict("dead", reason, verdict.unhealthy)
+
+    def _request(self, rec: OutgoingRecord, sub: Subscription) -> OutgoingRequest:
+        body = rec.payload
+        json_body = sub.template is None or _looks_like_json(body)
+        headers = {
+            "content-type": "application/json" if json_body else "text/plain; charset=utf-8",
+            "user-agent": USER_AGENT,
+        }
+        headers.update({k.lower(): v for k, v in sub.headers.items()})
+        signer = self._signers.get(sub.id)
+        if signer is not None:
+            headers.update(signer.headers(rec.event_id, int(time.time()), body))
+        return OutgoingRequest(
+            url=sub.url,
+            method=sub.method,
+            headers=headers,
+            body=body,
+            timeout=sub.timeout,
+            delivery_id=rec.id,
+            subscription_id=sub.id,
+        )
+
+    async def _dead(
+        self,
+        rec: OutgoingRecord,
+        reason: str,
+        status: int | None,
+        attempt: Attempt | None = None,
+    ) -> None:
+        log.error(
+            "delivery %s of event %s to %s dead-lettered after %d attempts: %s",
+            rec.id,
+            rec.event_id,
+            rec.subscription_id,
+            rec.attempts,
+            reason,
+        )
+        # The error event is stored before the row is marked dead: after a crash in between
+        # the last attempt runs again and publishes the same event id, which adds nothing.
+        try:
+            await self._bus.publish(
+                Event(
+                    "error",
+                    {
+                        "kind": "outgoing",
+                        "subscription": rec.subscription_id,
+                        "delivery": rec.id,
+                        "event": rec.event_id,
+                        "eventType": rec.event_type,
+                        "attempts": rec.attempts,
+                        "status": status,
+                        "error": reason,
+                    },
+                    session=rec.session,
+                    causation=rec.id,
+                    id=derived_event_id(rec.id, "error", str(rec.attempts)),
+                )
+            )
+        except Exception:
+            log.exception("the error event for dead delivery %s could not be published", rec.id)
+        self._finisher.put(
+            OutgoingOutcome(rec.id, "dead", rec.attempts, error=reason, attempt=attempt)
+        )
+
+    async def _poll(self) -> None:
+        """Claim stored work that is due: retries and rows left by a stopped process."""
+        while self._running:
+            try:
+                full = [sid for sid, n in self._held.items() if n >= HELD_PER_SUBSCRIPTION]
+                claimed = await self._store.claim_outgoing(CLAIM_BATCH, LEASE_SECONDS, full)
+                for rec in claimed:
+                    if rec.id not in self._known:
+                        self._enqueue(rec)
+                if len(claimed) == CLAIM_BATCH:
+                    await asyncio.sleep(0)
+                    continue
+                due = await self._store.next_outgoing_due()
+            except Exception:
+                log.exception("could not read the outbox; trying again")
+                due = None
+            wait = POLL_SECONDS if due is None else min(POLL_SECONDS, due - time.time())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))
+
+    # -- replay from the command line
+
+    async def attempt_now(self, ids: Iterable[str]) -> dict[str, str]:
+        """One attempt for each of these pending rows that no running server holds (``dlq
+        replay`` uses it); returns each id's state: delivered, retrying, dead or queued."""
+        wanted = list(ids)
+        claimed = {r.id: r for r in await self._store.claim_outgoing_ids(wanted, LEASE_SECONDS)}
+        states: dict[str, str] = {}
+        for delivery_id in wanted:
+            rec = claimed.get(delivery_id)
+            if rec is None:
+                states[delivery_id] = "queued"  # a running server has it (or it is gone)
+                continue
+            sub = self._subs.get(rec.subscription_id)
+            if sub is None:
+                await self._dead(rec, "subscription is no longer configured", None)
+                states[delivery_id] = "dead"
+                continue
+            verdict = await self._attempt(rec, sub, hold=False)
+            states[delivery_id] = {"done": "delivered", "retry": "retrying"}.get(
+                verdict.outcome, "dead"
+            )
+        await self._finisher.drain()
+        return states
