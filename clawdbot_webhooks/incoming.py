@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -70,19 +71,26 @@ def ip_allowed(ip: str, allowed: Iterable[IPNetwork] | None) -> bool:
     return address is not None and _within(address, allowed)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
     """The body, refusing it (413) as soon as it is known to exceed ``limit``: from
-    Content-Length before reading anything, otherwise while reading the chunks."""
+    Content-Length before reading anything, otherwise while reading the chunks.
+
+    ``timeout`` bounds the whole body, not the gap between chunks, so a client trickling a
+    byte at a time cannot hold a connection open (408)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise Rejected(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Rejected(408, f"request body not received within {timeout:g}s") from None
     return b"".join(chunks)
 
 
@@ -90,22 +98,58 @@ def _strict_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_body(body: bytes, content_type: str, charset: str | None) -> Any:
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _json(text: str | bytes, max_depth: int | None) -> Any:
+    """Strict JSON (no NaN/Infinity), refusing nesting deeper than ``max_depth``: such a
+    payload is an attack on whatever walks it recursively later (templates, plugins)."""
+    try:
+        value = json.loads(text, parse_constant=_strict_json_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    # Counting brackets is a cheap bound: only a body with many of them needs the walk.
+    if max_depth is not None:
+        brackets = text.count("[") + text.count("{") if isinstance(text, str) else max_depth + 1
+        if brackets > max_depth and _deeper_than(value, max_depth):
+            raise ValueError(f"nested deeper than {max_depth} levels")
+    return value
+
+
+def parse_body(
+    body: bytes, content_type: str, charset: str | None, *, max_depth: int | None = None
+) -> Any:
     """The payload as templates see it: JSON as it is, forms as a dict, text as a string."""
     mime = content_type.lower()
     if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
         if not body.strip():
             raise Rejected(400, "empty body: expected a JSON document")
         try:
-            return json.loads(body.decode(charset or "utf-8"), parse_constant=_strict_json_constant)
+            return _json(body.decode(charset or "utf-8"), max_depth)
         except UnicodeDecodeError as exc:
             raise Rejected(400, f"body is not valid {charset or 'utf-8'}: {exc.reason}") from exc
-        except (ValueError, RecursionError) as exc:
+        except LookupError as exc:
+            raise Rejected(400, f"unknown charset {charset!r}") from exc
+        except ValueError as exc:
             raise Rejected(400, f"invalid JSON: {exc}") from exc
     if mime == "application/x-www-form-urlencoded":
         try:
             text = body.decode(charset or "utf-8")
-        except UnicodeDecodeError as exc:
+        except (UnicodeDecodeError, LookupError) as exc:
             raise Rejected(400, f"form body is not valid {charset or 'utf-8'}") from exc
         form: dict[str, Any] = {}
         for key, value in parse_qsl(text, keep_blank_values=True):
@@ -116,13 +160,14 @@ def parse_body(body: bytes, content_type: str, charset: str | None) -> Any:
                 form[key] = value
         # A form with one `payload` field of JSON is how GitHub and Slack send form hooks.
         if set(form) == {"payload"} and isinstance(form["payload"], str):
+            # Not JSON (or nested too deeply): it stays the text it was.
             with contextlib.suppress(ValueError):
-                form = {"payload": json.loads(form["payload"])}
+                form = {"payload": _json(form["payload"], max_depth)}
         return form
     if mime.startswith("text/"):
         try:
             return body.decode(charset or "utf-8")
-        except UnicodeDecodeError as exc:
+        except (UnicodeDecodeError, LookupError) as exc:
             raise Rejected(400, f"text body is not valid {charset or 'utf-8'}") from exc
     if mime == "" and not body:
         return {}

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -62,6 +63,13 @@ class Pipeline:
         self._sessions = sessions
         self._http = http
         self._slots = asyncio.Semaphore(settings.incoming["concurrency"])
+        # ``maxConcurrent`` per handler: its extra deliveries stay stored and wait their turn.
+        self._handler_slots = {
+            spec.handler.id: asyncio.Semaphore(spec.max_concurrent)
+            for spec in settings.handlers
+            if spec.max_concurrent
+        }
+        self._in_flight: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
@@ -108,8 +116,13 @@ class Pipeline:
         self._spawn(record, payload)
         return waiter
 
+    def in_flight(self, hook_id: str) -> int:
+        """Deliveries of this handler running or waiting for a slot in this process."""
+        return self._in_flight[hook_id]
+
     def _spawn(self, record: IncomingRecord, payload: Any = None) -> None:
         self._running.add(record.id)
+        self._in_flight[record.hook_id] += 1
         task = asyncio.create_task(self._run(record, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -145,7 +158,9 @@ class Pipeline:
                     record, f"handler {record.hook_id!r} is no longer configured", None
                 )
                 return
-            async with self._sessions.lock(record.session), self._slots:
+            # The handler's own cap first: waiting for it must not hold a shared slot.
+            handler_slot = self._handler_slots.get(spec.handler.id) or contextlib.nullcontext()
+            async with self._sessions.lock(record.session), handler_slot, self._slots:
                 await self._attempt(record, spec, payload)
         except asyncio.CancelledError:
             raise
@@ -154,6 +169,7 @@ class Pipeline:
             self._settle(record.id, exc)
         finally:
             self._running.discard(record.id)
+            self._in_flight[record.hook_id] -= 1
 
     async def _attempt(self, record: IncomingRecord, spec: HandlerSpec, payload: Any) -> None:
         handler = spec.handler

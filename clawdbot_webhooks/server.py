@@ -1,13 +1,17 @@
 """The incoming HTTP server (aiohttp): routes, status codes and error bodies of DESIGN §5.
 
-A request goes: method (405) → client address (403) → route (404) → body within the limit
-(413) → authentication (401) → content type and parsing (415/400) → duplicate check (200) →
-stored durably (503 when that fails) → 202, and the pipeline takes it from there.
+A request goes: method (405) → client address (403) → per-address rate limit (429) → route
+(404) → authentication-failure throttle (429) → body within the limit and the read timeout
+(413/408) → authentication (401) → content type and parsing (415/400) → handler rate limit and
+``maxPending`` (429) → duplicate check (200) → stored durably (503 when that fails) → 202, and
+the pipeline takes it from there. The handler's limit comes after authentication so that
+nobody without the secret can use up a sender's allowance.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,8 +21,10 @@ from aiohttp import web
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
 
 from .config import HandlerSpec
+from .dedup import dedup_key, prune_forever
 from .incoming import Rejected, client_ip, ip_allowed, parse_body, read_body, stored_headers
 from .pipeline import LEASE_SECONDS
+from .ratelimit import Limits, retry_after
 from .runtime import Runtime
 from .sessions import ephemeral_session
 from .store import IncomingRecord, StoreUnavailable
@@ -27,13 +33,22 @@ from .templates import context_for
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", Runtime)
+LIMITS = web.AppKey("limits", Limits)
 
-#: Headers whose value identifies a delivery at its sender, so a repeat is recognised.
-DELIVERY_ID_HEADERS = ("webhook-id", "svix-id", "x-github-delivery", "idempotency-key")
+#: Statuses after which the rest of the request body may still be on its way: the
+#: connection is closed rather than kept for a client that may be trickling bytes.
+_CLOSE_AFTER = frozenset({408, 413})
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"ok": False, "error": message}, status=status, headers=headers)
+    response = web.json_response({"ok": False, "error": message}, status=status, headers=headers)
+    if status in _CLOSE_AFTER:
+        response.force_close()
+    return response
+
+
+def _too_many(seconds: float, message: str) -> Rejected:
+    return Rejected(429, message, {"Retry-After": retry_after(seconds)})
 
 
 @web.middleware
@@ -51,19 +66,13 @@ async def json_errors(
 
 
 def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, ip: str) -> str:
-    """Authenticate; returns the sender's delivery id when the scheme carries one."""
-    verifiers = rt.plugins.registries.verifiers
-    incoming = rt.settings.incoming
-    if spec.verify is not None:
-        name, options = spec.verify["type"], spec.verify
-    elif spec.secret or incoming["secret"]:
-        name = "shared-secret"
-        options = {
-            "secret": spec.secret or incoming["secret"],
-            "header": spec.secret_header or incoming["secretHeader"],
-        }
-    else:
+    """Authenticate; returns the sender's delivery id when the scheme carries one.
+
+    ``spec.verify`` holds the verifier's loaded options; the config puts the shared secret
+    there when a handler has no ``verify`` of its own."""
+    if spec.verify is None:
         return ""
+    name, options = spec.verify["type"], spec.verify
     signed = SignedRequest(
         method=request.method,
         path=request.path,
@@ -73,7 +82,7 @@ def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, i
         now=time.time(),
     )
     try:
-        return verifiers[name].verify(signed, options) or ""
+        return rt.plugins.registries.verifiers[name].verify(signed, options) or ""
     except VerificationError as exc:
         raise Rejected(401, str(exc)) from exc
 
@@ -82,6 +91,8 @@ def _secret_headers(rt: Runtime, spec: HandlerSpec) -> list[str]:
     names = [rt.settings.incoming["secretHeader"]]
     if spec.secret_header:
         names.append(spec.secret_header)
+    if spec.verify is not None and spec.verify["type"] == "shared-secret":
+        names.append(spec.verify.get("header") or "X-Webhook-Secret")
     return names
 
 
@@ -90,26 +101,45 @@ async def receive(request: web.Request) -> web.StreamResponse:
     if request.method != "POST":
         return error(405, f"method {request.method} not allowed; use POST", {"Allow": "POST"})
     incoming = rt.settings.incoming
+    limits = request.app[LIMITS]
     try:
         ip = client_ip(
             request.remote, request.headers.get("X-Forwarded-For"), incoming["trustedProxies"]
         )
         if not ip_allowed(ip, incoming["allowedIPs"]):
             raise Rejected(403, f"client address {ip} is not allowed")
+        wait = limits.client(ip)
+        if wait:
+            raise _too_many(wait, "too many requests from this address")
         hook_id = request.match_info["hook_id"]
         spec = rt.settings.routes.get(hook_id)
         if spec is None:
-            raise Rejected(404, f"no handler for hook {hook_id!r}")
+            shown = hook_id if len(hook_id) <= 80 else hook_id[:80] + "..."
+            raise Rejected(404, f"no handler for hook {shown!r}")
         if not rt.accepting:
             raise Rejected(503, "shutting down; try again shortly", {"Retry-After": "5"})
-        body = await read_body(request, incoming["maxBodyBytes"])
-        sender_id = _verify(rt, spec, request, body, ip)
+        wait = limits.auth_blocked(ip)
+        if wait:
+            raise _too_many(wait, "too many failed authentication attempts from this address")
+        body = await read_body(request, incoming["maxBodyBytes"], incoming["readTimeout"])
+        try:
+            sender_id = _verify(rt, spec, request, body, ip)
+        except Rejected:
+            limits.auth_failed(ip)
+            raise
         raw_type = request.headers.get("Content-Type", "")
         mime, _, params = raw_type.partition(";")
         charset = params.partition("charset=")[2].strip().strip('"') or None
-        payload = parse_body(body, mime.strip(), charset)
+        payload = parse_body(body, mime.strip(), charset, max_depth=incoming["maxJsonDepth"])
+        wait = limits.handler(spec.handler.id)
+        if wait:
+            raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")
+        pending = rt.pipeline.in_flight(spec.handler.id) if rt.pipeline is not None else 0
+        if spec.max_pending is not None and pending >= spec.max_pending:
+            raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
         headers = stored_headers(request.headers, _secret_headers(rt, spec))
-        dedup = sender_id or next((headers[h] for h in DELIVERY_ID_HEADERS if h in headers), None)
+        window = incoming["dedupWindow"]
+        dedup = dedup_key(sender_id, headers) if window > 0 else None
         record = IncomingRecord(
             id=new_id("dlv"),
             hook_id=spec.handler.id,
@@ -124,7 +154,9 @@ async def receive(request: web.Request) -> web.StreamResponse:
         )
         record.session = _session_for(spec, record, payload)
         try:
-            stored = await rt.store.add_incoming(record, LEASE_SECONDS)
+            stored = await rt.store.add_incoming(
+                record, LEASE_SECONDS, dedup_since=record.received_at - window
+            )
             original = (
                 None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
             )
@@ -206,6 +238,9 @@ def make_app(runtime: Runtime) -> web.Application:
     incoming = runtime.settings.incoming
     app = web.Application(middlewares=[json_errors], client_max_size=incoming["maxBodyBytes"] + 1)
     app[RUNTIME] = runtime
+    app[LIMITS] = Limits(
+        incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers)
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await runtime.start()
@@ -215,7 +250,18 @@ def make_app(runtime: Runtime) -> web.Application:
     async def stop_accepting(app: web.Application) -> None:
         runtime.accepting = False
 
+    async def dedup_pruning(app: web.Application) -> AsyncIterator[None]:
+        # After ``lifecycle`` (the store is open), stopped before it.
+        window = incoming["dedupWindow"]
+        task = asyncio.create_task(prune_forever(runtime.store, window)) if window > 0 else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(dedup_pruning)
     app.on_shutdown.append(stop_accepting)
     base = incoming["basePath"].rstrip("/")
     app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)

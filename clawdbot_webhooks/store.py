@@ -317,38 +317,68 @@ class SQLiteStore:
 
     # -- inbox
 
-    async def add_incoming(self, record: IncomingRecord, lease: float) -> bool:
-        """Store a new delivery, leased to this process. False when its dedup key was seen."""
+    async def add_incoming(
+        self, record: IncomingRecord, lease: float, dedup_since: float | None = None
+    ) -> bool:
+        """Store a new delivery, leased to this process. False when its dedup key was seen.
+
+        With ``dedup_since``, a key first seen before that time no longer counts (the dedup
+        window): its old row lets go of the key and the new delivery is stored. This holds
+        whether or not ``prune_dedup`` has run since, so restarts change nothing.
+        """
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO inbox ({_INBOX_COLUMNS}, lease_until) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.id,
+                    record.hook_id,
+                    record.received_at,
+                    record.content_type,
+                    record.body,
+                    json.dumps(record.headers),
+                    json.dumps(record.query),
+                    record.client_ip,
+                    record.session,
+                    record.status,
+                    record.attempts,
+                    record.next_attempt_at,
+                    record.last_error,
+                    None,
+                    record.dedup_key,
+                    time.time() + lease,
+                ),
+            )
 
         def op(conn: sqlite3.Connection) -> bool:
             try:
-                conn.execute(
-                    f"INSERT INTO inbox ({_INBOX_COLUMNS}, lease_until) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        record.id,
-                        record.hook_id,
-                        record.received_at,
-                        record.content_type,
-                        record.body,
-                        json.dumps(record.headers),
-                        json.dumps(record.query),
-                        record.client_ip,
-                        record.session,
-                        record.status,
-                        record.attempts,
-                        record.next_attempt_at,
-                        record.last_error,
-                        None,
-                        record.dedup_key,
-                        time.time() + lease,
-                    ),
-                )
+                insert(conn)
             except sqlite3.IntegrityError:
-                if record.dedup_key is None:
+                if record.dedup_key is None or dedup_since is None:
                     raise
-                return False
+                expired = conn.execute(
+                    "UPDATE inbox SET dedup_key=NULL WHERE hook_id=? AND dedup_key=? "
+                    "AND received_at<?",
+                    (record.hook_id, record.dedup_key, dedup_since),
+                ).rowcount
+                if not expired:
+                    return False
+                insert(conn)
             return True
+
+        return await self._do(op)
+
+    async def prune_dedup(self, before: float) -> int:
+        """Forget the dedup keys of deliveries received before ``before``; returns how many."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute(
+                    "UPDATE inbox SET dedup_key=NULL WHERE dedup_key IS NOT NULL AND received_at<?",
+                    (before,),
+                ).rowcount
+            )
 
         return await self._do(op)
 

@@ -1,0 +1,143 @@
+"""Rate limits for the incoming server: token buckets per handler and per client address, and
+a throttle on repeated authentication failures from one address.
+
+Everything here is in memory and per process, measured on a monotonic clock, and bounded in
+size: a flood from many addresses cannot grow the tables without limit (the least recently
+seen addresses are forgotten first, which at worst hands such an address a fresh bucket).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+#: How many client addresses are remembered at most, per table.
+MAX_ADDRESSES = 65_536
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+class TokenBucket:
+    """``rate`` tokens a second up to ``capacity``; a request takes one."""
+
+    __slots__ = ("capacity", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.updated = now
+
+    def take(self, now: float) -> float:
+        """0 when a token was taken, else the seconds until one will be there."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+    @classmethod
+    def from_config(cls, limit: Mapping[str, Any], now: float) -> TokenBucket:
+        """From ``{requests, per, burst}``: ``requests`` per ``per`` seconds, bursts of
+        ``burst`` (default: ``requests``)."""
+        rate = limit["requests"] / limit.get("per", 1.0)
+        return cls(rate, float(limit.get("burst") or limit["requests"]), now)
+
+
+class BucketsByKey:
+    """One token bucket per key (a client address), least recently used forgotten first."""
+
+    def __init__(self, limit: Mapping[str, Any], max_keys: int = MAX_ADDRESSES) -> None:
+        self.limit = dict(limit)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, key: str, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket.from_config(self.limit, now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class FailureThrottle:
+    """At most ``max`` failures per key within ``window`` seconds; past that, refuse the key
+    until its oldest failure leaves the window."""
+
+    def __init__(self, max_failures: int, window: float, max_keys: int = MAX_ADDRESSES) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_keys = max_keys
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def blocked_for(self, key: str, now: float) -> float:
+        """0 when the key may try, else the seconds until it may try again."""
+        times = self._failures.get(key)
+        if times is None:
+            return 0.0
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return 0.0
+        if len(times) < self.max_failures:
+            return 0.0
+        return times[0] + self.window - now
+
+    def failed(self, key: str, now: float) -> None:
+        times = self._failures.get(key)
+        if times is None:
+            times = self._failures[key] = deque(maxlen=self.max_failures)
+            while len(self._failures) > self.max_keys:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(key)
+        times.append(now)
+
+
+class Limits:
+    """The server's limits, built from ``incoming`` settings and the handlers' ``rateLimit``."""
+
+    def __init__(
+        self,
+        incoming: Mapping[str, Any],
+        handler_limits: Iterable[tuple[str, Mapping[str, Any] | None]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        per_ip = incoming.get("rateLimitPerIP")
+        self.per_ip = BucketsByKey(per_ip) if per_ip else None
+        failures = incoming.get("authFailures")
+        self.auth = FailureThrottle(failures["max"], failures["window"]) if failures else None
+        now = clock()
+        self.handlers = {
+            hook: TokenBucket.from_config(limit, now) for hook, limit in handler_limits if limit
+        }
+
+    def client(self, ip: str) -> float:
+        """Take a token of the client's bucket: 0, or the seconds to wait."""
+        return 0.0 if self.per_ip is None else self.per_ip.take(ip, self.clock())
+
+    def handler(self, hook_id: str) -> float:
+        bucket = self.handlers.get(hook_id)
+        return 0.0 if bucket is None else bucket.take(self.clock())
+
+    def auth_blocked(self, ip: str) -> float:
+        return 0.0 if self.auth is None else self.auth.blocked_for(ip, self.clock())
+
+    def auth_failed(self, ip: str) -> None:
+        if self.auth is not None:
+            self.auth.failed(ip, self.clock())
