@@ -182,5 +182,11 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
         click.echo("  ".join(cells).rstrip())
 
 
+# Subcommand groups that live in their own modules (they import the helpers above).
+from .dlq import dlq  # noqa: E402
+
+main.add_command(dlq)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,156 @@
+"""Dead letters of outgoing deliveries: the schedule, the error event, and the ``dlq`` CLI
+(list, show, replay, purge) through click's CliRunner against the same SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from clawdbot_webhooks_hookspecs import Event
+from click.testing import CliRunner, Result
+
+from clawdbot_webhooks.cli import main
+from clawdbot_webhooks.dlq import parse_time
+from clawdbot_webhooks.outbox import outbox_id
+from tests.conftest import write_config
+
+RETRY = {"maxAttempts": 3, "backoff": "constant", "initialDelay": 0.15, "jitter": False}
+
+
+def webhooks(state_dir: Path, failing: str, errors: str) -> dict[str, Any]:
+    return {
+        "stateDir": str(state_dir),
+        "outgoing": [
+            {"id": "flaky", "url": failing, "events": ["agent_response"], "retry": RETRY},
+            {"id": "errors", "url": errors, "events": ["error"]},
+        ],
+    }
+
+
+async def cli(*args: str) -> Result:
+    # The CLI runs its own event loop, so it gets a thread of its own.
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args), catch_exceptions=False)
+
+
+async def dead_rows(srv: Any) -> list[str]:
+    for _ in range(500):
+        await srv.runtime.outbox._finisher.drain()
+        letters = await srv.runtime.store.dead_letters()
+        if letters:
+            return [d.id for d in letters]
+        await asyncio.sleep(0.02)
+    raise AssertionError("nothing was dead-lettered")
+
+
+async def test_dead_letter_error_event_and_replay(
+    start_server, make_sink, tmp_path, state_dir
+) -> None:
+    failing = await make_sink(default=500)
+    errors = await make_sink()
+    config = webhooks(state_dir, failing.url, errors.url)
+    path = write_config(tmp_path / "cli.json5", config)
+    srv = await start_server({k: v for k, v in config.items() if k != "stateDir"})
+    event = Event("agent_response", {"text": "hi", "agentId": "a", "runId": "r"}, session="s")
+    await srv.runtime.bus.publish(event)
+    row_id = outbox_id(event.id, "flaky")
+
+    assert await dead_rows(srv) == [row_id]
+    assert len(failing.received) == 3
+    # The configured schedule: constant 0.15 s between attempts.
+    times = [r["at"] for r in failing.received]
+    assert all(b - a >= 0.14 for a, b in itertools.pairwise(times))
+    # An error event went to the error subscription (and not back to the failing one).
+    await errors.wait_for(1)
+    error = errors.json_bodies()[0]
+    assert error["type"] == "error" and error["session"] == "s"
+    assert error["data"]["delivery"] == row_id and error["data"]["subscription"] == "flaky"
+    assert error["data"]["attempts"] == 3 and "HTTP 500" in error["data"]["error"]
+    assert all(b["type"] == "agent_response" for b in failing.json_bodies())
+
+    listed = await cli("dlq", "list", "--json", "--config", str(path))
+    assert listed.exit_code == 0
+    [letter] = json.loads(listed.output)
+    assert letter["id"] == row_id and letter["kind"] == "outgoing"
+    assert letter["target"] == "flaky" and letter["attempts"] == 3
+
+    shown = await cli("dlq", "show", row_id, "--config", str(path))
+    assert shown.exit_code == 0
+    assert shown.output.count("HTTP 500") >= 3 and event.id in shown.output
+    shown_json = json.loads(
+        (await cli("dlq", "show", row_id, "--json", "--config", str(path))).output
+    )
+    assert [a["status"] for a in shown_json["history"]] == [500, 500, 500]
+
+    # Stop the server: the CLI itself delivers the replay.
+    await srv.server.close()
+    failing.default = 200
+    replayed = await cli("dlq", "replay", row_id, "--config", str(path))
+    assert replayed.exit_code == 0, replayed.output
+    assert f"{row_id}: delivered" in replayed.output
+    assert len(failing.received) == 4
+    assert json.loads(failing.received[3]["body"]) == event.to_payload()
+    after = await cli("dlq", "list", "--config", str(path))
+    assert "No dead letters." in after.output
+    history = json.loads((await cli("dlq", "show", row_id, "--json", "--config", str(path))).output)
+    assert history["status"] == "done"
+    assert [a["status"] for a in history["history"]] == [500, 500, 500, 200]
+
+    again = await cli("dlq", "replay", row_id, "--config", str(path))
+    assert again.exit_code == 1  # not dead any more
+
+
+async def test_replay_all_with_progress_and_purge(
+    start_server, make_sink, tmp_path, state_dir
+) -> None:
+    failing = await make_sink(default=503)
+    errors = await make_sink()
+    config = webhooks(state_dir, failing.url, errors.url)
+    config["outgoing"][0]["retry"] = {"maxAttempts": 1}
+    path = write_config(tmp_path / "cli.json5", config)
+    srv = await start_server({k: v for k, v in config.items() if k != "stateDir"})
+    events = [Event("agent_response", {"text": str(i)}, session=f"s{i}") for i in range(30)]
+    await asyncio.gather(*(srv.runtime.bus.publish(e) for e in events))
+    for _ in range(500):
+        await srv.runtime.outbox._finisher.drain()
+        if len(await srv.runtime.store.dead_letters()) == 30:
+            break
+        await asyncio.sleep(0.02)
+    await srv.server.close()
+
+    failing.default = 200
+    since_future = await cli(
+        "dlq", "replay", "--all", "--since", "2999-01-01", "--config", str(path)
+    )
+    assert "No dead letters to replay." in since_future.output
+    replayed = await cli("dlq", "replay", "--all", "--since", "1h", "--config", str(path))
+    assert replayed.exit_code == 0, replayed.output
+    assert "Replayed 30 delivered." in replayed.output
+    assert "Replaying" in replayed.stderr  # the progress bar
+    delivered = {json.loads(r["body"])["id"] for r in failing.received[30:]}
+    assert delivered == {e.id for e in events}
+
+    # Make dead letters again, then purge them (those before a time, then all).
+    failing.default = 503
+    srv2 = await start_server({k: v for k, v in config.items() if k != "stateDir"})
+    await srv2.runtime.bus.publish(Event("agent_response", {"text": "x"}, session="p"))
+    assert len(await dead_rows(srv2)) == 1
+    await srv2.server.close()
+    kept = await cli("dlq", "purge", "--before", "2000-01-01", "--config", str(path))
+    assert "Purged 0 dead letters." in kept.output
+    purged = await cli("dlq", "purge", "--config", str(path))
+    assert "Purged 1 dead letter." in purged.output
+    assert "No dead letters." in (await cli("dlq", "list", "--config", str(path))).output
+
+
+def test_parse_time() -> None:
+    now = 1_700_000_000.0
+    assert parse_time("2h", now) == now - 7200
+    assert parse_time("1700000000") == now
+    assert parse_time("2023-11-14T22:13:20Z") == now
+    assert parse_time("2023-11-14T22:13:20") == now
+    started = time.time()
+    assert started - 61 <= parse_time("1m") <= time.time() - 59
