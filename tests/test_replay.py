@@ -1,0 +1,152 @@
+"""Replay protection: delivery ids seen before are answered as duplicates and not run again,
+within ``incoming.dedupWindow``, across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+
+from clawdbot_webhooks.store import IncomingRecord, SQLiteStore
+
+GH_SECRET = "gh-webhook-secret-for-tests"
+
+
+def github_headers(body: bytes, delivery: str) -> dict[str, str]:
+    digest = hmac.new(GH_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": f"sha256={digest}",
+    }
+
+
+async def test_github_redelivery_after_restart_is_a_duplicate(server_process, make_sink) -> None:
+    sink = await make_sink()
+    proc = server_process(
+        {
+            "handlers": [
+                {
+                    "id": "github",
+                    "action": "forward",
+                    "url": sink.url,
+                    "verify": {"type": "github", "secret": GH_SECRET},
+                }
+            ]
+        }
+    )
+    body = json.dumps({"ref": "refs/heads/main", "after": "abc123"}).encode()
+    url = f"{proc.base}/webhook/github"
+    # a new connection per request: the server process is restarted in between
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        proc.start()
+        async with http.post(url, data=body, headers=github_headers(body, "d-1")) as resp:
+            assert resp.status == 202
+            first = await resp.json()
+        await sink.wait_for(1)
+        assert proc.terminate() == 0
+        proc.start()
+        # GitHub's "Redeliver" button: same X-GitHub-Delivery, same body, same signature.
+        async with http.post(url, data=body, headers=github_headers(body, "d-1")) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"ok": True, "duplicate": True, "id": first["id"]}
+        other = json.dumps({"ref": "refs/heads/dev"}).encode()
+        async with http.post(url, data=other, headers=github_headers(other, "d-2")) as resp:
+            assert resp.status == 202
+        await sink.wait_for(2)
+        await asyncio.sleep(0.2)  # anything the redelivery might have run would show by now
+    assert [r["body"] for r in sink.received] == [body, other]
+    proc.terminate()
+
+
+HOOK = {
+    "id": "h",
+    "action": "send_message",
+    "target": {"channel": "local", "peer": "me"},
+    "template": "{{ n }}",
+}
+
+
+async def test_every_delivery_id_header_counts(start_server) -> None:
+    srv = await start_server({"handlers": [HOOK]})
+    long_key = "k" * 500  # stored as its hash, still recognised
+    for header, value in [
+        ("webhook-id", "msg_1"),
+        ("svix-id", "msg_2"),
+        ("X-GitHub-Delivery", "gh-3"),
+        ("Idempotency-Key", "idem-4"),
+        ("Idempotency-Key", long_key),
+    ]:
+        status, first = await srv.post("h", {"n": 1}, headers={header: value})
+        assert status == 202, header
+        status, again = await srv.post("h", {"n": 2}, headers={header: value})
+        assert (status, again) == (200, {"ok": True, "duplicate": True, "id": first["id"]})
+    await srv.idle()
+    assert await srv.runtime.store.count_incoming() == 5
+    assert await srv.runtime.store.find_duplicate("h", long_key) is None
+    hashed = "sha256:" + hashlib.sha256(long_key.encode()).hexdigest()
+    assert await srv.runtime.store.find_duplicate("h", hashed) is not None
+
+
+async def test_ids_older_than_the_window_no_longer_count(start_server) -> None:
+    srv = await start_server({"incoming": {"dedupWindow": 0.3}, "handlers": [HOOK]})
+    key = {"Idempotency-Key": "same"}
+    status, first = await srv.post("h", {"n": 1}, headers=key)
+    assert status == 202
+    status, body = await srv.post("h", {"n": 1}, headers=key)
+    assert status == 200 and body["duplicate"] is True
+    await asyncio.sleep(0.4)
+    status, later = await srv.post("h", {"n": 1}, headers=key)
+    assert status == 202 and later["id"] != first["id"]
+    await srv.idle()
+    assert await srv.runtime.store.count_incoming("done") == 2
+
+
+async def test_a_zero_window_turns_deduplication_off(start_server) -> None:
+    srv = await start_server({"incoming": {"dedupWindow": 0}, "handlers": [HOOK]})
+    for _ in range(2):
+        status, _body = await srv.post("h", {"n": 1}, headers={"Idempotency-Key": "same"})
+        assert status == 202
+
+
+def _record(key: str, received_at: float) -> IncomingRecord:
+    return IncomingRecord(
+        id=f"dlv_{key}_{received_at}",
+        hook_id="h",
+        received_at=received_at,
+        content_type="application/json",
+        body=b"{}",
+        headers={},
+        query={},
+        client_ip="127.0.0.1",
+        session="hook:x",
+        dedup_key=key,
+    )
+
+
+async def test_window_and_pruning_in_the_store_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    now = time.time()
+    store = SQLiteStore(path)
+    await store.open()
+    assert await store.add_incoming(_record("old", now - 100), 0, dedup_since=now - 50)
+    assert await store.add_incoming(_record("fresh", now - 10), 0, dedup_since=now - 50)
+    await store.close()
+
+    store = SQLiteStore(path)  # a restart: nothing in memory carries over
+    await store.open()
+    # "fresh" is inside the window: still a duplicate
+    assert not await store.add_incoming(_record("fresh", now), 0, dedup_since=now - 50)
+    # "old" is outside it: counts no more even though nothing has pruned it yet
+    assert await store.add_incoming(_record("old", now), 0, dedup_since=now - 50)
+    assert not await store.add_incoming(_record("old", now + 1), 0, dedup_since=now - 50)
+    assert await store.prune_dedup(now - 5) == 1  # only "fresh" (now - 10) was left to forget
+    assert await store.find_duplicate("h", "fresh") is None
+    assert await store.find_duplicate("h", "old") == f"dlv_old_{now}"
+    await store.close()
