@@ -1,0 +1,155 @@
+"""Sustained durable outgoing delivery throughput against a local sink.
+
+Two measurements in one run, against the same sink process:
+- baseline: a bare aiohttp client POST loop (same concurrency), no storage at all;
+- durable: events published on the runtime's bus (each stored in the outbox before publish
+  returns), dispatched in per-session order, every attempt and outcome committed to SQLite.
+
+The sink runs in its own process on the other core. Usage:
+    .venv/bin/python bench/outgoing.py [--events 20000] [--concurrency 64] [--sessions 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from harness import RESULTS, Server, free_port  # noqa: E402
+
+SINK = """
+import sys
+from aiohttp import web
+async def ok(request):
+    await request.read()
+    return web.Response(text="ok")
+app = web.Application()
+app.router.add_post("/in", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+async def baseline(url: str, total: int, concurrency: int) -> float:
+    body = json.dumps({"id": "evt_x", "type": "message_received", "data": {"n": 1}}).encode()
+    left = total
+
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=64)
+    ) as client:
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with client.post(
+                    url, data=body, headers={"content-type": "application/json"}
+                ) as resp:
+                    await resp.read()
+                    assert resp.status == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started)
+
+
+async def durable(url: str, total: int, concurrency: int, sessions: int, workdir: Path) -> float:
+    from clawdbot_webhooks_hookspecs import Event
+
+    from clawdbot_webhooks.config import build_settings
+    from clawdbot_webhooks.plugins import PluginSelection, load_plugins
+    from clawdbot_webhooks.runtime import Runtime
+
+    raw: dict[str, Any] = {
+        "stateDir": str(workdir / "state"),
+        "outgoing": [
+            {
+                "id": "bench",
+                "url": url,
+                "events": ["*"],
+                "concurrency": concurrency,
+                "secret": "whsec_" + "QmVuY2htYXJrU2VjcmV0S2V5MTIzNDU2Nzg5MA==",
+            }
+        ],
+    }
+    plugins = load_plugins(PluginSelection.from_config())
+    runtime = Runtime(build_settings(raw, plugins, None), plugins)
+    await runtime.start()
+    try:
+        events = [
+            Event("message_received", {"n": i, "text": "hello"}, session=f"s{i % sessions}")
+            for i in range(total)
+        ]
+        publishers = 64
+        started = time.perf_counter()
+
+        async def publish(k: int) -> None:
+            for event in events[k::publishers]:
+                await runtime.bus.publish(event)
+
+        await asyncio.gather(*(publish(k) for k in range(publishers)))
+        published = time.perf_counter() - started
+        while True:
+            done = await runtime.store._do(
+                lambda c: c.execute("SELECT COUNT(*) FROM outbox WHERE status='done'").fetchone()[0]
+            )
+            if done >= total:
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        print(f"  published {total} in {published:.2f}s ({total / published:,.0f}/s)")
+        return total / elapsed
+    finally:
+        await runtime.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--sessions", type=int, default=2000)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {0})
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        sink_file = Path(tmp) / "sink.py"
+        sink_file.write_text(SINK)
+        with Server([sys.executable, str(sink_file), str(port)], port, core=1):
+            url = f"http://127.0.0.1:{port}/in"
+            base = asyncio.run(baseline(url, args.events, args.concurrency))
+            print(f"baseline aiohttp POST loop: {base:,.0f} req/s")
+            rate = asyncio.run(
+                durable(url, args.events, args.concurrency, args.sessions, Path(tmp))
+            )
+            print(f"durable outgoing deliveries: {rate:,.0f}/s ({rate / base:.0%} of baseline)")
+            base2 = asyncio.run(baseline(url, args.events, args.concurrency))
+            print(f"baseline again:             {base2:,.0f} req/s")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "outgoing.json").write_text(
+        json.dumps(
+            {
+                "events": args.events,
+                "concurrency": args.concurrency,
+                "sessions": args.sessions,
+                "baseline_rps": round((base + base2) / 2),
+                "durable_per_s": round(rate),
+                "ratio": round(rate / ((base + base2) / 2), 3),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
