@@ -4,13 +4,13 @@ together. The HTTP server and the CLI both work through it."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import aiohttp
 from clawdbot_webhooks_hookspecs import Gateway, GatewayEnv
 
 from .config import Settings
 from .events import EventBus
+from .lifecycle import close_objects, start_objects
 from .outbox import Outbox
 from .pipeline import Pipeline
 from .plugins import PluginSet
@@ -53,6 +53,15 @@ class Runtime:
         self.outbox.start()
         self.http = aiohttp.ClientSession()
         await self.gateway.start()
+        # Plugin objects that keep state (a digest's timers, a file) start before any delivery.
+        await start_objects(
+            self.plugins.registries,
+            settings=self.settings.plugin_settings,
+            state_dir=str(self.settings.state_dir),
+            gateway=self.gateway,
+            http=self.http,
+            publish=self.bus.publish,
+        )
         self.pipeline = Pipeline(
             self.settings,
             self.plugins.pm,
@@ -69,22 +78,14 @@ class Runtime:
         self.accepting = False
         if self.pipeline is not None:
             await self.pipeline.stop(self.settings.incoming["shutdownTimeout"])
+        await close_objects(self.plugins.registries, ("actions",))
         await self.bus.drain(timeout=5)
         # After the pipeline (whose last events it stores), before transports and store close.
         await self.outbox.stop(self.settings.incoming["shutdownTimeout"])
         self.sessions.close()
         await self.gateway.close()
-        for _, transport in self.plugins.registries.transports.items():
-            close = getattr(transport, "close", None)
-            if close is not None:
-                await _quietly(close())
+        await close_objects(self.plugins.registries, ("transports",))
         if self.http is not None:
             await self.http.close()
         await self.store.close()
 
-
-async def _quietly(awaitable: Any) -> None:
-    try:
-        await awaitable
-    except Exception:
-        log.exception("error while closing")

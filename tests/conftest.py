@@ -17,17 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from clawdbot_webhooks_hookspecs import hookimpl
 from multidict import CIMultiDict
 
-from clawdbot_webhooks.config import build_settings
-from clawdbot_webhooks.plugins import PluginSelection, load_plugins
-from clawdbot_webhooks.runtime import Runtime
-from clawdbot_webhooks.server import make_app
+from clawdbot_webhooks.testing import Served, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors" / "signatures.json"
@@ -44,43 +39,8 @@ def write_config(path: Path, webhooks: dict[str, Any]) -> Path:
     return path
 
 
-@dataclass
-class Running:
-    """A server started in this process on a real loopback port."""
-
-    runtime: Runtime
-    server: TestServer
-    session: aiohttp.ClientSession
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}"
-
-    async def post(
-        self,
-        hook: str,
-        body: Any = None,
-        *,
-        headers: dict[str, str] | None = None,
-        raw: bytes | None = None,
-        content_type: str = "application/json",
-    ) -> tuple[int, Any]:
-        data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
-        hdrs = {"Content-Type": content_type, **(headers or {})}
-        async with self.session.post(
-            f"{self.base}/webhook/{hook}", data=data, headers=hdrs
-        ) as resp:
-            return resp.status, await resp.json()
-
-    async def idle(self, timeout: float = 10.0) -> None:
-        """Wait until every stored incoming delivery has finished (done, dead or dropped)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await self.runtime.store.count_incoming("pending") == 0:
-                await self.runtime.bus.drain(timeout=1)
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"deliveries still pending after {timeout:.1f}s")
+#: The server the ``start_server`` fixture yields: ``clawdbot_webhooks.testing.Served``.
+Running = Served
 
 
 @pytest.fixture
@@ -89,33 +49,21 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def start_server(tmp_path: Path, state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
-    """``await start_server(webhooks_dict, plugins=[(name, module)], host=...)``."""
-    started: list[Running] = []
+async def start_server(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_server(webhooks_dict, plugins=[(name, module)], host=...)``: the runtime's
+    own test helper (``clawdbot_webhooks.testing.serve``), stopped when the test ends."""
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(
-        webhooks: dict[str, Any],
-        plugins: Sequence[tuple[str, object]] = (),
-        host: str = "127.0.0.1",
-    ) -> Running:
-        webhooks = {"stateDir": str(state_dir), **webhooks}
-        raw = json.loads(json.dumps(webhooks))
-        selection = PluginSelection.from_config(
-            raw.get("plugins", {}).get("disabled", []), raw.get("plugins", {}).get("enabled")
-        )
-        plugin_set = load_plugins(selection, plugins)
-        settings = build_settings(raw, plugin_set, str(tmp_path / "config.json5"))
-        runtime = Runtime(settings, plugin_set)
-        server = TestServer(make_app(runtime), host=host, port=0)
-        await server.start_server()
-        running = Running(runtime, server, aiohttp.ClientSession())
-        started.append(running)
-        return running
+        async def start(
+            webhooks: dict[str, Any],
+            plugins: Sequence[tuple[str, object]] = (),
+            host: str = "127.0.0.1",
+        ) -> Served:
+            return await stack.enter_async_context(
+                serve(webhooks, plugins, state_dir=state_dir, host=host)
+            )
 
-    yield start
-    for running in started:
-        await running.session.close()
-        await running.server.close()
+        yield start
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,13 +24,16 @@ _PAYLOAD_KEY = {"message_received": "message", "agent_response": "response"}
 DROP = object()
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_RANDOM = random.Random(secrets.token_bytes(32))
 
 
 def new_id(prefix: str) -> str:
     """A sortable, unguessable id: ``prefix_`` + 10 chars of milliseconds + 16 random chars."""
     ms = int(time.time() * 1000)
     head = "".join(_ALPHABET[(ms >> shift) & 31] for shift in range(45, -5, -5))
-    tail = "".join(secrets.choice(_ALPHABET) for _ in range(16))
+    # Ids must be unique, not secret: 80 bits from a generator seeded once from the system's
+    # randomness cost a fraction of a system call per id.
+    tail = base64.b32encode(_RANDOM.getrandbits(80).to_bytes(10, "big")).decode().lower()
     return f"{prefix}_{head}{tail}"
 
 
@@ -180,9 +185,36 @@ class ActionContext:
     logger: logging.Logger
 
 
+@dataclass(frozen=True, slots=True)
+class PluginEnv:
+    """What the runtime hands a registered object's optional ``async def start(env)``.
+
+    An action or transport that keeps state between deliveries (timers, files, connections)
+    defines ``start`` and ``close``; the runtime calls ``start`` once after the gateway is up
+    and before any delivery runs, and ``close`` once at shutdown. Since 1.1.
+    """
+
+    #: The name of the plugin that registered the object (its entry-point name).
+    plugin: str
+    #: ``webhooks.plugins.settings.<plugin>`` from the config, or an empty mapping.
+    settings: Mapping[str, Any]
+    #: The runtime's state directory, for plugins that keep files of their own.
+    state_dir: str
+    gateway: Gateway
+    #: The runtime's shared ``aiohttp.ClientSession``.
+    http: Any
+    #: ``await env.publish(event)``: returns once the event's outgoing deliveries are stored.
+    publish: Callable[[Event], Awaitable[None]]
+    logger: logging.Logger
+
+
 @runtime_checkable
 class Action(Protocol):
-    """A handler action: ``schema`` validates its options, ``run`` does the work."""
+    """A handler action: ``schema`` validates its options, ``run`` does the work.
+
+    Optional: ``async def start(env: PluginEnv)`` and ``async def close()`` for actions that
+    keep state between deliveries (since 1.1).
+    """
 
     schema: type[Schema]
 
@@ -214,7 +246,10 @@ class OutgoingResponse:
 
 @runtime_checkable
 class Transport(Protocol):
-    """Sends outgoing deliveries. Transport errors go in ``OutgoingResponse.error``."""
+    """Sends outgoing deliveries. Transport errors go in ``OutgoingResponse.error``.
+
+    Optional: ``async def start(env: PluginEnv)`` and ``async def close()``, as for actions.
+    """
 
     async def send(self, request: OutgoingRequest) -> OutgoingResponse: ...
 
