@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 from collections import Counter
@@ -270,7 +269,7 @@ class Pipeline:
 
     def _render(self, spec: HandlerSpec, delivery: Delivery) -> dict[str, Any]:
         """The action's options with every template rendered for this delivery."""
-        options: dict[str, Any] = copy.deepcopy(dict(spec.handler.options))
+        options: dict[str, Any] = dict(spec.handler.options)
         if not spec.templates:
             return options
         context = context_for(delivery, spec.handler)
@@ -279,8 +278,10 @@ class Pipeline:
                 text = template.render(context)
             except Exception as exc:  # strict undefined, a filter's error, the sandbox
                 raise ActionError(f"template {'.'.join(path)}: {exc}", retry=False) from exc
-            target: Any = options
+            # Copy only the mappings along the path: the handler's options stay untouched.
+            target: dict[str, Any] = options
             for key in path[:-1]:
+                target[key] = dict(target[key])
                 target = target[key]
             target[path[-1]] = text
         return options

@@ -8,6 +8,8 @@ An ephemeral session (``hook:<uuid>``) lives for one delivery's action. A persis
 from __future__ import annotations
 
 import asyncio
+import random
+import secrets
 import uuid
 from dataclasses import dataclass, field
 
@@ -15,9 +17,12 @@ from clawdbot_webhooks_hookspecs import Event
 
 from .events import EventBus, derived_event_id
 
+_RANDOM = random.Random(secrets.token_bytes(32))
+
 
 def ephemeral_session() -> str:
-    return f"hook:{uuid.uuid4()}"
+    # A version-4 UUID from a generator seeded once: unique, without a system call each time.
+    return f"hook:{uuid.UUID(int=_RANDOM.getrandbits(128), version=4)}"
 
 
 @dataclass

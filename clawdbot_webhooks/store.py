@@ -286,26 +286,9 @@ class SQLiteStore:
                     stop = True
                     break
                 batch.append(item)
-            outcomes: list[tuple[Any, Any, BaseException | None]] = []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for fn, future in batch:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        outcomes.append((future, fn(conn), None))
-                        conn.execute("RELEASE op")
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        outcomes.append((future, None, exc))
-                conn.execute("COMMIT")
-            except Exception as exc:  # the whole transaction failed: nobody's work is stored
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                failure = StoreUnavailable(f"database write failed: {exc}")
-                outcomes = [(future, None, failure) for _, future in batch]
-            for future, result, error in outcomes:
-                loop.call_soon_threadsafe(_settle, future, result, error)
+            outcomes = _apply(conn, batch)
+            # One wake-up of the event loop per batch, not one per request.
+            loop.call_soon_threadsafe(_settle_all, outcomes)
         conn.close()
 
     async def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -737,6 +720,60 @@ def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
         "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?)",
         (a.delivery_id, a.number, a.at, a.status, a.latency_ms, a.response, a.error),
     )
+
+
+Outcome = tuple[Any, Any, BaseException | None]
+
+
+def _apply(
+    conn: sqlite3.Connection, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]
+) -> list[Outcome]:
+    """Run a batch in one transaction. When a request fails, the batch is rolled back and run
+    again with a savepoint per request, so one bad request cannot sink the others (the
+    savepoints cost a statement pair each, which is why the common path goes without)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[Outcome] = [(future, fn(conn), None) for fn, future in batch]
+        conn.execute("COMMIT")
+        return outcomes
+    except Exception as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if len(batch) == 1:
+            return [(batch[0][1], None, _failure(exc))]
+    outcomes = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for fn, future in batch:
+            conn.execute("SAVEPOINT op")
+            try:
+                outcomes.append((future, fn(conn), None))
+                conn.execute("RELEASE op")
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((future, None, _failure(exc)))
+        conn.execute("COMMIT")
+    except Exception as exc:  # the whole transaction failed: nobody's work is stored
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        failure = StoreUnavailable(f"database write failed: {exc}")
+        outcomes = [(future, None, failure) for _, future in batch]
+    return outcomes
+
+
+def _failure(exc: Exception) -> Exception:
+    """A request's own error goes back as it is; the database failing is StoreUnavailable."""
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError
+    ):
+        return StoreUnavailable(f"database write failed: {exc}")
+    return exc
+
+
+def _settle_all(outcomes: list[Outcome]) -> None:
+    for future, result, error in outcomes:
+        _settle(future, result, error)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -1,0 +1,175 @@
+"""Shared benchmark plumbing: processes pinned to cores, wrk runs, result tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+CORES = os.cpu_count() or 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(command: Sequence[str], core: int) -> list[str]:
+    """Pin to one core when there are at least two and taskset exists, so the server and the
+    load generator do not fight over the same core."""
+    if CORES >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(core % CORES), *command]
+    return list(command)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+class Server:
+    def __init__(
+        self, command: Sequence[str], port: int, env: dict[str, str] | None = None, core: int = 0
+    ) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            pinned(command, core),
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_port(port, self.proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def webhooks_server(webhooks: dict[str, Any], workdir: Path, port: int, core: int = 0) -> Server:
+    config = workdir / "config.json"
+    config.write_text(json.dumps({"webhooks": {"stateDir": str(workdir / "state"), **webhooks}}))
+    env = {"PYTHONPATH": str(BENCH)}
+    return Server(
+        [
+            sys.executable,
+            "-m",
+            "clawdbot_webhooks",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        port,
+        env,
+        core,
+    )
+
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+"""
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(
+    url: str,
+    body: str,
+    headers: dict[str, str],
+    *,
+    connections: int = 32,
+    seconds: int = 10,
+    core: int = 1,
+) -> dict[str, float]:
+    """Run wrk against ``url``; requests/s and latency percentiles in milliseconds."""
+    if not shutil.which("wrk"):
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT.format(body=json.dumps(body), headers=lines))
+    out = subprocess.run(
+        pinned(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            core,
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script.name)
+    result: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        if m:
+            result[f"p{pct}_ms"] = float(m[1]) * _UNITS[m[2]]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    result["non2xx"] = float(non2xx[1]) if non2xx else 0.0
+    requests = re.search(r"(\d+) requests in", out)
+    result["requests"] = float(requests[1]) if requests else 0.0
+    return result
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[str(c) for c in columns]] + [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def save(name: str, data: Any) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
