@@ -89,6 +89,12 @@ class AuthFailuresSchema(Strict):
     window = fields.Float(load_default=60.0, validate=validate.Range(min=0.001))
 
 
+class EventIngressSchema(Strict):
+    """``POST /events/ingest`` for the Clawdbot event-bridge plugin, with a bearer token."""
+
+    token = fields.String(required=True, validate=validate.Length(min=1))
+
+
 class IncomingSchema(Strict):
     enabled = fields.Boolean(load_default=True)
     host = fields.String(load_default="127.0.0.1")
@@ -108,6 +114,7 @@ class IncomingSchema(Strict):
     maxJsonDepth = fields.Integer(load_default=64, validate=validate.Range(min=1, max=500))
     rateLimitPerIP = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
     authFailures = fields.Nested(AuthFailuresSchema, load_default=dict, allow_none=True)
+    eventIngress = fields.Nested(EventIngressSchema, load_default=None, allow_none=True)
 
 
 class VerifySchema(Schema):

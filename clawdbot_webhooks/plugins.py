@@ -27,6 +27,7 @@ BUILTINS: tuple[tuple[str, str], ...] = (
     ("builtin-filters", "clawdbot_webhooks.builtin.filters"),
     ("builtin-verifiers", "clawdbot_webhooks.builtin.verifiers"),
     ("local-gateway", "clawdbot_webhooks.builtin.local_gateway"),
+    ("clawdbot-gateway", "clawdbot_webhooks.builtin.clawdbot_gateway"),
     ("http-transport", "clawdbot_webhooks.builtin.http_transport"),
 )
 

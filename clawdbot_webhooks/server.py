@@ -267,6 +267,10 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if incoming.get("eventIngress"):
+        from .ingress import ingest
+
+        app.router.add_post("/events/ingest", ingest)
     return app
 
 

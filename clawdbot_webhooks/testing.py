@@ -118,6 +118,7 @@ async def serve(
     *,
     state_dir: str | Path | None = None,
     host: str = "127.0.0.1",
+    port: int = 0,
 ) -> AsyncIterator[Served]:
     """Start a real server on ``host`` (a free port) from a ``webhooks`` config dict.
 
@@ -139,7 +140,7 @@ async def serve(
         # beside a config file kept next to it.
         source = str(Path(raw["stateDir"]).parent / "config.json5")
         runtime = Runtime(build_settings(raw, plugin_set, source), plugin_set)
-        server = TestServer(make_app(runtime), host=host, port=0)
+        server = TestServer(make_app(runtime), host=host, port=port)
         await server.start_server()
         session = aiohttp.ClientSession()
         try:

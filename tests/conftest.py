@@ -58,9 +58,10 @@ async def start_server(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
             webhooks: dict[str, Any],
             plugins: Sequence[tuple[str, object]] = (),
             host: str = "127.0.0.1",
+            port: int = 0,
         ) -> Served:
             return await stack.enter_async_context(
-                serve(webhooks, plugins, state_dir=state_dir, host=host)
+                serve(webhooks, plugins, state_dir=state_dir, host=host, port=port)
             )
 
         yield start

@@ -1,0 +1,136 @@
+"""The ``clawdbot-http`` gateway: Clawdbot's HTTP hooks instead of its WebSocket.
+
+``run_agent`` POSTs ``{hooks path}/agent`` with ``Authorization: Bearer <hooks.token>`` and
+gets ``202 {"ok": true, "runId"}``. Its limits, plainly:
+
+- no reply text: the run happens after the answer, so ``agent_response`` carries an empty
+  ``text`` (use the ``clawdbot`` WebSocket gateway to get the reply);
+- the ``runId`` it answers is not the one Clawdbot's WebSocket events use; a run can only be
+  correlated with them by its session key (Clawdbot stores it as ``agent:main:<key>``);
+- no idempotency key: a retried delivery whose first POST was accepted runs the agent again;
+- no ``send_message`` (there is no HTTP hook that sends text as it is), and no events.
+
+``wake(text)`` POSTs ``{hooks path}/wake``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError
+from marshmallow import Schema, fields, validate
+
+#: Answers worth trying again; any other non-2xx answer is final.
+RETRYABLE = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+
+
+class ClawdbotHttpGatewaySchema(Schema):
+    url = fields.Url(
+        load_default="http://127.0.0.1:18789", schemes={"http", "https"}, require_tld=False
+    )
+    token = fields.String(required=True)
+    path = fields.String(load_default="/hooks", validate=validate.Regexp(r"^(/[^/?#]+)+$"))
+    timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.001))
+
+
+class ClawdbotHttpGateway:
+    def __init__(self, options: Mapping[str, Any], env: GatewayEnv) -> None:
+        self.options = dict(ClawdbotHttpGatewaySchema().load(dict(options)))
+        self.base = self.options["url"].rstrip("/") + self.options["path"]
+        self.env = env
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _post(self, hook: str, body: Mapping[str, Any]) -> tuple[int, Any]:
+        if self._http is None:
+            await self.start()
+        assert self._http is not None
+        url = f"{self.base}/{hook}"
+        headers = {"Authorization": f"Bearer {self.options['token']}"}
+        try:
+            async with self._http.post(
+                url,
+                json=dict(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.options["timeout"]),
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except TimeoutError as exc:
+            raise GatewayError(
+                f"Clawdbot {url} timed out after {self.options['timeout']}s"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            # asyncio's own wording ("Connect call failed") hides the cause; errno has it.
+            errno = exc.os_error.errno
+            reason = os.strerror(errno) if errno else str(exc.os_error)
+            raise GatewayError(f"cannot connect to {url}: {reason}") from exc
+        except aiohttp.ClientError as exc:
+            raise GatewayError(f"Clawdbot {url} failed: {exc}") from exc
+        try:
+            answer: Any = json.loads(text)
+        except ValueError:
+            answer = {"error": text.strip()[:200]}
+        if status == 401:
+            raise GatewayError(
+                f"Clawdbot {url} answered 401: wrong hooks token (check webhooks.gateway.token)",
+                retry=False,
+            )
+        if not 200 <= status < 300:
+            error = answer.get("error") if isinstance(answer, Mapping) else answer
+            raise GatewayError(
+                f"Clawdbot {url} answered {status}: {error}", retry=status in RETRYABLE
+            )
+        return status, answer
+
+    async def probe(self) -> str:
+        # An empty agent hook is refused (400) after authentication and before anything runs,
+        # so it checks address and token without side effects.
+        try:
+            await self._post("agent", {})
+        except GatewayError as exc:
+            if " answered 400" not in str(exc):
+                raise
+        finally:
+            await self.close()
+        return f"Clawdbot HTTP hooks at {self.base} (token accepted)"
+
+    async def run_agent(
+        self, *, agent_id: str, message: str, session: str, idempotency_key: str
+    ) -> AgentReply:
+        _, answer = await self._post(
+            "agent",
+            {"message": message, "name": agent_id, "sessionKey": session, "deliver": False},
+        )
+        run_id = str(answer.get("runId") or idempotency_key) if isinstance(answer, Mapping) else ""
+        return AgentReply("", run_id or idempotency_key, agent_id)
+
+    async def send_message(
+        self, *, channel: str, peer: str, text: str, session: str, idempotency_key: str
+    ) -> Mapping[str, Any]:
+        raise GatewayError(
+            "the clawdbot-http gateway cannot send messages; use gateway type 'clawdbot'",
+            retry=False,
+        )
+
+    async def wake(self, text: str, mode: str = "now") -> Mapping[str, Any]:
+        _, answer = await self._post("wake", {"text": text, "mode": mode})
+        return dict(answer) if isinstance(answer, Mapping) else {}
+
+
+def create(options: Mapping[str, Any], env: GatewayEnv) -> ClawdbotHttpGateway:
+    return ClawdbotHttpGateway(options, env)
+
+
+create.schema = ClawdbotHttpGatewaySchema  # type: ignore[attr-defined]
