@@ -164,7 +164,9 @@ class BreakerSchema(Strict):
 
 class SubscriptionSchema(Strict):
     id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9._~-]+$"))
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    # Checked against the transport below: http(s) for "http", what a plugin transport's
+    # ``schemes`` names otherwise (``file`` for jsonl).
+    url = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9+.-]*:"))
     events = fields.List(
         fields.String(validate=validate.OneOf([*EVENT_TYPES, "*"])),
         required=True,
@@ -181,6 +183,14 @@ class SubscriptionSchema(Strict):
     concurrency = fields.Integer(load_default=8, validate=validate.Range(min=1, max=1000))
     retryOn4xx = fields.Boolean(load_default=False)
     circuitBreaker = fields.Nested(BreakerSchema, load_default=dict)
+
+    @validates_schema
+    def _http_url(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("transport", "http") == "http" and "url" in data:
+            try:
+                validate.URL(schemes={"http", "https"}, require_tld=False)(data["url"])
+            except ValidationError as exc:
+                raise ValidationError(exc.messages, "url") from None
 
     @validates_schema
     def _secret_decodes(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -698,6 +708,12 @@ def _build_outgoing(
                 f"{path}.transport: "
                 + _unknown(plugins, "transports", data["transport"], "transport")
             )
+            continue
+        schemes = getattr(plugins.registries.transports[data["transport"]], "schemes", None)
+        scheme = data["url"].partition(":")[0].lower()
+        if schemes is not None and scheme not in schemes:
+            wanted = ", ".join(f"{s}://" for s in sorted(schemes))
+            errors.append(f"{path}.url: transport {data['transport']!r} sends to {wanted} URLs")
             continue
         template = None
         if data["template"]:

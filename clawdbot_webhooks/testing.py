@@ -23,11 +23,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from clawdbot_webhooks_hookspecs import PROJECT_NAME
 
 from .builtin.local_gateway import read_log
 from .config import build_settings
@@ -59,7 +61,23 @@ def plugin_set_with(*plugins: InlinePlugin, selection: PluginSelection | None = 
     Each inline plugin is a module or an object with ``@hookimpl`` methods, or a
     ``(name, plugin)`` pair; it is registered after the built-ins, exactly as an installed one.
     """
-    return load_plugins(selection, _named(plugins))
+    installed = {ep.name: ep for ep in metadata.entry_points(group=PROJECT_NAME)}
+    extra = []
+    for name, plugin in _named(plugins):
+        ep = installed.get(name)
+        # The same plugin also installed (an editable install of the package under test):
+        # its entry point registers it already.
+        if ep is not None and _loads(ep) is plugin:
+            continue
+        extra.append((name, plugin))
+    return load_plugins(selection, extra)
+
+
+def _loads(ep: metadata.EntryPoint) -> object:
+    try:
+        return ep.load()
+    except Exception:
+        return None
 
 
 @dataclass
