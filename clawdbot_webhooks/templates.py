@@ -7,6 +7,7 @@ data (variables), so a payload value that looks like ``{{ ... }}`` is printed as
 from __future__ import annotations
 
 import keyword
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +23,10 @@ RESERVED = frozenset({"event", "headers", "query", "hook", "delivery"})
 _INTERNALS = frozenset(
     {"mro", "func_globals", "f_globals", "f_locals", "gi_frame", "gi_code", "cr_frame", "tb_frame"}
 )
+
+
+#: A name-mangled private attribute, e.g. ``self._TemplateReference__context``.
+_MANGLED = re.compile(r"_[A-Za-z][A-Za-z0-9]*__")
 
 
 class TemplateError(Exception):
@@ -48,9 +53,17 @@ def make_environment(
 
 def _unsafe_names(tree: nodes.Node) -> list[str]:
     found: list[str] = []
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name, nodes.Filter)):
         if isinstance(node, nodes.Getattr):
             name = node.attr
+        elif isinstance(node, nodes.Filter):
+            # ``x|attr("__class__")`` is attribute access spelled as a filter.
+            first = node.args[0] if node.args else None
+            if node.name != "attr" or not isinstance(first, nodes.Const):
+                continue
+            if not isinstance(first.value, str):
+                continue
+            name = first.value
         elif isinstance(node, nodes.Name):
             name = node.name
         elif (
@@ -61,7 +74,7 @@ def _unsafe_names(tree: nodes.Node) -> list[str]:
             name = node.arg.value
         else:
             continue
-        if name.startswith("__") or name in _INTERNALS:
+        if name.startswith("__") or _MANGLED.match(name) or name in _INTERNALS:
             found.append(name)
     return found
 
