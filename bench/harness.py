@@ -173,3 +173,16 @@ def save(name: str, data: Any) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def pin_self(core: int) -> None:
+    """Pin this process (the load generator) to one core when there are two or more."""
+    if hasattr(os, "sched_setaffinity") and CORES >= 2:
+        os.sched_setaffinity(0, {core % CORES})
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")

@@ -30,7 +30,7 @@ from marshmallow import (
 
 from .plugins import PluginSelection, PluginSet
 from .retry import BACKOFF_KINDS, RetryPolicy
-from .signing import signing_key
+from .signing import decode_secret
 from .templates import TemplateError, compile_template, make_environment
 
 CONFIG_ENV = "CLAWDBOT_WEBHOOKS_CONFIG"
@@ -117,6 +117,28 @@ class IncomingSchema(Strict):
     eventIngress = fields.Nested(EventIngressSchema, load_default=None, allow_none=True)
 
 
+class AdminSchema(Strict):
+    """The admin API and dashboard under ``/admin``: off unless enabled, with its own bearer
+    token; without ``port`` it is served by the webhook listener, with one on its own."""
+
+    enabled = fields.Boolean(load_default=False)
+    token = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=16))
+    host = fields.String(load_default="127.0.0.1")
+    port = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(0, 65535))
+
+    @validates_schema
+    def _token_when_enabled(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("enabled") and not data.get("token"):
+            raise ValidationError("required when the admin API is enabled", "token")
+
+
+class LoggingSchema(Strict):
+    format = fields.String(load_default="text", validate=validate.OneOf(["text", "json"]))
+    level = fields.String(
+        load_default="info", validate=validate.OneOf(["debug", "info", "warning", "error"])
+    )
+
+
 class VerifySchema(Schema):
     class Meta:
         unknown = EXCLUDE  # the verifier's own schema checks the rest
@@ -195,9 +217,9 @@ class SubscriptionSchema(Strict):
     @validates_schema
     def _secret_decodes(self, data: dict[str, Any], **kwargs: Any) -> None:
         secret = data.get("secret")
-        if isinstance(secret, str) and secret.startswith("whsec_"):
+        if isinstance(secret, str):
             try:
-                signing_key(secret)
+                decode_secret(secret)
             except ValueError as exc:  # the message names no part of the secret
                 raise ValidationError(str(exc), "secret") from None
 
@@ -236,6 +258,8 @@ class TopSchema(Strict):
     storage = fields.Raw()
     plugins = fields.Raw()
     sessions = fields.Raw()
+    admin = fields.Raw()
+    logging = fields.Raw()
     strictTemplates = fields.Boolean(load_default=False)
     stateDir = fields.String(load_default=None)
 
@@ -246,6 +270,8 @@ SECTIONS: dict[str, type[Schema]] = {
     "storage": StorageSchema,
     "plugins": PluginsSchema,
     "sessions": SessionsSchema,
+    "admin": AdminSchema,
+    "logging": LoggingSchema,
 }
 
 
@@ -308,6 +334,8 @@ class Settings:
     plugin_settings: dict[str, dict[str, Any]]
     source: str | None = None
     routes: dict[str, HandlerSpec] = field(default_factory=dict)
+    admin: dict[str, Any] = field(default_factory=lambda: AdminSchema().load({}))
+    logging: dict[str, Any] = field(default_factory=lambda: LoggingSchema().load({}))
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -475,6 +503,8 @@ def build_settings(raw: dict[str, Any], plugins: PluginSet, source: str | None) 
         plugin_settings=data["plugins"]["settings"],
         source=source,
         routes=routes,
+        admin=data["admin"],
+        logging=data["logging"],
     )
 
 

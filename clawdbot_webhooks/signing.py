@@ -30,31 +30,29 @@ def decode_secret(secret: str) -> bytes:
 
 def sign_standard(secret: str, msg_id: str, timestamp: int | str, body: bytes) -> str:
     """``v1,<base64 HMAC-SHA256 of "msg_id.timestamp.body">`` keyed by the decoded secret."""
+    return _signature(decode_secret(secret), msg_id, timestamp, body)
+
+
+def _signature(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(decode_secret(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
-
-
-def signing_key(secret: str) -> bytes:
-    """The key an outgoing subscription signs with: a ``whsec_`` secret is base64-decoded;
-    any other secret is used as its UTF-8 bytes (so a plain passphrase works too)."""
-    if secret.startswith(SECRET_PREFIX):
-        return decode_secret(secret)
-    return secret.encode("utf-8")
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 class StandardSigner:
-    """Signs the deliveries of one outgoing subscription; the key is decoded once."""
+    """Signs the deliveries of one outgoing subscription; the key is decoded once.
+
+    The secret is read exactly as the reference libraries read it (``whsec_`` prefix
+    optional, the rest base64), so any Standard Webhooks receiver, ours included, verifies
+    what we send.
+    """
 
     def __init__(self, secret: str) -> None:
-        self._key = signing_key(secret)
+        self._key = decode_secret(secret)
 
     def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
         """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for one attempt."""
-        signed = f"{msg_id}.{timestamp}.".encode() + body
-        digest = hmac.new(self._key, signed, hashlib.sha256).digest()
         return {
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii"),
+            "webhook-signature": _signature(self._key, msg_id, timestamp, body),
         }

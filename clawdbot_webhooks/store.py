@@ -10,22 +10,19 @@ future resolves only after its transaction is committed, which is what lets the 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import queue
+import re
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .sqlite_writer import SQLiteWriter
+from .sqlite_writer import StoreUnavailable as StoreUnavailable  # part of the store API
+
 T = TypeVar("T")
-
-
-class StoreUnavailable(Exception):
-    """The store cannot take writes (closed, shutting down, or the database is gone)."""
 
 
 @dataclass(slots=True)
@@ -96,6 +93,44 @@ class DeadLetter:
     created_at: float
     attempts: int
     error: str | None
+
+
+@dataclass(slots=True)
+class DeliverySummary:
+    """A delivery without its body, as listings show it."""
+
+    kind: str  # "incoming" | "outgoing"
+    id: str
+    target: str  # hook id or subscription id
+    status: str
+    attempts: int
+    created_at: float
+    finished_at: float | None
+    next_attempt_at: float
+    last_error: str | None
+    session: str | None
+    event_type: str | None
+
+
+@dataclass(slots=True)
+class DeliveryQuery:
+    """Filters of ``list_deliveries``: all optional but ``limit``."""
+
+    status: str | None = None
+    target: str | None = None
+    since: float | None = None
+    search: str | None = None
+    cursor: tuple[float, str] | None = None
+    #: Only deliveries finished after this time, oldest finished first (``deliveries tail``).
+    finished_after: float | None = None
+    limit: int = 50
+
+
+#: Per direction: its table, its target column, its creation-time column.
+_KIND_COLUMNS = {
+    "incoming": ("inbox", "hook_id", "received_at"),
+    "outgoing": ("outbox", "subscription_id", "created_at"),
+}
 
 
 SCHEMA = """
@@ -219,84 +254,11 @@ def _outgoing(row: tuple[Any, ...]) -> OutgoingRecord:
     )
 
 
-class SQLiteStore:
-    """SQLite in WAL mode behind one writer thread that group-commits queued requests."""
-
-    #: How many queued requests one transaction takes at most.
-    BATCH = 512
+class SQLiteStore(SQLiteWriter):
+    """The store on SQLite in WAL mode (see ``SQLiteWriter`` for the group commit)."""
 
     def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
-        self.path = path
-        self.synchronous = synchronous
-        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Any] | None]
-        self._queue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._closed = True
-
-    # -- lifecycle
-
-    async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(asyncio.get_running_loop(), ready),
-            daemon=True,
-            name="sqlite-writer",
-        )
-        self._thread.start()
-        await ready
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(SCHEMA)
-        return conn
-
-    def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
-        try:
-            conn = self._connect()
-        except Exception as exc:
-            loop.call_soon_threadsafe(_settle, ready, None, exc)
-            return
-        loop.call_soon_threadsafe(_settle, ready, None, None)
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            outcomes = _apply(conn, batch)
-            # One wake-up of the event loop per batch, not one per request.
-            loop.call_soon_threadsafe(_settle_all, outcomes)
-        conn.close()
-
-    async def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StoreUnavailable("store is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put((fn, future))
-        return await future
+        super().__init__(path, SCHEMA, synchronous)
 
     # -- inbox
 
@@ -714,75 +676,175 @@ class SQLiteStore:
 
         return await self._do(op)
 
+    # -- inspection (admin API, dashboard, metrics, CLI)
+
+    async def queue_counts(self) -> dict[str, int]:
+        """Pending deliveries whose next attempt is due later (retries waiting) and dead
+        letters, of both directions: ``{incoming,outgoing}_{waiting,dead}``."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            now = time.time()
+            counts: dict[str, int] = {}
+            for table, direction in (("inbox", "incoming"), ("outbox", "outgoing")):
+                waiting, dead = conn.execute(
+                    f"SELECT COALESCE(SUM(status='pending' AND next_attempt_at>?), 0), "
+                    f"COALESCE(SUM(status='dead'), 0) FROM {table} "
+                    "WHERE status IN ('pending', 'dead')",
+                    (now,),
+                ).fetchone()
+                counts[f"{direction}_waiting"] = int(waiting)
+                counts[f"{direction}_dead"] = int(dead)
+            return counts
+
+        return await self._do(op)
+
+    async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
+        """Deliveries of one direction, newest first, without their bodies. ``query.cursor``
+        is ``(created_at, id)`` of the last row of the previous page."""
+        table, target, created = _KIND_COLUMNS[kind]
+        where: list[str] = []
+        args: list[Any] = []
+        if query.status:
+            where.append("status=?")
+            args.append(query.status)
+        if query.target:
+            where.append(f"{target}=?")
+            args.append(query.target)
+        if query.since is not None:
+            where.append(f"{created}>=?")
+            args.append(query.since)
+        if query.finished_after is not None:
+            where.append("finished_at>?")
+            args.append(query.finished_after)
+        if query.search:
+            # A substring of the id (or, outgoing, of the event id); LIKE's wildcards escaped.
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.search) + "%"
+            extra = " OR event_id LIKE ? ESCAPE '\\'" if kind == "outgoing" else ""
+            where.append(f"(id LIKE ? ESCAPE '\\'{extra})")
+            args.extend([pattern] * (2 if extra else 1))
+        if query.cursor is not None:
+            where.append(f"({created}, id) < (?, ?)")
+            args.extend(query.cursor)
+        order = f"{created} DESC, id DESC"
+        if query.finished_after is not None:
+            order = "finished_at, id"
+        event = "event_type" if kind == "outgoing" else "NULL"
+        sql = (
+            f"SELECT id, {target}, status, attempts, {created}, finished_at, next_attempt_at, "
+            f"last_error, session, {event} FROM {table}"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY {order} LIMIT ?"
+        )
+        args.append(query.limit)
+
+        def op(conn: sqlite3.Connection) -> list[DeliverySummary]:
+            return [DeliverySummary(kind, *row) for row in conn.execute(sql, args).fetchall()]
+
+        return await self._do(op)
+
+    async def delivery_stats(self, since: float) -> list[dict[str, Any]]:
+        """Per target of each direction since ``since``: deliveries by status, and for
+        outgoing ones the attempts, how many succeeded, and the latest failed attempt."""
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            stats: dict[tuple[str, str], dict[str, Any]] = {}
+
+            def entry(kind: str, target: str) -> dict[str, Any]:
+                return stats.setdefault(
+                    (kind, target),
+                    {
+                        "kind": kind,
+                        "target": target,
+                        "statuses": {},
+                        "attempts": 0,
+                        "succeeded": 0,
+                        "last_error": None,
+                        "last_error_at": None,
+                    },
+                )
+
+            for kind, (table, target, created) in _KIND_COLUMNS.items():
+                for name, status, n in conn.execute(
+                    f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=? "
+                    "GROUP BY 1, 2",
+                    (since,),
+                ):
+                    entry(kind, name)["statuses"][status] = n
+            for sub, n, ok in conn.execute(
+                "SELECT o.subscription_id, COUNT(*), SUM(a.status BETWEEN 200 AND 299) "
+                "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=? GROUP BY 1",
+                (since,),
+            ):
+                e = entry("outgoing", sub)
+                e["attempts"], e["succeeded"] = n, int(ok or 0)
+            for sub, error, at in conn.execute(
+                "SELECT o.subscription_id, a.error, MAX(a.at) FROM attempts a "
+                "JOIN outbox o ON o.id=a.delivery_id WHERE a.error IS NOT NULL GROUP BY 1"
+            ):
+                e = entry("outgoing", sub)
+                e["last_error"], e["last_error_at"] = error, at
+            for hook, error, at in conn.execute(
+                "SELECT hook_id, last_error, MAX(COALESCE(finished_at, received_at)) FROM inbox "
+                "WHERE last_error IS NOT NULL GROUP BY 1"
+            ):
+                e = entry("incoming", hook)
+                e["last_error"], e["last_error_at"] = error, at
+            return list(stats.values())
+
+        return await self._do(op)
+
+    async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        """Finished deliveries per ``bucket`` seconds since ``since``: each row is
+        ``{"at", "kind", "status", "count"}`` (``at`` is the bucket's start)."""
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
+            for kind, (table, _, _) in _KIND_COLUMNS.items():
+                for slot, status, n in conn.execute(
+                    f"SELECT CAST(finished_at / ? AS INTEGER), status, COUNT(*) FROM {table} "
+                    "WHERE finished_at>=? GROUP BY 1, 2",
+                    (bucket, since),
+                ):
+                    rows.append({"at": slot * bucket, "kind": kind, "status": status, "count": n})
+            return rows
+
+        return await self._do(op)
+
+    async def requeue(self, delivery_id: str, kind: str) -> bool:
+        """Make a finished delivery (done, dropped or dead) of ``kind`` (incoming, outgoing)
+        pending again, attempts starting over; False when there is no such finished one."""
+        table = _KIND_COLUMNS[kind][0]
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
+                "lease_until=0, finished_at=NULL WHERE id=? AND status!='pending'",
+                (delivery_id,),
+            )
+            return bool(cur.rowcount)
+
+        return await self._do(op)
+
+    async def purge_dead_ids(self, ids: Iterable[str]) -> int:
+        """Delete these dead letters (ids that are not dead letters are left alone)."""
+        wanted = [(i,) for i in ids]
+
+        def op(conn: sqlite3.Connection) -> int:
+            n = 0
+            for table in ("inbox", "outbox"):
+                n += conn.executemany(
+                    f"DELETE FROM {table} WHERE id=? AND status='dead'", wanted
+                ).rowcount
+            return n
+
+        return await self._do(op)
+
 
 def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?)",
         (a.delivery_id, a.number, a.at, a.status, a.latency_ms, a.response, a.error),
     )
-
-
-Outcome = tuple[Any, Any, BaseException | None]
-
-
-def _apply(
-    conn: sqlite3.Connection, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]
-) -> list[Outcome]:
-    """Run a batch in one transaction. When a request fails, the batch is rolled back and run
-    again with a savepoint per request, so one bad request cannot sink the others (the
-    savepoints cost a statement pair each, which is why the common path goes without)."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        outcomes: list[Outcome] = [(future, fn(conn), None) for fn, future in batch]
-        conn.execute("COMMIT")
-        return outcomes
-    except Exception as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if len(batch) == 1:
-            return [(batch[0][1], None, _failure(exc))]
-    outcomes = []
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for fn, future in batch:
-            conn.execute("SAVEPOINT op")
-            try:
-                outcomes.append((future, fn(conn), None))
-                conn.execute("RELEASE op")
-            except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                outcomes.append((future, None, _failure(exc)))
-        conn.execute("COMMIT")
-    except Exception as exc:  # the whole transaction failed: nobody's work is stored
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        failure = StoreUnavailable(f"database write failed: {exc}")
-        outcomes = [(future, None, failure) for _, future in batch]
-    return outcomes
-
-
-def _failure(exc: Exception) -> Exception:
-    """A request's own error goes back as it is; the database failing is StoreUnavailable."""
-    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.IntegrityError
-    ):
-        return StoreUnavailable(f"database write failed: {exc}")
-    return exc
-
-
-def _settle_all(outcomes: list[Outcome]) -> None:
-    for future, result, error in outcomes:
-        _settle(future, result, error)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the awaiting task was cancelled
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 Store = SQLiteStore  # the interface every backend implements

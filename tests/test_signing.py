@@ -11,7 +11,7 @@ import pytest
 from clawdbot_webhooks_hookspecs import Event
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from clawdbot_webhooks.signing import StandardSigner, sign_standard, signing_key
+from clawdbot_webhooks.signing import StandardSigner, decode_secret, sign_standard
 from tests.conftest import VECTORS
 
 SECRET = "whsec_" + base64.b64encode(b"outgoing-test-key-0123456789").decode()
@@ -49,9 +49,38 @@ def test_reference_library_accepts_signer_headers() -> None:
         Webhook(SECRET).verify(body, tampered)
 
 
-def test_plain_secret_signs_with_its_utf8_bytes() -> None:
-    assert signing_key("not-base64 at all!") == b"not-base64 at all!"
-    assert signing_key(SECRET) == b"outgoing-test-key-0123456789"
+def test_secrets_are_read_as_the_reference_libraries_read_them() -> None:
+    assert decode_secret(SECRET) == b"outgoing-test-key-0123456789"
+    bare = SECRET.removeprefix("whsec_")
+    assert decode_secret(bare) == decode_secret(SECRET)  # the prefix is optional
+    body = b"{}"
+    assert StandardSigner(bare).headers("m", 1, body) == StandardSigner(SECRET).headers(
+        "m", 1, body
+    )
+    with pytest.raises(ValueError, match="not a base64 secret") as caught:
+        decode_secret("not-base64 at all!")
+    assert "at all" not in str(caught.value)
+
+
+def test_a_plain_passphrase_is_a_config_error() -> None:
+    from clawdbot_webhooks.config import ConfigError, build_settings
+    from clawdbot_webhooks.plugins import load_plugins
+
+    raw = {
+        "outgoing": [
+            {
+                "id": "o",
+                "url": "http://127.0.0.1:9/x",
+                "events": ["*"],
+                "secret": "not-base64 at all!",
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as caught:
+        build_settings(raw, load_plugins(), None)
+    assert caught.value.errors == [
+        "webhooks.outgoing[0].secret: not a base64 secret (expected whsec_<base64>)"
+    ]
 
 
 async def test_sink_receives_verifiable_deliveries(start_server, make_sink) -> None:

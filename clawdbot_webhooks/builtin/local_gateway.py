@@ -8,7 +8,6 @@ The log is an SQLite file in the state directory; ``clawdbot-webhooks messages``
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, hookimpl
+
+from ..sqlite_writer import SQLiteWriter
 
 LOG_FILE = "local-gateway.sqlite3"
 
@@ -45,45 +46,26 @@ def echo_reply(agent_id: str, message: str, turn: int) -> str:
 class LocalGateway:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
+        # The same group commit as the main store: many agent runs share one transaction.
+        self._db = SQLiteWriter(path, _SCHEMA)
+        self._open = False
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = await asyncio.to_thread(self._open)
-
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
-        return conn
+        if not self._open:
+            await self._db.open()
+            self._open = True
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._open:
+            await self._db.close()
+            self._open = False
 
     async def probe(self) -> str:
         return f"local gateway (message log {self.path})"
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._conn is None:
-            await self.start()
-        conn = self._conn
-        assert conn is not None
-
-        def transaction() -> Any:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-
-        async with self._lock:
-            return await asyncio.to_thread(transaction)
+        await self.start()
+        return await self._db._do(fn)
 
     async def send_message(
         self, *, channel: str, peer: str, text: str, session: str, idempotency_key: str

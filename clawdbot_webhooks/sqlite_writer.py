@@ -1,0 +1,166 @@
+"""Group commit for SQLite: one connection, one writer thread, batched transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes (closed, shutting down, or the database is gone)."""
+
+
+class SQLiteWriter:
+    """One SQLite connection (WAL) in one writer thread that group-commits queued requests.
+
+    ``await self._do(fn)`` runs ``fn(conn)`` in that thread; whatever requests are queued
+    together share one transaction, and each future resolves only after its transaction is
+    committed. The event loop is woken once per batch, not once per request.
+    """
+
+    #: How many queued requests one transaction takes at most.
+    BATCH = 512
+
+    def __init__(self, path: Path, schema: str, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.schema = schema
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Any] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = True
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(asyncio.get_running_loop(), ready),
+            daemon=True,
+            name="sqlite-writer",
+        )
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(self.schema)
+        return conn
+
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except Exception as exc:
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            outcomes = _apply(conn, batch)
+            # One wake-up of the event loop per batch, not one per request.
+            loop.call_soon_threadsafe(_settle_all, outcomes)
+        conn.close()
+
+    async def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable(f"{self.path.name} is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((fn, future))
+        return await future
+
+
+Outcome = tuple[Any, Any, BaseException | None]
+
+
+def _apply(
+    conn: sqlite3.Connection, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]
+) -> list[Outcome]:
+    """Run a batch in one transaction. When a request fails, the batch is rolled back and run
+    again with a savepoint per request, so one bad request cannot sink the others (the
+    savepoints cost a statement pair each, which is why the common path goes without)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[Outcome] = [(future, fn(conn), None) for fn, future in batch]
+        conn.execute("COMMIT")
+        return outcomes
+    except Exception as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if len(batch) == 1:
+            return [(batch[0][1], None, _failure(exc))]
+    outcomes = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for fn, future in batch:
+            conn.execute("SAVEPOINT op")
+            try:
+                outcomes.append((future, fn(conn), None))
+                conn.execute("RELEASE op")
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((future, None, _failure(exc)))
+        conn.execute("COMMIT")
+    except Exception as exc:  # the whole transaction failed: nobody's work is stored
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        failure = StoreUnavailable(f"database write failed: {exc}")
+        outcomes = [(future, None, failure) for _, future in batch]
+    return outcomes
+
+
+def _failure(exc: Exception) -> Exception:
+    """A request's own error goes back as it is; the database failing is StoreUnavailable."""
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError
+    ):
+        return StoreUnavailable(f"database write failed: {exc}")
+    return exc
+
+
+def _settle_all(outcomes: list[Outcome]) -> None:
+    for future, result, error in outcomes:
+        _settle(future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the awaiting task was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
