@@ -319,3 +319,51 @@ async def test_event_bridge_plugin_forwards_hooks_to_ingress(
     await asyncio.sleep(1.0)
     own = [e for e in events.of("agent_response") if f"own {m}" in str(e.data.get("text"))]
     assert len(own) == 1 and own[0].data.get("source") is None
+
+
+async def test_http_hooks_gateway_runs_the_agent_without_reply_text(
+    clawdbot: ClawdbotProcess, model_stub: ModelStub, start_server: Any
+) -> None:
+    events = Collector()
+    server = await start_server(
+        {
+            "handlers": [
+                {
+                    "id": "ask",
+                    "action": "run_agent",
+                    "agentId": "main",
+                    "template": "via http {{m}}",
+                },
+                {
+                    "id": "notify",
+                    "action": "send_message",
+                    "target": {"channel": "discord", "peer": "p"},
+                    "template": "x",
+                },
+            ],
+            "gateway": {
+                "type": "clawdbot-http",
+                "url": clawdbot.http_url,
+                "token": clawdbot.hooks_token,
+            },
+            "incoming": {"retry": FAST_RETRY},
+        },
+        plugins=[("collector", events)],
+    )
+    m = marker()
+    status, body = await server.post("ask", {"m": m})
+    assert status == 202
+    await server.idle(timeout=30)
+    reply = (await events.wait_for("agent_response", causation=body["id"]))[0]
+    # The hook answers 202 before the run: a run id but no reply text.
+    assert reply.data["text"] == "" and reply.data["runId"]
+    for _ in range(200):
+        if model_stub.runs_with(f"via http {m}"):
+            break
+        await asyncio.sleep(0.05)
+    assert model_stub.runs_with(f"via http {m}") == 1
+    status, body = await server.post("notify", {})
+    await server.idle(timeout=30)
+    record = await server.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "dead"
+    assert "cannot send messages" in (record.last_error or "")
