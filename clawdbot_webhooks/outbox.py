@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clawdbot_webhooks_hookspecs import Event, OutgoingRequest, OutgoingResponse
 
@@ -35,6 +35,9 @@ from .config import Subscription
 from .events import EventBus, derived_event_id
 from .signing import StandardSigner
 from .store import Attempt, OutgoingOutcome, OutgoingRecord, Store
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +190,16 @@ class Outbox:
 
     # -- the durable subscriber
 
+        #: Set by the runtime: counts each attempt's outcome (``metrics.Metrics``).
+        self.metrics: Metrics | None = None
+
+    def breaker_states(self) -> dict[str, str]:
+        """Each subscription's circuit breaker: closed, open or half-open."""
+        states = {}
+        for sub in self._subs.values():
+            breaker = self._breakers.get(sub.url)
+            states[sub.id] = "closed" if breaker is None else breaker.state
+        return states
     def targets(self, event: Event) -> list[Subscription]:
         """The subscriptions an event goes to.
 
@@ -219,7 +232,13 @@ class Outbox:
                     # Stored as a dead letter with the plain payload: visible, replayable
                     # once the template is fixed, never silently lost.
                     body, status, error = payload_bytes(event), "dead", f"template failed: {exc}"
-                    log.error("event %s for %s: %s", event.id, sub.id, error)
+                    log.error(
+                        "event %s for %s: %s",
+                        event.id,
+                        sub.id,
+                        error,
+                        extra={"subscription": sub.id},
+                    )
             records.append(
                 OutgoingRecord(
                     id=outbox_id(event.id, sub.id),
@@ -373,6 +392,10 @@ class Outbox:
             rec.attempts,
             at,
             response.status,
+        if self.metrics is not None:
+            gives_up = verdict.outcome != "retry" or sub.retry.gives_up_after(rec.attempts)
+            label = "delivered" if verdict.outcome == "done" else "dead" if gives_up else "retry"
+            self.metrics.outgoing_attempt(sub.id, label, latency / 1000)
             round(latency, 2),
             bytes(response.body[:KEEP_RESPONSE]).decode("utf-8", "replace") or None,
             response.error if response.status is None else verdict.reason,
@@ -383,6 +406,14 @@ class Outbox:
         if verdict.outcome == "retry" and not sub.retry.gives_up_after(rec.attempts):
             delay = sub.retry.delay(rec.attempts)
             if verdict.retry_after is not None:
+            log.debug(
+                "delivery %s to %s delivered (HTTP %s, %.1f ms)",
+                rec.id,
+                sub.id,
+                response.status,
+                latency,
+                extra={"delivery": rec.id, "subscription": sub.id},
+            )
                 # The endpoint said when: that wins over the policy, within reason.
                 delay = min(verdict.retry_after, RETRY_AFTER_CAP)
             rec.next_attempt_at = time.time() + delay
@@ -398,6 +429,7 @@ class Outbox:
                 OutgoingOutcome(
                     rec.id,
                     "pending",
+                extra={"delivery": rec.id, "subscription": sub.id},
                     rec.attempts,
                     error=verdict.reason,
                     retry_at=rec.next_attempt_at,
@@ -453,6 +485,7 @@ class Outbox:
         # the last attempt runs again and publishes the same event id, which adds nothing.
         try:
             await self._bus.publish(
+            extra={"delivery": rec.id, "subscription": rec.subscription_id},
                 Event(
                     "error",
                     {

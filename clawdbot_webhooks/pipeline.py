@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from clawdbot_webhooks_hookspecs import (
@@ -34,6 +34,9 @@ from .incoming import parse_body
 from .sessions import Sessions
 from .store import IncomingRecord, Store
 from .templates import context_for
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ class Pipeline:
         self._poller: asyncio.Task[None] | None = None
         self._running: set[str] = set()
         self._closing = False
+        #: Set by the runtime: times each action by hook and outcome (``metrics.Metrics``).
+        self.metrics: Metrics | None = None
 
     # -- lifecycle
 
@@ -193,12 +198,15 @@ class Pipeline:
         await self._sessions.begin(
             record.session, handler.id, handler.session_mode == "persistent", record.id
         )
+        started = time.monotonic()
         try:
             outcome = await self._act(delivery, spec)
         except Exception as exc:
             retry = getattr(exc, "retry", True)
             reason = _describe(exc)
-            if not retry or spec.retry.gives_up_after(attempt):
+            gives_up = not retry or spec.retry.gives_up_after(attempt)
+            self._observe(handler.id, "dead" if gives_up else "retry", started)
+            if gives_up:
                 await self._dead(record, reason, spec, attempts=attempt)
                 await self._sessions.finish(record.session, record.id)
             else:
@@ -209,6 +217,7 @@ class Pipeline:
                     attempt,
                     reason,
                     delay,
+                    extra={"delivery": record.id, "hook": record.hook_id},
                 )
                 await self._store.finish_incoming(
                     record.id,
@@ -220,6 +229,15 @@ class Pipeline:
                 await self._sessions.finish(record.session, record.id)
                 self.wake()
             return
+        self._observe(handler.id, "dropped" if outcome is DROP else "done", started)
+        log.debug(
+            "delivery %s to %s: %s after %d attempts",
+            record.id,
+            handler.id,
+            "dropped" if outcome is DROP else "done",
+            attempt,
+            extra={"delivery": record.id, "hook": handler.id},
+        )
         if outcome is DROP:
             await self._store.finish_incoming(record.id, "dropped", attempts=attempt)
             self._settle(record.id, {"dropped": True})
@@ -300,6 +318,7 @@ class Pipeline:
             record.hook_id,
             n,
             reason,
+            extra={"delivery": record.id, "hook": record.hook_id},
         )
         await self._store.finish_incoming(record.id, "dead", attempts=n, error=reason)
         self._settle(record.id, ActionError(reason, retry=False))
@@ -318,6 +337,10 @@ class Pipeline:
                 id=derived_event_id(record.id, "error", str(n)),
             )
         )
+
+    def _observe(self, hook: str, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.action(hook, outcome, time.monotonic() - started)
 
     def _settle(self, delivery_id: str, outcome: Any) -> None:
         waiter = self._waiters.pop(delivery_id, None)

@@ -11,6 +11,7 @@ from clawdbot_webhooks_hookspecs import Gateway, GatewayEnv
 from .config import Settings
 from .events import EventBus
 from .lifecycle import close_objects, start_objects
+from .metrics import Metrics
 from .outbox import Outbox
 from .pipeline import Pipeline
 from .plugins import PluginSet
@@ -30,6 +31,9 @@ class Runtime:
         self.outbox = Outbox(settings.outgoing, self.store, self.bus, plugins.registries.transports)
         self.bus.subscribe(self.outbox.record)
         self.gateway: Gateway = self._make_gateway()
+        self.metrics = Metrics()
+        self.metrics.bind(self)
+        self.outbox.metrics = self.metrics
         self.http: aiohttp.ClientSession | None = None
         self.pipeline: Pipeline | None = None
         self.accepting = False
@@ -71,6 +75,7 @@ class Runtime:
             self.sessions,
             self.http,
         )
+        self.pipeline.metrics = self.metrics
         self.pipeline.start()
         self.accepting = True
 
@@ -88,4 +93,3 @@ class Runtime:
         if self.http is not None:
             await self.http.close()
         await self.store.close()
-

@@ -23,6 +23,7 @@ from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
 from .config import HandlerSpec
 from .dedup import dedup_key, prune_forever
 from .incoming import Rejected, client_ip, ip_allowed, parse_body, read_body, stored_headers
+from .metrics import counting_middleware, metrics_view
 from .pipeline import LEASE_SECONDS
 from .ratelimit import Limits, retry_after
 from .runtime import Runtime
@@ -228,15 +229,26 @@ async def readyz(request: web.Request) -> web.Response:
         checks["store"] = "ok"
     except Exception as exc:
         checks["store"] = f"unavailable: {exc}"
+    health = rt.metrics.gateway_health
+    if health is not None:
+        ok, detail = await health.check()
+        checks["gateway"] = "ok" if ok else detail
     ready = rt.accepting and all(v == "ok" for v in checks.values())
     return web.json_response({"ok": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return await metrics_view(request.app[RUNTIME])
 
 
 def make_app(runtime: Runtime) -> web.Application:
     """The app factory. The runtime starts with the app and stops after the server has
     stopped taking requests and finished the ones in flight."""
     incoming = runtime.settings.incoming
-    app = web.Application(middlewares=[json_errors], client_max_size=incoming["maxBodyBytes"] + 1)
+    count = counting_middleware(lambda request: request.app[RUNTIME])
+    app = web.Application(
+        middlewares=[count, json_errors], client_max_size=incoming["maxBodyBytes"] + 1
+    )
     app[RUNTIME] = runtime
     app[LIMITS] = Limits(
         incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers)
@@ -267,6 +279,11 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    if runtime.settings.admin["enabled"]:
+        from .admin import setup_admin
+
+        setup_admin(app, runtime)
     if incoming.get("eventIngress"):
         from .ingress import ingest
 

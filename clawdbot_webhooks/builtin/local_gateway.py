@@ -60,6 +60,11 @@ class LocalGateway:
             await self._db.close()
             self._open = False
 
+    @property
+    def ready(self) -> bool:
+        """Always, once started: it is a file beside the store (``/readyz`` reads this)."""
+        return self._open
+
     async def probe(self) -> str:
         return f"local gateway (message log {self.path})"
 

@@ -1,0 +1,243 @@
+"""Prometheus metrics of one runtime, and the readiness of its gateway.
+
+Every runtime has its own ``CollectorRegistry`` (several servers in one process, as in the
+tests, never share counters). What happens on the request path costs a dictionary lookup and
+a counter increment: label children are cached here, and nothing reads the store. The gauges
+that need the store (retry queue depth, dead letters) come from a collector whose numbers are
+refreshed by ``/metrics`` before it renders, at most once per ``STORE_TTL`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: How long store counts are reused between scrapes.
+STORE_TTL = 2.0
+#: How long a gateway probe's answer is reused (a failure is retried sooner).
+PROBE_TTL = 10.0
+PROBE_FAILED_TTL = 2.0
+PROBE_TIMEOUT = 2.0
+#: Action and outgoing durations: from a local echo (ms) to a slow agent run (minutes).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: The label of requests to a hook that does not exist (their names are not kept: anybody
+#: could make up millions of them).
+UNKNOWN_HOOK = "_unknown"
+_BREAKER_STATES = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
+
+
+class GatewayHealth:
+    """Whether the gateway can take work. A gateway with a ``ready`` attribute answers
+    itself (the local one always can); any other is probed with a short timeout, and the
+    answer is cached so a readiness poller cannot flood it."""
+
+    def __init__(self, gateway: Any) -> None:
+        self._gateway = gateway
+        self._state: tuple[bool, str] | None = None
+        self._until = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def last(self) -> bool | None:
+        """The last known state without asking (None before the first check)."""
+        ready = getattr(self._gateway, "ready", None)
+        if isinstance(ready, bool):
+            return ready
+        return None if self._state is None else self._state[0]
+
+    async def check(self) -> tuple[bool, str]:
+        ready = getattr(self._gateway, "ready", None)
+        if isinstance(ready, bool):
+            return ready, "ok" if ready else "not connected"
+        async with self._lock:
+            if self._state is not None and time.monotonic() < self._until:
+                return self._state
+            try:
+                await asyncio.wait_for(self._gateway.probe(), PROBE_TIMEOUT)
+                self._state = (True, "ok")
+            except Exception as exc:  # GatewayError, timeout, a plugin's own failure
+                reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+                self._state = (False, f"unavailable: {reason}")
+            ttl = PROBE_TTL if self._state[0] else PROBE_FAILED_TTL
+            self._until = time.monotonic() + ttl
+            return self._state
+
+
+class _StoreCollector(Collector):
+    """Gauges read from the store and the outbox at scrape time (see ``Metrics.refresh``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        depth = GaugeMetricFamily(
+            "clawdbot_webhooks_retry_queue_depth",
+            "Deliveries waiting for a retry that is due later.",
+            labels=["direction"],
+        )
+        dead = GaugeMetricFamily(
+            "clawdbot_webhooks_dead_letters",
+            "Deliveries in the dead-letter queue.",
+            labels=["direction"],
+        )
+        for direction in ("incoming", "outgoing"):
+            depth.add_metric([direction], m.counts.get(f"{direction}_waiting", 0))
+            dead.add_metric([direction], m.counts.get(f"{direction}_dead", 0))
+        yield depth
+        yield dead
+        up = GaugeMetricFamily(
+            "clawdbot_webhooks_gateway_up",
+            "1 when the gateway is reachable (last check), else 0.",
+            labels=["type"],
+        )
+        up.add_metric([m.gateway_type], 1.0 if m.gateway_up() else 0.0)
+        yield up
+        breakers = GaugeMetricFamily(
+            "clawdbot_webhooks_circuit_state",
+            "Circuit breaker of each subscription's endpoint: 0 closed, 1 half-open, 2 open.",
+            labels=["subscription"],
+        )
+        for sub, state in m.breaker_states().items():
+            breakers.add_metric([sub], _BREAKER_STATES.get(state, 0.0))
+        yield breakers
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "clawdbot_webhooks_incoming_requests",
+            "Requests to webhook URLs, by hook and HTTP status.",
+            ["hook", "code"],
+            registry=self.registry,
+        )
+        self.actions = Histogram(
+            "clawdbot_webhooks_action_duration_seconds",
+            "Time an incoming delivery's action took, by hook and outcome "
+            "(done, dropped, retry, dead).",
+            ["hook", "outcome"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.outgoing = Counter(
+            "clawdbot_webhooks_outgoing_deliveries",
+            "Outgoing delivery attempts by subscription and outcome (delivered, retry, dead).",
+            ["subscription", "outcome"],
+            registry=self.registry,
+        )
+        self.outgoing_latency = Histogram(
+            "clawdbot_webhooks_outgoing_duration_seconds",
+            "Time an outgoing attempt took, by subscription.",
+            ["subscription"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self.counts: dict[str, int] = {}
+        self._counted_at = -STORE_TTL
+        self.gateway_type = "none"
+        self._runtime: Runtime | None = None
+        self.gateway_health: GatewayHealth | None = None
+        self.registry.register(_StoreCollector(self))
+
+    def bind(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self.gateway_type = str(runtime.settings.gateway.get("type", "none"))
+        self.gateway_health = GatewayHealth(runtime.gateway)
+
+    # -- the hot path: cached label children only
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request(self, hook: str, code: int) -> None:
+        self._child(self.requests, hook, str(code)).inc()
+
+    def action(self, hook: str, outcome: str, seconds: float) -> None:
+        self._child(self.actions, hook, outcome).observe(seconds)
+
+    def outgoing_attempt(self, subscription: str, outcome: str, seconds: float) -> None:
+        self._child(self.outgoing, subscription, outcome).inc()
+        self._child(self.outgoing_latency, subscription).observe(seconds)
+
+    # -- scrape time
+
+    def gateway_up(self) -> bool:
+        return bool(self.gateway_health is not None and self.gateway_health.last)
+
+    def breaker_states(self) -> Mapping[str, str]:
+        if self._runtime is None:
+            return {}
+        return self._runtime.outbox.breaker_states()
+
+    async def refresh(self) -> None:
+        """Read the store's counts unless they are fresh enough; probe the gateway."""
+        rt = self._runtime
+        if rt is None:
+            return
+        if self.gateway_health is not None:
+            await self.gateway_health.check()
+        if time.monotonic() - self._counted_at < STORE_TTL:
+            return
+        with contextlib.suppress(Exception):  # the store is down: keep the last numbers
+            self.counts = await rt.store.queue_counts()
+            self._counted_at = time.monotonic()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def hook_label(runtime: Runtime, request: web.Request) -> str | None:
+    """The handler id a webhook request was for (None when it was not a webhook request)."""
+    hook_id = request.match_info.get("hook_id")
+    if hook_id is None:
+        return None
+    spec = runtime.settings.routes.get(hook_id)
+    return UNKNOWN_HOOK if spec is None else spec.handler.id
+
+
+def counting_middleware(runtime_of: Callable[[web.Request], Runtime]) -> Any:
+    """Counts every answer to a webhook URL by hook and status (after the JSON error
+    middleware has turned exceptions into responses)."""
+
+    @web.middleware
+    async def count(
+        request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        status = 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            rt = runtime_of(request)
+            hook = hook_label(rt, request)
+            if hook is not None:
+                rt.metrics.request(hook, status)
+
+    return count
+
+
+async def metrics_view(runtime: Runtime) -> web.Response:
+    await runtime.metrics.refresh()
+    return web.Response(body=runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
