@@ -126,11 +126,6 @@ class AdminSchema(Strict):
     host = fields.String(load_default="127.0.0.1")
     port = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(0, 65535))
 
-    @validates_schema
-    def _token_when_enabled(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("enabled") and not data.get("token"):
-            raise ValidationError("required when the admin API is enabled", "token")
-
 
 class LoggingSchema(Strict):
     format = fields.String(load_default="text", validate=validate.OneOf(["text", "json"]))
@@ -436,6 +431,8 @@ def build_settings(raw: dict[str, Any], plugins: PluginSet, source: str | None) 
     for name, schema in SECTIONS.items():
         data[name] = _load(schema, raw.get(name) or {}, f"webhooks.{name}", errors)
 
+    if data["admin"]["enabled"] and not data["admin"]["token"]:
+        errors.append("webhooks.admin.token: required when the admin API is enabled")
     base = Path(source).parent if source else Path.cwd()
     state_dir = _resolve(data.get("stateDir") or "~/.clawdbot/webhooks", base)
     storage = data["storage"]

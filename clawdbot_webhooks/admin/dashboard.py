@@ -1,0 +1,143 @@
+"""The delivery dashboard: server-rendered pages (Jinja2, autoescaped) and a little JavaScript
+for the Replay buttons and the throughput chart. A login form trades the admin token for an
+HttpOnly cookie (see ``auth``); the token never appears in a URL or in the browser's storage."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from . import api
+from .auth import AUTH, COOKIE, CSRF_VALUE
+
+STATIC = {"admin.js": "text/javascript", "admin.css": "text/css"}
+#: Pages allow nothing from elsewhere, no inline script, and no framing.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+RECENT = 50
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _pretty(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("clawdbot_webhooks.admin", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+_ENV.filters.update(when=_when, percent=_percent, pretty=_pretty)
+
+
+def render(name: str, status: int = 200, **context: Any) -> web.Response:
+    html = _ENV.get_template(name).render(csrf=CSRF_VALUE, **context)
+    return web.Response(text=html, content_type="text/html", status=status, headers=HEADERS)
+
+
+def _signed_in(request: web.Request) -> bool:
+    auth = request.config_dict[AUTH]
+    return auth.cookie_ok(request) or auth.bearer_ok(request)
+
+
+def _to_login() -> web.Response:
+    return web.Response(status=303, headers={"Location": "/admin/login", **HEADERS})
+
+
+async def index(request: web.Request) -> web.Response:
+    if not _signed_in(request):
+        return _to_login()
+    rt = api.runtime_of(request)
+    health = await api.endpoint_health(rt)
+    return render(
+        "index.html",
+        recent=await api.recent(rt, RECENT),
+        dead=list(reversed(await rt.store.dead_letters())),
+        handlers=health["handlers"],
+        subscriptions=health["subscriptions"],
+        now=time.time(),
+    )
+
+
+async def delivery(request: web.Request) -> web.Response:
+    if not _signed_in(request):
+        return _to_login()
+    rt = api.runtime_of(request)
+    found = await api.find_delivery(rt, request.match_info["id"])
+    if found is None:
+        return render("missing.html", status=404, id=request.match_info["id"])
+    return render("delivery.html", d=found)
+
+
+async def login_form(request: web.Request) -> web.Response:
+    return render("login.html", error=None)
+
+
+async def login(request: web.Request) -> web.Response:
+    auth = request.config_dict[AUTH]
+    form = await request.post()
+    token = form.get("token")
+    if not isinstance(token, str) or not auth.token_matches(token):
+        return render("login.html", status=401, error="That is not the admin token.")
+    response = web.Response(status=303, headers={"Location": "/admin/", **HEADERS})
+    auth.set_cookie(response, secure=request.secure)
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    response = web.Response(status=303, headers={"Location": "/admin/login", **HEADERS})
+    response.del_cookie(COOKIE, path="/admin")
+    return response
+
+
+async def to_index(request: web.Request) -> web.Response:
+    return web.Response(status=301, headers={"Location": "/admin/"})
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in STATIC:
+        raise web.HTTPNotFound()
+    body = resources.files("clawdbot_webhooks.admin").joinpath("static", name).read_bytes()
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": STATIC[name],
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/admin", to_index)
+    router.add_get("/admin/", index)
+    router.add_get("/admin/deliveries/{id}", delivery)
+    router.add_get("/admin/login", login_form)
+    router.add_post("/admin/login", login)
+    router.add_post("/admin/logout", logout)
+    router.add_get("/admin/static/{name}", static)

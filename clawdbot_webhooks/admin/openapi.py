@@ -1,0 +1,347 @@
+"""The OpenAPI 3 description of the admin API (served at ``/admin/api/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": {"$ref": "#/components/responses/BadRequest"},
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+}
+_NOT_FOUND = {"404": {"$ref": "#/components/responses/NotFound"}}
+
+
+def _param(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_LIST_PARAMS = [
+    _param(
+        "status",
+        "Only this status.",
+        {"type": "string", "enum": list(("pending", "done", "dropped", "dead"))},
+    ),
+    _param("since", "Created at or after: ISO 8601, epoch seconds or a duration (2h, 7d)."),
+    _param("q", "A substring of the delivery id (outgoing: also of the event id)."),
+    _param(
+        "limit", "Page size (1-500, default 50).", {"type": "integer", "minimum": 1, "maximum": 500}
+    ),
+    _param("cursor", "``next_cursor`` of the previous page."),
+]
+
+
+def _listing(kind: str, target: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": f"List {kind} deliveries, newest first",
+            "operationId": f"list_{kind}",
+            "parameters": [_param(target, f"Only this {target}."), *_LIST_PARAMS],
+            "responses": {"200": _json(_ref("DeliveryPage")), **_ERRORS},
+        }
+    }
+
+
+def _show(kind: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": f"One {kind} delivery with its payload and attempts",
+            "operationId": f"show_{kind}",
+            "parameters": [_ID],
+            "responses": {"200": _json(_ref("Delivery")), **_ERRORS, **_NOT_FOUND},
+        }
+    }
+
+
+def _replay(kind: str, what: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": what,
+            "operationId": f"replay_{kind}",
+            "parameters": [_ID],
+            "responses": {
+                "202": _json(_ref("Replayed"), "Pending again"),
+                "409": {"$ref": "#/components/responses/Conflict"},
+                **_ERRORS,
+                **_NOT_FOUND,
+            },
+        }
+    }
+
+
+def _items(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": {"items": {"type": "array", "items": schema}}}
+
+
+def spec() -> dict[str, Any]:
+    error = {
+        "type": "object",
+        "required": ["ok", "error"],
+        "properties": {"ok": {"type": "boolean", "enum": [False]}, "error": {"type": "string"}},
+    }
+    nullable_str = {"type": ["string", "null"]}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "clawdbot-webhooks admin API",
+            "version": __version__,
+            "description": "Deliveries, attempts, dead letters and configuration of a running "
+            "clawdbot-webhooks server. Every request needs "
+            "`Authorization: Bearer <webhooks.admin.token>`.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/admin/api/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": _json({"type": "object"}), **_ERRORS},
+                }
+            },
+            "/admin/api/incoming": _listing("incoming", "hook"),
+            "/admin/api/incoming/{id}": _show("incoming"),
+            "/admin/api/incoming/{id}/replay": _replay(
+                "incoming", "Run an incoming delivery's action again"
+            ),
+            "/admin/api/outgoing": _listing("outgoing", "subscription"),
+            "/admin/api/outgoing/{id}": _show("outgoing"),
+            "/admin/api/outgoing/{id}/replay": _replay(
+                "outgoing", "Send an outgoing delivery again"
+            ),
+            "/admin/api/dead-letters": {
+                "get": {
+                    "summary": "List dead letters, oldest first",
+                    "operationId": "list_dead_letters",
+                    "parameters": [_param("since", "Created at or after this time.")],
+                    "responses": {"200": _json(_items(_ref("DeadLetter"))), **_ERRORS},
+                },
+                "delete": {
+                    "summary": "Purge dead letters (all, or those created before a time)",
+                    "operationId": "purge_dead_letters",
+                    "parameters": [_param("before", "Only those created before this time.")],
+                    "responses": {"200": _json(_ref("Purged")), **_ERRORS},
+                },
+            },
+            "/admin/api/dead-letters/replay": {
+                "post": {
+                    "summary": "Replay dead letters: some ids, or all (since a time)",
+                    "operationId": "replay_dead_letters",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "ids": {"type": "array", "items": {"type": "string"}},
+                                        "all": {"type": "boolean"},
+                                        "since": {"type": ["string", "number"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"202": _json(_ref("Revived"), "Pending again"), **_ERRORS},
+                }
+            },
+            "/admin/api/dead-letters/{id}": {
+                "delete": {
+                    "summary": "Purge one dead letter",
+                    "operationId": "purge_dead_letter",
+                    "parameters": [_ID],
+                    "responses": {"200": _json(_ref("Purged")), **_ERRORS, **_NOT_FOUND},
+                }
+            },
+            "/admin/api/dead-letters/{id}/replay": {
+                "post": {
+                    "summary": "Replay one dead letter",
+                    "operationId": "replay_dead_letter",
+                    "parameters": [_ID],
+                    "responses": {
+                        "202": _json(_ref("Revived"), "Pending again"),
+                        **_ERRORS,
+                        **_NOT_FOUND,
+                    },
+                }
+            },
+            "/admin/api/handlers": {
+                "get": {
+                    "summary": "Configured incoming handlers",
+                    "operationId": "list_handlers",
+                    "responses": {"200": _json(_items({"type": "object"})), **_ERRORS},
+                }
+            },
+            "/admin/api/subscriptions": {
+                "get": {
+                    "summary": "Configured outgoing subscriptions with their circuit breaker",
+                    "operationId": "list_subscriptions",
+                    "responses": {"200": _json(_items({"type": "object"})), **_ERRORS},
+                }
+            },
+            "/admin/api/plugins": {
+                "get": {
+                    "summary": "Loaded plugins, what they register, enabled or not",
+                    "operationId": "list_plugins",
+                    "responses": {"200": _json(_items({"type": "object"})), **_ERRORS},
+                }
+            },
+            "/admin/api/stats/endpoints": {
+                "get": {
+                    "summary": "Per hook and subscription: statuses, success rate, last error",
+                    "operationId": "stats_endpoints",
+                    "parameters": [
+                        _param(
+                            "window", "Seconds to look back (default 86400).", {"type": "number"}
+                        ),
+                    ],
+                    "responses": {"200": _json({"type": "object"}), **_ERRORS},
+                }
+            },
+            "/admin/api/stats/throughput": {
+                "get": {
+                    "summary": "Finished deliveries per time bucket",
+                    "operationId": "stats_throughput",
+                    "parameters": [
+                        _param(
+                            "window", "Seconds to look back (default 3600).", {"type": "number"}
+                        ),
+                        _param(
+                            "bucket", "Bucket size in seconds (default 60).", {"type": "number"}
+                        ),
+                    ],
+                    "responses": {"200": _json(_ref("Throughput")), **_ERRORS},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "BadRequest": _json(_ref("Error"), "Bad parameter"),
+                "Unauthorized": _json(_ref("Error"), "Missing or wrong admin token"),
+                "NotFound": _json(_ref("Error"), "No such delivery"),
+                "Conflict": _json(_ref("Error"), "The delivery is pending already"),
+            },
+            "schemas": {
+                "Error": error,
+                "DeliverySummary": {
+                    "type": "object",
+                    "required": ["kind", "id", "target", "status", "attempts", "created_at"],
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["incoming", "outgoing"]},
+                        "id": {"type": "string"},
+                        "target": {"type": "string"},
+                        "hook": {"type": "string"},
+                        "subscription": {"type": "string"},
+                        "status": {"type": "string"},
+                        "attempts": {"type": "integer"},
+                        "created_at": {"type": "number"},
+                        "finished_at": {"type": ["number", "null"]},
+                        "next_attempt_at": {"type": "number"},
+                        "last_error": nullable_str,
+                        "session": nullable_str,
+                        "event_type": nullable_str,
+                    },
+                },
+                "DeliveryPage": {
+                    "type": "object",
+                    "properties": {
+                        "items": {"type": "array", "items": _ref("DeliverySummary")},
+                        "next_cursor": nullable_str,
+                    },
+                },
+                "Attempt": {
+                    "type": "object",
+                    "properties": {
+                        "delivery_id": {"type": "string"},
+                        "number": {"type": "integer"},
+                        "at": {"type": "number"},
+                        "status": {"type": ["integer", "null"]},
+                        "latency_ms": {"type": "number"},
+                        "response": nullable_str,
+                        "error": nullable_str,
+                    },
+                },
+                "Delivery": {
+                    "type": "object",
+                    "description": "A summary's fields plus payload (text), headers, query, "
+                    "result and rendered templates (incoming), url and event (outgoing).",
+                    "properties": {
+                        "kind": {"type": "string"},
+                        "id": {"type": "string"},
+                        "status": {"type": "string"},
+                        "payload": {"type": "string"},
+                        "rendered": {"type": "object"},
+                        "history": {"type": "array", "items": _ref("Attempt")},
+                    },
+                },
+                "DeadLetter": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "target": {"type": "string"},
+                        "created_at": {"type": "number"},
+                        "attempts": {"type": "integer"},
+                        "error": nullable_str,
+                    },
+                },
+                "Replayed": {
+                    "type": "object",
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "id": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "status": {"type": "string"},
+                    },
+                },
+                "Revived": {
+                    "type": "object",
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "replayed": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "Purged": {
+                    "type": "object",
+                    "properties": {"ok": {"type": "boolean"}, "purged": {"type": "integer"}},
+                },
+                "Throughput": {
+                    "type": "object",
+                    "properties": {
+                        "start": {"type": "number"},
+                        "end": {"type": "number"},
+                        "bucket": {"type": "number"},
+                        "items": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "at": {"type": "number"},
+                                    "kind": {"type": "string"},
+                                    "status": {"type": "string"},
+                                    "count": {"type": "integer"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
