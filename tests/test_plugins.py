@@ -254,3 +254,220 @@ async def test_a_broken_plugin_is_contained(start_server, recorder, caplog) -> N
     assert len(recorder.of("agent_response")) == 1
     assert len(recorder.of("error")) == 2
     assert any("plugin 'broken' failed in on_event" in r.getMessage() for r in caplog.records)
+
+
+class Gatekeeper:
+    """An on_incoming plugin that drops test pings and rewrites the rest."""
+
+    from clawdbot_webhooks_hookspecs import hookimpl
+
+    @hookimpl
+    def on_incoming(self, delivery, handler):  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
+        from clawdbot_webhooks_hookspecs import DROP
+
+        if delivery.payload.get("ping"):
+            return DROP
+        return replace(delivery, payload={**delivery.payload, "word": "rewritten"})
+
+
+async def test_on_incoming_transforms_and_drops(start_server) -> None:
+    handler = {
+        "id": "m",
+        "action": "send_message",
+        "template": "{{ word }}",
+        "target": {"channel": "c", "peer": "p"},
+    }
+    srv = await start_server({"handlers": [handler]}, plugins=[("gate", Gatekeeper())])
+    _, dropped = await srv.post("m", {"ping": True, "word": "x"})
+    _, kept = await srv.post("m", {"word": "original"})
+    await srv.idle()
+    dropped_record = await srv.runtime.store.get_incoming(dropped["id"])
+    assert dropped_record is not None and dropped_record.status == "dropped"
+    assert [m["text"] for m in read_log(srv.runtime.settings.state_dir)] == ["rewritten"]
+    kept_record = await srv.runtime.store.get_incoming(kept["id"])
+    assert kept_record is not None and kept_record.status == "done"
+
+
+class TokenAndMemory:
+    """A verifier and a transport registered by one inline plugin."""
+
+    from clawdbot_webhooks_hookspecs import hookimpl
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    @hookimpl
+    def register_verifiers(self, register):  # type: ignore[no-untyped-def]
+        import hmac
+
+        from clawdbot_webhooks_hookspecs import VerificationError
+        from marshmallow import Schema, fields
+
+        class Token:
+            class schema(Schema):
+                token = fields.String(required=True)
+
+            def verify(self, request, options):  # type: ignore[no-untyped-def]
+                given = request.headers.get("x-token", "").encode()
+                if not hmac.compare_digest(given, options["token"].encode()):
+                    raise VerificationError("X-Token does not match")
+                return request.headers.get("x-request-id")
+
+        register("token", Token())
+
+    @hookimpl
+    def register_transports(self, register):  # type: ignore[no-untyped-def]
+        from clawdbot_webhooks_hookspecs import OutgoingResponse
+
+        plugin = self
+
+        class Memory:
+            schemes = frozenset({"memory"})
+
+            async def send(self, request):  # type: ignore[no-untyped-def]
+                plugin.sent.append(request)
+                return OutgoingResponse(204)
+
+        register("memory", Memory())
+
+
+async def test_plugin_verifier_and_transport(start_server) -> None:
+    import asyncio
+
+    plugin = TokenAndMemory()
+    config = {
+        "handlers": [
+            {
+                "id": "t",
+                "action": "run_agent",
+                "agentId": "a",
+                "template": "hi",
+                "verify": {"type": "token", "token": "s3cret-token"},
+            }
+        ],
+        "outgoing": [
+            {"id": "mem", "url": "memory://x", "events": ["agent_response"], "transport": "memory"}
+        ],
+    }
+    srv = await start_server(config, plugins=[("tm", plugin)])
+    status, body = await srv.post("t", {}, headers={"X-Token": "wrong"})
+    assert status == 401 and "s3cret" not in json.dumps(body)
+    status, _ = await srv.post("t", {}, headers={"X-Token": "s3cret-token", "X-Request-Id": "r1"})
+    assert status == 202
+    status, again = await srv.post(
+        "t", {}, headers={"X-Token": "s3cret-token", "X-Request-Id": "r1"}
+    )
+    assert status == 200 and again["duplicate"] is True
+    await srv.idle()
+    for _ in range(200):
+        if plugin.sent:
+            break
+        await asyncio.sleep(0.02)
+    [request] = plugin.sent
+    assert json.loads(request.body)["type"] == "agent_response"  # type: ignore[attr-defined]
+
+
+class BrokenAtTheEdges:
+    """Raises in on_incoming (for one hook id) and in its transport's send."""
+
+    from clawdbot_webhooks_hookspecs import hookimpl
+
+    @hookimpl
+    def on_incoming(self, delivery, handler):  # type: ignore[no-untyped-def]
+        if handler.id == "boom":
+            raise RuntimeError("on_incoming exploded")
+        return None
+
+    @hookimpl
+    def register_transports(self, register):  # type: ignore[no-untyped-def]
+        class Exploding:
+            async def send(self, request):  # type: ignore[no-untyped-def]
+                raise RuntimeError("send exploded")
+
+        register("exploding", Exploding())
+
+
+async def test_a_broken_on_incoming_and_transport_are_contained(start_server) -> None:
+    import asyncio
+
+    from clawdbot_webhooks.outbox import outbox_id
+
+    retry = {"maxAttempts": 2, "initialDelay": 0.02, "maxDelay": 0.05, "jitter": False}
+    config = {
+        "handlers": [
+            {"id": "boom", "action": "run_agent", "agentId": "a", "template": "x", "retry": retry},
+            {"id": "fine", "action": "run_agent", "agentId": "a", "template": "y"},
+        ],
+        "outgoing": [
+            {
+                "id": "bad",
+                "url": "http://127.0.0.1:9/never",
+                "events": ["agent_response"],
+                "transport": "exploding",
+                "retry": retry,
+            }
+        ],
+    }
+    events: list[object] = []
+
+    class Watch:
+        from clawdbot_webhooks_hookspecs import hookimpl
+
+        @hookimpl
+        def on_event(self, event):  # type: ignore[no-untyped-def]
+            events.append(event)
+
+    srv = await start_server(config, plugins=[("edges", BrokenAtTheEdges()), ("w", Watch())])
+    _, boom = await srv.post("boom", {})
+    status, fine = await srv.post("fine", {})
+    assert status == 202
+    await srv.idle()
+    record = await srv.runtime.store.get_incoming(boom["id"])
+    assert record is not None and record.status == "dead" and record.attempts == 2
+    assert "plugin 'edges' failed in on_incoming" in (record.last_error or "")
+    fine_record = await srv.runtime.store.get_incoming(fine["id"])
+    assert fine_record is not None and fine_record.status == "done"
+    [reply] = [e for e in events if e.type == "agent_response"]  # type: ignore[attr-defined]
+    row_id = outbox_id(reply.id, "bad")  # type: ignore[attr-defined]
+    for _ in range(300):
+        row = await srv.runtime.store.get_outgoing(row_id)
+        if row is not None and row.status == "dead":
+            break
+        await asyncio.sleep(0.02)
+    assert row is not None and row.status == "dead" and row.attempts == 2
+    assert "transport 'exploding'" in (row.last_error or "")
+    assert "send exploded" in (row.last_error or "")
+    # The server still answers.
+    status, _ = await srv.post("fine", {})
+    assert status == 202
+
+
+CRASHY = """
+    from clawdbot_webhooks_hookspecs import hookimpl
+
+    @hookimpl
+    def register_actions(register):
+        raise RuntimeError("cannot register today")
+"""
+
+
+def test_a_register_hook_that_raises_is_a_clear_plugin_error(
+    fake_distribution, tmp_path: Path
+) -> None:
+    fake_distribution("clawdbot-webhooks-crashy", "0.3", "cw_crashy", CRASHY, entry="crashy")
+    with pytest.raises(PluginError) as caught:
+        load_plugins()
+    assert str(caught.value) == (
+        "plugin 'crashy' failed in register_actions: RuntimeError('cannot register today')"
+    )
+    config = write(tmp_path, {})
+    for command in (["check"], ["serve"]):
+        result = CliRunner().invoke(main, [*command, "--config", config])
+        assert result.exit_code == 2
+        assert "plugin 'crashy' failed in register_actions" in result.output
+        assert "Traceback" not in result.output
+    # Switched off, it is harmless.
+    config = write(tmp_path, {"plugins": {"disabled": ["crashy"]}})
+    assert CliRunner().invoke(main, ["check", "--config", config]).exit_code == 0
