@@ -60,14 +60,33 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Listen port (default: incoming.port).")
 @click.option(
     "--log-level",
-    default="info",
-    show_default=True,
+    default=None,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Default: logging.level of the config, else info.",
 )
-def serve(config_path: str | None, host: str | None, port: int | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default=None,
+    type=click.Choice(["text", "json"]),
+    help="json: one object per line. Default: logging.format of the config, else text.",
+)
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """Run the server until SIGTERM or SIGINT (then shut down gracefully)."""
-    _logging(log_level)
+    _logging(log_level or "info")
     settings, plugins = _load(config_path)
+    from .logs import collect_secrets, configure
+
+    configure(
+        log_format or settings.logging["format"],
+        log_level or settings.logging["level"],
+        collect_secrets(settings),
+    )
     from .runtime import Runtime
     from .server import serve as run
 
@@ -186,6 +205,10 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 from .dlq import dlq  # noqa: E402
 
 main.add_command(dlq)
+from .ops_cli import deliveries, send_test  # noqa: E402
+
+main.add_command(deliveries)
+main.add_command(send_test)
 
 
 if __name__ == "__main__":  # pragma: no cover

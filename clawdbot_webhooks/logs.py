@@ -1,0 +1,137 @@
+"""Logging for ``serve``: text or one JSON object per line, with every configured secret
+redacted.
+
+JSON lines carry ``time``, ``level``, ``logger``, ``message`` and, when the code passed them
+with ``extra=``, ``delivery``, ``hook`` and ``subscription``. The redaction filter sits on the
+handler, so it sees every record whichever logger (ours, aiohttp's, a plugin's) made it, and
+it replaces each secret value from the loaded config with ``***`` in the message, its
+arguments, the traceback and the extra fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from .config import Settings
+from .signing import SECRET_PREFIX
+
+MASK = "***"
+#: Values shorter than this are not treated as secrets: masking every "a" would garble the
+#: log and a secret that short protects nothing anyway.
+MIN_SECRET = 4
+#: Option names whose values are secrets wherever they appear (gateway, plugins, headers).
+SENSITIVE = re.compile(r"secret|token|password|passwd|api[-_]?key|authorization|credential", re.I)
+FIELDS = ("delivery", "hook", "subscription")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _sensitive_values(value: Any, sensitive: bool = False) -> Iterator[str]:
+    """Strings under sensitive keys, at any depth."""
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _sensitive_values(inner, sensitive or bool(SENSITIVE.search(str(key))))
+    elif isinstance(value, list | tuple | set | frozenset):
+        for inner in value:
+            yield from _sensitive_values(inner, sensitive)
+    elif sensitive and isinstance(value, str):
+        yield value
+
+
+def collect_secrets(settings: Settings) -> set[str]:
+    """Every secret value in the loaded settings: the incoming secret, handler secrets and
+    verify secrets, secrets in action options, subscription secrets and auth headers, the
+    gateway's token, the admin token, plugin settings' secrets."""
+    found: set[str] = set()
+    found.update(_sensitive_values(settings.incoming))
+    for spec in settings.handlers:
+        if spec.secret:
+            found.add(spec.secret)
+        found.update(_sensitive_values(spec.verify or {}))
+        found.update(_sensitive_values(spec.handler.options))
+    for sub in settings.outgoing:
+        if sub.secret:
+            found.add(sub.secret)
+            # The key alone (the part a whsec_ secret encodes) is just as secret.
+            found.add(sub.secret.removeprefix(SECRET_PREFIX))
+        found.update(_sensitive_values(sub.headers))
+    found.update(_sensitive_values(settings.gateway))
+    found.update(_sensitive_values(settings.admin))
+    found.update(_sensitive_values(settings.plugin_settings))
+    password = urlsplit(settings.storage_url).password
+    if password:
+        found.add(password)
+    return {s for s in found if len(s) >= MIN_SECRET}
+
+
+class Redactor(logging.Filter):
+    """Replaces secret values with ``***`` in everything a record will print."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        # Longest first, so a secret containing another is masked whole.
+        ordered = sorted(set(secrets), key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def redact(self, text: str) -> str:
+        return text if self._pattern is None else self._pattern.sub(MASK, text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern is None:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # bad format arguments: keep what can be shown, still redacted
+            message = f"{record.msg!s} {record.args!r}"
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        for name in FIELDS:
+            value = record.__dict__.get(name)
+            if isinstance(value, str):
+                record.__dict__[name] = self.redact(value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = record.stack_info
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure(fmt: str, level: str, secrets: Iterable[str] = ()) -> logging.Handler:
+    """Send the root logger's records to stderr as text or JSON lines, secrets redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(Redactor(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+    return handler

@@ -1,0 +1,209 @@
+"""``clawdbot-webhooks send-test`` and ``clawdbot-webhooks deliveries list / tail``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import IO, Any
+
+import click
+
+from . import __version__
+from .config import HandlerSpec, Settings
+from .dlq import _time, _time_option, _with_store, config_option, json_option
+from .plugins import PluginSet
+from .sample_signing import CannotSign, sign_headers
+from .store import DeliveryQuery, DeliverySummary, Store
+
+KINDS = ("incoming", "outgoing")
+#: How often ``deliveries tail`` looks for newly finished deliveries.
+TAIL_POLL = 0.5
+
+
+# ------------------------------------------------------------------------------ send-test
+
+
+def default_url(settings: Settings, spec: HandlerSpec) -> str:
+    host = settings.incoming["host"]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    base = settings.incoming["basePath"].rstrip("/")
+    return f"http://{host}:{settings.incoming['port']}{base}{spec.handler.path}"
+
+
+def sample_payload(hook: str) -> bytes:
+    """A small JSON body; its ids are fresh so deduplication never swallows a test."""
+    token = uuid.uuid4().hex
+    return json.dumps(
+        {
+            "id": f"evt_test_{token}",
+            "event_id": f"Ev{token}",
+            "type": "test",
+            "hook": hook,
+            "message": "clawdbot-webhooks send-test",
+            "sent_at": int(time.time()),
+        }
+    ).encode()
+
+
+@click.command("send-test")
+@config_option
+@click.argument("hook")
+@click.option(
+    "--payload",
+    type=click.File("rb"),
+    default=None,
+    help="JSON body from FILE, or - for stdin (default: a small sample).",
+)
+@click.option("--url", default=None, help="Send here (default: the configured listener).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+def send_test(
+    config_path: str | None, hook: str, payload: IO[bytes] | None, url: str | None, timeout: float
+) -> None:
+    """POST a signed sample request to HOOK on a running server; print the answer.
+
+    Signs it the way the handler verifies (shared secret, bearer, github, standard-webhooks,
+    stripe, slack, hmac). Exits 0 on a 2xx answer, 1 otherwise.
+    """
+    from .cli import _load
+
+    settings, _ = _load(config_path)
+    spec = settings.routes.get(hook.strip("/"))
+    if spec is None:
+        known = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
+        raise click.UsageError(f"no handler {hook!r} (handlers: {known})")
+    body = payload.read() if payload is not None else sample_payload(spec.handler.id)
+    try:
+        signed = sign_headers(spec.verify, body, int(time.time()))
+    except CannotSign as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    target = url or default_url(settings, spec)
+    request = urllib.request.Request(target, data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("User-Agent", f"clawdbot-webhooks-send-test/{__version__}")
+    for name, value in signed.items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text = response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"Error: could not reach {target}: {getattr(exc, 'reason', exc)}", err=True)
+        sys.exit(1)
+    click.echo(f"POST {target} -> {status}")
+    click.echo(text)
+    sys.exit(0 if 200 <= status < 300 else 1)
+
+
+# ------------------------------------------------------------------------------ deliveries
+
+
+def _row(s: DeliverySummary) -> dict[str, Any]:
+    return {
+        "kind": s.kind,
+        "id": s.id,
+        "target": s.target,
+        "status": s.status,
+        "attempts": s.attempts,
+        "created_at": s.created_at,
+        "finished_at": s.finished_at,
+        "event_type": s.event_type,
+        "error": s.last_error,
+    }
+
+
+def _line(s: DeliverySummary) -> str:
+    when = _time(s.finished_at or s.created_at)
+    error = f"  {s.last_error.splitlines()[0][:100]}" if s.last_error else ""
+    return f"{when}  {s.kind:8}  {s.id}  {s.target}  {s.status}  attempts={s.attempts}{error}"
+
+
+@click.group()
+def deliveries() -> None:
+    """Incoming and outgoing deliveries: list the latest, or follow them live."""
+
+
+@deliveries.command("list")
+@config_option
+@json_option
+@click.option("--kind", type=click.Choice(KINDS), default=None, help="Only one direction.")
+@click.option("--status", default=None, help="pending, done, dropped or dead.")
+@click.option("--since", metavar="TIME", default=None, callback=_time_option)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+def list_(
+    config_path: str | None,
+    as_json: bool,
+    kind: str | None,
+    status: str | None,
+    since: float | None,
+    limit: int,
+) -> None:
+    """The latest deliveries, newest first."""
+
+    async def work(settings: Settings, plugins: PluginSet, store: Store) -> list[DeliverySummary]:
+        query = DeliveryQuery(status=status, since=since, limit=limit)
+        rows: list[DeliverySummary] = []
+        for k in [kind] if kind else KINDS:
+            rows += await store.list_deliveries(k, query)
+        rows.sort(key=lambda s: s.created_at, reverse=True)
+        return rows[:limit]
+
+    rows = _with_store(config_path, work)
+    if as_json:
+        click.echo(json.dumps([_row(s) for s in rows], indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("No deliveries.")
+        return
+    for s in rows:
+        click.echo(_line(s))
+
+
+@deliveries.command()
+@config_option
+@json_option
+@click.option(
+    "--since",
+    metavar="TIME",
+    default=None,
+    callback=_time_option,
+    help="Also show those finished since TIME (default: only new ones).",
+)
+def tail(config_path: str | None, as_json: bool, since: float | None) -> None:
+    """Follow deliveries as they finish (done, dropped or dead), one line each; Ctrl-C stops."""
+
+    async def work(settings: Settings, plugins: PluginSet, store: Store) -> None:
+        cursor = time.time() if since is None else since
+        # Rows finishing in the same instant as the cursor may commit after we looked:
+        # re-read a little behind it and skip what was printed already.
+        printed: dict[tuple[str, float], None] = {}
+        while True:
+            rows: list[DeliverySummary] = []
+            for kind in KINDS:
+                rows += await store.list_deliveries(
+                    kind, DeliveryQuery(finished_after=cursor - 1.0, limit=500)
+                )
+            rows.sort(key=lambda s: (s.finished_at or 0.0, s.id))
+            for s in rows:
+                key = (s.id, s.finished_at or 0.0)
+                if key in printed:
+                    continue
+                printed[key] = None
+                click.echo(json.dumps(_row(s), ensure_ascii=False) if as_json else _line(s))
+                cursor = max(cursor, s.finished_at or cursor)
+            for key in [k for k in printed if k[1] < cursor - 5.0]:
+                del printed[key]
+            sys.stdout.flush()
+            await asyncio.sleep(TAIL_POLL)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it ends
+        _with_store(config_path, work)
