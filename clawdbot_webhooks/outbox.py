@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from clawdbot_webhooks_hookspecs import Event, OutgoingRequest, OutgoingResponse
+from clawdbot_webhooks_hookspecs import EVENT_TYPES, Event, OutgoingRequest, OutgoingResponse
 
 from . import __version__
 from .breaker import CircuitBreaker
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: How long a claimed delivery stays ours before another process may take it over.
-LEASE_SECONDS = 300.0
+LEASE_SECONDS = 30.0  # the default of storage.leaseSeconds; the heartbeat renews it
 #: How often the outbox is looked at for due retries and work left by a stopped process.
 POLL_SECONDS = 1.0
 #: Rows one claim takes at most.
@@ -171,6 +171,9 @@ class Outbox:
         transports: Any,
     ) -> None:
         self._subs = {s.id: s for s in subscriptions}
+        # Subscriptions by event type, so finding an event's targets does not grow with the
+        # number of subscriptions that do not want it.
+        self._by_type = {kind: [s for s in subscriptions if s.wants(kind)] for kind in EVENT_TYPES}
         self._store = store
         self._bus = bus
         self._transports = transports
@@ -187,9 +190,8 @@ class Outbox:
         self._wake = asyncio.Event()
         self._running = False
         self._closing = False
-
-    # -- the durable subscriber
-
+        #: Lease length (``storage.leaseSeconds``), set by the runtime.
+        self.lease = LEASE_SECONDS
         #: Set by the runtime: counts each attempt's outcome (``metrics.Metrics``).
         self.metrics: Metrics | None = None
 
@@ -200,6 +202,9 @@ class Outbox:
             breaker = self._breakers.get(sub.url)
             states[sub.id] = "closed" if breaker is None else breaker.state
         return states
+
+    # -- the durable subscriber
+
     def targets(self, event: Event) -> list[Subscription]:
         """The subscriptions an event goes to.
 
@@ -207,7 +212,9 @@ class Outbox:
         subscription that failed, and one about a failed ``error`` delivery goes nowhere:
         two broken endpoints cannot feed each other an endless chain of errors.
         """
-        subs = [s for s in self._subs.values() if s.wants(event.type)]
+        subs = self._by_type.get(event.type)
+        if subs is None:  # a type outside the five, published by a plugin
+            subs = [s for s in self._subs.values() if s.wants(event.type)]
         if event.type == "error" and event.data.get("kind") == "outgoing":
             if event.data.get("eventType") == "error":
                 return []
@@ -252,7 +259,7 @@ class Outbox:
                     last_error=error,
                 )
             )
-        added = set(await self._store.add_outgoing(records, LEASE_SECONDS if self._running else 0))
+        added = set(await self._store.add_outgoing(records, self.lease if self._running else 0))
         if self._running:
             for rec in records:
                 if rec.id in added and rec.status == "pending":
@@ -291,6 +298,10 @@ class Outbox:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def held_ids(self) -> list[str]:
+        """Rows this process has claimed and not finished (the heartbeat renews them)."""
+        return list(self._known)
 
     # -- dispatching
 
@@ -387,25 +398,20 @@ class Outbox:
         latency = (time.monotonic() - started) * 1000
         rec.attempts += 1
         verdict = classify(response, sub.retry_on_4xx)
+        if self.metrics is not None:
+            gives_up = verdict.outcome != "retry" or sub.retry.gives_up_after(rec.attempts)
+            label = "delivered" if verdict.outcome == "done" else "dead" if gives_up else "retry"
+            self.metrics.outgoing_attempt(sub.id, label, latency / 1000)
         attempt = Attempt(
             rec.id,
             rec.attempts,
             at,
             response.status,
-        if self.metrics is not None:
-            gives_up = verdict.outcome != "retry" or sub.retry.gives_up_after(rec.attempts)
-            label = "delivered" if verdict.outcome == "done" else "dead" if gives_up else "retry"
-            self.metrics.outgoing_attempt(sub.id, label, latency / 1000)
             round(latency, 2),
             bytes(response.body[:KEEP_RESPONSE]).decode("utf-8", "replace") or None,
             response.error if response.status is None else verdict.reason,
         )
         if verdict.outcome == "done":
-            self._finisher.put(OutgoingOutcome(rec.id, "done", rec.attempts, attempt=attempt))
-            return verdict
-        if verdict.outcome == "retry" and not sub.retry.gives_up_after(rec.attempts):
-            delay = sub.retry.delay(rec.attempts)
-            if verdict.retry_after is not None:
             log.debug(
                 "delivery %s to %s delivered (HTTP %s, %.1f ms)",
                 rec.id,
@@ -414,6 +420,11 @@ class Outbox:
                 latency,
                 extra={"delivery": rec.id, "subscription": sub.id},
             )
+            self._finisher.put(OutgoingOutcome(rec.id, "done", rec.attempts, attempt=attempt))
+            return verdict
+        if verdict.outcome == "retry" and not sub.retry.gives_up_after(rec.attempts):
+            delay = sub.retry.delay(rec.attempts)
+            if verdict.retry_after is not None:
                 # The endpoint said when: that wins over the policy, within reason.
                 delay = min(verdict.retry_after, RETRY_AFTER_CAP)
             rec.next_attempt_at = time.time() + delay
@@ -424,17 +435,17 @@ class Outbox:
                 rec.attempts,
                 verdict.reason,
                 delay,
+                extra={"delivery": rec.id, "subscription": sub.id},
             )
             self._finisher.put(
                 OutgoingOutcome(
                     rec.id,
                     "pending",
-                extra={"delivery": rec.id, "subscription": sub.id},
                     rec.attempts,
                     error=verdict.reason,
                     retry_at=rec.next_attempt_at,
                     # Waiting for the retry here, we keep the row so no one else takes it.
-                    hold_until=rec.next_attempt_at + LEASE_SECONDS if hold else 0.0,
+                    hold_until=rec.next_attempt_at + self.lease if hold else 0.0,
                     attempt=attempt,
                 )
             )
@@ -480,12 +491,12 @@ class Outbox:
             rec.subscription_id,
             rec.attempts,
             reason,
+            extra={"delivery": rec.id, "subscription": rec.subscription_id},
         )
         # The error event is stored before the row is marked dead: after a crash in between
         # the last attempt runs again and publishes the same event id, which adds nothing.
         try:
             await self._bus.publish(
-            extra={"delivery": rec.id, "subscription": rec.subscription_id},
                 Event(
                     "error",
                     {
@@ -514,7 +525,7 @@ class Outbox:
         while self._running:
             try:
                 full = [sid for sid, n in self._held.items() if n >= HELD_PER_SUBSCRIPTION]
-                claimed = await self._store.claim_outgoing(CLAIM_BATCH, LEASE_SECONDS, full)
+                claimed = await self._store.claim_outgoing(CLAIM_BATCH, self.lease, full)
                 for rec in claimed:
                     if rec.id not in self._known:
                         self._enqueue(rec)
@@ -536,7 +547,7 @@ class Outbox:
         """One attempt for each of these pending rows that no running server holds (``dlq
         replay`` uses it); returns each id's state: delivered, retrying, dead or queued."""
         wanted = list(ids)
-        claimed = {r.id: r for r in await self._store.claim_outgoing_ids(wanted, LEASE_SECONDS)}
+        claimed = {r.id: r for r in await self._store.claim_outgoing_ids(wanted, self.lease)}
         states: dict[str, str] = {}
         for delivery_id in wanted:
             rec = claimed.get(delivery_id)
