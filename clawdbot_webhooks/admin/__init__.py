@@ -14,9 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..logs import Redactor, collect_secrets
 from ..runtime import Runtime
 from . import api
-from .auth import AUTH, AdminAuth
+from .auth import AUTH, REDACTOR, AdminAuth
 from .dashboard import add_routes as add_dashboard_routes
 from .openapi import spec
 
@@ -58,13 +59,18 @@ def _guarded(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         refused = request.config_dict[AUTH].api_allowed(request)
         if refused is not None:
-            response = api.fail(401, refused)
-            response.headers["WWW-Authenticate"] = 'Bearer realm="clawdbot-webhooks admin"'
-            return response
+            denied = api.fail(401, refused)
+            denied.headers["WWW-Authenticate"] = 'Bearer realm="clawdbot-webhooks admin"'
+            return denied
         try:
-            return await handler(request)
+            response = await handler(request)
         except api.BadRequest as exc:
             return api.fail(400, str(exc))
+        # Stored errors and responses may quote a secret (a plugin's exception, an echoing
+        # endpoint): the admin API shows them masked, as the logs do.
+        if isinstance(response, web.Response) and response.text is not None:
+            response.text = request.config_dict[REDACTOR].redact(response.text)
+        return response
 
     return guarded
 
@@ -77,6 +83,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
     token = runtime.settings.admin["token"]
     assert token, "the config requires admin.token when admin is enabled"
     app[AUTH] = AdminAuth(token)
+    app[REDACTOR] = Redactor(collect_secrets(runtime.settings))
     app[api.RUNTIME] = runtime
     router = app.router
     router.add_get("/admin/api/openapi.json", _guarded(openapi_json))

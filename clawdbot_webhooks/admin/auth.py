@@ -16,6 +16,8 @@ import time
 
 from aiohttp import web
 
+from ..logs import Redactor
+
 COOKIE = "clawdbot_admin"
 SESSION_SECONDS = 12 * 3600
 CSRF_HEADER = "X-Requested-With"
@@ -79,3 +81,5 @@ class AdminAuth:
 
 
 AUTH = web.AppKey("admin_auth", AdminAuth)
+#: Masks configured secrets in what the admin API and the dashboard show (``logs.Redactor``).
+REDACTOR = web.AppKey("admin_redactor", Redactor)

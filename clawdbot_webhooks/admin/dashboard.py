@@ -14,7 +14,7 @@ import jinja2
 from aiohttp import web
 
 from . import api
-from .auth import AUTH, COOKIE, CSRF_VALUE
+from .auth import AUTH, COOKIE, CSRF_VALUE, REDACTOR
 
 STATIC = {"admin.js": "text/javascript", "admin.css": "text/css"}
 #: Pages allow nothing from elsewhere, no inline script, and no framing.
@@ -54,8 +54,10 @@ _ENV = jinja2.Environment(
 _ENV.filters.update(when=_when, percent=_percent, pretty=_pretty)
 
 
-def render(name: str, status: int = 200, **context: Any) -> web.Response:
+def render(name: str, status: int = 200, redact: Any = None, **context: Any) -> web.Response:
     html = _ENV.get_template(name).render(csrf=CSRF_VALUE, **context)
+    if redact is not None:
+        html = redact(html)
     return web.Response(text=html, content_type="text/html", status=status, headers=HEADERS)
 
 
@@ -75,6 +77,7 @@ async def index(request: web.Request) -> web.Response:
     health = await api.endpoint_health(rt)
     return render(
         "index.html",
+        redact=request.config_dict[REDACTOR].redact,
         recent=await api.recent(rt, RECENT),
         dead=list(reversed(await rt.store.dead_letters())),
         handlers=health["handlers"],
@@ -90,7 +93,7 @@ async def delivery(request: web.Request) -> web.Response:
     found = await api.find_delivery(rt, request.match_info["id"])
     if found is None:
         return render("missing.html", status=404, id=request.match_info["id"])
-    return render("delivery.html", d=found)
+    return render("delivery.html", redact=request.config_dict[REDACTOR].redact, d=found)
 
 
 async def login_form(request: web.Request) -> web.Response:
