@@ -99,9 +99,8 @@ async def durable(url: str, total: int, concurrency: int, sessions: int, workdir
         await asyncio.gather(*(publish(k) for k in range(publishers)))
         published = time.perf_counter() - started
         while True:
-            done = await runtime.store._do(
-                lambda c: c.execute("SELECT COUNT(*) FROM outbox WHERE status='done'").fetchone()[0]
-            )
+            status = await runtime.store.schema_status()
+            done = status.counts.get("outbox", {}).get("done", 0)
             if done >= total:
                 break
             await asyncio.sleep(0.05)

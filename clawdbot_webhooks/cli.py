@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .config import ConfigError, Settings, find_config, load_settings
 from .plugins import PluginError, PluginSelection, PluginSet, load_plugins
+from .store import redact_url
 
 config_option = click.option(
     "--config",
@@ -99,9 +100,16 @@ def serve(
         port,
         settings.incoming["basePath"],
         handlers,
-        settings.storage_url,
+        redact_url(settings.storage_url),
     )
-    run(Runtime(settings, plugins), host, port)
+    from .store import StoreUnavailable
+
+    try:
+        run(Runtime(settings, plugins), host, port)
+    except StoreUnavailable as exc:
+        # One line, which URL (password redacted) and why: the store says both.
+        click.echo(f"Error: storage unavailable: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -114,7 +122,7 @@ def check(config_path: str | None, probe: bool) -> None:
     click.echo(f"Config OK: {path or '(built-in defaults)'}")
     click.echo(
         f"  handlers: {len(settings.handlers)}, outgoing: {len(settings.outgoing)}, "
-        f"gateway: {settings.gateway['type']}, storage: {settings.storage_url}"
+        f"gateway: {settings.gateway['type']}, storage: {redact_url(settings.storage_url)}"
     )
     off = [i for i in plugins.infos.values() if not i.enabled]
     for info in off:
@@ -202,6 +210,7 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 
 
 # Subcommand groups that live in their own modules (they import the helpers above).
+from .db_cli import db  # noqa: E402
 from .dlq import dlq  # noqa: E402
 
 main.add_command(dlq)
@@ -209,6 +218,7 @@ from .ops_cli import deliveries, send_test  # noqa: E402
 
 main.add_command(deliveries)
 main.add_command(send_test)
+main.add_command(db)
 
 
 if __name__ == "__main__":  # pragma: no cover

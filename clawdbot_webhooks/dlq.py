@@ -79,7 +79,12 @@ def _with_store(
     settings, plugins = _load(config_path)
 
     async def run() -> T:
-        store = open_store(settings.storage_url, settings.synchronous)
+        store = open_store(
+            settings.storage_url,
+            settings.synchronous,
+            schema=settings.storage_schema,
+            pool_size=2,
+        )
         await store.open()
         try:
             return await work(settings, plugins, store)

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How long a claimed delivery stays ours before another process may take it over.
-LEASE_SECONDS = 300.0
+#: How long a claimed delivery stays ours before another process may take it over (the
+#: default of ``storage.leaseSeconds``; the runtime's heartbeat renews it while work runs).
+LEASE_SECONDS = 30.0
 #: How often stored work (retries, work of a dead process) is looked for at the latest.
 POLL_SECONDS = 1.0
 
@@ -78,6 +79,7 @@ class Pipeline:
         self._poller: asyncio.Task[None] | None = None
         self._running: set[str] = set()
         self._closing = False
+        self.lease = settings.lease_seconds
         #: Set by the runtime: times each action by hook and outcome (``metrics.Metrics``).
         self.metrics: Metrics | None = None
 
@@ -120,6 +122,10 @@ class Pipeline:
         self._spawn(record, payload)
         return waiter
 
+    def held_ids(self) -> list[str]:
+        """Deliveries this process has claimed and not finished (the heartbeat renews them)."""
+        return list(self._running)
+
     def in_flight(self, hook_id: str) -> int:
         """Deliveries of this handler running or waiting for a slot in this process."""
         return self._in_flight[hook_id]
@@ -137,7 +143,7 @@ class Pipeline:
             try:
                 free = max(0, self.settings.incoming["concurrency"] * 4 - len(self._tasks))
                 if free:
-                    for record in await self._store.claim_incoming(free, LEASE_SECONDS):
+                    for record in await self._store.claim_incoming(free, self.lease):
                         if record.id not in self._running:
                             self._spawn(record)
                 due = await self._store.next_incoming_due()

@@ -3,6 +3,8 @@ together. The HTTP server and the CLI both work through it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import aiohttp
@@ -17,6 +19,7 @@ from .pipeline import Pipeline
 from .plugins import PluginSet
 from .sessions import Sessions
 from .store import Store, open_store
+from .upkeep import renew_forever, retain_forever
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,12 @@ class Runtime:
         self.settings = settings
         self.plugins = plugins
         self.bus = EventBus(plugins.pm)
-        self.store: Store = open_store(settings.storage_url, settings.synchronous)
+        self.store: Store = open_store(
+            settings.storage_url,
+            settings.synchronous,
+            schema=settings.storage_schema,
+            pool_size=settings.pool_size,
+        )
         self.sessions = Sessions(self.bus, settings.idle_timeout)
         self.outbox = Outbox(settings.outgoing, self.store, self.bus, plugins.registries.transports)
         self.bus.subscribe(self.outbox.record)
@@ -34,6 +42,8 @@ class Runtime:
         self.metrics = Metrics()
         self.metrics.bind(self)
         self.outbox.metrics = self.metrics
+        self.outbox.lease = settings.lease_seconds
+        self._upkeep: list[asyncio.Task[None]] = []
         self.http: aiohttp.ClientSession | None = None
         self.pipeline: Pipeline | None = None
         self.accepting = False
@@ -52,8 +62,10 @@ class Runtime:
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
-        # SQLite belongs to one process: whatever a killed predecessor had claimed is ours now.
-        await self.store.release_leases()
+        if self.store.single_process:
+            # SQLite belongs to one process: whatever a killed predecessor claimed is ours now.
+            # (A shared store leaves other processes' leases alone; a dead one's expire.)
+            await self.store.release_leases()
         self.outbox.start()
         self.http = aiohttp.ClientSession()
         await self.gateway.start()
@@ -77,7 +89,24 @@ class Runtime:
         )
         self.pipeline.metrics = self.metrics
         self.pipeline.start()
+        self._upkeep = [
+            asyncio.create_task(
+                renew_forever(self.store, self._held, self.settings.lease_seconds),
+                name="lease-heartbeat",
+            )
+        ]
+        if self.settings.retention_delivered > 0:
+            self._upkeep.append(
+                asyncio.create_task(
+                    retain_forever(self.store, self.settings.retention_delivered),
+                    name="retention",
+                )
+            )
         self.accepting = True
+
+    def _held(self) -> tuple[list[str], list[str]]:
+        incoming = self.pipeline.held_ids() if self.pipeline is not None else []
+        return incoming, self.outbox.held_ids()
 
     async def stop(self) -> None:
         self.accepting = False
@@ -88,6 +117,10 @@ class Runtime:
         # After the pipeline (whose last events it stores), before transports and store close.
         await self.outbox.stop(self.settings.incoming["shutdownTimeout"])
         self.sessions.close()
+        for task in self._upkeep:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.gateway.close()
         await close_objects(self.plugins.registries, ("transports",))
         if self.http is not None:

@@ -24,7 +24,6 @@ from .config import HandlerSpec
 from .dedup import dedup_key, prune_forever
 from .incoming import Rejected, client_ip, ip_allowed, parse_body, read_body, stored_headers
 from .metrics import counting_middleware, metrics_view
-from .pipeline import LEASE_SECONDS
 from .ratelimit import Limits, retry_after
 from .runtime import Runtime
 from .sessions import ephemeral_session
@@ -156,7 +155,7 @@ async def receive(request: web.Request) -> web.StreamResponse:
         record.session = _session_for(spec, record, payload)
         try:
             stored = await rt.store.add_incoming(
-                record, LEASE_SECONDS, dedup_since=record.received_at - window
+                record, rt.settings.lease_seconds, dedup_since=record.received_at - window
             )
             original = (
                 None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")

@@ -1,11 +1,13 @@
 """Durable storage: the inbox of incoming deliveries, the outbox of outgoing ones, their
 attempts and dead letters.
 
-``Store`` is the interface the rest of the runtime uses; ``open_store`` picks the backend from
-``storage.url``. The SQLite backend keeps one connection in one writer thread and commits
-whatever requests are queued together in a single transaction (group commit): a request's
-future resolves only after its transaction is committed, which is what lets the server answer
-202 only for deliveries that are on disk.
+``Store`` (a Protocol) is the interface the rest of the runtime uses; ``open_store`` picks the
+backend from ``storage.url``: SQLite here, PostgreSQL in ``store_pg`` (several processes
+sharing one queue). Each backend versions its schema with numbered migrations recorded in a
+``schema_migrations`` table and applied at start-up. The SQLite backend keeps one connection
+in one writer thread and commits whatever requests are queued together in a single
+transaction (group commit): a request's future resolves only after its transaction is
+committed, which is what lets the server answer 202 only for deliveries that are on disk.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .sqlite_writer import SQLiteWriter
 from .sqlite_writer import StoreUnavailable as StoreUnavailable  # part of the store API
@@ -126,6 +128,25 @@ class DeliveryQuery:
     limit: int = 50
 
 
+@dataclass(slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass(slots=True)
+class SchemaStatus:
+    """What ``db status`` shows: the backend, which migrations are applied and which are
+    pending, and how many rows each table holds by status (empty when there is no schema)."""
+
+    backend: str
+    url: str
+    applied: list[tuple[int, str, float]]
+    pending: list[tuple[int, str]]
+    counts: dict[str, dict[str, int]]
+
+
 #: Per direction: its table, its target column, its creation-time column.
 _KIND_COLUMNS = {
     "incoming": ("inbox", "hook_id", "received_at"),
@@ -187,6 +208,15 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (delivery_id, number)
 );
 """
+
+#: The SQLite schema's history; a new version appends a migration, never edits an old one.
+#: Version 1 is written with IF NOT EXISTS, so stores made before versioning adopt it as is.
+SQLITE_MIGRATIONS = [Migration(1, "inbox, outbox, attempts", SCHEMA)]
+
+_MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+    "name TEXT NOT NULL, applied_at REAL NOT NULL)"
+)
 
 _INBOX_COLUMNS = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
@@ -257,8 +287,98 @@ def _outgoing(row: tuple[Any, ...]) -> OutgoingRecord:
 class SQLiteStore(SQLiteWriter):
     """The store on SQLite in WAL mode (see ``SQLiteWriter`` for the group commit)."""
 
-    def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
-        super().__init__(path, SCHEMA, synchronous)
+    #: One process owns a SQLite store: at start-up every lease is its own to take back.
+    single_process = True
+
+    def __init__(self, path: Path, synchronous: str = "NORMAL", *, migrate: bool = True) -> None:
+        super().__init__(path, "", synchronous)
+        self.migrate = migrate
+
+    @property
+    def display_url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        if self.migrate:
+            _migrate_sqlite(conn)
+        return conn
+
+    async def schema_status(self) -> SchemaStatus:
+        def op(conn: sqlite3.Connection) -> SchemaStatus:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            applied: list[tuple[int, str, float]] = []
+            if "schema_migrations" in tables:
+                applied = [
+                    (int(v), str(n), float(a))
+                    for v, n, a in conn.execute(
+                        "SELECT version, name, applied_at FROM schema_migrations ORDER BY 1"
+                    )
+                ]
+            done = {v for v, _, _ in applied}
+            pending = [(m.version, m.name) for m in SQLITE_MIGRATIONS if m.version not in done]
+            counts: dict[str, dict[str, int]] = {}
+            for table in ("inbox", "outbox"):
+                if table in tables:
+                    counts[table] = {
+                        str(k): int(n)
+                        for k, n in conn.execute(f"SELECT status, COUNT(*) FROM {table} GROUP BY 1")
+                    }
+            if "attempts" in tables:
+                n = conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
+                counts["attempts"] = {"all": int(n)}
+            return SchemaStatus("sqlite", self.display_url, applied, pending, counts)
+
+        return await self._do(op)
+
+    async def renew_leases(
+        self, incoming: Sequence[str], outgoing: Sequence[str], lease: float
+    ) -> int:
+        """Extend the leases of pending deliveries this process is working on (the
+        heartbeat); a lease held longer already (a retry being waited for) is kept."""
+        inc, out = list(incoming), list(outgoing)
+
+        def op(conn: sqlite3.Connection) -> int:
+            until = time.time() + lease
+            n = 0
+            for table, ids in (("inbox", inc), ("outbox", out)):
+                n += conn.executemany(
+                    f"UPDATE {table} SET lease_until=MAX(lease_until, ?) "
+                    "WHERE id=? AND status='pending'",
+                    [(until, i) for i in ids],
+                ).rowcount
+            return n
+
+        return await self._do(op)
+
+    async def prune_finished(self, before: float, batch: int = 5000) -> int:
+        """Delete deliveries finished before ``before`` (incoming done or dropped and no
+        longer guarding a dedup key, outgoing done) with their attempts; dead letters stay.
+        Returns how many deliveries were deleted."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            n = 0
+            for table, statuses in (("inbox", "('done','dropped')"), ("outbox", "('done')")):
+                keep = " AND dedup_key IS NULL" if table == "inbox" else ""
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM {table} WHERE status IN {statuses} "
+                        f"AND finished_at<?{keep} LIMIT ?",
+                        (before, batch),
+                    )
+                ]
+                conn.executemany(f"DELETE FROM {table} WHERE id=?", [(i,) for i in ids])
+                conn.executemany("DELETE FROM attempts WHERE delivery_id=?", [(i,) for i in ids])
+                n += len(ids)
+            return n
+
+        total = 0
+        while True:  # in batches, so one prune never holds the writer for long
+            n = await self._do(op)
+            total += n
+            if n < batch:
+                return total
 
     # -- inbox
 
@@ -840,6 +960,20 @@ class SQLiteStore(SQLiteWriter):
         return await self._do(op)
 
 
+def _migrate_sqlite(conn: sqlite3.Connection) -> None:
+    conn.execute(_MIGRATIONS_TABLE)
+    done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    for m in SQLITE_MIGRATIONS:
+        if m.version in done:
+            continue
+        conn.executescript(f"BEGIN IMMEDIATE; {m.sql}")
+        conn.execute(
+            "INSERT OR IGNORE INTO schema_migrations VALUES (?,?,?)",
+            (m.version, m.name, time.time()),
+        )
+        conn.execute("COMMIT")
+
+
 def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?)",
@@ -847,10 +981,112 @@ def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
     )
 
 
-Store = SQLiteStore  # the interface every backend implements
+class Store(Protocol):
+    """The storage interface: everything the runtime, outbox, dead-letter CLI, admin API and
+    ``db`` commands ask of a backend. ``SQLiteStore`` and ``store_pg.PostgresStore`` implement
+    it; any method may raise ``StoreUnavailable`` when the database cannot be reached."""
+
+    #: True when one process owns the store (SQLite): it frees every lease at start-up.
+    #: False when processes share it (PostgreSQL): a dead process's leases simply expire.
+    single_process: bool
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs and errors."""
+        ...
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def schema_status(self) -> SchemaStatus: ...
+
+    # inbox
+    async def add_incoming(
+        self, record: IncomingRecord, lease: float, dedup_since: float | None = None
+    ) -> bool: ...
+    async def prune_dedup(self, before: float) -> int: ...
+    async def find_duplicate(self, hook_id: str, dedup_key: str) -> str | None: ...
+    async def claim_incoming(self, limit: int, lease: float) -> list[IncomingRecord]: ...
+    async def next_incoming_due(self) -> float | None: ...
+    async def finish_incoming(
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        result: Any = None,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None: ...
+    async def get_incoming(self, delivery_id: str) -> IncomingRecord | None: ...
+    async def release_leases(self) -> None: ...
+    async def count_incoming(self, status: str | None = None) -> int: ...
+
+    # outbox
+    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> list[str]: ...
+    async def claim_outgoing(
+        self, limit: int, lease: float, exclude: Sequence[str] = ()
+    ) -> list[OutgoingRecord]: ...
+    async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> None: ...
+    async def release_outgoing(self, ids: Sequence[str]) -> None: ...
+    async def claim_outgoing_ids(
+        self, ids: Sequence[str], lease: float
+    ) -> list[OutgoingRecord]: ...
+    async def next_outgoing_due(self) -> float | None: ...
+    async def finish_outgoing(
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        error: str | None = None,
+        retry_at: float | None = None,
+        attempt: Attempt | None = None,
+    ) -> None: ...
+    async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None: ...
+    async def record_attempt(self, attempt: Attempt) -> None: ...
+    async def attempts(self, delivery_id: str) -> list[Attempt]: ...
+
+    # leases and retention
+    async def renew_leases(
+        self, incoming: Sequence[str], outgoing: Sequence[str], lease: float
+    ) -> int: ...
+    async def prune_finished(self, before: float, batch: int = 5000) -> int: ...
+
+    # dead letters
+    async def dead_letters(self, since: float | None = None) -> list[DeadLetter]: ...
+    async def revive(self, ids: Iterable[str]) -> list[str]: ...
+    async def purge_dead(self, before: float | None = None) -> int: ...
+    async def purge_dead_ids(self, ids: Iterable[str]) -> int: ...
+
+    # inspection
+    async def queue_counts(self) -> dict[str, int]: ...
+    async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]: ...
+    async def delivery_stats(self, since: float) -> list[dict[str, Any]]: ...
+    async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]: ...
+    async def requeue(self, delivery_id: str, kind: str) -> bool: ...
 
 
-def open_store(url: str, synchronous: str = "NORMAL") -> Store:
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.I)
+
+
+def open_store(
+    url: str,
+    synchronous: str = "NORMAL",
+    *,
+    schema: str | None = None,
+    pool_size: int = 10,
+    migrate: bool = True,
+) -> Store:
+    """The backend for ``url``: ``sqlite:///PATH`` or ``postgresql://...`` (``schema`` picks
+    the PostgreSQL schema the tables live in; ``migrate=False`` opens without upgrading)."""
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url[len("sqlite:///") :]), synchronous)
-    raise ValueError(f"unsupported storage url {url!r} (expected sqlite:///PATH)")
+        return SQLiteStore(Path(url[len("sqlite:///") :]), synchronous, migrate=migrate)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .store_pg import PostgresStore
+
+        return PostgresStore(url, schema=schema, pool_size=pool_size, migrate=migrate)
+    raise ValueError(
+        f"unsupported storage url {redact_url(url)!r} (expected sqlite:///PATH or postgresql://...)"
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import json
 import os
 import signal
@@ -11,7 +13,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,7 @@ from aiohttp import web
 from clawdbot_webhooks_hookspecs import hookimpl
 from multidict import CIMultiDict
 
+from clawdbot_webhooks.store import SchemaStatus, open_store, redact_url
 from clawdbot_webhooks.testing import Served, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +47,118 @@ def write_config(path: Path, webhooks: dict[str, Any]) -> Path:
 #: The server the ``start_server`` fixture yields: ``clawdbot_webhooks.testing.Served``.
 Running = Served
 
+# ---------------------------------------------------------------------- storage backends
+#
+# The behavioural modules below run against both backends: ``start_server`` and
+# ``server_process`` put their config's storage on SQLite (the default) or on PostgreSQL (a
+# schema of its own per test, dropped afterwards). Without a reachable PostgreSQL the
+# postgres cases skip with the reason, except under CI=true, where they fail.
+
+POSTGRES_URL = os.environ.get("CW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BOTH_BACKENDS = {
+    "test_actions",
+    "test_outgoing",
+    "test_crash",
+    "test_incoming_http",
+    "test_replay",
+    "test_dlq_cli",
+    "test_scale_out",
+}
+#: Leases in PostgreSQL tests: short, so work a killed process held is taken over quickly.
+TEST_LEASE_SECONDS = 3.0
+_RUN = uuid.uuid4().hex[:8]
+_schemas = itertools.count()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "storage_backend" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rpartition(".")[2]
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    if backends is None:
+        backends = ["sqlite", "postgres"] if module in BOTH_BACKENDS else ["sqlite"]
+    metafunc.parametrize("storage_backend", backends, indirect=True)
+
+
+@functools.cache
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used for tests, or None when it can."""
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        await conn.close()
+
+    try:
+        in_thread(probe)
+    except Exception as exc:
+        return f"PostgreSQL at {redact_url(POSTGRES_URL)} is unreachable: {exc!r}"
+    return None
+
+
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """``asyncio.run(fn())`` in a thread of its own, out of the way of a test's event loop."""
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(fn()))
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(60)
+    if failure:
+        raise failure[0]
+    return result[0] if result else None
+
+
+def require_postgres() -> None:
+    problem = postgres_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{problem} (CI=true: the PostgreSQL tests must run)")
+    pytest.skip(problem)
+
+
+def drop_schema(schema: str) -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    in_thread(drop)
+
+
+@pytest.fixture
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def storage(storage_backend: str) -> Iterator[dict[str, Any] | None]:
+    """The ``storage`` section for this test's backend (None: the SQLite default)."""
+    if storage_backend == "sqlite":
+        yield None
+        return
+    require_postgres()
+    schema = f"cw_test_{_RUN}_{next(_schemas)}"
+    yield {"url": POSTGRES_URL, "schema": schema, "leaseSeconds": TEST_LEASE_SECONDS}
+    drop_schema(schema)
+
+
+def with_storage(webhooks: dict[str, Any], storage: dict[str, Any] | None) -> dict[str, Any]:
+    if storage is None or "storage" in webhooks:
+        return webhooks
+    return {**webhooks, "storage": storage}
+
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
@@ -49,9 +166,12 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def start_server(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
+async def start_server(
+    state_dir: Path, storage: dict[str, Any] | None
+) -> AsyncIterator[Callable[..., Any]]:
     """``await start_server(webhooks_dict, plugins=[(name, module)], host=...)``: the runtime's
-    own test helper (``clawdbot_webhooks.testing.serve``), stopped when the test ends."""
+    own test helper (``clawdbot_webhooks.testing.serve``), stopped when the test ends. The
+    storage is this test's backend unless ``webhooks`` names one."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(
@@ -61,7 +181,13 @@ async def start_server(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
             port: int = 0,
         ) -> Served:
             return await stack.enter_async_context(
-                serve(webhooks, plugins, state_dir=state_dir, host=host, port=port)
+                serve(
+                    with_storage(webhooks, storage),
+                    plugins,
+                    state_dir=state_dir,
+                    host=host,
+                    port=port,
+                )
             )
 
         yield start
@@ -189,13 +315,34 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
 
+    def store_counts(self) -> dict[str, dict[str, int]]:
+        """Rows by status per table of this server's store, read without the server:
+        ``{"inbox": {"done": 3, ...}, "outbox": {...}, "attempts": {"all": n}}``."""
+        status: SchemaStatus = in_thread(self._status)
+        return status.counts
+
+    async def _status(self) -> SchemaStatus:
+        raw = json.loads(self.config.read_text())["webhooks"]
+        storage = raw.get("storage") or {}
+        url = storage.get("url") or f"sqlite:///{Path(raw['stateDir']) / 'webhooks.sqlite3'}"
+        store = open_store(url, schema=storage.get("schema"), pool_size=1, migrate=False)
+        await store.open()
+        try:
+            return await store.schema_status()
+        finally:
+            await store.close()
+
 
 @pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def server_process(
+    tmp_path: Path, storage: dict[str, Any] | None
+) -> Iterator[Callable[..., ServerProcess]]:
+    """``server_process(webhooks, env=None)``: a ``serve`` child process (not started) whose
+    storage is this test's backend; every one made in a test shares that store."""
     made: list[ServerProcess] = []
 
     def make(webhooks: dict[str, Any], env: dict[str, str] | None = None) -> ServerProcess:
-        webhooks = {"stateDir": str(tmp_path / "state"), **webhooks}
+        webhooks = with_storage({"stateDir": str(tmp_path / "state"), **webhooks}, storage)
         config = write_config(tmp_path / f"config{len(made)}.json5", webhooks)
         full_env = {**os.environ, "PYTHONPATH": str(tmp_path), **(env or {})}
         process = ServerProcess(config, free_port(), full_env, log=tmp_path / "server.log")

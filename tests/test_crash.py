@@ -8,6 +8,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,15 +48,12 @@ def post(base: str, hook: str, payload: dict) -> dict:
         return json.loads(response.read())
 
 
-def wait_all_done(db: Path, expected: int, timeout: float = 60) -> dict[str, int]:
+def wait_all_done(server: Any, expected: int, timeout: float = 60) -> dict[str, int]:
+    """Poll the server's store (either backend) until ``expected`` deliveries are done."""
     deadline = time.monotonic() + timeout
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-        try:
-            counts = dict(conn.execute("SELECT status, COUNT(*) FROM inbox GROUP BY status"))
-        finally:
-            conn.close()
+        counts = server.store_counts().get("inbox", {})
         if counts.get("done", 0) == expected:
             return counts
         time.sleep(0.1)
@@ -87,7 +85,7 @@ def test_kill_9_after_acknowledging_then_restart(server_process, gated_env, tmp_
     Path(gated_env["GATE_FILE"]).touch()
     server.start()
     state = tmp_path / "state"
-    counts = wait_all_done(state / "webhooks.sqlite3", expected=100)
+    counts = wait_all_done(server, expected=100)
     assert counts == {"done": 100}
     server.terminate()
 
@@ -118,7 +116,7 @@ def test_sigterm_drains_in_flight_work_and_leaves_the_rest(
     assert time.monotonic() - started < 10
     Path(gated_env["GATE_FILE"]).touch()
     server.start()
-    wait_all_done(tmp_path / "state" / "webhooks.sqlite3", expected=6)
+    wait_all_done(server, expected=6)
     server.terminate()
     effects = sqlite3.connect(gated_env["EFFECTS_DB"])
     assert sorted(k for (k,) in effects.execute("SELECT key FROM effects")) == sorted(ids)

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.dlq import parse_time
 from clawdbot_webhooks.outbox import outbox_id
-from tests.conftest import write_config
+from tests.conftest import with_storage, write_config
 
 RETRY = {"maxAttempts": 3, "backoff": "constant", "initialDelay": 0.15, "jitter": False}
 
@@ -47,12 +47,13 @@ async def dead_rows(srv: Any) -> list[str]:
 
 
 async def test_dead_letter_error_event_and_replay(
-    start_server, make_sink, tmp_path, state_dir
+    start_server, make_sink, tmp_path, state_dir, storage
 ) -> None:
     failing = await make_sink(default=500)
     errors = await make_sink()
     config = webhooks(state_dir, failing.url, errors.url)
-    path = write_config(tmp_path / "cli.json5", config)
+    # The CLI works on the same store as the server (either backend).
+    path = write_config(tmp_path / "cli.json5", with_storage(config, storage))
     srv = await start_server({k: v for k, v in config.items() if k != "stateDir"})
     event = Event("agent_response", {"text": "hi", "agentId": "a", "runId": "r"}, session="s")
     await srv.runtime.bus.publish(event)
@@ -104,13 +105,14 @@ async def test_dead_letter_error_event_and_replay(
 
 
 async def test_replay_all_with_progress_and_purge(
-    start_server, make_sink, tmp_path, state_dir
+    start_server, make_sink, tmp_path, state_dir, storage
 ) -> None:
     failing = await make_sink(default=503)
     errors = await make_sink()
     config = webhooks(state_dir, failing.url, errors.url)
     config["outgoing"][0]["retry"] = {"maxAttempts": 1}
-    path = write_config(tmp_path / "cli.json5", config)
+    # The CLI works on the same store as the server (either backend).
+    path = write_config(tmp_path / "cli.json5", with_storage(config, storage))
     srv = await start_server({k: v for k, v in config.items() if k != "stateDir"})
     events = [Event("agent_response", {"text": str(i)}, session=f"s{i}") for i in range(30)]
     await asyncio.gather(*(srv.runtime.bus.publish(e) for e in events))

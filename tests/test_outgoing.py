@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook
 
 from clawdbot_webhooks.config import ConfigError
 from clawdbot_webhooks.outbox import outbox_id, retry_after_seconds
+from clawdbot_webhooks.store import DeliveryQuery
 
 SECRET = "whsec_" + base64.b64encode(b"the-outgoing-secret-key-bytes").decode()
 FAST = {"maxAttempts": 3, "initialDelay": 0.05, "maxDelay": 0.2, "jitter": False}
@@ -28,9 +29,8 @@ async def settled(srv: Any, timeout: float = 10.0) -> dict[str, str]:
     """Wait until no outgoing row is pending; returns id -> status."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = await srv.runtime.store._do(
-            lambda c: c.execute("SELECT id, status FROM outbox").fetchall()
-        )
+        listed = await srv.runtime.store.list_deliveries("outgoing", DeliveryQuery(limit=10_000))
+        rows = [(d.id, d.status) for d in listed]
         if rows and all(status != "pending" for _, status in rows):
             await srv.runtime.outbox._finisher.drain()
             return dict(rows)
@@ -149,11 +149,10 @@ async def test_hung_sink_does_not_delay_a_healthy_one(start_server, make_sink) -
     got = {b["id"] for b in healthy.json_bodies()}
     assert got == {e.id for e in events}
     # Meanwhile the hung endpoint has not answered a single attempt.
-    hung_rows = await srv.runtime.store._do(
-        lambda c: c.execute(
-            "SELECT COUNT(*) FROM outbox WHERE subscription_id='hung' AND attempts=0"
-        ).fetchone()[0]
+    hung_listed = await srv.runtime.store.list_deliveries(
+        "outgoing", DeliveryQuery(target="hung", limit=1000)
     )
+    hung_rows = sum(1 for d in hung_listed if d.attempts == 0)
     assert hung_rows == 30
     assert 1 <= len(hung.received) <= 2  # its concurrency limit, one per waiting session
 

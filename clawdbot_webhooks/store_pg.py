@@ -1,0 +1,981 @@
+"""The store on PostgreSQL: one durable inbox, outbox and dead-letter queue shared by several
+gateway processes, on one machine or many.
+
+What makes sharing safe:
+
+- Work is claimed with ``FOR UPDATE SKIP LOCKED`` and a lease (``lease_until``, ``lease_owner``):
+  two processes never claim the same row, and a process that dies loses its claims when the
+  lease expires. The runtime's heartbeat renews the leases this process still works on.
+- Outgoing rows of one (subscription, session) lane are claimed and created under one
+  transaction-scoped advisory lock, so the "no earlier row of my lane is waiting or leased
+  elsewhere" check sees every other process's committed claims: per-session order holds
+  across processes.
+- A duplicate is decided by the unique index on (hook_id, dedup_key) with
+  ``INSERT ... ON CONFLICT DO NOTHING``: under concurrency exactly one process stores it.
+- Schema migrations run at start-up under a session-level advisory lock, so processes that
+  start together apply each migration once; retention and dedup pruning take a
+  try-lock and are skipped by whoever does not get it.
+
+Connection errors become ``StoreUnavailable`` (the server answers 503, the loops retry);
+asyncpg's pool replaces broken connections on the next acquire, so the store recovers by
+itself when the database is back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from .store import (
+    _KIND_COLUMNS,
+    Attempt,
+    DeadLetter,
+    DeliveryQuery,
+    DeliverySummary,
+    IncomingRecord,
+    Migration,
+    OutgoingOutcome,
+    OutgoingRecord,
+    SchemaStatus,
+    StoreUnavailable,
+    redact_url,
+)
+
+T = TypeVar("T")
+
+#: The PostgreSQL schema's history; a new version appends a migration, never edits an old one.
+MIGRATIONS = [
+    Migration(
+        1,
+        "inbox, outbox, attempts",
+        """
+CREATE TABLE inbox (
+    id TEXT PRIMARY KEY,
+    hook_id TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
+    content_type TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    headers TEXT NOT NULL,
+    query TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    session TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    last_error TEXT,
+    result TEXT,
+    finished_at DOUBLE PRECISION,
+    dedup_key TEXT
+);
+CREATE INDEX inbox_pending ON inbox (received_at) WHERE status = 'pending';
+CREATE INDEX inbox_status ON inbox (status, finished_at);
+CREATE UNIQUE INDEX inbox_dedup ON inbox (hook_id, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE INDEX inbox_received ON inbox (received_at);
+CREATE TABLE outbox (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    session TEXT,
+    payload BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    last_error TEXT,
+    finished_at DOUBLE PRECISION
+);
+CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending';
+CREATE INDEX outbox_pending_lane ON outbox (subscription_id, session, seq)
+    WHERE status = 'pending';
+CREATE INDEX outbox_status ON outbox (status, finished_at);
+CREATE INDEX outbox_created ON outbox (created_at);
+CREATE TABLE attempts (
+    delivery_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    status INTEGER,
+    latency_ms DOUBLE PRECISION NOT NULL,
+    response TEXT,
+    error TEXT,
+    PRIMARY KEY (delivery_id, number)
+);
+CREATE INDEX attempts_at ON attempts (at);
+""",
+    ),
+]
+
+_INBOX_COLUMNS = (
+    "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
+    "status, attempts, next_attempt_at, last_error, result, dedup_key"
+)
+_OUTBOX_COLUMNS = (
+    "id, event_id, subscription_id, event_type, session, payload, created_at, status, "
+    "attempts, next_attempt_at, last_error, seq"
+)
+
+#: What "the database is not there" looks like from asyncpg: these become StoreUnavailable.
+_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
+)
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``name``."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as ``$1, $2, ...`` (the shared query builders write ``?``)."""
+    count = 0
+
+    def number(_: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"${count}"
+
+    return re.sub(r"\?", number, sql)
+
+
+def _incoming(row: asyncpg.Record) -> IncomingRecord:
+    return IncomingRecord(
+        row["id"],
+        row["hook_id"],
+        row["received_at"],
+        row["content_type"],
+        bytes(row["body"]),
+        json.loads(row["headers"]),
+        json.loads(row["query"]),
+        row["client_ip"],
+        row["session"],
+        row["status"],
+        row["attempts"],
+        row["next_attempt_at"],
+        row["last_error"],
+        None if row["result"] is None else json.loads(row["result"]),
+        row["dedup_key"],
+    )
+
+
+def _outgoing(row: asyncpg.Record) -> OutgoingRecord:
+    return OutgoingRecord(
+        row["id"],
+        row["event_id"],
+        row["subscription_id"],
+        row["event_type"],
+        row["session"],
+        bytes(row["payload"]),
+        row["created_at"],
+        row["status"],
+        row["attempts"],
+        row["next_attempt_at"],
+        row["last_error"],
+        row["seq"],
+    )
+
+
+class PostgresStore:
+    """The store on PostgreSQL through an asyncpg connection pool."""
+
+    single_process = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 10,
+        migrate: bool = True,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if schema is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+            raise ValueError(f"storage.schema {schema!r}: use letters, digits and _")
+        self.url = url
+        self.schema = schema
+        self.pool_size = pool_size
+        self.migrate = migrate
+        self.connect_timeout = connect_timeout
+        #: Who holds a lease: this process, so the heartbeat renews only its own.
+        self.owner = f"{secrets.token_hex(6)}"
+        self._pool: asyncpg.Pool | None = None
+        scope = schema or "public"
+        self._outbox_lock = _lock_key(f"clawdbot_webhooks.outbox.{scope}")
+        self._migrate_lock = _lock_key(f"clawdbot_webhooks.migrate.{scope}")
+        self._retention_lock = _lock_key(f"clawdbot_webhooks.retention.{scope}")
+        self._dedup_lock = _lock_key(f"clawdbot_webhooks.dedup.{scope}")
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        settings = {"application_name": "clawdbot-webhooks"}
+        if self.schema:
+            settings["search_path"] = self.schema
+        try:
+            if self.schema and self.migrate:
+                # The schema must exist before the pool's connections put it on their path.
+                conn = await asyncpg.connect(self.url, timeout=self.connect_timeout)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                except asyncpg.UniqueViolationError:  # another process made it just now
+                    pass
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout,
+                command_timeout=30,
+                server_settings=settings,
+            )
+        except _DOWN as exc:
+            raise StoreUnavailable(f"cannot connect to {self.display_url}: {_reason(exc)}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreUnavailable(f"cannot use {self.display_url}: {_reason(exc)}") from exc
+        if self.migrate:
+            await self._upgrade()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.close()
+            except Exception:
+                pool.terminate()
+
+    async def _run(
+        self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, transaction: bool = True
+    ) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable(f"{self.display_url} is closed")
+        try:
+            async with pool.acquire(timeout=self.connect_timeout) as conn:
+                if not transaction:
+                    return await fn(conn)
+                async with conn.transaction():
+                    return await fn(conn)
+        except _DOWN as exc:
+            raise StoreUnavailable(f"database unavailable: {_reason(exc)}") from exc
+
+    # -- schema
+
+    async def _upgrade(self) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            # Session-level: processes starting together wait here and find the work done.
+            await conn.execute("SELECT pg_advisory_lock($1)", self._migrate_lock)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                    "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for m in MIGRATIONS:
+                    if m.version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(m.sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                            m.version,
+                            m.name,
+                            time.time(),
+                        )
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._migrate_lock)
+
+        await self._run(op, transaction=False)
+
+    async def schema_status(self) -> SchemaStatus:
+        async def op(conn: asyncpg.Connection) -> SchemaStatus:
+            tables = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema()"
+                )
+            }
+            applied: list[tuple[int, str, float]] = []
+            if "schema_migrations" in tables:
+                applied = [
+                    (r[0], r[1], r[2])
+                    for r in await conn.fetch(
+                        "SELECT version, name, applied_at FROM schema_migrations ORDER BY 1"
+                    )
+                ]
+            done = {v for v, _, _ in applied}
+            pending = [(m.version, m.name) for m in MIGRATIONS if m.version not in done]
+            counts: dict[str, dict[str, int]] = {}
+            for table in ("inbox", "outbox"):
+                if table in tables:
+                    rows = await conn.fetch(f"SELECT status, COUNT(*) FROM {table} GROUP BY 1")
+                    counts[table] = {r[0]: r[1] for r in rows}
+            if "attempts" in tables:
+                counts["attempts"] = {"all": await conn.fetchval("SELECT COUNT(*) FROM attempts")}
+            return SchemaStatus("postgresql", self.display_url, applied, pending, counts)
+
+        return await self._run(op)
+
+    # -- inbox
+
+    async def add_incoming(
+        self, record: IncomingRecord, lease: float, dedup_since: float | None = None
+    ) -> bool:
+        """Store a new delivery leased to this process; False when its dedup key was seen
+        (within ``dedup_since``). ON CONFLICT makes concurrent duplicates resolve to one."""
+        args = (
+            record.id,
+            record.hook_id,
+            record.received_at,
+            record.content_type,
+            record.body,
+            json.dumps(record.headers),
+            json.dumps(record.query),
+            record.client_ip,
+            record.session,
+            record.status,
+            record.attempts,
+            record.next_attempt_at,
+            record.last_error,
+            record.dedup_key,
+            time.time() + lease,
+            self.owner,
+        )
+        insert = (
+            "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
+            "client_ip, session, status, attempts, next_attempt_at, last_error, dedup_key, "
+            "lease_until, lease_owner) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) "
+            "ON CONFLICT DO NOTHING RETURNING id"
+        )
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            if await conn.fetchval(insert, *args) is not None:
+                return True
+            if record.dedup_key is None or dedup_since is None:
+                if await conn.fetchval("SELECT 1 FROM inbox WHERE id=$1", record.id):
+                    raise ValueError(f"delivery id {record.id} exists already")
+                return False
+            expired = await conn.execute(
+                "UPDATE inbox SET dedup_key=NULL WHERE hook_id=$1 AND dedup_key=$2 "
+                "AND received_at<$3",
+                record.hook_id,
+                record.dedup_key,
+                dedup_since,
+            )
+            if expired.endswith(" 0"):
+                return False
+            return await conn.fetchval(insert, *args) is not None
+
+        return await self._run(op)
+
+    async def prune_dedup(self, before: float) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._dedup_lock):
+                return 0  # another process is at it
+            status = await conn.execute(
+                "UPDATE inbox SET dedup_key=NULL WHERE dedup_key IS NOT NULL AND received_at<$1",
+                before,
+            )
+            return _rowcount(status)
+
+        return await self._run(op)
+
+    async def find_duplicate(self, hook_id: str, dedup_key: str) -> str | None:
+        async def op(conn: asyncpg.Connection) -> str | None:
+            found = await conn.fetchval(
+                "SELECT id FROM inbox WHERE hook_id=$1 AND dedup_key=$2", hook_id, dedup_key
+            )
+            return None if found is None else str(found)
+
+        return await self._run(op, transaction=False)
+
+    async def claim_incoming(self, limit: int, lease: float) -> list[IncomingRecord]:
+        async def op(conn: asyncpg.Connection) -> list[IncomingRecord]:
+            now = time.time()
+            rows = await conn.fetch(
+                f"UPDATE inbox SET lease_until=$2, lease_owner=$3 WHERE id IN ("
+                "SELECT id FROM inbox WHERE status='pending' AND next_attempt_at<=$1 "
+                "AND lease_until<=$1 ORDER BY received_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {_INBOX_COLUMNS}",
+                now,
+                now + lease,
+                self.owner,
+                limit,
+            )
+            return sorted((_incoming(r) for r in rows), key=lambda r: r.received_at)
+
+        return await self._run(op)
+
+    async def next_incoming_due(self) -> float | None:
+        async def op(conn: asyncpg.Connection) -> float | None:
+            due = await conn.fetchval(
+                "SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM inbox "
+                "WHERE status='pending'"
+            )
+            return None if due is None else float(due)
+
+        return await self._run(op, transaction=False)
+
+    async def finish_incoming(
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        result: Any = None,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, "
+                "next_attempt_at=$5, lease_until=0, lease_owner=NULL, finished_at=$6 "
+                "WHERE id=$7",
+                status,
+                attempts,
+                None if result is None else json.dumps(result, default=str),
+                error,
+                retry_at or 0.0,
+                None if status == "pending" else time.time(),
+                delivery_id,
+            )
+
+        await self._run(op, transaction=False)
+
+    async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
+        async def op(conn: asyncpg.Connection) -> IncomingRecord | None:
+            row = await conn.fetchrow(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE id=$1", delivery_id
+            )
+            return None if row is None else _incoming(row)
+
+        return await self._run(op, transaction=False)
+
+    async def release_leases(self) -> None:
+        """Free this process's leases (other processes' stay theirs)."""
+
+        async def op(conn: asyncpg.Connection) -> None:
+            for table in ("inbox", "outbox"):
+                await conn.execute(
+                    f"UPDATE {table} SET lease_until=0, lease_owner=NULL "
+                    "WHERE status='pending' AND lease_owner=$1",
+                    self.owner,
+                )
+
+        await self._run(op)
+
+    async def count_incoming(self, status: str | None = None) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            if status is None:
+                return int(await conn.fetchval("SELECT COUNT(*) FROM inbox"))
+            return int(await conn.fetchval("SELECT COUNT(*) FROM inbox WHERE status=$1", status))
+
+        return await self._run(op, transaction=False)
+
+    # -- outbox
+
+    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> list[str]:
+        """Store deliveries; returns the ids that were new and, when ``lease`` > 0, are
+        leased to this process. A new row is leased only when no earlier row of its lane is
+        pending under someone else's lease (or none): otherwise it waits its turn and the
+        process that holds the lane's head (or whoever claims next) takes it in order."""
+
+        async def op(conn: asyncpg.Connection) -> list[str]:
+            now = time.time()
+            until = now + lease if lease > 0 else 0.0
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._outbox_lock)
+            added: list[str] = []
+            for r in records:
+                leased = await conn.fetchval(
+                    "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, "
+                    "payload, created_at, status, attempts, next_attempt_at, last_error, "
+                    "lease_until, lease_owner) "
+                    "SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11, v.until, "
+                    "CASE WHEN v.until > 0 THEN $13 END FROM (SELECT CASE WHEN $12 > 0 "
+                    "AND $8 = 'pending' AND NOT EXISTS (SELECT 1 FROM outbox p "
+                    "WHERE p.status='pending' AND p.subscription_id=$3 AND p.session=$5 "
+                    "AND (p.lease_owner IS DISTINCT FROM $13 OR p.lease_until<=$14)) "
+                    "THEN $12 ELSE 0 END AS until) v "
+                    "ON CONFLICT (id) DO NOTHING RETURNING lease_until > 0",
+                    r.id,
+                    r.event_id,
+                    r.subscription_id,
+                    r.event_type,
+                    r.session,
+                    r.payload,
+                    r.created_at,
+                    r.status,
+                    r.attempts,
+                    r.next_attempt_at,
+                    r.last_error,
+                    until,
+                    self.owner,
+                    now,
+                )
+                if leased is not None and (leased or lease <= 0):
+                    added.append(r.id)
+            return added
+
+        return await self._run(op)
+
+    async def claim_outgoing(
+        self, limit: int, lease: float, exclude: Sequence[str] = ()
+    ) -> list[OutgoingRecord]:
+        """Due rows whose lease is free, in creation order, leased to this process; a row
+        waits while an earlier row of its lane is pending and not yet due or leased (by any
+        process). Claims are serialised by an advisory lock so that check is never racing
+        another process's claim of the same lane."""
+
+        async def op(conn: asyncpg.Connection) -> list[OutgoingRecord]:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._outbox_lock)
+            now = time.time()
+            rows = await conn.fetch(
+                f"UPDATE outbox SET lease_until=$2, lease_owner=$3 WHERE id IN ("
+                "SELECT o.id FROM outbox o WHERE o.status='pending' AND o.next_attempt_at<=$1 "
+                "AND o.lease_until<=$1 AND NOT (o.subscription_id = ANY($4::text[])) "
+                "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status='pending' "
+                "AND p.subscription_id=o.subscription_id AND p.session=o.session "
+                "AND p.seq<o.seq AND (p.next_attempt_at>$1 OR p.lease_until>$1)) "
+                "ORDER BY o.seq LIMIT $5 FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {_OUTBOX_COLUMNS}",
+                now,
+                now + lease,
+                self.owner,
+                list(exclude),
+                limit,
+            )
+            return sorted((_outgoing(r) for r in rows), key=lambda r: r.seq)
+
+        return await self._run(op)
+
+    async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            now = time.time()
+            await conn.executemany(
+                "UPDATE outbox SET status=$1, attempts=$2, last_error=$3, next_attempt_at=$4, "
+                "lease_until=$5, finished_at=$6 WHERE id=$7",
+                [
+                    (
+                        o.status,
+                        o.attempts,
+                        o.error,
+                        o.retry_at or 0.0,
+                        o.hold_until,
+                        None if o.status == "pending" else now,
+                        o.delivery_id,
+                    )
+                    for o in outcomes
+                ],
+            )
+            attempts = [o.attempt for o in outcomes if o.attempt is not None]
+            if attempts:
+                await conn.executemany(
+                    "INSERT INTO attempts SELECT $1, COALESCE(MAX(number), 0) + 1, $2, $3, $4, "
+                    "$5, $6 FROM attempts WHERE delivery_id=$1",
+                    [
+                        (a.delivery_id, a.at, a.status, a.latency_ms, a.response, a.error)
+                        for a in attempts
+                    ],
+                )
+
+        await self._run(op)
+
+    async def release_outgoing(self, ids: Sequence[str]) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE outbox SET lease_until=0, lease_owner=NULL WHERE id = ANY($1::text[]) "
+                "AND status='pending' AND lease_owner=$2",
+                list(ids),
+                self.owner,
+            )
+
+        await self._run(op)
+
+    async def claim_outgoing_ids(self, ids: Sequence[str], lease: float) -> list[OutgoingRecord]:
+        async def op(conn: asyncpg.Connection) -> list[OutgoingRecord]:
+            now = time.time()
+            rows = await conn.fetch(
+                f"UPDATE outbox SET lease_until=$2, lease_owner=$3 WHERE id IN ("
+                "SELECT id FROM outbox WHERE id = ANY($4::text[]) AND status='pending' "
+                "AND lease_until<=$1 FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {_OUTBOX_COLUMNS}",
+                now,
+                now + lease,
+                self.owner,
+                list(ids),
+            )
+            order = {i: n for n, i in enumerate(ids)}
+            return sorted((_outgoing(r) for r in rows), key=lambda r: order[r.id])
+
+        return await self._run(op)
+
+    async def next_outgoing_due(self) -> float | None:
+        async def op(conn: asyncpg.Connection) -> float | None:
+            due = await conn.fetchval(
+                "SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM outbox "
+                "WHERE status='pending'"
+            )
+            return None if due is None else float(due)
+
+        return await self._run(op, transaction=False)
+
+    async def finish_outgoing(
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        error: str | None = None,
+        retry_at: float | None = None,
+        attempt: Attempt | None = None,
+    ) -> None:
+        await self.finish_outgoing_many(
+            [OutgoingOutcome(delivery_id, status, attempts, error, retry_at, 0.0, None)]
+        )
+        if attempt is not None:
+            await self.record_attempt(attempt)
+
+    async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
+        async def op(conn: asyncpg.Connection) -> OutgoingRecord | None:
+            row = await conn.fetchrow(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id=$1", delivery_id
+            )
+            return None if row is None else _outgoing(row)
+
+        return await self._run(op, transaction=False)
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        a = attempt
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO attempts VALUES ($1,$2,$3,$4,$5,$6,$7) "
+                "ON CONFLICT (delivery_id, number) DO UPDATE SET at=EXCLUDED.at, "
+                "status=EXCLUDED.status, latency_ms=EXCLUDED.latency_ms, "
+                "response=EXCLUDED.response, error=EXCLUDED.error",
+                a.delivery_id,
+                a.number,
+                a.at,
+                a.status,
+                a.latency_ms,
+                a.response,
+                a.error,
+            )
+
+        await self._run(op, transaction=False)
+
+    async def attempts(self, delivery_id: str) -> list[Attempt]:
+        async def op(conn: asyncpg.Connection) -> list[Attempt]:
+            rows = await conn.fetch(
+                "SELECT delivery_id, number, at, status, latency_ms, response, error "
+                "FROM attempts WHERE delivery_id=$1 ORDER BY number",
+                delivery_id,
+            )
+            return [Attempt(*r) for r in rows]
+
+        return await self._run(op, transaction=False)
+
+    # -- leases and retention
+
+    async def renew_leases(
+        self, incoming: Sequence[str], outgoing: Sequence[str], lease: float
+    ) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            until = time.time() + lease
+            n = 0
+            for table, ids in (("inbox", incoming), ("outbox", outgoing)):
+                if ids:
+                    status = await conn.execute(
+                        f"UPDATE {table} SET lease_until=GREATEST(lease_until, $1) "
+                        "WHERE id = ANY($2::text[]) AND status='pending' AND lease_owner=$3",
+                        until,
+                        list(ids),
+                        self.owner,
+                    )
+                    n += _rowcount(status)
+            return n
+
+        return await self._run(op)
+
+    async def prune_finished(self, before: float, batch: int = 5000) -> int:
+        """Delete deliveries finished before ``before`` with their attempts (see
+        ``SQLiteStore.prune_finished``); one process at a time, the others skip."""
+
+        async def deleted(conn: asyncpg.Connection) -> int:
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1)", self._retention_lock
+            ):
+                return -1
+            n = 0
+            for table, keep in (
+                ("inbox", "status IN ('done','dropped') AND dedup_key IS NULL"),
+                ("outbox", "status='done'"),
+            ):
+                ids = [
+                    r[0]
+                    for r in await conn.fetch(
+                        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+                        f"WHERE {keep} AND finished_at<$1 LIMIT $2) RETURNING id",
+                        before,
+                        batch,
+                    )
+                ]
+                if ids:
+                    await conn.execute(
+                        "DELETE FROM attempts WHERE delivery_id = ANY($1::text[])", ids
+                    )
+                n += len(ids)
+            return n
+
+        total = 0
+        while True:
+            n = await self._run(deleted)
+            if n < 0:
+                return total
+            total += n
+            if n < batch:
+                return total
+
+    # -- dead letters
+
+    async def dead_letters(self, since: float | None = None) -> list[DeadLetter]:
+        async def op(conn: asyncpg.Connection) -> list[DeadLetter]:
+            lower = since or 0.0
+            rows = await conn.fetch(
+                "SELECT id, 'incoming', hook_id, received_at, attempts, last_error FROM inbox "
+                "WHERE status='dead' AND received_at>=$1 UNION ALL "
+                "SELECT id, 'outgoing', subscription_id, created_at, attempts, last_error "
+                "FROM outbox WHERE status='dead' AND created_at>=$1 ORDER BY 4",
+                lower,
+            )
+            return [DeadLetter(*r) for r in rows]
+
+        return await self._run(op, transaction=False)
+
+    async def revive(self, ids: Iterable[str]) -> list[str]:
+        wanted = list(ids)
+
+        async def op(conn: asyncpg.Connection) -> list[str]:
+            done: set[str] = set()
+            for table in ("inbox", "outbox"):
+                rows = await conn.fetch(
+                    f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
+                    "lease_until=0, lease_owner=NULL, finished_at=NULL "
+                    "WHERE id = ANY($1::text[]) AND status='dead' RETURNING id",
+                    wanted,
+                )
+                done.update(r[0] for r in rows)
+            return [i for i in wanted if i in done]
+
+        return await self._run(op)
+
+    async def purge_dead(self, before: float | None = None) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            upper = time.time() + 1 if before is None else before
+            n = _rowcount(
+                await conn.execute(
+                    "DELETE FROM inbox WHERE status='dead' AND received_at<$1", upper
+                )
+            )
+            ids = [
+                r[0]
+                for r in await conn.fetch(
+                    "DELETE FROM outbox WHERE status='dead' AND created_at<$1 RETURNING id", upper
+                )
+            ]
+            if ids:
+                await conn.execute("DELETE FROM attempts WHERE delivery_id = ANY($1::text[])", ids)
+            return n + len(ids)
+
+        return await self._run(op)
+
+    async def purge_dead_ids(self, ids: Iterable[str]) -> int:
+        wanted = list(ids)
+
+        async def op(conn: asyncpg.Connection) -> int:
+            n = 0
+            for table in ("inbox", "outbox"):
+                n += _rowcount(
+                    await conn.execute(
+                        f"DELETE FROM {table} WHERE id = ANY($1::text[]) AND status='dead'",
+                        wanted,
+                    )
+                )
+            return n
+
+        return await self._run(op)
+
+    # -- inspection
+
+    async def queue_counts(self) -> dict[str, int]:
+        async def op(conn: asyncpg.Connection) -> dict[str, int]:
+            now = time.time()
+            counts: dict[str, int] = {}
+            for table, direction in (("inbox", "incoming"), ("outbox", "outgoing")):
+                row = await conn.fetchrow(
+                    "SELECT COUNT(*) FILTER (WHERE status='pending' AND next_attempt_at>$1), "
+                    f"COUNT(*) FILTER (WHERE status='dead') FROM {table} "
+                    "WHERE status IN ('pending', 'dead')",
+                    now,
+                )
+                counts[f"{direction}_waiting"] = int(row[0])
+                counts[f"{direction}_dead"] = int(row[1])
+            return counts
+
+        return await self._run(op, transaction=False)
+
+    async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
+        table, target, created = _KIND_COLUMNS[kind]
+        where: list[str] = []
+        args: list[Any] = []
+        if query.status:
+            where.append("status=?")
+            args.append(query.status)
+        if query.target:
+            where.append(f"{target}=?")
+            args.append(query.target)
+        if query.since is not None:
+            where.append(f"{created}>=?")
+            args.append(query.since)
+        if query.finished_after is not None:
+            where.append("finished_at>?")
+            args.append(query.finished_after)
+        if query.search:
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.search) + "%"
+            extra = " OR event_id LIKE ? ESCAPE '\\'" if kind == "outgoing" else ""
+            where.append(f"(id LIKE ? ESCAPE '\\'{extra})")
+            args.extend([pattern] * (2 if extra else 1))
+        if query.cursor is not None:
+            where.append(f"({created}, id) < (?, ?)")
+            args.extend(query.cursor)
+        order = f"{created} DESC, id DESC"
+        if query.finished_after is not None:
+            order = "finished_at, id"
+        event = "event_type" if kind == "outgoing" else "NULL"
+        sql = _numbered(
+            f"SELECT id, {target}, status, attempts, {created}, finished_at, next_attempt_at, "
+            f"last_error, session, {event} FROM {table}"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY {order} LIMIT ?"
+        )
+        args.append(query.limit)
+
+        async def op(conn: asyncpg.Connection) -> list[DeliverySummary]:
+            return [DeliverySummary(kind, *row) for row in await conn.fetch(sql, *args)]
+
+        return await self._run(op, transaction=False)
+
+    async def delivery_stats(self, since: float) -> list[dict[str, Any]]:
+        async def op(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+            stats: dict[tuple[str, str], dict[str, Any]] = {}
+
+            def entry(kind: str, target: str) -> dict[str, Any]:
+                return stats.setdefault(
+                    (kind, target),
+                    {
+                        "kind": kind,
+                        "target": target,
+                        "statuses": {},
+                        "attempts": 0,
+                        "succeeded": 0,
+                        "last_error": None,
+                        "last_error_at": None,
+                    },
+                )
+
+            for kind, (table, target, created) in _KIND_COLUMNS.items():
+                for name, status, n in await conn.fetch(
+                    f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=$1 "
+                    "GROUP BY 1, 2",
+                    since,
+                ):
+                    entry(kind, name)["statuses"][status] = n
+            for sub, n, ok in await conn.fetch(
+                "SELECT o.subscription_id, COUNT(*), "
+                "COUNT(*) FILTER (WHERE a.status BETWEEN 200 AND 299) "
+                "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=$1 GROUP BY 1",
+                since,
+            ):
+                e = entry("outgoing", sub)
+                e["attempts"], e["succeeded"] = n, int(ok or 0)
+            for sub, error, at in await conn.fetch(
+                "SELECT DISTINCT ON (o.subscription_id) o.subscription_id, a.error, a.at "
+                "FROM attempts a JOIN outbox o ON o.id=a.delivery_id "
+                "WHERE a.error IS NOT NULL ORDER BY o.subscription_id, a.at DESC"
+            ):
+                e = entry("outgoing", sub)
+                e["last_error"], e["last_error_at"] = error, at
+            for hook, error, at in await conn.fetch(
+                "SELECT DISTINCT ON (hook_id) hook_id, last_error, "
+                "COALESCE(finished_at, received_at) FROM inbox WHERE last_error IS NOT NULL "
+                "ORDER BY hook_id, COALESCE(finished_at, received_at) DESC"
+            ):
+                e = entry("incoming", hook)
+                e["last_error"], e["last_error_at"] = error, at
+            return list(stats.values())
+
+        return await self._run(op, transaction=False)
+
+    async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        async def op(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
+            for kind, (table, _, _) in _KIND_COLUMNS.items():
+                for slot, status, n in await conn.fetch(
+                    f"SELECT floor(finished_at / $1)::bigint, status, COUNT(*) FROM {table} "
+                    "WHERE finished_at>=$2 GROUP BY 1, 2",
+                    bucket,
+                    since,
+                ):
+                    rows.append({"at": slot * bucket, "kind": kind, "status": status, "count": n})
+            return rows
+
+        return await self._run(op, transaction=False)
+
+    async def requeue(self, delivery_id: str, kind: str) -> bool:
+        table = _KIND_COLUMNS[kind][0]
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute(
+                f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
+                "lease_until=0, lease_owner=NULL, finished_at=NULL "
+                "WHERE id=$1 AND status!='pending'",
+                delivery_id,
+            )
+            return _rowcount(status) > 0
+
+        return await self._run(op)
+
+
+def _rowcount(status: str) -> int:
+    """The row count at the end of a command tag such as ``UPDATE 3`` or ``DELETE 0``."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
