@@ -211,16 +211,31 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 #: The SQLite schema's history; a new version appends a migration, never edits an old one.
 #: Version 1 is written with IF NOT EXISTS, so stores made before versioning adopt it as is.
-SQLITE_MIGRATIONS = [Migration(1, "inbox, outbox, attempts", SCHEMA)]
+SQLITE_MIGRATIONS = [
+    Migration(1, "inbox, outbox, attempts", SCHEMA),
+    # A body in its own table: recording an action's outcome rewrites the inbox row, and SQLite
+    # rewrites a row whole, so a 1 MB body there was written again on every status change.
+    Migration(
+        2,
+        "incoming bodies apart from their status",
+        "CREATE TABLE IF NOT EXISTS inbox_bodies (id TEXT PRIMARY KEY, body BLOB NOT NULL);",
+    ),
+]
 
 _MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
     "name TEXT NOT NULL, applied_at REAL NOT NULL)"
 )
 
-_INBOX_COLUMNS = (
+_INBOX_INSERT = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
     "status, attempts, next_attempt_at, last_error, result, dedup_key"
+)
+# Rows stored before migration 2 still carry their body in inbox.body.
+_INBOX_COLUMNS = _INBOX_INSERT.replace(
+    "body,",
+    "COALESCE((SELECT b.body FROM inbox_bodies b WHERE b.id = inbox.id), inbox.body),",
+    1,
 )
 _OUTBOX_COLUMNS = (
     "id, event_id, subscription_id, event_type, session, payload, created_at, status, "
@@ -394,14 +409,14 @@ class SQLiteStore(SQLiteWriter):
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO inbox ({_INBOX_COLUMNS}, lease_until) "
+                f"INSERT INTO inbox ({_INBOX_INSERT}, lease_until) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.id,
                     record.hook_id,
                     record.received_at,
                     record.content_type,
-                    record.body,
+                    b"",
                     json.dumps(record.headers),
                     json.dumps(record.query),
                     record.client_ip,
@@ -414,6 +429,9 @@ class SQLiteStore(SQLiteWriter):
                     record.dedup_key,
                     time.time() + lease,
                 ),
+            )
+            conn.execute(
+                "INSERT INTO inbox_bodies (id, body) VALUES (?, ?)", (record.id, record.body)
             )
 
         def op(conn: sqlite3.Connection) -> bool:
@@ -786,6 +804,11 @@ class SQLiteStore(SQLiteWriter):
     async def purge_dead(self, before: float | None = None) -> int:
         def op(conn: sqlite3.Connection) -> int:
             upper = time.time() + 1 if before is None else before
+            conn.execute(
+                "DELETE FROM inbox_bodies WHERE id IN (SELECT id FROM inbox "
+                "WHERE status='dead' AND received_at<?)",
+                (upper,),
+            )
             n = conn.execute(
                 "DELETE FROM inbox WHERE status='dead' AND received_at<?", (upper,)
             ).rowcount
