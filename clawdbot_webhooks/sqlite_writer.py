@@ -62,9 +62,11 @@ class SQLiteWriter:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # The timeout first: switching to WAL waits for a lock when another process opens
+        # the same file at the same moment.
+        conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(self.schema)
         return conn
 
