@@ -383,8 +383,11 @@ class SQLiteStore(SQLiteWriter):
                         (before, batch),
                     )
                 ]
-                conn.executemany(f"DELETE FROM {table} WHERE id=?", [(i,) for i in ids])
-                conn.executemany("DELETE FROM attempts WHERE delivery_id=?", [(i,) for i in ids])
+                gone = [(i,) for i in ids]
+                conn.executemany(f"DELETE FROM {table} WHERE id=?", gone)
+                conn.executemany("DELETE FROM attempts WHERE delivery_id=?", gone)
+                if table == "inbox":
+                    conn.executemany("DELETE FROM inbox_bodies WHERE id=?", gone)
                 n += len(ids)
             return n
 

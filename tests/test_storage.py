@@ -1,0 +1,127 @@
+"""The storage layer on both backends: versioned schema and the ``db`` commands, retention of
+finished deliveries, and concurrent start-ups applying each migration once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from clawdbot_webhooks_hookspecs import Event
+from click.testing import CliRunner, Result
+
+from clawdbot_webhooks.cli import main
+from clawdbot_webhooks.outbox import outbox_id
+from clawdbot_webhooks.store import open_store
+from clawdbot_webhooks.store_pg import MIGRATIONS
+from tests.conftest import POSTGRES_URL, with_storage, write_config
+
+
+async def cli(*args: str) -> Result:
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args), catch_exceptions=False)
+
+
+async def test_db_status_then_upgrade_then_counts(tmp_path, storage, start_server) -> None:
+    config = with_storage({"stateDir": str(tmp_path / "state")}, storage)
+    path = write_config(tmp_path / "config.json5", config)
+
+    fresh = await cli("db", "status", "--json", "--config", str(path))
+    assert fresh.exit_code == 0, fresh.output
+    status = json.loads(fresh.output)
+    assert status["version"] == 0 and status["applied"] == []
+    versions = [p["version"] for p in status["pending"]]
+    assert versions == list(range(1, len(versions) + 1))
+
+    upgraded = await cli("db", "upgrade", "--config", str(path))
+    assert upgraded.exit_code == 0, upgraded.output
+    assert f"Applied {len(versions)} migration" in upgraded.output
+    again = await cli("db", "upgrade", "--json", "--config", str(path))
+    after = json.loads(again.output)
+    assert after["version"] == versions[-1] and after["pending"] == []
+    assert [a["version"] for a in after["applied"]] == versions
+
+    srv = await start_server(
+        {"handlers": [{"id": "h", "action": "run_agent", "agentId": "a", "template": "x"}]}
+    )
+    for _ in range(3):
+        assert (await srv.post("h", {}))[0] == 202
+    await srv.idle()
+    shown = await cli("db", "status", "--config", str(path))
+    assert shown.exit_code == 0
+    assert f"schema version {versions[-1]}" in shown.output
+    assert "inbox: done 3" in shown.output
+    counted = json.loads((await cli("db", "status", "--json", "--config", str(path))).output)
+    assert counted["counts"]["inbox"] == {"done": 3}
+
+
+async def test_prune_finished_keeps_dead_letters_pending_and_dedup_keys(
+    start_server, make_sink
+) -> None:
+    sink = await make_sink(script=[200, 200, 200, 200, 410])  # the fifth delivery dies
+    srv = await start_server(
+        {
+            "incoming": {"dedupWindow": 3600},
+            "handlers": [{"id": "h", "action": "run_agent", "agentId": "a", "template": "x"}],
+            "outgoing": [{"id": "s", "url": sink.url, "events": ["agent_response"]}],
+        }
+    )
+    store = srv.runtime.store
+    plain = [(await srv.post("h", {"n": n}))[1]["id"] for n in range(3)]
+    keyed = (await srv.post("h", {}, headers={"idempotency-key": "k1"}))[1]["id"]
+    await srv.idle()
+    await sink.wait_for(4)  # the four replies
+    dead_event = Event("agent_response", {"text": "dies"}, session="d")
+    await srv.runtime.bus.publish(dead_event)
+    for _ in range(200):
+        if await store.dead_letters():
+            break
+        await asyncio.sleep(0.02)
+    await srv.runtime.outbox._finisher.drain()
+    dead_id = outbox_id(dead_event.id, "s")
+    assert [d.id for d in await store.dead_letters()] == [dead_id]
+
+    deleted = await store.prune_finished(time.time() + 1)
+    # Three plain incoming and four delivered replies; not the keyed one (its dedup
+    # key still guards against a repeat), not the dead letter.
+    assert deleted == 7
+    assert [await store.get_incoming(i) for i in plain] == [None, None, None]
+    assert await store.get_incoming(keyed) is not None
+    assert [d.id for d in await store.dead_letters()] == [dead_id]
+    assert len(await store.attempts(dead_id)) == 1
+    # A repeat of the keyed delivery is still recognised.
+    status, body = await srv.post("h", {}, headers={"idempotency-key": "k1"})
+    assert status == 200 and body["id"] == keyed
+    # Once the dedup key is let go of, the keyed one goes too.
+    await store.prune_dedup(time.time() + 1)
+    assert await store.prune_finished(time.time() + 1) == 1
+
+
+async def test_retention_runs_by_itself(start_server, storage) -> None:
+    retention: dict[str, Any] = {**(storage or {}), "retention": {"delivered": "1s"}}
+    srv = await start_server(
+        {
+            "incoming": {"dedupWindow": 0},
+            "handlers": [{"id": "h", "action": "run_agent", "agentId": "a", "template": "x"}],
+            "storage": retention,
+        }
+    )
+    assert (await srv.post("h", {}))[0] == 202
+    await srv.idle()
+    deadline = time.monotonic() + 10
+    while await srv.runtime.store.count_incoming() > 0:
+        assert time.monotonic() < deadline, "the finished delivery was never pruned"
+        await asyncio.sleep(0.1)
+
+
+async def test_concurrent_startups_apply_each_migration_once(storage) -> None:
+    if storage is None:  # one process owns a SQLite store; this is about shared ones
+        return
+    stores = [open_store(POSTGRES_URL, schema=storage["schema"], pool_size=1) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        status = await stores[0].schema_status()
+        assert [v for v, _, _ in status.applied] == [m.version for m in MIGRATIONS]
+        assert status.pending == []
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
