@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, pin_self, save, table, webhooks_server  # noqa: E402
+from harness import free_port, pin_self, save, table, webhooks_server
 
 SENT = re.compile(r"sent=([\d.]+)")
 
@@ -31,8 +31,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(base: str, sink_port: int, total: int, concurrency: int,
-                  rate: float | None) -> dict[str, Any]:
+async def measure(
+    base: str, sink_port: int, total: int, concurrency: int, rate: float | None
+) -> dict[str, Any]:
     latencies: list[float] = []
     done = asyncio.Event()
 
@@ -81,15 +82,25 @@ async def measure(base: str, sink_port: int, total: int, concurrency: int,
 def run(light: int, heavy: int) -> dict[str, Any]:
     pin_self(1)
     results: dict[str, Any] = {}
-    for name, total, concurrency, rate in (("light", light, 1, 20.0),
-                                           ("heavy", heavy, 32, None)):
+    for name, total, concurrency, rate in (("light", light, 1, 20.0), ("heavy", heavy, 32, None)):
         sink_port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
             webhooks = {
-                "handlers": [{"id": "ask", "action": "run_agent", "agentId": "bench",
-                              "template": "{{ text }}"}],
-                "outgoing": [{"id": "sink", "url": f"http://127.0.0.1:{sink_port}/in",
-                              "events": ["agent_response"]}],
+                "handlers": [
+                    {
+                        "id": "ask",
+                        "action": "run_agent",
+                        "agentId": "bench",
+                        "template": "{{ text }}",
+                    }
+                ],
+                "outgoing": [
+                    {
+                        "id": "sink",
+                        "url": f"http://127.0.0.1:{sink_port}/in",
+                        "events": ["agent_response"],
+                    }
+                ],
             }
             port = free_port()
             with webhooks_server(webhooks, Path(tmp), port, core=0):

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, pin_self, rss_kib, save, table, webhooks_server  # noqa: E402
+from harness import free_port, pin_self, rss_kib, save, table, webhooks_server
 
 BODY = json.dumps({"action": "opened", "repository": {"name": "claw"}, "pad": "x" * 400})
 
@@ -23,9 +23,7 @@ BODY = json.dumps({"action": "opened", "repository": {"name": "claw"}, "pad": "x
 async def send(base: str, count: int, concurrency: int) -> None:
     left = count
     headers = {"Content-Type": "application/json", "X-Webhook-Secret": "bench-secret"}
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency)
-    ) as client:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as client:
 
         async def worker() -> None:
             nonlocal left

@@ -62,7 +62,14 @@ async def baseline(url: str, total: int, concurrency: int) -> float:
         return total / (time.perf_counter() - started)
 
 
-async def durable(url: str, total: int, concurrency: int, sessions: int, workdir: Path) -> float:
+async def durable(
+    url: str,
+    total: int,
+    concurrency: int,
+    sessions: int,
+    workdir: Path,
+    storage: dict[str, Any] | None = None,
+) -> float:
     from clawdbot_webhooks_hookspecs import Event
 
     from clawdbot_webhooks.config import build_settings
@@ -71,6 +78,7 @@ async def durable(url: str, total: int, concurrency: int, sessions: int, workdir
 
     raw: dict[str, Any] = {
         "stateDir": str(workdir / "state"),
+        "storage": storage or {},
         "outgoing": [
             {
                 "id": "bench",
