@@ -6,10 +6,11 @@ What makes sharing safe:
 - Work is claimed with ``FOR UPDATE SKIP LOCKED`` and a lease (``lease_until``, ``lease_owner``):
   two processes never claim the same row, and a process that dies loses its claims when the
   lease expires. The runtime's heartbeat renews the leases this process still works on.
-- Outgoing rows of one (subscription, session) lane are claimed and created under one
-  transaction-scoped advisory lock, so the "no earlier row of my lane is waiting or leased
-  elsewhere" check sees every other process's committed claims: per-session order holds
-  across processes.
+- Outgoing claims are serialised by a transaction-scoped advisory lock, and creating rows of
+  one (subscription, session) lane by a lock per lane, so the "no earlier row of my lane is
+  waiting or leased elsewhere" checks see every other process's committed work: per-session
+  order holds across processes. A new row is leased to its creator only when every earlier
+  pending row of its lane is that process's own (a claim can never take those).
 - A duplicate is decided by the unique index on (hook_id, dedup_key) with
   ``INSERT ... ON CONFLICT DO NOTHING``: under concurrency exactly one process stores it.
 - Schema migrations run at start-up under a session-level advisory lock, so processes that
@@ -227,6 +228,9 @@ class PostgresStore:
     def display_url(self) -> str:
         return redact_url(self.url)
 
+    def _lane_key(self, subscription: str, session: str) -> int:
+        return _lock_key(f"clawdbot_webhooks.lane.{self.schema}.{subscription}\x1f{session}")
+
     # -- lifecycle
 
     async def open(self) -> None:
@@ -372,6 +376,10 @@ class PostgresStore:
             "ON CONFLICT DO NOTHING RETURNING id"
         )
 
+        async def fast(conn: asyncpg.Connection) -> bool:
+            # One statement, committed on its own: the common case costs one round trip.
+            return await conn.fetchval(insert, *args) is not None
+
         async def op(conn: asyncpg.Connection) -> bool:
             if await conn.fetchval(insert, *args) is not None:
                 return True
@@ -390,6 +398,8 @@ class PostgresStore:
                 return False
             return await conn.fetchval(insert, *args) is not None
 
+        if await self._run(fast, transaction=False):
+            return True
         return await self._run(op)
 
     async def prune_dedup(self, before: float) -> int:
@@ -507,7 +517,16 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> list[str]:
             now = time.time()
             until = now + lease if lease > 0 else 0.0
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._outbox_lock)
+            # One lock per lane, taken in order: creating rows of one (subscription, session)
+            # is serialised across processes, different lanes do not wait for each other.
+            lanes = sorted(
+                {self._lane_key(r.subscription_id, r.session) for r in records if r.session}
+            )
+            if lanes:
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+                    lanes,
+                )
             added: list[str] = []
             for r in records:
                 leased = await conn.fetchval(
