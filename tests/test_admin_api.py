@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import free_port
+from tests.conftest import free_port
 from openapi_spec_validator import validate
 
 from clawdbot_webhooks.admin import ADMIN_LISTENER, API_ROUTES

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_config
+from tests.conftest import write_config
 
 from clawdbot_webhooks.cli import main
 

@@ -20,7 +20,7 @@ import stripe
 import svix.webhooks
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
 from click.testing import CliRunner
-from conftest import VECTORS, write_config
+from tests.conftest import VECTORS, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from slack_sdk.signature import SignatureVerifier
