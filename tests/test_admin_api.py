@@ -9,12 +9,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.conftest import free_port
 from openapi_spec_validator import validate
 
 from clawdbot_webhooks.admin import ADMIN_LISTENER, API_ROUTES
 from clawdbot_webhooks.admin.openapi import spec
 from clawdbot_webhooks.config import ConfigError
+from tests.conftest import free_port
 
 TOKEN = "admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

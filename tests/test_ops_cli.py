@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from tests.conftest import write_config
 
 from clawdbot_webhooks.cli import main
+from tests.conftest import write_config
 
 WHSEC = "whsec_" + base64.b64encode(b"send-test-standard-key").decode()
 

@@ -20,7 +20,6 @@ import stripe
 import svix.webhooks
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
 from click.testing import CliRunner
-from tests.conftest import VECTORS, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from slack_sdk.signature import SignatureVerifier
@@ -30,6 +29,7 @@ from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.config import ConfigError, build_settings
 from clawdbot_webhooks.plugins import PluginSelection, load_plugins
 from clawdbot_webhooks.signing import sign_standard
+from tests.conftest import VECTORS, write_config
 
 NOW = 1_700_000_000
 SW_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-key-0123456789").decode()
