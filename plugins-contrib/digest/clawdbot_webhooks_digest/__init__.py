@@ -163,7 +163,9 @@ class Digest:
             "session": ctx.session if persistent else None,
         }
         now = time.time()
-        item = Item(0, ctx.delivery.id, str(options["template"]), now)
+        # Items are listed in the order their webhooks arrived, not the order their actions
+        # happened to run in (they run concurrently).
+        item = Item(0, ctx.delivery.id, str(options["template"]), ctx.delivery.received_at)
         count = await store.gather(key, ctx.handler.id, spec, now + options["window"], item)
         if count >= options["maxItems"]:
             self._schedule(store, key, 0.0)
