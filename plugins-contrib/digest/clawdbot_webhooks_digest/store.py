@@ -106,7 +106,8 @@ class DigestStore:
     async def items(self, key: str, limit: int) -> list[Item]:
         def op(conn: sqlite3.Connection) -> list[Item]:
             rows = conn.execute(
-                "SELECT seq, delivery, text, at FROM items WHERE bucket = ? ORDER BY at, seq LIMIT ?",
+                "SELECT seq, delivery, text, at FROM items WHERE bucket = ? "
+                "ORDER BY at, seq LIMIT ?",
                 (key, limit),
             ).fetchall()
             return [Item(*row) for row in rows]
