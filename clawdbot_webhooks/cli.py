@@ -6,40 +6,15 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 
 import click
 
 from . import __version__
-from .config import ConfigError, Settings, find_config, load_settings
-from .plugins import PluginError, PluginSelection, PluginSet, load_plugins
+from .cli_support import config_option, format_time, json_option, load_or_exit, print_table
+from .config import ConfigError, find_config
+from .plugins import PluginError, PluginSelection, load_plugins
 from .store import redact_url
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Config file (JSON5). Default: $CLAWDBOT_WEBHOOKS_CONFIG, ~/.clawdbot/clawdbot.json, "
-    "~/.openclaw/openclaw.json.",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _load(config_path: str | None) -> tuple[Settings, PluginSet]:
-    try:
-        return load_settings(config_path)
-    except ConfigError as exc:
-        where = f" in {exc.source}" if exc.source else ""
-        click.echo(f"Config errors{where}:", err=True)
-        for line in exc.errors:
-            click.echo(f"  {line}", err=True)
-        sys.exit(2)
-    except PluginError as exc:
-        click.echo(f"Plugin error: {exc}", err=True)
-        sys.exit(2)
 
 
 def _logging(level: str) -> None:
@@ -80,7 +55,7 @@ def serve(
 ) -> None:
     """Run the server until SIGTERM or SIGINT (then shut down gracefully)."""
     _logging(log_level or "info")
-    settings, plugins = _load(config_path)
+    settings, plugins = load_or_exit(config_path)
     from .logs import collect_secrets, configure
 
     configure(
@@ -118,7 +93,7 @@ def serve(
 def check(config_path: str | None, probe: bool) -> None:
     """Validate the config, compile its templates and check its plugins."""
     path = find_config(config_path)
-    settings, plugins = _load(config_path)
+    settings, plugins = load_or_exit(config_path)
     click.echo(f"Config OK: {path or '(built-in defaults)'}")
     click.echo(
         f"  handlers: {len(settings.handlers)}, outgoing: {len(settings.outgoing)}, "
@@ -172,7 +147,7 @@ def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
         rows.append(
             (info.name, info.distribution or "-", info.version or "-", state, registers or "-")
         )
-    _table(rows)
+    print_table(rows)
 
 
 @main.command()
@@ -183,7 +158,7 @@ def messages(config_path: str | None, as_json: bool, session: str | None) -> Non
     """The local gateway's message log: what send_message sent, what the echo agent said."""
     from .builtin.local_gateway import read_log
 
-    settings, _ = _load(config_path)
+    settings, _ = load_or_exit(config_path)
     log = [m for m in read_log(settings.state_dir) if session is None or m["session"] == session]
     if as_json:
         click.echo(json.dumps(log, indent=2, ensure_ascii=False))
@@ -194,19 +169,8 @@ def messages(config_path: str | None, as_json: bool, session: str | None) -> Non
     rows = [("TIME", "KIND", "SESSION", "TO/AGENT", "TEXT")]
     for m in log:
         who = f"{m['channel']}:{m['peer']}" if m["kind"] == "sent" else m["agent_id"]
-        rows.append((_time(m["at"]), m["kind"], m["session"], who or "-", m["text"]))
-    _table(rows)
-
-
-def _time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
-        click.echo("  ".join(cells).rstrip())
+        rows.append((format_time(m["at"]), m["kind"], m["session"], who or "-", m["text"]))
+    print_table(rows)
 
 
 # Subcommand groups that live in their own modules (they import the helpers above).

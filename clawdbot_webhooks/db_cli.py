@@ -7,7 +7,6 @@ ones (a server does that at start-up too; several starting together apply each o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from datetime import UTC, datetime
@@ -15,40 +14,16 @@ from typing import Any
 
 import click
 
-from .store import SchemaStatus, StoreUnavailable, open_store
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Config file (JSON5). Default: $CLAWDBOT_WEBHOOKS_CONFIG, ~/.clawdbot/clawdbot.json, "
-    "~/.openclaw/openclaw.json.",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+from .cli_support import config_option, json_option, with_store
+from .store import SchemaStatus, Store, StoreUnavailable
 
 
 def _status(config_path: str | None, migrate: bool) -> SchemaStatus:
-    from .cli import _load
-
-    settings, _ = _load(config_path)
-
-    async def run() -> SchemaStatus:
-        store = open_store(
-            settings.storage_url,
-            settings.synchronous,
-            schema=settings.storage_schema,
-            pool_size=2,
-            migrate=migrate,
-        )
-        await store.open()
-        try:
-            return await store.schema_status()
-        finally:
-            await store.close()
+    async def work(settings: Any, plugins: Any, store: Store) -> SchemaStatus:
+        return await store.schema_status()
 
     try:
-        return asyncio.run(run())
+        return with_store(config_path, work, migrate=migrate)
     except StoreUnavailable as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

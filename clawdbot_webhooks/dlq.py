@@ -8,104 +8,30 @@ failed replay attempt leaves the delivery pending with its retry scheduled for t
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 
+from .cli_support import (
+    config_option,
+    format_time,
+    json_option,
+    print_table,
+    time_option,
+    with_store,
+)
 from .config import Settings
 from .events import EventBus
 from .outbox import Outbox
 from .plugins import PluginSet
-from .store import DeadLetter, Store, open_store
+from .store import DeadLetter, Store
 
 T = TypeVar("T")
 
-# The same options as every other subcommand (cli.py imports this module, so not from there).
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Config file (JSON5). Default: $CLAWDBOT_WEBHOOKS_CONFIG, ~/.clawdbot/clawdbot.json, "
-    "~/.openclaw/openclaw.json.",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
 #: Above this many deliveries ``replay --all`` shows a progress bar.
 PROGRESS_FROM = 20
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """``2024-01-15``, ``2024-01-15T10:30:00Z`` (naive means UTC), epoch seconds, or a
-    duration such as ``90m`` / ``2h`` / ``7d`` meaning that long ago."""
-    now = time.time() if now is None else now
-    value = text.strip()
-    match = _DURATION.match(value)
-    if match:
-        return now - float(match.group(1)) * _UNITS[match.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r}: expected an ISO 8601 date/time, epoch seconds, or a duration like 2h"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    return None if value is None else parse_time(value)
-
-
-def _with_store(
-    config_path: str | None, work: Callable[[Settings, PluginSet, Store], Awaitable[T]]
-) -> T:
-    from .cli import _load
-
-    settings, plugins = _load(config_path)
-
-    async def run() -> T:
-        store = open_store(
-            settings.storage_url,
-            settings.synchronous,
-            schema=settings.storage_schema,
-            pool_size=2,
-        )
-        await store.open()
-        try:
-            return await work(settings, plugins, store)
-        finally:
-            for _, transport in plugins.registries.transports.items():
-                close = getattr(transport, "close", None)
-                if close is not None:
-                    await close()
-            await store.close()
-
-    return asyncio.run(run())
-
-
-def _time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    from .cli import _table as table
-
-    table(rows)
 
 
 def _letter(d: DeadLetter) -> dict[str, Any]:
@@ -131,7 +57,7 @@ def dlq() -> None:
     "--since",
     metavar="TIME",
     default=None,
-    callback=_time_option,
+    callback=time_option,
     help="Only those created since TIME.",
 )
 def list_(config_path: str | None, as_json: bool, since: float | None) -> None:
@@ -140,7 +66,7 @@ def list_(config_path: str | None, as_json: bool, since: float | None) -> None:
     async def work(settings: Settings, plugins: PluginSet, store: Store) -> list[DeadLetter]:
         return await store.dead_letters(since)
 
-    letters = _with_store(config_path, work)
+    letters = with_store(config_path, work)
     if as_json:
         click.echo(json.dumps([_letter(d) for d in letters], indent=2, ensure_ascii=False))
         return
@@ -150,8 +76,8 @@ def list_(config_path: str | None, as_json: bool, since: float | None) -> None:
     rows = [("ID", "KIND", "TARGET", "CREATED", "ATTEMPTS", "ERROR")]
     for d in letters:
         error = (d.error or "-").splitlines()[0][:80]
-        rows.append((d.id, d.kind, d.target, _time(d.created_at), str(d.attempts), error))
-    _table(rows)
+        rows.append((d.id, d.kind, d.target, format_time(d.created_at), str(d.attempts), error))
+    print_table(rows)
 
 
 @dlq.command()
@@ -204,7 +130,7 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
             "history": [],
         }
 
-    found = _with_store(config_path, work)
+    found = with_store(config_path, work)
     if found is None:
         click.echo(f"No delivery {delivery_id!r}.", err=True)
         sys.exit(1)
@@ -214,7 +140,7 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
     for key in ("id", "kind", "subscription", "hook", "event", "type", "session", "status"):
         if found.get(key) is not None:
             click.echo(f"{key + ':':14}{found[key]}")
-    click.echo(f"{'created:':14}{_time(found['created_at'])}")
+    click.echo(f"{'created:':14}{format_time(found['created_at'])}")
     click.echo(f"{'attempts:':14}{found['attempts']}")
     click.echo(f"{'error:':14}{found['error'] or '-'}")
     click.echo(f"payload:\n  {found['payload']}")
@@ -225,14 +151,14 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
             rows.append(
                 (
                     str(a["number"]),
-                    _time(a["at"]),
+                    format_time(a["at"]),
                     "-" if a["status"] is None else str(a["status"]),
                     f"{a['latency_ms']:.1f}",
                     a["error"] or "-",
                     response,
                 )
             )
-        _table(rows)
+        print_table(rows)
 
 
 @dlq.command()
@@ -244,7 +170,7 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
     "--since",
     metavar="TIME",
     default=None,
-    callback=_time_option,
+    callback=time_option,
     help="With --all: only those since TIME.",
 )
 def replay(
@@ -287,7 +213,7 @@ def replay(
         await bus.drain(timeout=5)
         return states
 
-    states = _with_store(config_path, work)
+    states = with_store(config_path, work)
     if not states:
         if delivery_id:
             click.echo(f"No dead letter {delivery_id!r}.", err=True)
@@ -319,7 +245,7 @@ _DESCRIBE = {
     "--before",
     metavar="TIME",
     default=None,
-    callback=_time_option,
+    callback=time_option,
     help="Only those created before TIME.",
 )
 def purge(config_path: str | None, before: float | None) -> None:
@@ -328,5 +254,5 @@ def purge(config_path: str | None, before: float | None) -> None:
     async def work(settings: Settings, plugins: PluginSet, store: Store) -> int:
         return await store.purge_dead(before)
 
-    n = _with_store(config_path, work)
+    n = with_store(config_path, work)
     click.echo(f"Purged {n} dead letter{'s' if n != 1 else ''}.")

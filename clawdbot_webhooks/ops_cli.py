@@ -15,8 +15,15 @@ from typing import IO, Any
 import click
 
 from . import __version__
+from .cli_support import (
+    config_option,
+    format_time,
+    json_option,
+    load_or_exit,
+    time_option,
+    with_store,
+)
 from .config import HandlerSpec, Settings
-from .dlq import _time, _time_option, _with_store, config_option, json_option
 from .plugins import PluginSet
 from .sample_signing import CannotSign, sign_headers
 from .store import DeliveryQuery, DeliverySummary, Store
@@ -72,9 +79,7 @@ def send_test(
     Signs it the way the handler verifies (shared secret, bearer, github, standard-webhooks,
     stripe, slack, hmac). Exits 0 on a 2xx answer, 1 otherwise.
     """
-    from .cli import _load
-
-    settings, _ = _load(config_path)
+    settings, _ = load_or_exit(config_path)
     spec = settings.routes.get(hook.strip("/"))
     if spec is None:
         known = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
@@ -122,7 +127,7 @@ def _row(s: DeliverySummary) -> dict[str, Any]:
 
 
 def _line(s: DeliverySummary) -> str:
-    when = _time(s.finished_at or s.created_at)
+    when = format_time(s.finished_at or s.created_at)
     error = f"  {s.last_error.splitlines()[0][:100]}" if s.last_error else ""
     return f"{when}  {s.kind:8}  {s.id}  {s.target}  {s.status}  attempts={s.attempts}{error}"
 
@@ -137,7 +142,7 @@ def deliveries() -> None:
 @json_option
 @click.option("--kind", type=click.Choice(KINDS), default=None, help="Only one direction.")
 @click.option("--status", default=None, help="pending, done, dropped or dead.")
-@click.option("--since", metavar="TIME", default=None, callback=_time_option)
+@click.option("--since", metavar="TIME", default=None, callback=time_option)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 def list_(
     config_path: str | None,
@@ -157,7 +162,7 @@ def list_(
         rows.sort(key=lambda s: s.created_at, reverse=True)
         return rows[:limit]
 
-    rows = _with_store(config_path, work)
+    rows = with_store(config_path, work)
     if as_json:
         click.echo(json.dumps([_row(s) for s in rows], indent=2, ensure_ascii=False))
         return
@@ -175,7 +180,7 @@ def list_(
     "--since",
     metavar="TIME",
     default=None,
-    callback=_time_option,
+    callback=time_option,
     help="Also show those finished since TIME (default: only new ones).",
 )
 def tail(config_path: str | None, as_json: bool, since: float | None) -> None:
@@ -206,4 +211,4 @@ def tail(config_path: str | None, as_json: bool, since: float | None) -> None:
             await asyncio.sleep(TAIL_POLL)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it ends
-        _with_store(config_path, work)
+        with_store(config_path, work)

@@ -14,7 +14,7 @@ from clawdbot_webhooks_hookspecs import Event
 from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
-from clawdbot_webhooks.dlq import parse_time
+from clawdbot_webhooks.cli_support import parse_time
 from clawdbot_webhooks.outbox import outbox_id
 from tests.conftest import with_storage, write_config
 

@@ -55,7 +55,7 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
 
 
 def _since(request: web.Request, name: str = "since") -> float | None:
-    from ..dlq import parse_time
+    from ..cli_support import parse_time
 
     raw = request.query.get(name)
     if not raw:
@@ -356,7 +356,7 @@ async def replay_dead(request: web.Request) -> web.Response:
         since = body.get("since")
         if since is not None and not isinstance(since, str | int | float):
             return fail(400, "since: expected a time")
-        from ..dlq import parse_time
+        from ..cli_support import parse_time
 
         try:
             lower = None if since is None else parse_time(str(since))
