@@ -184,3 +184,10 @@ def stored_headers(headers: Mapping[str, str], secret_headers: Iterable[str]) ->
     """Lower-cased request headers minus anything that carries a credential."""
     drop = CREDENTIAL_HEADERS | {h.lower() for h in secret_headers}
     return {k.lower(): v for k, v in headers.items() if k.lower() not in drop}
+
+
+def parse_content(body: bytes, content_type: str, *, max_depth: int | None = None) -> Any:
+    """``parse_body`` for a whole ``Content-Type`` value (``application/json; charset=…``)."""
+    mime, _, params = content_type.partition(";")
+    charset = params.partition("charset=")[2].strip().strip('"') or None
+    return parse_body(body, mime.strip(), charset, max_depth=max_depth)

@@ -30,7 +30,7 @@ from clawdbot_webhooks_hookspecs import (
 
 from .config import HandlerSpec, Settings
 from .events import EventBus, derived_event_id
-from .incoming import parse_body
+from .incoming import parse_content
 from .sessions import Sessions
 from .store import IncomingRecord, Store
 from .templates import context_for
@@ -185,22 +185,8 @@ class Pipeline:
         handler = spec.handler
         attempt = record.attempts + 1
         if payload is None:
-            ctype, _, params = record.content_type.partition(";")
-            charset = params.partition("charset=")[2].strip() or None
-            payload = parse_body(record.body, ctype.strip(), charset)
-        delivery = Delivery(
-            id=record.id,
-            hook_id=handler.id,
-            received_at=record.received_at,
-            content_type=record.content_type,
-            body=record.body,
-            payload=payload,
-            headers=record.headers,
-            query=record.query,
-            client_ip=record.client_ip,
-            session=record.session,
-            attempt=attempt,
-        )
+            payload = parse_content(record.body, record.content_type)
+        delivery = record.as_delivery(payload)
         await self._sessions.begin(
             record.session, handler.id, handler.session_mode == "persistent", record.id
         )

@@ -22,7 +22,7 @@ from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
 
 from .config import HandlerSpec
 from .dedup import dedup_key, prune_forever
-from .incoming import Rejected, client_ip, ip_allowed, parse_body, read_body, stored_headers
+from .incoming import Rejected, client_ip, ip_allowed, parse_content, read_body, stored_headers
 from .metrics import counting_middleware, metrics_view
 from .ratelimit import Limits, retry_after
 from .runtime import Runtime
@@ -128,9 +128,7 @@ async def receive(request: web.Request) -> web.StreamResponse:
             limits.auth_failed(ip)
             raise
         raw_type = request.headers.get("Content-Type", "")
-        mime, _, params = raw_type.partition(";")
-        charset = params.partition("charset=")[2].strip().strip('"') or None
-        payload = parse_body(body, mime.strip(), charset, max_depth=incoming["maxJsonDepth"])
+        payload = parse_content(body, raw_type, max_depth=incoming["maxJsonDepth"])
         wait = limits.handler(spec.handler.id)
         if wait:
             raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")
@@ -193,22 +191,9 @@ def _dumps(value: Any) -> str:
 def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str:
     if spec.handler.session_mode != "persistent" or spec.session_key is None:
         return ephemeral_session()
-    from clawdbot_webhooks_hookspecs import Delivery
-
-    delivery = Delivery(
-        record.id,
-        record.hook_id,
-        record.received_at,
-        record.content_type,
-        record.body,
-        payload,
-        record.headers,
-        record.query,
-        record.client_ip,
-        "",
-    )
     try:
-        key = str(spec.session_key.render(context_for(delivery, spec.handler))).strip()
+        context = context_for(record.as_delivery(payload), spec.handler)
+        key = str(spec.session_key.render(context)).strip()
     except Exception as exc:
         raise Rejected(400, f"sessionKey template failed for this payload: {exc}") from exc
     if not key:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from clawdbot_webhooks_hookspecs import Delivery
+
 from .sqlite_writer import SQLiteWriter
 from .sqlite_writer import StoreUnavailable as StoreUnavailable  # part of the store API
 
@@ -44,6 +46,22 @@ class IncomingRecord:
     last_error: str | None = None
     result: Any = None
     dedup_key: str | None = None
+
+    def as_delivery(self, payload: Any) -> Delivery:
+        """What plugins and templates see of this delivery, on its next attempt."""
+        return Delivery(
+            id=self.id,
+            hook_id=self.hook_id,
+            received_at=self.received_at,
+            content_type=self.content_type,
+            body=self.body,
+            payload=payload,
+            headers=self.headers,
+            query=self.query,
+            client_ip=self.client_ip,
+            session=self.session,
+            attempt=self.attempts + 1,
+        )
 
 
 @dataclass(slots=True)
@@ -297,6 +315,45 @@ def _outgoing(row: tuple[Any, ...]) -> OutgoingRecord:
         error,
         seq,
     )
+
+
+def delivery_listing(kind: str, query: DeliveryQuery) -> tuple[str, list[Any]]:
+    """The SQL (``?`` placeholders) and arguments of ``list_deliveries``, for every backend."""
+    table, target, created = _KIND_COLUMNS[kind]
+    where: list[str] = []
+    args: list[Any] = []
+    if query.status:
+        where.append("status=?")
+        args.append(query.status)
+    if query.target:
+        where.append(f"{target}=?")
+        args.append(query.target)
+    if query.since is not None:
+        where.append(f"{created}>=?")
+        args.append(query.since)
+    if query.finished_after is not None:
+        where.append("finished_at>?")
+        args.append(query.finished_after)
+    if query.search:
+        # A substring of the id (or, outgoing, of the event id); LIKE's wildcards escaped.
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.search) + "%"
+        extra = " OR event_id LIKE ? ESCAPE '\\'" if kind == "outgoing" else ""
+        where.append(f"(id LIKE ? ESCAPE '\\'{extra})")
+        args.extend([pattern] * (2 if extra else 1))
+    if query.cursor is not None:
+        where.append(f"({created}, id) < (?, ?)")
+        args.extend(query.cursor)
+    order = f"{created} DESC, id DESC"
+    if query.finished_after is not None:
+        order = "finished_at, id"
+    event = "event_type" if kind == "outgoing" else "NULL"
+    sql = (
+        f"SELECT id, {target}, status, attempts, {created}, finished_at, next_attempt_at, "
+        f"last_error, session, {event} FROM {table}"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY {order} LIMIT ?"
+    )
+    return sql, [*args, query.limit]
 
 
 class SQLiteStore(SQLiteWriter):
@@ -847,41 +904,7 @@ class SQLiteStore(SQLiteWriter):
     async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
         """Deliveries of one direction, newest first, without their bodies. ``query.cursor``
         is ``(created_at, id)`` of the last row of the previous page."""
-        table, target, created = _KIND_COLUMNS[kind]
-        where: list[str] = []
-        args: list[Any] = []
-        if query.status:
-            where.append("status=?")
-            args.append(query.status)
-        if query.target:
-            where.append(f"{target}=?")
-            args.append(query.target)
-        if query.since is not None:
-            where.append(f"{created}>=?")
-            args.append(query.since)
-        if query.finished_after is not None:
-            where.append("finished_at>?")
-            args.append(query.finished_after)
-        if query.search:
-            # A substring of the id (or, outgoing, of the event id); LIKE's wildcards escaped.
-            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.search) + "%"
-            extra = " OR event_id LIKE ? ESCAPE '\\'" if kind == "outgoing" else ""
-            where.append(f"(id LIKE ? ESCAPE '\\'{extra})")
-            args.extend([pattern] * (2 if extra else 1))
-        if query.cursor is not None:
-            where.append(f"({created}, id) < (?, ?)")
-            args.extend(query.cursor)
-        order = f"{created} DESC, id DESC"
-        if query.finished_after is not None:
-            order = "finished_at, id"
-        event = "event_type" if kind == "outgoing" else "NULL"
-        sql = (
-            f"SELECT id, {target}, status, attempts, {created}, finished_at, next_attempt_at, "
-            f"last_error, session, {event} FROM {table}"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + f" ORDER BY {order} LIMIT ?"
-        )
-        args.append(query.limit)
+        sql, args = delivery_listing(kind, query)
 
         def op(conn: sqlite3.Connection) -> list[DeliverySummary]:
             return [DeliverySummary(kind, *row) for row in conn.execute(sql, args).fetchall()]

@@ -46,6 +46,7 @@ from .store import (
     OutgoingRecord,
     SchemaStatus,
     StoreUnavailable,
+    delivery_listing,
     redact_url,
 )
 
@@ -868,40 +869,8 @@ class PostgresStore:
         return await self._run(op, transaction=False)
 
     async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
-        table, target, created = _KIND_COLUMNS[kind]
-        where: list[str] = []
-        args: list[Any] = []
-        if query.status:
-            where.append("status=?")
-            args.append(query.status)
-        if query.target:
-            where.append(f"{target}=?")
-            args.append(query.target)
-        if query.since is not None:
-            where.append(f"{created}>=?")
-            args.append(query.since)
-        if query.finished_after is not None:
-            where.append("finished_at>?")
-            args.append(query.finished_after)
-        if query.search:
-            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.search) + "%"
-            extra = " OR event_id LIKE ? ESCAPE '\\'" if kind == "outgoing" else ""
-            where.append(f"(id LIKE ? ESCAPE '\\'{extra})")
-            args.extend([pattern] * (2 if extra else 1))
-        if query.cursor is not None:
-            where.append(f"({created}, id) < (?, ?)")
-            args.extend(query.cursor)
-        order = f"{created} DESC, id DESC"
-        if query.finished_after is not None:
-            order = "finished_at, id"
-        event = "event_type" if kind == "outgoing" else "NULL"
-        sql = _numbered(
-            f"SELECT id, {target}, status, attempts, {created}, finished_at, next_attempt_at, "
-            f"last_error, session, {event} FROM {table}"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + f" ORDER BY {order} LIMIT ?"
-        )
-        args.append(query.limit)
+        sql, args = delivery_listing(kind, query)
+        sql = _numbered(sql)
 
         async def op(conn: asyncpg.Connection) -> list[DeliverySummary]:
             return [DeliverySummary(kind, *row) for row in await conn.fetch(sql, *args)]

@@ -11,9 +11,8 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
-from clawdbot_webhooks_hookspecs import Delivery
 
-from ..incoming import parse_body
+from ..incoming import parse_content
 from ..runtime import Runtime
 from ..store import DeliveryQuery, DeliverySummary, IncomingRecord, OutgoingRecord
 from ..templates import context_for
@@ -113,10 +112,8 @@ def _text(body: bytes) -> str:
 
 
 def _parsed(body: bytes, content_type: str) -> Any:
-    mime, _, params = content_type.partition(";")
-    charset = params.partition("charset=")[2].strip() or None
     try:
-        return parse_body(body, mime.strip(), charset)
+        return parse_content(body, content_type)
     except Exception:
         return None
 
@@ -127,20 +124,7 @@ def rendered_templates(rt: Runtime, record: IncomingRecord) -> dict[str, str]:
     if spec is None or not spec.templates:
         return {}
     payload = _parsed(record.body, record.content_type)
-    delivery = Delivery(
-        record.id,
-        record.hook_id,
-        record.received_at,
-        record.content_type,
-        record.body,
-        payload,
-        record.headers,
-        record.query,
-        record.client_ip,
-        record.session,
-        record.attempts,
-    )
-    context = context_for(delivery, spec.handler)
+    context = context_for(record.as_delivery(payload), spec.handler)
     out: dict[str, str] = {}
     for path, template in spec.templates.items():
         try:
