@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import re
@@ -31,7 +32,9 @@ class Rejected(Exception):
         self.headers = dict(headers or {})
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address parsed once per distinct text: senders repeat, parsing shows in profiles."""
     try:
         address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:

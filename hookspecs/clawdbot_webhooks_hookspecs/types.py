@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import random
 import secrets
@@ -27,10 +28,14 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _RANDOM = random.Random(secrets.token_bytes(32))
 
 
+@functools.lru_cache(maxsize=4)
+def _time_head(ms: int) -> str:
+    return "".join(_ALPHABET[(ms >> shift) & 31] for shift in range(45, -5, -5))
+
+
 def new_id(prefix: str) -> str:
-    """A sortable, unguessable id: ``prefix_`` + 10 chars of milliseconds + 16 random chars."""
-    ms = int(time.time() * 1000)
-    head = "".join(_ALPHABET[(ms >> shift) & 31] for shift in range(45, -5, -5))
+    """A sortable, unique id: ``prefix_`` + 10 chars of milliseconds + 16 random chars."""
+    head = _time_head(int(time.time() * 1000))  # ids made in the same millisecond share it
     # Ids must be unique, not secret: 80 bits from a generator seeded once from the system's
     # randomness cost a fraction of a system call per id.
     tail = base64.b32encode(_RANDOM.getrandbits(80).to_bytes(10, "big")).decode().lower()
@@ -39,8 +44,12 @@ def new_id(prefix: str) -> str:
 
 def utc_timestamp(epoch: float | None = None) -> str:
     """ISO 8601 in UTC with a ``Z``, second precision, as in the outgoing payloads."""
-    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _second(int(time.time() if epoch is None else epoch))
+
+
+@functools.lru_cache(maxsize=8)
+def _second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Template(fields.String):
