@@ -19,7 +19,7 @@ from .pipeline import Pipeline
 from .plugins import PluginSet
 from .sessions import Sessions
 from .store import Store, open_store
-from .upkeep import renew_forever, retain_forever
+from .upkeep import forget_forever, renew_forever, retain_forever
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,11 @@ class Runtime:
                     retain_forever(self.store, self.settings.retention_delivered),
                     name="retention",
                 )
+            )
+        window = self.settings.incoming["dedupWindow"]
+        if window > 0:
+            self._upkeep.append(
+                asyncio.create_task(forget_forever(self.store, window), name="dedup-window")
             )
         self.accepting = True
 

@@ -11,7 +11,6 @@ nobody without the secret can use up a sender's allowance.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +20,7 @@ from aiohttp import web
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
 
 from .config import HandlerSpec
-from .dedup import dedup_key, prune_forever
+from .dedup import dedup_key
 from .incoming import Rejected, client_ip, ip_allowed, parse_content, read_body, stored_headers
 from .metrics import counting_middleware, metrics_view
 from .ratelimit import Limits, retry_after
@@ -246,18 +245,7 @@ def make_app(runtime: Runtime) -> web.Application:
     async def stop_accepting(app: web.Application) -> None:
         runtime.accepting = False
 
-    async def dedup_pruning(app: web.Application) -> AsyncIterator[None]:
-        # After ``lifecycle`` (the store is open), stopped before it.
-        window = incoming["dedupWindow"]
-        task = asyncio.create_task(prune_forever(runtime.store, window)) if window > 0 else None
-        yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     app.cleanup_ctx.append(lifecycle)
-    app.cleanup_ctx.append(dedup_pruning)
     app.on_shutdown.append(stop_accepting)
     base = incoming["basePath"].rstrip("/")
     app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)

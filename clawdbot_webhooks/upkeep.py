@@ -1,4 +1,5 @@
-"""Background upkeep of the store while a server runs: the lease heartbeat and retention.
+"""Background upkeep of the store while a server runs: the lease heartbeat, retention, and
+forgetting delivery ids older than the dedup window.
 
 The heartbeat extends the leases of the deliveries this process is working on, so a lease
 can be short (a crashed process's work is taken over soon after) while a long action or a
@@ -34,8 +35,21 @@ async def renew_forever(store: Store, held: Held, lease: float) -> None:
 
 
 def retention_interval(age: float) -> float:
-    """How often finished deliveries are pruned: a tenth of the age, between 1 s and 1 h."""
+    """How often old rows are pruned: a tenth of their age limit, between 1 s and 1 h."""
     return min(3600.0, max(1.0, age / 10))
+
+
+async def forget_forever(store: Store, window: float) -> None:
+    """Let go of dedup keys older than ``window`` now and then, so the index stays small (a
+    collision with an older key is let through by the store whether or not this has run)."""
+    while True:
+        try:
+            forgotten = await store.prune_dedup(time.time() - window)
+            if forgotten:
+                log.debug("forgot %d delivery ids older than %gs", forgotten, window)
+        except Exception as exc:  # the store is closing or briefly unavailable: next round
+            log.warning("could not prune old delivery ids: %s", exc)
+        await asyncio.sleep(retention_interval(window))
 
 
 async def retain_forever(store: Store, age: float) -> None:
