@@ -78,6 +78,12 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._running: set[str] = set()
+        #: Deliveries held in memory (running or waiting for a slot) at most; beyond that the
+        #: store is the queue, so a long burst costs disk, not memory.
+        self._max_held = settings.incoming["concurrency"] * 4
+        #: Set while stored deliveries wait for the poller: new ones queue behind them.
+        self._backlog = False
+        self._reserved = 0
         self._closing = False
         self.lease = settings.lease_seconds
         #: Set by the runtime: times each action by hook and outcome (``metrics.Metrics``).
@@ -108,6 +114,33 @@ class Pipeline:
 
     # -- intake
 
+    async def accept(
+        self, record: IncomingRecord, payload: Any, *, sync: bool, dedup_since: float
+    ) -> tuple[bool, asyncio.Future[Any] | None]:
+        """Store a new delivery durably, then run it now or leave it to the poller.
+
+        It runs at once (stored leased to this process) while fewer than ``_max_held``
+        deliveries are held in memory; past that it is stored unleased and waits behind the
+        backlog, in arrival order, so a long burst costs disk, not memory. A ``sync`` one
+        always runs now: its caller waits, and open connections bound how many do.
+        Returns whether it was stored (False: a duplicate) and, for ``sync``, its result.
+        """
+        run_now = not self._closing and (
+            sync or (not self._backlog and len(self._tasks) + self._reserved < self._max_held)
+        )
+        if not run_now and not self._closing:
+            self._backlog = True
+        self._reserved += run_now  # held for it while the insert is under way
+        try:
+            stored = await self._store.add_incoming(
+                record, self.lease if run_now else 0.0, dedup_since=dedup_since
+            )
+        finally:
+            self._reserved -= run_now
+        if not stored or not run_now:
+            return stored, None
+        return True, self.submit(record, payload, wait=sync)
+
     def submit(
         self, record: IncomingRecord, payload: Any = None, *, wait: bool = False
     ) -> asyncio.Future[Any] | None:
@@ -121,6 +154,11 @@ class Pipeline:
             self._waiters[record.id] = waiter
         self._spawn(record, payload)
         return waiter
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether new deliveries are waiting in the store for a place in memory."""
+        return self._backlog
 
     def held_ids(self) -> list[str]:
         """Deliveries this process has claimed and not finished (the heartbeat renews them)."""
@@ -141,12 +179,16 @@ class Pipeline:
         """Pick up stored work that is due: retries, and work left by a stopped process."""
         while not self._closing:
             try:
-                free = max(0, self.settings.incoming["concurrency"] * 4 - len(self._tasks))
+                free = max(0, self._max_held - len(self._tasks))
                 if free:
-                    for record in await self._store.claim_incoming(free, self.lease):
+                    claimed = await self._store.claim_incoming(free, self.lease)
+                    for record in claimed:
                         if record.id not in self._running:
                             self._spawn(record)
-                due = await self._store.next_incoming_due()
+                    if len(claimed) < free:
+                        self._backlog = False  # the store holds nothing more that is due
+                # With a backlog, the next claim comes when a place frees up (``wake``).
+                due = None if self._backlog else await self._store.next_incoming_due()
             except Exception:
                 log.exception("could not read the inbox; trying again")
                 due = None
@@ -180,6 +222,8 @@ class Pipeline:
         finally:
             self._running.discard(record.id)
             self._in_flight[record.hook_id] -= 1
+            if self._backlog:
+                self.wake()  # a place is free: the poller takes the next stored one
 
     async def _attempt(self, record: IncomingRecord, spec: HandlerSpec, payload: Any) -> None:
         handler = spec.handler

@@ -150,9 +150,11 @@ async def receive(request: web.Request) -> web.StreamResponse:
             dedup_key=dedup,
         )
         record.session = _session_for(spec, record, payload)
+        assert rt.pipeline is not None
+        sync = spec.handler.mode == "sync"
         try:
-            stored = await rt.store.add_incoming(
-                record, rt.settings.lease_seconds, dedup_since=record.received_at - window
+            stored, waiter = await rt.pipeline.accept(
+                record, payload, sync=sync, dedup_since=record.received_at - window
             )
             original = (
                 None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
@@ -166,9 +168,6 @@ async def receive(request: web.Request) -> web.StreamResponse:
         return error(exc.status, exc.message, exc.headers)
     if not stored:
         return web.json_response({"ok": True, "duplicate": True, "id": original}, status=200)
-    assert rt.pipeline is not None
-    sync = spec.handler.mode == "sync"
-    waiter = rt.pipeline.submit(record, payload, wait=sync)
     answer: dict[str, Any] = {"ok": True, "id": record.id, "session": record.session}
     if waiter is not None:
         try:

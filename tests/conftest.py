@@ -64,6 +64,7 @@ BOTH_BACKENDS = {
     "test_dlq_cli",
     "test_scale_out",
     "test_storage",
+    "test_backlog",
 }
 #: Leases in PostgreSQL tests: short, so work a killed process held is taken over quickly.
 TEST_LEASE_SECONDS = 3.0
