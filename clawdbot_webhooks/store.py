@@ -363,6 +363,49 @@ def delivery_listing(kind: str, query: DeliveryQuery) -> tuple[str, list[Any]]:
     return sql, [*args, query.limit]
 
 
+class EndpointStats:
+    """``delivery_stats`` rows gathered the same way on every backend: per target of each
+    direction, deliveries by status; for outgoing ones the attempts, how many succeeded, and
+    the latest error."""
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _entry(self, kind: str, target: str) -> dict[str, Any]:
+        return self._stats.setdefault(
+            (kind, target),
+            {
+                "kind": kind,
+                "target": target,
+                "statuses": {},
+                "attempts": 0,
+                "succeeded": 0,
+                "last_error": None,
+                "last_error_at": None,
+            },
+        )
+
+    def statuses(self, kind: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Rows of (target, status, count)."""
+        for target, status, n in rows:
+            self._entry(kind, target)["statuses"][status] = n
+
+    def attempts(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Rows of (subscription, attempts, succeeded)."""
+        for sub, n, ok in rows:
+            entry = self._entry("outgoing", sub)
+            entry["attempts"], entry["succeeded"] = n, int(ok or 0)
+
+    def last_errors(self, kind: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Rows of (target, error, at)."""
+        for target, error, at in rows:
+            entry = self._entry(kind, target)
+            entry["last_error"], entry["last_error_at"] = error, at
+
+    def result(self) -> list[dict[str, Any]]:
+        return list(self._stats.values())
+
+
 class SQLiteStore(SQLiteWriter):
     """The store on SQLite in WAL mode (see ``SQLiteWriter`` for the group commit)."""
 
@@ -923,49 +966,39 @@ class SQLiteStore(SQLiteWriter):
         outgoing ones the attempts, how many succeeded, and the latest failed attempt."""
 
         def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            stats: dict[tuple[str, str], dict[str, Any]] = {}
-
-            def entry(kind: str, target: str) -> dict[str, Any]:
-                return stats.setdefault(
-                    (kind, target),
-                    {
-                        "kind": kind,
-                        "target": target,
-                        "statuses": {},
-                        "attempts": 0,
-                        "succeeded": 0,
-                        "last_error": None,
-                        "last_error_at": None,
-                    },
-                )
-
+            stats = EndpointStats()
             for kind, (table, target, created) in _KIND_COLUMNS.items():
-                for name, status, n in conn.execute(
-                    f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=? "
-                    "GROUP BY 1, 2",
+                stats.statuses(
+                    kind,
+                    conn.execute(
+                        f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=? "
+                        "GROUP BY 1, 2",
+                        (since,),
+                    ),
+                )
+            stats.attempts(
+                conn.execute(
+                    "SELECT o.subscription_id, COUNT(*), SUM(a.status BETWEEN 200 AND 299) "
+                    "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=? "
+                    "GROUP BY 1",
                     (since,),
-                ):
-                    entry(kind, name)["statuses"][status] = n
-            for sub, n, ok in conn.execute(
-                "SELECT o.subscription_id, COUNT(*), SUM(a.status BETWEEN 200 AND 299) "
-                "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=? GROUP BY 1",
-                (since,),
-            ):
-                e = entry("outgoing", sub)
-                e["attempts"], e["succeeded"] = n, int(ok or 0)
-            for sub, error, at in conn.execute(
-                "SELECT o.subscription_id, a.error, MAX(a.at) FROM attempts a "
-                "JOIN outbox o ON o.id=a.delivery_id WHERE a.error IS NOT NULL GROUP BY 1"
-            ):
-                e = entry("outgoing", sub)
-                e["last_error"], e["last_error_at"] = error, at
-            for hook, error, at in conn.execute(
-                "SELECT hook_id, last_error, MAX(COALESCE(finished_at, received_at)) FROM inbox "
-                "WHERE last_error IS NOT NULL GROUP BY 1"
-            ):
-                e = entry("incoming", hook)
-                e["last_error"], e["last_error_at"] = error, at
-            return list(stats.values())
+                )
+            )
+            stats.last_errors(
+                "outgoing",
+                conn.execute(
+                    "SELECT o.subscription_id, a.error, MAX(a.at) FROM attempts a "
+                    "JOIN outbox o ON o.id=a.delivery_id WHERE a.error IS NOT NULL GROUP BY 1"
+                ),
+            )
+            stats.last_errors(
+                "incoming",
+                conn.execute(
+                    "SELECT hook_id, last_error, MAX(COALESCE(finished_at, received_at)) "
+                    "FROM inbox WHERE last_error IS NOT NULL GROUP BY 1"
+                ),
+            )
+            return stats.result()
 
         return await self._do(op)
 

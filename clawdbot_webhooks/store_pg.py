@@ -40,6 +40,7 @@ from .store import (
     DeadLetter,
     DeliveryQuery,
     DeliverySummary,
+    EndpointStats,
     IncomingRecord,
     Migration,
     OutgoingOutcome,
@@ -879,52 +880,42 @@ class PostgresStore:
 
     async def delivery_stats(self, since: float) -> list[dict[str, Any]]:
         async def op(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-            stats: dict[tuple[str, str], dict[str, Any]] = {}
-
-            def entry(kind: str, target: str) -> dict[str, Any]:
-                return stats.setdefault(
-                    (kind, target),
-                    {
-                        "kind": kind,
-                        "target": target,
-                        "statuses": {},
-                        "attempts": 0,
-                        "succeeded": 0,
-                        "last_error": None,
-                        "last_error_at": None,
-                    },
-                )
-
+            stats = EndpointStats()
             for kind, (table, target, created) in _KIND_COLUMNS.items():
-                for name, status, n in await conn.fetch(
-                    f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=$1 "
-                    "GROUP BY 1, 2",
+                stats.statuses(
+                    kind,
+                    await conn.fetch(
+                        f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=$1 "
+                        "GROUP BY 1, 2",
+                        since,
+                    ),
+                )
+            stats.attempts(
+                await conn.fetch(
+                    "SELECT o.subscription_id, COUNT(*), "
+                    "COUNT(*) FILTER (WHERE a.status BETWEEN 200 AND 299) "
+                    "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=$1 "
+                    "GROUP BY 1",
                     since,
-                ):
-                    entry(kind, name)["statuses"][status] = n
-            for sub, n, ok in await conn.fetch(
-                "SELECT o.subscription_id, COUNT(*), "
-                "COUNT(*) FILTER (WHERE a.status BETWEEN 200 AND 299) "
-                "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=$1 GROUP BY 1",
-                since,
-            ):
-                e = entry("outgoing", sub)
-                e["attempts"], e["succeeded"] = n, int(ok or 0)
-            for sub, error, at in await conn.fetch(
-                "SELECT DISTINCT ON (o.subscription_id) o.subscription_id, a.error, a.at "
-                "FROM attempts a JOIN outbox o ON o.id=a.delivery_id "
-                "WHERE a.error IS NOT NULL ORDER BY o.subscription_id, a.at DESC"
-            ):
-                e = entry("outgoing", sub)
-                e["last_error"], e["last_error_at"] = error, at
-            for hook, error, at in await conn.fetch(
-                "SELECT DISTINCT ON (hook_id) hook_id, last_error, "
-                "COALESCE(finished_at, received_at) FROM inbox WHERE last_error IS NOT NULL "
-                "ORDER BY hook_id, COALESCE(finished_at, received_at) DESC"
-            ):
-                e = entry("incoming", hook)
-                e["last_error"], e["last_error_at"] = error, at
-            return list(stats.values())
+                )
+            )
+            stats.last_errors(
+                "outgoing",
+                await conn.fetch(
+                    "SELECT DISTINCT ON (o.subscription_id) o.subscription_id, a.error, a.at "
+                    "FROM attempts a JOIN outbox o ON o.id=a.delivery_id "
+                    "WHERE a.error IS NOT NULL ORDER BY o.subscription_id, a.at DESC"
+                ),
+            )
+            stats.last_errors(
+                "incoming",
+                await conn.fetch(
+                    "SELECT DISTINCT ON (hook_id) hook_id, last_error, "
+                    "COALESCE(finished_at, received_at) FROM inbox WHERE last_error IS NOT NULL "
+                    "ORDER BY hook_id, COALESCE(finished_at, received_at) DESC"
+                ),
+            )
+            return stats.result()
 
         return await self._run(op, transaction=False)
 

@@ -125,3 +125,51 @@ async def test_concurrent_startups_apply_each_migration_once(storage) -> None:
         assert status.pending == []
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_endpoint_stats_and_listings(start_server, make_sink) -> None:
+    """What the dashboard's health tables and lists read, the same on both backends."""
+    good, bad = await make_sink(), await make_sink(default=500)
+    retry = {"maxAttempts": 2, "initialDelay": 0.01, "jitter": False}
+    srv = await start_server(
+        {
+            "handlers": [
+                {"id": "ok", "action": "run_agent", "agentId": "a", "template": "x"},
+                {"id": "boom", "action": "forward", "url": bad.url, "retry": retry},
+            ],
+            "outgoing": [
+                {"id": "good", "url": good.url, "events": ["agent_response"]},
+                {"id": "bad", "url": bad.url, "events": ["agent_response"], "retry": retry},
+            ],
+        }
+    )
+    since = time.time() - 1
+    await srv.post("ok", {})
+    await srv.post("boom", {})
+    await srv.idle()
+    await good.wait_for(1)
+    deadline = time.time() + 10
+    while len(await srv.runtime.store.dead_letters()) < 2:
+        assert time.time() < deadline, "the failing deliveries were not dead-lettered"
+        await asyncio.sleep(0.05)
+    stats = {(s["kind"], s["target"]): s for s in await srv.runtime.store.delivery_stats(since)}
+    assert stats[("incoming", "ok")]["statuses"] == {"done": 1}
+    assert stats[("incoming", "boom")]["statuses"] == {"dead": 1}
+    assert "forward answered 500" in stats[("incoming", "boom")]["last_error"]
+    assert (stats[("outgoing", "good")]["attempts"], stats[("outgoing", "good")]["succeeded"]) == (
+        1,
+        1,
+    )
+    assert (stats[("outgoing", "bad")]["attempts"], stats[("outgoing", "bad")]["succeeded"]) == (
+        2,
+        0,
+    )
+    assert stats[("outgoing", "bad")]["last_error"]
+    from clawdbot_webhooks.store import DeliveryQuery
+
+    dead = await srv.runtime.store.list_deliveries("outgoing", DeliveryQuery(status="dead"))
+    assert [d.target for d in dead] == ["bad"]
+    found = await srv.runtime.store.list_deliveries(
+        "incoming", DeliveryQuery(search="dlv_", limit=10)
+    )
+    assert {d.target for d in found} == {"ok", "boom"}
