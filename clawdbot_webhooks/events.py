@@ -33,11 +33,23 @@ class EventBus:
     def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
         self._pm = pm
         self._durable: list[Subscriber] = []
+        self._interest: list[Callable[[str], bool]] = []
+        # The plugins are loaded once, before the bus exists: whether any watches is fixed.
+        self._plugins_listen = pm is not None and bool(pm.hook.on_event.get_hookimpls())
         self._background: set[asyncio.Task[Any]] = set()
 
-    def subscribe(self, subscriber: Subscriber) -> None:
-        """Add a durable subscriber: ``publish`` waits for it and lets its errors through."""
+    def subscribe(
+        self, subscriber: Subscriber, wants: Callable[[str], bool] = lambda event_type: True
+    ) -> None:
+        """Add a durable subscriber: ``publish`` waits for it and lets its errors through.
+        ``wants`` says which event types it cares about."""
         self._durable.append(subscriber)
+        self._interest.append(wants)
+
+    def wants(self, event_type: str) -> bool:
+        """Whether anyone would see an event of this type. Publishers of frequent events ask
+        first, so nobody builds (ids, timestamps) what nobody reads."""
+        return self._plugins_listen or any(wants(event_type) for wants in self._interest)
 
     async def publish(self, event: Event) -> None:
         for subscriber in self._durable:

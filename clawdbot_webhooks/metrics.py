@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -211,31 +211,6 @@ def hook_label(runtime: Runtime, request: web.Request) -> str | None:
         return None
     spec = runtime.settings.routes.get(hook_id)
     return UNKNOWN_HOOK if spec is None else spec.handler.id
-
-
-def counting_middleware(runtime_of: Callable[[web.Request], Runtime]) -> Any:
-    """Counts every answer to a webhook URL by hook and status (after the JSON error
-    middleware has turned exceptions into responses)."""
-
-    @web.middleware
-    async def count(
-        request: web.Request, handler: Callable[[web.Request], Any]
-    ) -> web.StreamResponse:
-        status = 500
-        try:
-            response: web.StreamResponse = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            rt = runtime_of(request)
-            hook = hook_label(rt, request)
-            if hook is not None:
-                rt.metrics.request(hook, status)
-
-    return count
 
 
 async def metrics_view(runtime: Runtime) -> web.Response:

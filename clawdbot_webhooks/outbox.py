@@ -222,6 +222,13 @@ class Outbox:
             subs = [s for s in subs if s.id != failed]
         return subs
 
+    def wants(self, event_type: str) -> bool:
+        """Whether any subscription takes events of this type."""
+        subs = self._by_type.get(event_type)
+        if subs is None:
+            return any(s.wants(event_type) for s in self._subs.values())
+        return bool(subs)
+
     async def record(self, event: Event) -> None:
         subs = self.targets(event)
         if not subs:

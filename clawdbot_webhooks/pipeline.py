@@ -298,7 +298,7 @@ class Pipeline:
                 delivery = replace(changed, id=delivery.id, session=delivery.session)
         options = self._render(spec, delivery)
         text = options.get("template")
-        if isinstance(text, str):
+        if isinstance(text, str) and self._bus.wants("message_received"):
             await self._bus.publish(
                 Event(
                     "message_received",

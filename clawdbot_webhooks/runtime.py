@@ -37,7 +37,7 @@ class Runtime:
         )
         self.sessions = Sessions(self.bus, settings.idle_timeout)
         self.outbox = Outbox(settings.outgoing, self.store, self.bus, plugins.registries.transports)
-        self.bus.subscribe(self.outbox.record)
+        self.bus.subscribe(self.outbox.record, wants=self.outbox.wants)
         self.gateway: Gateway = self._make_gateway()
         self.metrics = Metrics()
         self.metrics.bind(self)

@@ -55,7 +55,7 @@ class Sessions:
         started = bool(live.hook_id)
         live.hook_id, live.persistent = hook_id, persistent
         live.busy += 1
-        if not started:
+        if not started and self._bus.wants("session_started"):
             await self._bus.publish(
                 Event(
                     "session_started",
@@ -85,7 +85,8 @@ class Sessions:
 
     async def _end(self, session: str, cause: str, reason: str) -> None:
         self._live.pop(session, None)
-        await self._bus.publish(self._ended(session, cause, reason))
+        if self._bus.wants("session_ended"):
+            await self._bus.publish(self._ended(session, cause, reason))
 
     def _ended(self, session: str, cause: str, reason: str) -> Event:
         return Event(
