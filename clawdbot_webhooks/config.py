@@ -30,7 +30,8 @@ from marshmallow import (
     validates_schema,
 )
 
-from .plugins import PluginSelection, PluginSet
+from .incoming import CREDENTIAL_HEADERS
+from .plugins import PluginSelection, PluginSet, load_plugins
 from .retry import BACKOFF_KINDS, RetryPolicy
 from .signing import decode_secret
 from .templates import TemplateError, compile_template, make_environment
@@ -325,7 +326,9 @@ class HandlerSpec:
     templates: dict[tuple[str, ...], Any]  # option path -> compiled template
     session_key: Any | None
     secret: str | None = field(repr=False)
-    secret_header: str | None
+    #: Lower-case request headers never stored with a delivery: they carry this handler's
+    #: credential (worked out once here, not per request).
+    credential_headers: frozenset[str]
     #: The verifier's name under ``type`` plus its loaded options (secrets: never log this).
     verify: dict[str, Any] | None = field(repr=False)
     retry: RetryPolicy
@@ -737,7 +740,7 @@ def _build_handlers(
             templates=templates,
             session_key=session_key,
             secret=base["secret"],
-            secret_header=base["secretHeader"],
+            credential_headers=_credential_headers(base, incoming or {}, verify),
             verify=verify,
             retry=_policy(base["retry"]) if base["retry"] else default_retry,
             sync_timeout=base["syncTimeout"],
@@ -746,6 +749,18 @@ def _build_handlers(
             max_pending=base["maxPending"],
         )
     return specs
+
+
+def _credential_headers(
+    base: Mapping[str, Any], incoming: Mapping[str, Any], verify: Mapping[str, Any] | None
+) -> frozenset[str]:
+    names = set(CREDENTIAL_HEADERS)
+    names.add(str(incoming.get("secretHeader") or "X-Webhook-Secret").lower())
+    if base["secretHeader"]:
+        names.add(base["secretHeader"].lower())
+    if verify is not None and verify["type"] == "shared-secret":
+        names.add(str(verify.get("header") or "X-Webhook-Secret").lower())
+    return frozenset(names)
 
 
 def _build_verify(
@@ -841,8 +856,6 @@ def _build_outgoing(
 
 def load_settings(config: str | None, plugins_for: Any = None) -> tuple[Settings, PluginSet]:
     """Find, read and validate the config, loading the plugins it selects."""
-    from .plugins import load_plugins
-
     path = find_config(config)
     raw = read_raw(path)
     extra = plugins_for or ()

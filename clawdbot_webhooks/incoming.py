@@ -183,9 +183,8 @@ def parse_body(
     )
 
 
-def stored_headers(headers: Mapping[str, str], secret_headers: Iterable[str]) -> dict[str, str]:
-    """Lower-cased request headers minus anything that carries a credential."""
-    drop = CREDENTIAL_HEADERS | {h.lower() for h in secret_headers}
+def stored_headers(headers: Mapping[str, str], drop: frozenset[str]) -> dict[str, str]:
+    """Lower-cased request headers minus ``drop`` (lower-case names of credentials)."""
     return {k.lower(): v for k, v in headers.items() if k.lower() not in drop}
 
 

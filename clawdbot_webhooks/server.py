@@ -11,6 +11,7 @@ nobody without the secret can use up a sender's allowance.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -99,15 +100,6 @@ def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, i
         raise Rejected(401, str(exc)) from exc
 
 
-def _secret_headers(rt: Runtime, spec: HandlerSpec) -> list[str]:
-    names = [rt.settings.incoming["secretHeader"]]
-    if spec.secret_header:
-        names.append(spec.secret_header)
-    if spec.verify is not None and spec.verify["type"] == "shared-secret":
-        names.append(spec.verify.get("header") or "X-Webhook-Secret")
-    return names
-
-
 async def receive(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     if request.method != "POST":
@@ -144,10 +136,11 @@ async def receive(request: web.Request) -> web.StreamResponse:
         wait = limits.handler(spec.handler.id)
         if wait:
             raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")
-        pending = rt.pipeline.in_flight(spec.handler.id) if rt.pipeline is not None else 0
+        assert rt.pipeline is not None  # set while accepting
+        pending = rt.pipeline.in_flight(spec.handler.id)
         if spec.max_pending is not None and pending >= spec.max_pending:
             raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
-        headers = stored_headers(request.headers, _secret_headers(rt, spec))
+        headers = stored_headers(request.headers, spec.credential_headers)
         window = incoming["dedupWindow"]
         dedup = dedup_key(sender_id, headers) if window > 0 else None
         record = IncomingRecord(
@@ -163,7 +156,6 @@ async def receive(request: web.Request) -> web.StreamResponse:
             dedup_key=dedup,
         )
         record.session = _session_for(spec, record, payload)
-        assert rt.pipeline is not None
         sync = spec.handler.mode == "sync"
         try:
             stored, waiter = await rt.pipeline.accept(
@@ -185,7 +177,7 @@ async def receive(request: web.Request) -> web.StreamResponse:
     if waiter is not None:
         try:
             answer["result"] = await asyncio.wait_for(asyncio.shield(waiter), spec.sync_timeout)
-            return web.json_response(answer, status=200, dumps=_dumps)
+            return web.json_response(answer, status=200, dumps=json_dumps)
         except TimeoutError:
             answer["pending"] = True
         except Exception as exc:
@@ -193,9 +185,8 @@ async def receive(request: web.Request) -> web.StreamResponse:
     return web.json_response(answer, status=202)
 
 
-def _dumps(value: Any) -> str:
-    import json
-
+def json_dumps(value: Any) -> str:
+    """For answers that carry what actions and payloads returned: anything, readable UTF-8."""
     return json.dumps(value, default=str, ensure_ascii=False)
 
 

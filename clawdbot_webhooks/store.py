@@ -601,14 +601,19 @@ class SQLiteStore(SQLiteWriter):
 
         return await self._do(op)
 
-    async def next_incoming_due(self) -> float | None:
+    async def _next_due(self, table: str) -> float | None:
+        """When the first pending row of ``table`` may be claimed (due and its lease free)."""
+
         def op(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
-                "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM inbox WHERE status='pending'"
+                f"SELECT MIN(MAX(next_attempt_at, lease_until)) FROM {table} WHERE status='pending'"
             ).fetchone()
             return None if row[0] is None else float(row[0])
 
         return await self._do(op)
+
+    async def next_incoming_due(self) -> float | None:
+        return await self._next_due("inbox")
 
     async def finish_incoming(
         self,
@@ -817,13 +822,7 @@ class SQLiteStore(SQLiteWriter):
         return await self._do(op)
 
     async def next_outgoing_due(self) -> float | None:
-        def op(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM outbox WHERE status='pending'"
-            ).fetchone()
-            return None if row[0] is None else float(row[0])
-
-        return await self._do(op)
+        return await self._next_due("outbox")
 
     async def finish_outgoing(
         self,

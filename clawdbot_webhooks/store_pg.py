@@ -442,15 +442,20 @@ class PostgresStore:
 
         return await self._run(op)
 
-    async def next_incoming_due(self) -> float | None:
+    async def _next_due(self, table: str) -> float | None:
+        """When the first pending row of ``table`` may be claimed (due and its lease free)."""
+
         async def op(conn: asyncpg.Connection) -> float | None:
             due = await conn.fetchval(
-                "SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM inbox "
+                f"SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM {table} "
                 "WHERE status='pending'"
             )
             return None if due is None else float(due)
 
         return await self._run(op, transaction=False)
+
+    async def next_incoming_due(self) -> float | None:
+        return await self._next_due("inbox")
 
     async def finish_incoming(
         self,
@@ -655,14 +660,7 @@ class PostgresStore:
         return await self._run(op)
 
     async def next_outgoing_due(self) -> float | None:
-        async def op(conn: asyncpg.Connection) -> float | None:
-            due = await conn.fetchval(
-                "SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM outbox "
-                "WHERE status='pending'"
-            )
-            return None if due is None else float(due)
-
-        return await self._run(op, transaction=False)
+        return await self._next_due("outbox")
 
     async def finish_outgoing(
         self,

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..incoming import parse_content
 from ..runtime import Runtime
+from ..server import json_dumps
 from ..store import DeliveryQuery, DeliverySummary, IncomingRecord, OutgoingRecord
 from ..templates import context_for
 
@@ -291,7 +292,7 @@ async def show_incoming(request: web.Request) -> web.Response:
     record = await rt.store.get_incoming(request.match_info["id"])
     if record is None:
         return fail(404, "no such incoming delivery")
-    return web.json_response(await incoming_view(rt, record), dumps=_dumps)
+    return web.json_response(await incoming_view(rt, record), dumps=json_dumps)
 
 
 async def show_outgoing(request: web.Request) -> web.Response:
@@ -299,7 +300,7 @@ async def show_outgoing(request: web.Request) -> web.Response:
     record = await rt.store.get_outgoing(request.match_info["id"])
     if record is None:
         return fail(404, "no such outgoing delivery")
-    return web.json_response(await outgoing_view(rt, record), dumps=_dumps)
+    return web.json_response(await outgoing_view(rt, record), dumps=json_dumps)
 
 
 async def replay_incoming(request: web.Request) -> web.Response:
@@ -426,7 +427,3 @@ async def stats_throughput(request: web.Request) -> web.Response:
     start = (now - window) // bucket * bucket
     rows = await rt.store.throughput(start, bucket)
     return web.json_response({"start": start, "end": now, "bucket": bucket, "items": rows})
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str, ensure_ascii=False)
