@@ -22,7 +22,6 @@ the bridge's call id, so a retried POST yields the same event id.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from clawdbot_webhooks_hookspecs import Event, utc_timestamp
 
+from .builtin.verifiers import bearer_token, matches_any
 from .events import derived_event_id
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,8 @@ class IngressError(Exception):
 
 
 def authorized(header: str | None, token: str) -> bool:
-    scheme, _, given = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    given = bearer_token(header)
+    return given is not None and matches_any(given, [token])
 
 
 def _timestamp(value: Any) -> str:

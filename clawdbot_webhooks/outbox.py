@@ -405,9 +405,9 @@ class Outbox:
         latency = (time.monotonic() - started) * 1000
         rec.attempts += 1
         verdict = classify(response, sub.retry_on_4xx)
+        retrying = verdict.outcome == "retry" and not sub.retry.gives_up_after(rec.attempts)
         if self.metrics is not None:
-            gives_up = verdict.outcome != "retry" or sub.retry.gives_up_after(rec.attempts)
-            label = "delivered" if verdict.outcome == "done" else "dead" if gives_up else "retry"
+            label = "delivered" if verdict.outcome == "done" else "retry" if retrying else "dead"
             self.metrics.outgoing_attempt(sub.id, label, latency / 1000)
         attempt = Attempt(
             rec.id,
@@ -429,7 +429,7 @@ class Outbox:
             )
             self._finisher.put(OutgoingOutcome(rec.id, "done", rec.attempts, attempt=attempt))
             return verdict
-        if verdict.outcome == "retry" and not sub.retry.gives_up_after(rec.attempts):
+        if retrying:
             delay = sub.retry.delay(rec.attempts)
             if verdict.retry_after is not None:
                 # The endpoint said when: that wins over the policy, within reason.

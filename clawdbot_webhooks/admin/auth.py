@@ -16,6 +16,7 @@ import time
 
 from aiohttp import web
 
+from ..builtin.verifiers import bearer_token
 from ..logs import Redactor
 
 COOKIE = "clawdbot_admin"
@@ -50,8 +51,8 @@ class AdminAuth:
         return hmac.compare_digest(mac.encode(), self._mac(int(stamp)).encode())
 
     def bearer_ok(self, request: web.Request) -> bool:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and bool(token) and self.token_matches(token.strip())
+        token = bearer_token(request.headers.get("Authorization"))
+        return token is not None and self.token_matches(token)
 
     def cookie_ok(self, request: web.Request) -> bool:
         return self.session_valid(request.cookies.get(COOKIE))

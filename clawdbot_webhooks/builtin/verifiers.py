@@ -72,6 +72,13 @@ def matches_any(given: str, secrets: list[str]) -> bool:
     return any_equal([digest], (hashlib.sha256(s.encode()).digest() for s in secrets))
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def _hmac(algorithm: str, key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, _ALGORITHMS[algorithm]).digest()
 
@@ -165,11 +172,10 @@ class Bearer:
         pass
 
     def verify(self, request: SignedRequest, options: Mapping[str, Any]) -> str | None:
-        value = request.headers.get("authorization", "")
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
             raise VerificationError("missing Authorization: Bearer token")
-        if not matches_any(token.strip(), _secrets(options)):
+        if not matches_any(token, _secrets(options)):
             raise VerificationError("wrong bearer token")
         return None
 
