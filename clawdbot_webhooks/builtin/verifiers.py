@@ -5,6 +5,10 @@ validates them at load time and hands ``verify`` the *loaded* options) and a ``v
 options)`` that raises ``VerificationError`` to refuse, or returns the sender's delivery id so
 a redelivery is recognised.
 
+Each also has ``sign(body, options, now)``: the headers its provider would send, made with the
+first secret, so ``clawdbot-webhooks send-test`` can fire a request that passes the real check;
+signing and checking share one computation per scheme.
+
 Rules every scheme here keeps: every secret in ``secrets`` is tried (rotation) and every
 comparison is constant-time and never stops at the first match; a timestamp outside
 ``tolerance`` seconds of ``request.now`` is refused (replay); error messages never contain a
@@ -18,6 +22,7 @@ import hashlib
 import hmac
 import json
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -52,6 +57,10 @@ def _secrets(options: Mapping[str, Any]) -> list[str]:
     if secret and secret not in found:
         found.insert(0, secret)
     return found
+
+
+def _first_secret(options: Mapping[str, Any]) -> str:
+    return _secrets(options)[0]
 
 
 def any_equal(given: Iterable[bytes], expected: Iterable[bytes]) -> bool:
@@ -164,6 +173,9 @@ class SharedSecret:
             raise VerificationError(f"wrong secret in {header} header")
         return None
 
+    def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
+        return {options.get("header") or "X-Webhook-Secret": _first_secret(options)}
+
 
 class Bearer:
     """``Authorization: Bearer <token>``, as Clawdbot's own hooks use."""
@@ -179,6 +191,9 @@ class Bearer:
             raise VerificationError("wrong bearer token")
         return None
 
+    def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer {_first_secret(options)}"}
+
 
 class GitHub:
     """``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``; the delivery id is
@@ -193,12 +208,22 @@ class GitHub:
         scheme, _, digest = given.partition("=")
         if scheme.lower() != "sha256" or not digest:
             raise VerificationError(f"{header} must look like sha256=<hex>")
-        expected = (
-            _hmac("sha256", s.encode(), request.body).hex().encode() for s in _secrets(options)
-        )
+        expected = (self._digest(s, request.body).encode() for s in _secrets(options))
         if not any_equal([digest.strip().lower().encode("utf-8", "replace")], expected):
             raise VerificationError(f"{header} does not match the body")
         return request.headers.get("x-github-delivery") or None
+
+    @staticmethod
+    def _digest(secret: str, body: bytes) -> str:
+        return _hmac("sha256", secret.encode(), body).hex()
+
+    def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
+        header = options.get("header") or "X-Hub-Signature-256"
+        return {
+            header: "sha256=" + self._digest(_first_secret(options), body),
+            "X-GitHub-Event": "ping",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+        }
 
 
 class StandardWebhooks:
@@ -236,6 +261,14 @@ class StandardWebhooks:
             raise VerificationError(f"no valid signature in {prefix}signature")
         return msg_id
 
+    def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign_standard(_first_secret(options), msg_id, now, body),
+        }
+
 
 class Stripe:
     """``Stripe-Signature: t=<ts>,v1=<hex>[,v1=<hex>...]``: HMAC-SHA256 of ``t.body`` keyed by
@@ -257,11 +290,18 @@ class Stripe:
             raise VerificationError("Stripe-Signature must carry t= and v1=")
         tolerance = float(options.get("tolerance", DEFAULT_TOLERANCE))
         stamp = check_timestamp(stamp, request, tolerance, "Stripe-Signature timestamp")
-        signed = f"{stamp}.".encode() + request.body
-        expected = (_hmac("sha256", s.encode(), signed).hex().encode() for s in _secrets(options))
+        expected = (self._digest(s, stamp, request.body).encode() for s in _secrets(options))
         if not any_equal(given, expected):
             raise VerificationError("Stripe-Signature does not match the body")
         return _json_field(request.body, "id")
+
+    @staticmethod
+    def _digest(secret: str, stamp: str, body: bytes) -> str:
+        return _hmac("sha256", secret.encode(), f"{stamp}.".encode() + body).hex()
+
+    def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
+        digest = self._digest(_first_secret(options), str(now), body)
+        return {"Stripe-Signature": f"t={now},v1={digest}"}
 
 
 class Slack:
@@ -280,13 +320,20 @@ class Slack:
             tolerance,
             "X-Slack-Request-Timestamp",
         )
-        signed = f"v0:{stamp}:".encode() + request.body
-        expected = (
-            b"v0=" + _hmac("sha256", s.encode(), signed).hex().encode() for s in _secrets(options)
-        )
+        expected = (self._signature(s, stamp, request.body).encode() for s in _secrets(options))
         if not any_equal([given.lower().encode("utf-8", "replace")], expected):
             raise VerificationError("X-Slack-Signature does not match the body")
         return _json_field(request.body, "event_id")
+
+    @staticmethod
+    def _signature(secret: str, stamp: str, body: bytes) -> str:
+        return "v0=" + _hmac("sha256", secret.encode(), f"v0:{stamp}:".encode() + body).hex()
+
+    def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
+        return {
+            "X-Slack-Request-Timestamp": str(now),
+            "X-Slack-Signature": self._signature(_first_secret(options), str(now), body),
+        }
 
 
 class GenericHMAC:
@@ -337,24 +384,38 @@ class GenericHMAC:
             name = options["timestampHeader"]
             tolerance = float(options.get("tolerance", DEFAULT_TOLERANCE))
             stamp = check_timestamp(_header(request, name), request, tolerance, name)
-        shape = options.get("signedPayload") or "{body}"
-        before, _, after = shape.partition("{body}")
-        signed = (
-            before.replace("{timestamp}", stamp).encode()
-            + request.body
-            + after.replace("{timestamp}", stamp).encode()
-        )
-        algorithm = options.get("algorithm") or "sha256"
         hexed = options.get("encoding", "hex") == "hex"
-        expected = []
-        for secret in _secrets(options):
-            digest = _hmac(algorithm, secret.encode(), signed)
-            expected.append(digest.hex().encode() if hexed else base64.b64encode(digest))
+        expected = (
+            self._digest(options, s, stamp, request.body).encode() for s in _secrets(options)
+        )
         given = value.lower() if hexed else value
         if not any_equal([given.encode("utf-8", "replace")], expected):
             raise VerificationError(f"{header} does not match the body")
         id_header = options.get("idHeader")
         return (request.headers.get(id_header.lower()) or None) if id_header else None
+
+    @staticmethod
+    def _digest(options: Mapping[str, Any], secret: str, stamp: str, body: bytes) -> str:
+        """The encoded HMAC of the signed payload (``signedPayload`` with ``{timestamp}``)."""
+        before, _, after = (options.get("signedPayload") or "{body}").partition("{body}")
+        signed = (
+            before.replace("{timestamp}", stamp).encode()
+            + body
+            + after.replace("{timestamp}", stamp).encode()
+        )
+        digest = _hmac(options.get("algorithm") or "sha256", secret.encode(), signed)
+        hexed = options.get("encoding", "hex") == "hex"
+        return digest.hex() if hexed else base64.b64encode(digest).decode()
+
+    def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
+        stamp = str(now) if options.get("timestampHeader") else ""
+        digest = self._digest(options, _first_secret(options), stamp, body)
+        headers = {options["header"]: (options.get("prefix") or "") + digest}
+        if stamp:
+            headers[options["timestampHeader"]] = stamp
+        if options.get("idHeader"):
+            headers[options["idHeader"]] = f"test_{uuid.uuid4().hex}"
+        return headers
 
 
 @hookimpl

@@ -281,6 +281,9 @@ class Verifier(Protocol):
 
     ``verify`` raises ``VerificationError`` to refuse; it may return the provider's delivery id
     (``webhook-id``, ``X-GitHub-Delivery`` …) so duplicates are recognised.
+
+    Optional: ``def sign(body, options, now) -> dict[str, str]``, the headers a sender would add
+    to ``body`` at Unix time ``now``; ``clawdbot-webhooks send-test`` uses it.
     """
 
     schema: type[Schema]
