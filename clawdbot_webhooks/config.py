@@ -222,13 +222,6 @@ class SubscriptionSchema(Strict):
                 raise ValidationError(str(exc), "secret") from None
 
 
-class GatewaySchema(Schema):
-    class Meta:
-        unknown = EXCLUDE  # the gateway's own options, checked by its schema when it has one
-
-    type = fields.String(load_default="local")
-
-
 class Age(fields.Field[float]):
     """Seconds, given as a number or as ``"90m"`` / ``"12h"`` / ``"7d"``."""
 

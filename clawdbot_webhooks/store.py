@@ -824,34 +824,6 @@ class SQLiteStore(SQLiteWriter):
     async def next_outgoing_due(self) -> float | None:
         return await self._next_due("outbox")
 
-    async def finish_outgoing(
-        self,
-        delivery_id: str,
-        status: str,
-        *,
-        attempts: int,
-        error: str | None = None,
-        retry_at: float | None = None,
-        attempt: Attempt | None = None,
-    ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE outbox SET status=?, attempts=?, last_error=?, next_attempt_at=?, "
-                "lease_until=0, finished_at=? WHERE id=?",
-                (
-                    status,
-                    attempts,
-                    error,
-                    retry_at or 0,
-                    None if status == "pending" else time.time(),
-                    delivery_id,
-                ),
-            )
-            if attempt is not None:
-                _insert_attempt(conn, attempt)
-
-        await self._do(op)
-
     async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
         def op(conn: sqlite3.Connection) -> OutgoingRecord | None:
             row = conn.execute(
@@ -860,9 +832,6 @@ class SQLiteStore(SQLiteWriter):
             return None if row is None else _outgoing(row)
 
         return await self._do(op)
-
-    async def record_attempt(self, attempt: Attempt) -> None:
-        await self._do(lambda conn: _insert_attempt(conn, attempt))
 
     async def attempts(self, delivery_id: str) -> list[Attempt]:
         def op(conn: sqlite3.Connection) -> list[Attempt]:
@@ -1062,13 +1031,6 @@ def _migrate_sqlite(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
-def _insert_attempt(conn: sqlite3.Connection, a: Attempt) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?)",
-        (a.delivery_id, a.number, a.at, a.status, a.latency_ms, a.response, a.error),
-    )
-
-
 class Store(Protocol):
     """The storage interface: everything the runtime, outbox, dead-letter CLI, admin API and
     ``db`` commands ask of a backend. ``SQLiteStore`` and ``store_pg.PostgresStore`` implement
@@ -1120,18 +1082,7 @@ class Store(Protocol):
         self, ids: Sequence[str], lease: float
     ) -> list[OutgoingRecord]: ...
     async def next_outgoing_due(self) -> float | None: ...
-    async def finish_outgoing(
-        self,
-        delivery_id: str,
-        status: str,
-        *,
-        attempts: int,
-        error: str | None = None,
-        retry_at: float | None = None,
-        attempt: Attempt | None = None,
-    ) -> None: ...
     async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None: ...
-    async def record_attempt(self, attempt: Attempt) -> None: ...
     async def attempts(self, delivery_id: str) -> list[Attempt]: ...
 
     # leases and retention

@@ -662,22 +662,6 @@ class PostgresStore:
     async def next_outgoing_due(self) -> float | None:
         return await self._next_due("outbox")
 
-    async def finish_outgoing(
-        self,
-        delivery_id: str,
-        status: str,
-        *,
-        attempts: int,
-        error: str | None = None,
-        retry_at: float | None = None,
-        attempt: Attempt | None = None,
-    ) -> None:
-        await self.finish_outgoing_many(
-            [OutgoingOutcome(delivery_id, status, attempts, error, retry_at, 0.0, None)]
-        )
-        if attempt is not None:
-            await self.record_attempt(attempt)
-
     async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
         async def op(conn: asyncpg.Connection) -> OutgoingRecord | None:
             row = await conn.fetchrow(
@@ -686,26 +670,6 @@ class PostgresStore:
             return None if row is None else _outgoing(row)
 
         return await self._run(op, transaction=False)
-
-    async def record_attempt(self, attempt: Attempt) -> None:
-        a = attempt
-
-        async def op(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO attempts VALUES ($1,$2,$3,$4,$5,$6,$7) "
-                "ON CONFLICT (delivery_id, number) DO UPDATE SET at=EXCLUDED.at, "
-                "status=EXCLUDED.status, latency_ms=EXCLUDED.latency_ms, "
-                "response=EXCLUDED.response, error=EXCLUDED.error",
-                a.delivery_id,
-                a.number,
-                a.at,
-                a.status,
-                a.latency_ms,
-                a.response,
-                a.error,
-            )
-
-        await self._run(op, transaction=False)
 
     async def attempts(self, delivery_id: str) -> list[Attempt]:
         async def op(conn: asyncpg.Connection) -> list[Attempt]:
