@@ -289,7 +289,3 @@ class Verifier(Protocol):
     schema: type[Schema]
 
     def verify(self, request: SignedRequest, options: Mapping[str, Any]) -> str | None: ...
-
-
-# Re-exported for type checkers of plugins that only need the awaitable shape of on_event.
-EventHandlerResult = Awaitable[None] | None
