@@ -103,10 +103,11 @@ def check(config_path: str | None, probe: bool) -> None:
     for info in off:
         click.echo(f"  plugin {info.name}: {info.reason}")
     if probe:
-        from .runtime import Runtime
+        from .runtime import make_gateway
 
         async def run_probe() -> str:
-            gateway = Runtime(settings, plugins).gateway
+            # Events a probe might see have nowhere to go: there is no bus without a server.
+            gateway = make_gateway(settings, plugins, lambda event: None)
             try:
                 return await gateway.probe()
             finally:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import aiohttp
-from clawdbot_webhooks_hookspecs import Gateway, GatewayEnv
+from clawdbot_webhooks_hookspecs import Event, Gateway, GatewayEnv
 
 from .config import Settings
 from .events import EventBus
@@ -22,6 +23,19 @@ from .store import Store, open_store
 from .upkeep import forget_forever, renew_forever, retain_forever
 
 log = logging.getLogger(__name__)
+
+
+def make_gateway(settings: Settings, plugins: PluginSet, emit: Callable[[Event], None]) -> Gateway:
+    """The configured gateway, built by the factory its plugin registered."""
+    options = dict(settings.gateway)
+    factory = plugins.registries.gateways[options.pop("type")]
+    env = GatewayEnv(
+        state_dir=str(settings.state_dir),
+        emit=emit,
+        logger=logging.getLogger("clawdbot_webhooks.gateway"),
+    )
+    gateway: Gateway = factory(options, env)
+    return gateway
 
 
 class Runtime:
@@ -38,7 +52,7 @@ class Runtime:
         self.sessions = Sessions(self.bus, settings.idle_timeout)
         self.outbox = Outbox(settings.outgoing, self.store, self.bus, plugins.registries.transports)
         self.bus.subscribe(self.outbox.record, wants=self.outbox.wants)
-        self.gateway: Gateway = self._make_gateway()
+        self.gateway: Gateway = make_gateway(settings, plugins, self.bus.emit)
         self.metrics = Metrics()
         self.metrics.bind(self)
         self.outbox.metrics = self.metrics
@@ -47,17 +61,6 @@ class Runtime:
         self.http: aiohttp.ClientSession | None = None
         self.pipeline: Pipeline | None = None
         self.accepting = False
-
-    def _make_gateway(self) -> Gateway:
-        options = dict(self.settings.gateway)
-        factory = self.plugins.registries.gateways[options.pop("type")]
-        env = GatewayEnv(
-            state_dir=str(self.settings.state_dir),
-            emit=self.bus.emit,
-            logger=logging.getLogger("clawdbot_webhooks.gateway"),
-        )
-        gateway: Gateway = factory(options, env)
-        return gateway
 
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
