@@ -269,6 +269,7 @@ class SignedRequest:
 
     method: str
     path: str
+    #: Look names up in lower case; the server passes a case-insensitive mapping.
     headers: Mapping[str, str]
     body: bytes
     client_ip: str
