@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -329,6 +330,15 @@ class HandlerSpec:
     rate_limit: dict[str, Any] | None = None
     max_concurrent: int | None = None
     max_pending: int | None = None
+
+    @functools.cached_property
+    def persistent(self) -> bool:
+        return self.handler.session_mode == "persistent"
+
+    @functools.cached_property
+    def logger(self) -> logging.Logger:
+        """The logger its action gets (``clawdbot_webhooks.action.<name>``)."""
+        return logging.getLogger(f"clawdbot_webhooks.action.{self.handler.action}")
 
 
 @dataclass(frozen=True)

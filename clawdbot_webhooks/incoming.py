@@ -44,6 +44,13 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
+def _normalized(text: str) -> str | None:
+    """The address as ``str(_address(text))``, cached for the same reason."""
+    address = _address(text)
+    return None if address is None else str(address)
+
+
 def _within(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Iterable[IPNetwork]
 ) -> bool:
@@ -54,11 +61,13 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Iterable[IPN
     """The client's address. ``X-Forwarded-For`` counts only when the peer is a trusted proxy,
     and then it is walked from the right past every trusted hop: the first untrusted address is
     the client (anything further left could have been written by the client itself)."""
+    if not forwarded_for:  # the common case: a direct connection
+        return _normalized(peer or "") or peer or ""
     trusted = list(trusted)
     address = _address(peer or "")
     if address is None:
         return peer or ""
-    if not forwarded_for or not _within(address, trusted):
+    if not _within(address, trusted):
         return str(address)
     for hop in reversed(forwarded_for.split(",")):
         hop_address = _address(hop)
@@ -86,11 +95,19 @@ async def read_body(request: web.Request, limit: int, timeout: float | None = No
     declared = request.content_length
     if declared is not None and declared > limit:
         raise Rejected(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    content = request.content
+    if content.is_eof():
+        # Already received whole (most bodies arrive with their headers): nothing to wait
+        # for, so no timer to arm. The size is checked again: a compressed body grows.
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise Rejected(413, f"body exceeds the limit of {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 size += len(chunk)
                 if size > limit:
                     raise Rejected(413, f"body exceeds the limit of {limit} bytes")
@@ -119,11 +136,15 @@ def _depth(text: str) -> int:
     return max(accumulate(steps), default=0)
 
 
+#: Made once: ``json.loads`` with any option builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_strict_json_constant)
+
+
 def _json(text: str, max_depth: int | None) -> Any:
     """Strict JSON (no NaN/Infinity), refusing nesting deeper than ``max_depth``: such a
     payload is an attack on whatever walks it recursively later (templates, plugins)."""
     try:
-        value = json.loads(text, parse_constant=_strict_json_constant)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     # Counting brackets is a cheap bound: only a body with many of them needs measuring.
@@ -185,7 +206,7 @@ def parse_body(
 
 def stored_headers(headers: Mapping[str, str], drop: frozenset[str]) -> dict[str, str]:
     """Lower-cased request headers minus ``drop`` (lower-case names of credentials)."""
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in drop}
+    return {name: v for k, v in headers.items() if (name := k.lower()) not in drop}
 
 
 def parse_content(body: bytes, content_type: str, *, max_depth: int | None = None) -> Any:

@@ -31,6 +31,7 @@ from clawdbot_webhooks_hookspecs import Event, utc_timestamp
 
 from .builtin.verifiers import bearer_token, matches_any
 from .events import derived_event_id
+from .http_errors import error
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def map_bridge_event(body: Any, owns_session: Any = None) -> Event | None:
 
 
 async def ingest(request: web.Request) -> web.Response:
-    from .server import RUNTIME, error
+    from .server import RUNTIME
 
     rt = request.app[RUNTIME]
     settings = rt.settings.incoming.get("eventIngress") or {}

@@ -212,7 +212,8 @@ class Pipeline:
                 return
             # The handler's own cap first: waiting for it must not hold a shared slot.
             handler_slot = self._handler_slots.get(spec.handler.id) or contextlib.nullcontext()
-            async with self._sessions.lock(record.session), handler_slot, self._slots:
+            turn = self._sessions.turn(record.session, spec.persistent)
+            async with turn, handler_slot, self._slots:
                 await self._attempt(record, spec, payload)
         except asyncio.CancelledError:
             raise
@@ -231,9 +232,7 @@ class Pipeline:
         if payload is None:
             payload = parse_content(record.body, record.content_type)
         delivery = record.as_delivery(payload)
-        await self._sessions.begin(
-            record.session, handler.id, handler.session_mode == "persistent", record.id
-        )
+        await self._sessions.begin(record.session, handler.id, spec.persistent, record.id)
         started = time.monotonic()
         try:
             outcome = await self._act(delivery, spec)
@@ -244,7 +243,7 @@ class Pipeline:
             self._observe(handler.id, "dead" if gives_up else "retry", started)
             if gives_up:
                 await self._dead(record, reason, spec, attempts=attempt)
-                await self._sessions.finish(record.session, record.id)
+                await self._sessions.finish(record.session, record.id, spec.persistent)
             else:
                 delay = spec.retry.delay(attempt)
                 log.warning(
@@ -262,7 +261,7 @@ class Pipeline:
                     error=reason,
                     retry_at=time.time() + delay,
                 )
-                await self._sessions.finish(record.session, record.id)
+                await self._sessions.finish(record.session, record.id, spec.persistent)
                 self.wake()
             return
         self._observe(handler.id, "dropped" if outcome is DROP else "done", started)
@@ -280,7 +279,7 @@ class Pipeline:
         else:
             await self._store.finish_incoming(record.id, "done", attempts=attempt, result=outcome)
             self._settle(record.id, outcome)
-        await self._sessions.finish(record.session, record.id)
+        await self._sessions.finish(record.session, record.id, spec.persistent)
 
     async def _act(self, delivery: Delivery, spec: HandlerSpec) -> Any:
         handler = spec.handler
@@ -317,7 +316,7 @@ class Pipeline:
             gateway=self._gateway,
             http=self._http,
             publish=self._bus.publish,
-            logger=logging.getLogger(f"clawdbot_webhooks.action.{handler.action}"),
+            logger=spec.logger,
         )
         return await spec.action.run(ctx)
 

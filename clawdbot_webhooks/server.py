@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -22,8 +22,9 @@ from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
 
 from .config import HandlerSpec
 from .dedup import dedup_key
+from .http_errors import add_no_route, error, json_errors
 from .incoming import Rejected, client_ip, ip_allowed, parse_content, read_body, stored_headers
-from .metrics import hook_label, metrics_view
+from .metrics import UNKNOWN_HOOK, metrics_view
 from .ratelimit import Limits, retry_after
 from .runtime import Runtime
 from .sessions import ephemeral_session
@@ -32,50 +33,13 @@ from .templates import context_for
 
 log = logging.getLogger(__name__)
 
+
 RUNTIME = web.AppKey("runtime", Runtime)
 LIMITS = web.AppKey("limits", Limits)
-
-#: Statuses after which the rest of the request body may still be on its way: the
-#: connection is closed rather than kept for a client that may be trickling bytes.
-_CLOSE_AFTER = frozenset({408, 413})
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.json_response({"ok": False, "error": message}, status=status, headers=headers)
-    if status in _CLOSE_AFTER:
-        response.force_close()
-    return response
 
 
 def _too_many(seconds: float, message: str) -> Rejected:
     return Rejected(429, message, {"Retry-After": retry_after(seconds)})
-
-
-@web.middleware
-async def json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error this server answers is JSON, including aiohttp's own 404/405."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error(exc.status, exc.reason, headers)
-
-
-@web.middleware
-async def json_errors_counted(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """``json_errors``, and every answer to a webhook URL counted by hook and status — in one
-    middleware, because each one costs a layer of calls on every request."""
-    response = await json_errors(request, handler)
-    hook = hook_label(request.app[RUNTIME], request)
-    if hook is not None:
-        request.app[RUNTIME].metrics.request(hook, response.status)
-    return response
 
 
 def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, ip: str) -> str:
@@ -102,75 +66,91 @@ def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, i
 
 async def receive(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
-    if request.method != "POST":
-        return error(405, f"method {request.method} not allowed; use POST", {"Allow": "POST"})
-    incoming = rt.settings.incoming
-    limits = request.app[LIMITS]
+    hook_id = request.match_info["hook_id"]
+    spec = rt.settings.routes.get(hook_id)
     try:
-        ip = client_ip(
-            request.remote, request.headers.get("X-Forwarded-For"), incoming["trustedProxies"]
-        )
-        if not ip_allowed(ip, incoming["allowedIPs"]):
-            raise Rejected(403, f"client address {ip} is not allowed")
-        wait = limits.client(ip)
-        if wait:
-            raise _too_many(wait, "too many requests from this address")
-        hook_id = request.match_info["hook_id"]
-        spec = rt.settings.routes.get(hook_id)
+        if request.method != "POST":
+            raise Rejected(405, f"method {request.method} not allowed; use POST", {"Allow": "POST"})
         if spec is None:
+            # Still checked first: an address that may not send learns nothing of the routes.
+            _admit(rt, request)
             shown = hook_id if len(hook_id) <= 80 else hook_id[:80] + "..."
             raise Rejected(404, f"no handler for hook {shown!r}")
-        if not rt.accepting:
-            raise Rejected(503, "shutting down; try again shortly", {"Retry-After": "5"})
-        wait = limits.auth_blocked(ip)
-        if wait:
-            raise _too_many(wait, "too many failed authentication attempts from this address")
-        body = await read_body(request, incoming["maxBodyBytes"], incoming["readTimeout"])
-        try:
-            sender_id = _verify(rt, spec, request, body, ip)
-        except Rejected:
-            limits.auth_failed(ip)
-            raise
-        raw_type = request.headers.get("Content-Type", "")
-        payload = parse_content(body, raw_type, max_depth=incoming["maxJsonDepth"])
-        wait = limits.handler(spec.handler.id)
-        if wait:
-            raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")
-        assert rt.pipeline is not None  # set while accepting
-        pending = rt.pipeline.in_flight(spec.handler.id)
-        if spec.max_pending is not None and pending >= spec.max_pending:
-            raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
-        headers = stored_headers(request.headers, spec.credential_headers)
-        window = incoming["dedupWindow"]
-        dedup = dedup_key(sender_id, headers) if window > 0 else None
-        record = IncomingRecord(
-            id=new_id("dlv"),
-            hook_id=spec.handler.id,
-            received_at=time.time(),
-            content_type=raw_type,
-            body=body,
-            headers=headers,
-            query=dict(request.query),
-            client_ip=ip,
-            session="",
-            dedup_key=dedup,
-        )
-        record.session = _session_for(spec, record, payload)
-        sync = spec.handler.mode == "sync"
-        try:
-            stored, waiter = await rt.pipeline.accept(
-                record, payload, sync=sync, dedup_since=record.received_at - window
-            )
-            original = (
-                None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
-            )
-        except StoreUnavailable as exc:
-            log.error("delivery to %s refused: %s", spec.handler.id, exc)
-            raise Rejected(
-                503, "storage unavailable; nothing was accepted", {"Retry-After": "5"}
-            ) from exc
+        response = await _accept(rt, spec, request)
     except Rejected as exc:
-        return error(exc.status, exc.message, exc.headers)
+        response = error(exc.status, exc.message, exc.headers)
+    # Counted here, not in a middleware: see ``json_errors``.
+    rt.metrics.request(UNKNOWN_HOOK if spec is None else spec.handler.id, response.status)
+    return response
+
+
+def _admit(rt: Runtime, request: web.Request) -> str:
+    """The client's address, once it may send at all (403) and is within its rate (429)."""
+    incoming = rt.settings.incoming
+    ip = client_ip(
+        request.remote, request.headers.get("X-Forwarded-For"), incoming["trustedProxies"]
+    )
+    if not ip_allowed(ip, incoming["allowedIPs"]):
+        raise Rejected(403, f"client address {ip} is not allowed")
+    wait = request.app[LIMITS].client(ip)
+    if wait:
+        raise _too_many(wait, "too many requests from this address")
+    return ip
+
+
+async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.Response:
+    ip = _admit(rt, request)
+    incoming = rt.settings.incoming
+    limits = request.app[LIMITS]
+    if not rt.accepting:
+        raise Rejected(503, "shutting down; try again shortly", {"Retry-After": "5"})
+    wait = limits.auth_blocked(ip)
+    if wait:
+        raise _too_many(wait, "too many failed authentication attempts from this address")
+    body = await read_body(request, incoming["maxBodyBytes"], incoming["readTimeout"])
+    try:
+        sender_id = _verify(rt, spec, request, body, ip)
+    except Rejected:
+        limits.auth_failed(ip)
+        raise
+    raw_type = request.headers.get("Content-Type", "")
+    payload = parse_content(body, raw_type, max_depth=incoming["maxJsonDepth"])
+    wait = limits.handler(spec.handler.id)
+    if wait:
+        raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")
+    assert rt.pipeline is not None  # set while accepting
+    pending = rt.pipeline.in_flight(spec.handler.id)
+    if spec.max_pending is not None and pending >= spec.max_pending:
+        raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
+    headers = stored_headers(request.headers, spec.credential_headers)
+    window = incoming["dedupWindow"]
+    dedup = dedup_key(sender_id, headers) if window > 0 else None
+    record = IncomingRecord(
+        id=new_id("dlv"),
+        hook_id=spec.handler.id,
+        received_at=time.time(),
+        content_type=raw_type,
+        body=body,
+        headers=headers,
+        query=dict(request.query) if request.query_string else {},
+        client_ip=ip,
+        session="",
+        dedup_key=dedup,
+    )
+    record.session = _session_for(spec, record, payload)
+    try:
+        stored, waiter = await rt.pipeline.accept(
+            record,
+            payload,
+            sync=spec.handler.mode == "sync",
+            dedup_since=record.received_at - window,
+        )
+        original = None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
+    except StoreUnavailable as exc:
+        log.error("delivery to %s refused: %s", spec.handler.id, exc)
+        raise Rejected(
+            503, "storage unavailable; nothing was accepted", {"Retry-After": "5"}
+        ) from exc
     if not stored:
         return web.json_response({"ok": True, "duplicate": True, "id": original}, status=200)
     answer: dict[str, Any] = {"ok": True, "id": record.id, "session": record.session}
@@ -191,7 +171,7 @@ def json_dumps(value: Any) -> str:
 
 
 def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str:
-    if spec.handler.session_mode != "persistent" or spec.session_key is None:
+    if not spec.persistent or spec.session_key is None:
         return ephemeral_session()
     try:
         context = context_for(record.as_delivery(payload), spec.handler)
@@ -231,9 +211,7 @@ def make_app(runtime: Runtime) -> web.Application:
     """The app factory. The runtime starts with the app and stops after the server has
     stopped taking requests and finished the ones in flight."""
     incoming = runtime.settings.incoming
-    app = web.Application(
-        middlewares=[json_errors_counted], client_max_size=incoming["maxBodyBytes"] + 1
-    )
+    app = web.Application(client_max_size=incoming["maxBodyBytes"] + 1)
     app[RUNTIME] = runtime
     app[LIMITS] = Limits(
         incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers)
@@ -261,7 +239,8 @@ def make_app(runtime: Runtime) -> web.Application:
     if incoming.get("eventIngress"):
         from .ingress import ingest
 
-        app.router.add_post("/events/ingest", ingest)
+        app.router.add_post("/events/ingest", json_errors(ingest))
+    add_no_route(app)
     return app
 
 

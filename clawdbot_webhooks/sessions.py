@@ -8,10 +8,12 @@ An ephemeral session (``hook:<uuid>``) lives for one delivery's action. A persis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
-import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from clawdbot_webhooks_hookspecs import Event
 
@@ -20,15 +22,26 @@ from .events import EventBus, derived_event_id
 _RANDOM = random.Random(secrets.token_bytes(32))
 
 
+#: The bits a version-4 UUID fixes (RFC 9562 §5.4): version 4, variant 10.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def ephemeral_session() -> str:
-    # A version-4 UUID from a generator seeded once: unique, without a system call each time.
-    return f"hook:{uuid.UUID(int=_RANDOM.getrandbits(128), version=4)}"
+    """``hook:`` and a version-4 UUID from a generator seeded once: unique, without a system
+    call each time, and formatted directly (``uuid.UUID`` costs more than the rest of it)."""
+    h = f"{_RANDOM.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"hook:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NO_TURN = contextlib.nullcontext()
 
 
 @dataclass
 class _Live:
-    hook_id: str
-    persistent: bool
+    """A persistent session while it lives."""
+
+    started: bool = False
     busy: int = 0
     timer: asyncio.TimerHandle | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -40,42 +53,41 @@ class Sessions:
         self._idle = idle_timeout
         self._live: dict[str, _Live] = {}
 
-    def lock(self, session: str) -> asyncio.Lock:
-        """Runs in one session take turns, in the order they asked (asyncio locks are FIFO)."""
+    def turn(self, session: str, persistent: bool) -> AbstractAsyncContextManager[Any]:
+        """Runs in one persistent session take turns, in the order they asked (asyncio locks
+        are FIFO). An ephemeral session belongs to one delivery: nothing to take turns with."""
+        return self._entry(session).lock if persistent else _NO_TURN
+
+    def _entry(self, session: str) -> _Live:
         live = self._live.get(session)
         if live is None:
-            live = self._live[session] = _Live("", False)
-        return live.lock
+            live = self._live[session] = _Live()
+        return live
 
     async def begin(self, session: str, hook_id: str, persistent: bool, cause: str) -> None:
-        live = self._live.setdefault(session, _Live(hook_id, persistent))
+        if not persistent:
+            if self._bus.wants("session_started"):
+                await self._bus.publish(self._started(session, hook_id, "ephemeral", cause))
+            return
+        live = self._entry(session)
         if live.timer is not None:
             live.timer.cancel()
             live.timer = None
-        started = bool(live.hook_id)
-        live.hook_id, live.persistent = hook_id, persistent
+        started, live.started = live.started, True
         live.busy += 1
         if not started and self._bus.wants("session_started"):
-            await self._bus.publish(
-                Event(
-                    "session_started",
-                    {"hook": hook_id, "mode": "persistent" if persistent else "ephemeral"},
-                    session=session,
-                    causation=cause,
-                    id=derived_event_id(cause, session, "session_started"),
-                )
-            )
+            await self._bus.publish(self._started(session, hook_id, "persistent", cause))
 
-    async def finish(self, session: str, cause: str) -> None:
+    async def finish(self, session: str, cause: str, persistent: bool) -> None:
+        if not persistent:
+            if self._bus.wants("session_ended"):
+                await self._bus.publish(self._ended(session, cause, "completed"))
+            return
         live = self._live.get(session)
         if live is None:
             return
         live.busy -= 1
-        if live.busy > 0:
-            return
-        if not live.persistent:
-            await self._end(session, cause, "completed")
-        elif self._idle >= 0:
+        if live.busy == 0 and self._idle >= 0:
             loop = asyncio.get_running_loop()
             live.timer = loop.call_later(self._idle, self._idle_out, session, cause)
 
@@ -83,10 +95,14 @@ class Sessions:
         if self._live.pop(session, None) is not None:
             self._bus.emit(self._ended(session, cause, "idle"))
 
-    async def _end(self, session: str, cause: str, reason: str) -> None:
-        self._live.pop(session, None)
-        if self._bus.wants("session_ended"):
-            await self._bus.publish(self._ended(session, cause, reason))
+    def _started(self, session: str, hook_id: str, mode: str, cause: str) -> Event:
+        return Event(
+            "session_started",
+            {"hook": hook_id, "mode": mode},
+            session=session,
+            causation=cause,
+            id=derived_event_id(cause, session, "session_started"),
+        )
 
     def _ended(self, session: str, cause: str, reason: str) -> Event:
         return Event(

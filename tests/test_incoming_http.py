@@ -91,6 +91,31 @@ async def test_unrouted_path_is_json_404(start_server) -> None:
         assert_error(await resp.json(), "Not Found")
 
 
+async def test_wrong_method_on_another_route_is_json_405(start_server) -> None:
+    srv = await start_server(BASIC)
+    async with srv.session.post(f"{srv.base}/healthz") as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "GET,HEAD"
+        assert_error(await resp.json(), "Method Not Allowed")
+    async with srv.session.get(f"{srv.base}/healthz") as resp:
+        assert resp.status == 200
+
+
+async def test_body_over_the_limit_read_by_aiohttp_is_json_413(start_server) -> None:
+    """A route that reads its body through aiohttp (the event ingress) still answers JSON."""
+    srv = await start_server(
+        {
+            **BASIC,
+            "incoming": {**BASIC["incoming"], "maxBodyBytes": 1000, "eventIngress": {"token": "t"}},
+        }
+    )
+    async with srv.session.post(
+        f"{srv.base}/events/ingest", data=b"x" * 5000, headers={"Authorization": "Bearer t"}
+    ) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["ok"] is False
+
+
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
 async def test_other_methods_are_405(start_server, method) -> None:
     srv = await start_server(BASIC)

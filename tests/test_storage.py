@@ -173,3 +173,26 @@ async def test_endpoint_stats_and_listings(start_server, make_sink) -> None:
         "incoming", DeliveryQuery(search="dlv_", limit=10)
     )
     assert {d.target for d in found} == {"ok", "boom"}
+
+
+def test_ids_sort_by_creation_time_and_sessions_are_uuid4(monkeypatch) -> None:
+    """Row ids sort by the millisecond they were made in (claims and listings rely on it);
+    ephemeral sessions are real version-4 UUIDs."""
+    import re
+    import uuid
+
+    from clawdbot_webhooks_hookspecs import types
+
+    from clawdbot_webhooks.sessions import ephemeral_session
+
+    clock = iter([1_700_000_000.000, 1_700_000_000.001, 1_700_000_031.5, 1_800_000_000.0])
+    monkeypatch.setattr(types.time, "time", lambda: next(clock))
+    made = [types.new_id("dlv") for _ in range(4)]
+    assert made == sorted(made) and len(set(made)) == 4
+    assert all(re.fullmatch(r"dlv_[0-9a-hjkmnp-tv-z]{26}", i) for i in made)
+    sessions = {ephemeral_session() for _ in range(2000)}
+    assert len(sessions) == 2000
+    for session in list(sessions)[:200]:
+        parsed = uuid.UUID(session.removeprefix("hook:"))
+        assert session == f"hook:{parsed}"
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

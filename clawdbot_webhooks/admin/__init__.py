@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..http_errors import add_no_route, json_errors
 from ..logs import Redactor, collect_secrets
 from ..runtime import Runtime
 from . import api
@@ -86,9 +87,9 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
     app[REDACTOR] = Redactor(collect_secrets(runtime.settings))
     app[api.RUNTIME] = runtime
     router = app.router
-    router.add_get("/admin/api/openapi.json", _guarded(openapi_json))
+    router.add_get("/admin/api/openapi.json", json_errors(_guarded(openapi_json)))
     for method, path, handler in API_ROUTES:
-        router.add_route(method, path, _guarded(handler))
+        router.add_route(method, path, json_errors(_guarded(handler)))
     add_dashboard_routes(router)
 
 
@@ -100,10 +101,9 @@ def setup_admin(app: web.Application, runtime: Runtime) -> None:
     if port is None or (port == incoming["port"] and admin["host"] == incoming["host"]):
         add_routes(app, runtime)
         return
-    from ..server import json_errors
-
-    admin_app = web.Application(middlewares=[json_errors])
+    admin_app = web.Application()
     add_routes(admin_app, runtime)
+    add_no_route(admin_app)
     listener = app[ADMIN_LISTENER] = AdminListener(admin["host"], port)
 
     async def run(app: web.Application) -> AsyncIterator[None]:

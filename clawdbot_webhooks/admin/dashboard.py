@@ -13,6 +13,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from ..http_errors import json_errors
 from . import api
 from .auth import AUTH, COOKIE, CSRF_VALUE, REDACTOR
 
@@ -137,10 +138,10 @@ async def static(request: web.Request) -> web.Response:
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/admin", to_index)
-    router.add_get("/admin/", index)
-    router.add_get("/admin/deliveries/{id}", delivery)
-    router.add_get("/admin/login", login_form)
-    router.add_post("/admin/login", login)
-    router.add_post("/admin/logout", logout)
-    router.add_get("/admin/static/{name}", static)
+    router.add_get("/admin", json_errors(to_index))
+    router.add_get("/admin/", json_errors(index))
+    router.add_get("/admin/deliveries/{id}", json_errors(delivery))
+    router.add_get("/admin/login", json_errors(login_form))
+    router.add_post("/admin/login", json_errors(login))
+    router.add_post("/admin/logout", json_errors(logout))
+    router.add_get("/admin/static/{name}", json_errors(static))

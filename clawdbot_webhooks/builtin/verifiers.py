@@ -18,6 +18,7 @@ secret or the expected signature.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -74,11 +75,17 @@ def any_equal(given: Iterable[bytes], expected: Iterable[bytes]) -> bool:
     return ok
 
 
+@functools.lru_cache(maxsize=256)
+def _digest(secret: str) -> bytes:
+    """A configured secret's hash, computed once (the configured secrets are few)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
 def matches_any(given: str, secrets: list[str]) -> bool:
     """A plain secret against every configured one. Both sides are hashed first so the
     comparison takes the same time whatever the lengths."""
     digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
-    return any_equal([digest], (hashlib.sha256(s.encode()).digest() for s in secrets))
+    return any_equal([digest], map(_digest, secrets))
 
 
 def bearer_token(authorization: str | None) -> str | None:

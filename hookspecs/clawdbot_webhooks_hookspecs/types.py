@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
 import random
@@ -28,9 +27,14 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _RANDOM = random.Random(secrets.token_bytes(32))
 
 
+#: Every 10-bit value as two characters of the alphabet: ids are built a pair at a time.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_TAIL_SHIFTS = (70, 60, 50, 40, 30, 20, 10, 0)
+
+
 @functools.lru_cache(maxsize=4)
 def _time_head(ms: int) -> str:
-    return "".join(_ALPHABET[(ms >> shift) & 31] for shift in range(45, -5, -5))
+    return "".join([_PAIRS[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)])
 
 
 def new_id(prefix: str) -> str:
@@ -38,8 +42,8 @@ def new_id(prefix: str) -> str:
     head = _time_head(int(time.time() * 1000))  # ids made in the same millisecond share it
     # Ids must be unique, not secret: 80 bits from a generator seeded once from the system's
     # randomness cost a fraction of a system call per id.
-    tail = base64.b32encode(_RANDOM.getrandbits(80).to_bytes(10, "big")).decode().lower()
-    return f"{prefix}_{head}{tail}"
+    bits = _RANDOM.getrandbits(80)
+    return f"{prefix}_{head}" + "".join([_PAIRS[(bits >> s) & 1023] for s in _TAIL_SHIFTS])
 
 
 def utc_timestamp(epoch: float | None = None) -> str:
