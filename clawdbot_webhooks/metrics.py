@@ -1,8 +1,10 @@
 """Prometheus metrics of one runtime, and the readiness of its gateway.
 
 Every runtime has its own ``CollectorRegistry`` (several servers in one process, as in the
-tests, never share counters). What happens on the request path costs a dictionary lookup and
-a counter increment: label children are cached here, and nothing reads the store. The gauges
+tests, never share counters). What happens on the request path costs a dictionary update:
+requests, actions and outgoing attempts are tallied in plain dictionaries (everything runs on
+the event loop's thread, so no lock is needed) and turned into metric families only when
+scraped, and nothing on that path reads the store. The gauges
 that need the store (retry queue depth, dead letters) come from a collector whose numbers are
 refreshed by ``/metrics`` before it renders, at most once per ``STORE_TTL`` seconds.
 """
@@ -10,14 +12,21 @@ refreshed by ``/metrics`` before it renders, at most once per ``STORE_TTL`` seco
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -75,6 +84,48 @@ class GatewayHealth:
             return self._state
 
 
+class Tally(Collector):
+    """A counter, or with ``buckets`` a histogram, by label values."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: list[str], buckets: tuple[float, ...] = ()
+    ) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.buckets = buckets
+        #: label values -> count (counter) or [count per bucket..., count above, sum]
+        self.values: dict[tuple[str, ...], Any] = {}
+
+    def inc(self, *labels: str) -> None:
+        self.values[labels] = self.values.get(labels, 0) + 1
+
+    def observe(self, value: float, *labels: str) -> None:
+        row = self.values.get(labels)
+        if row is None:
+            row = self.values[labels] = [0] * (len(self.buckets) + 1) + [0.0]
+        row[bisect.bisect_left(self.buckets, value)] += 1  # the first bucket with le >= value
+        row[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.buckets:
+            counter = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+            for labels, count in self.values.items():
+                counter.add_metric(list(labels), count)
+            yield counter
+            return
+        histogram = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        bounds = [*map(_float_text, self.buckets), "+Inf"]
+        for labels, row in self.values.items():
+            cumulative = list(itertools.accumulate(row[:-1]))
+            histogram.add_metric(
+                list(labels), list(zip(bounds, cumulative, strict=True)), sum_value=row[-1]
+            )
+        yield histogram
+
+
+def _float_text(bound: float) -> str:
+    return repr(float(bound))
+
+
 class _StoreCollector(Collector):
     """Gauges read from the store and the outbox at scrape time (see ``Metrics.refresh``)."""
 
@@ -118,34 +169,31 @@ class _StoreCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.requests = Tally(
             "clawdbot_webhooks_incoming_requests",
             "Requests to webhook URLs, by hook and HTTP status.",
             ["hook", "code"],
-            registry=self.registry,
         )
-        self.actions = Histogram(
+        self.actions = Tally(
             "clawdbot_webhooks_action_duration_seconds",
             "Time an incoming delivery's action took, by hook and outcome "
             "(done, dropped, retry, dead).",
             ["hook", "outcome"],
-            buckets=BUCKETS,
-            registry=self.registry,
+            BUCKETS,
         )
-        self.outgoing = Counter(
+        self.outgoing = Tally(
             "clawdbot_webhooks_outgoing_deliveries",
             "Outgoing delivery attempts by subscription and outcome (delivered, retry, dead).",
             ["subscription", "outcome"],
-            registry=self.registry,
         )
-        self.outgoing_latency = Histogram(
+        self.outgoing_latency = Tally(
             "clawdbot_webhooks_outgoing_duration_seconds",
             "Time an outgoing attempt took, by subscription.",
             ["subscription"],
-            buckets=BUCKETS,
-            registry=self.registry,
+            BUCKETS,
         )
-        self._children: dict[tuple[Any, ...], Any] = {}
+        for tally in (self.requests, self.actions, self.outgoing, self.outgoing_latency):
+            self.registry.register(tally)
         self.counts: dict[str, int] = {}
         self._counted_at = -STORE_TTL
         self.gateway_type = "none"
@@ -158,24 +206,17 @@ class Metrics:
         self.gateway_type = str(runtime.settings.gateway.get("type", "none"))
         self.gateway_health = GatewayHealth(runtime.gateway)
 
-    # -- the hot path: cached label children only
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    # -- the hot path
 
     def request(self, hook: str, code: int) -> None:
-        self._child(self.requests, hook, str(code)).inc()
+        self.requests.inc(hook, str(code))
 
     def action(self, hook: str, outcome: str, seconds: float) -> None:
-        self._child(self.actions, hook, outcome).observe(seconds)
+        self.actions.observe(seconds, hook, outcome)
 
     def outgoing_attempt(self, subscription: str, outcome: str, seconds: float) -> None:
-        self._child(self.outgoing, subscription, outcome).inc()
-        self._child(self.outgoing_latency, subscription).observe(seconds)
+        self.outgoing.inc(subscription, outcome)
+        self.outgoing_latency.observe(seconds, subscription)
 
     # -- scrape time
 
@@ -202,15 +243,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def hook_label(runtime: Runtime, request: web.Request) -> str | None:
-    """The handler id a webhook request was for (None when it was not a webhook request)."""
-    hook_id = request.match_info.get("hook_id")
-    if hook_id is None:
-        return None
-    spec = runtime.settings.routes.get(hook_id)
-    return UNKNOWN_HOOK if spec is None else spec.handler.id
 
 
 async def metrics_view(runtime: Runtime) -> web.Response:

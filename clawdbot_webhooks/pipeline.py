@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -232,7 +233,9 @@ class Pipeline:
         if payload is None:
             payload = parse_content(record.body, record.content_type)
         delivery = record.as_delivery(payload)
-        await self._sessions.begin(record.session, handler.id, spec.persistent, record.id)
+        await self._publish(
+            self._sessions.begin(record.session, handler.id, spec.persistent, record.id)
+        )
         started = time.monotonic()
         try:
             outcome = await self._act(delivery, spec)
@@ -243,7 +246,6 @@ class Pipeline:
             self._observe(handler.id, "dead" if gives_up else "retry", started)
             if gives_up:
                 await self._dead(record, reason, spec, attempts=attempt)
-                await self._sessions.finish(record.session, record.id, spec.persistent)
             else:
                 delay = spec.retry.delay(attempt)
                 log.warning(
@@ -261,8 +263,8 @@ class Pipeline:
                     error=reason,
                     retry_at=time.time() + delay,
                 )
-                await self._sessions.finish(record.session, record.id, spec.persistent)
                 self.wake()
+            await self._publish(self._sessions.finish(record.session, record.id, spec.persistent))
             return
         self._observe(handler.id, "dropped" if outcome is DROP else "done", started)
         log.debug(
@@ -273,13 +275,25 @@ class Pipeline:
             attempt,
             extra={"delivery": record.id, "hook": handler.id},
         )
+        # Recorded without waiting for the commit (the next batch carries it): nothing here
+        # depends on it, and should it fail, the lease runs out and the delivery runs again.
         if outcome is DROP:
-            await self._store.finish_incoming(record.id, "dropped", attempts=attempt)
+            self._record(record.id, "dropped", attempt, None)
             self._settle(record.id, {"dropped": True})
         else:
-            await self._store.finish_incoming(record.id, "done", attempts=attempt, result=outcome)
+            self._record(record.id, "done", attempt, outcome)
             self._settle(record.id, outcome)
-        await self._sessions.finish(record.session, record.id, spec.persistent)
+        await self._publish(self._sessions.finish(record.session, record.id, spec.persistent))
+
+    def _record(self, delivery_id: str, status: str, attempts: int, result: Any) -> None:
+        written = self._store.finish_incoming(delivery_id, status, attempts=attempts, result=result)
+        asyncio.ensure_future(written).add_done_callback(
+            functools.partial(_report_unrecorded, delivery_id)
+        )
+
+    async def _publish(self, event: Event | None) -> None:
+        if event is not None:
+            await self._bus.publish(event)
 
     async def _act(self, delivery: Delivery, spec: HandlerSpec) -> Any:
         handler = spec.handler
@@ -385,6 +399,15 @@ class Pipeline:
             waiter.set_exception(outcome)
         else:
             waiter.set_result(outcome)
+
+
+def _report_unrecorded(delivery_id: str, written: asyncio.Future[None]) -> None:
+    if not written.cancelled() and written.exception() is not None:
+        log.error(
+            "delivery %s could not be recorded; it runs again when its lease ends: %r",
+            delivery_id,
+            written.exception(),
+        )
 
 
 def _describe(exc: BaseException) -> str:

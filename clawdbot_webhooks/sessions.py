@@ -64,11 +64,13 @@ class Sessions:
             live = self._live[session] = _Live()
         return live
 
-    async def begin(self, session: str, hook_id: str, persistent: bool, cause: str) -> None:
+    def begin(self, session: str, hook_id: str, persistent: bool, cause: str) -> Event | None:
+        """A run starts in ``session``: its ``session_started`` event when the session is new
+        and somebody listens (the caller publishes it; no coroutine per delivery here)."""
         if not persistent:
             if self._bus.wants("session_started"):
-                await self._bus.publish(self._started(session, hook_id, "ephemeral", cause))
-            return
+                return self._started(session, hook_id, "ephemeral", cause)
+            return None
         live = self._entry(session)
         if live.timer is not None:
             live.timer.cancel()
@@ -76,20 +78,24 @@ class Sessions:
         started, live.started = live.started, True
         live.busy += 1
         if not started and self._bus.wants("session_started"):
-            await self._bus.publish(self._started(session, hook_id, "persistent", cause))
+            return self._started(session, hook_id, "persistent", cause)
+        return None
 
-    async def finish(self, session: str, cause: str, persistent: bool) -> None:
+    def finish(self, session: str, cause: str, persistent: bool) -> Event | None:
+        """A run in ``session`` is over: an ephemeral session ends with it (its
+        ``session_ended`` event, when somebody listens); a persistent one ends when idle."""
         if not persistent:
             if self._bus.wants("session_ended"):
-                await self._bus.publish(self._ended(session, cause, "completed"))
-            return
+                return self._ended(session, cause, "completed")
+            return None
         live = self._live.get(session)
         if live is None:
-            return
+            return None
         live.busy -= 1
         if live.busy == 0 and self._idle >= 0:
             loop = asyncio.get_running_loop()
             live.timer = loop.call_later(self._idle, self._idle_out, session, cause)
+        return None
 
     def _idle_out(self, session: str, cause: str) -> None:
         if self._live.pop(session, None) is not None:

@@ -6,11 +6,36 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
+
+
+class Rows(NamedTuple):
+    """A write given as statements and their parameters rather than a function, so that the
+    writer can run a run of them with one ``executemany`` per statement: per row that saves a
+    cursor, a statement-cache lookup and a Python call. ``result`` is what the caller gets.
+    Should the batch fail, each request runs again alone; ``fallback`` then runs instead of the
+    statements when given (an insert that has to look at a conflict, say)."""
+
+    #: The statements (best a module constant: runs are found by comparing these) and the
+    #: parameters of each.
+    sql: tuple[str, ...]
+    params: tuple[Sequence[Any], ...]
+    result: Any = None
+    fallback: Callable[[sqlite3.Connection], Any] | None = None
+
+    def run(self, conn: sqlite3.Connection) -> Any:
+        if self.fallback is not None:
+            return self.fallback(conn)
+        for sql, params in zip(self.sql, self.params, strict=True):
+            conn.execute(sql, params)
+        return self.result
+
+
+Request = Callable[[sqlite3.Connection], Any] | Rows
 
 
 class StoreUnavailable(Exception):
@@ -22,7 +47,9 @@ class SQLiteWriter:
 
     ``await self._do(fn)`` runs ``fn(conn)`` in that thread; whatever requests are queued
     together share one transaction, and each future resolves only after its transaction is
-    committed. The event loop is woken once per batch, not once per request.
+    committed. The event loop is woken once per batch, not once per request. ``_do`` is a
+    plain function returning the future, queuing at once: no coroutine to create per call, and
+    a caller that need not wait for the commit can leave the future alone.
     """
 
     #: How many queued requests one transaction takes at most.
@@ -32,7 +59,7 @@ class SQLiteWriter:
         self.path = path
         self.schema = schema
         self.synchronous = synchronous
-        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Any] | None]
+        self._queue: queue.SimpleQueue[tuple[Request, Any] | None]
         self._queue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = True
@@ -97,40 +124,40 @@ class SQLiteWriter:
             loop.call_soon_threadsafe(_settle_all, outcomes)
         conn.close()
 
-    async def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StoreUnavailable(f"{self.path.name} is closed")
+    def _do(self, fn: Callable[[sqlite3.Connection], T] | Rows) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put((fn, future))
-        return await future
+        if self._closed:
+            future.set_exception(StoreUnavailable(f"{self.path.name} is closed"))
+        else:
+            self._queue.put((fn, future))
+        return future
 
 
 Outcome = tuple[Any, Any, BaseException | None]
 
 
-def _apply(
-    conn: sqlite3.Connection, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]
-) -> list[Outcome]:
+def _apply(conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> list[Outcome]:
     """Run a batch in one transaction. When a request fails, the batch is rolled back and run
     again with a savepoint per request, so one bad request cannot sink the others (the
     savepoints cost a statement pair each, which is why the common path goes without)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
-        outcomes: list[Outcome] = [(future, fn(conn), None) for fn, future in batch]
+        outcomes = _run_grouped(conn, batch)
         conn.execute("COMMIT")
         return outcomes
     except Exception as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        if len(batch) == 1:
-            return [(batch[0][1], None, _failure(exc))]
+        request, future = batch[0]
+        if len(batch) == 1 and not (isinstance(request, Rows) and request.fallback):
+            return [(future, None, _failure(exc))]  # alone already: nothing else to try
     outcomes = []
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for fn, future in batch:
+        for request, future in batch:
             conn.execute("SAVEPOINT op")
             try:
-                outcomes.append((future, fn(conn), None))
+                outcomes.append((future, _run_one(conn, request), None))
                 conn.execute("RELEASE op")
             except Exception as exc:
                 conn.execute("ROLLBACK TO op")
@@ -142,6 +169,36 @@ def _apply(
             conn.execute("ROLLBACK")
         failure = StoreUnavailable(f"database write failed: {exc}")
         outcomes = [(future, None, failure) for _, future in batch]
+    return outcomes
+
+
+def _run_one(conn: sqlite3.Connection, request: Request) -> Any:
+    return request.run(conn) if isinstance(request, Rows) else request(conn)
+
+
+def _run_grouped(conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> list[Outcome]:
+    """Run the batch in order, each run of ``Rows`` with the same statements as one
+    ``executemany`` per statement."""
+    outcomes: list[Outcome] = []
+    i, n = 0, len(batch)
+    while i < n:
+        request, future = batch[i]
+        if not isinstance(request, Rows):
+            outcomes.append((future, request(conn), None))
+            i += 1
+            continue
+        run: list[tuple[Rows, Any]] = [(request, future)]
+        j = i + 1
+        while j < n:
+            other, other_future = batch[j]
+            if not isinstance(other, Rows) or other.sql != request.sql:
+                break
+            run.append((other, other_future))
+            j += 1
+        for k, sql in enumerate(request.sql):
+            conn.executemany(sql, [rows.params[k] for rows, _ in run])
+        outcomes.extend((f, rows.result, None) for rows, f in run)
+        i = j
     return outcomes
 
 

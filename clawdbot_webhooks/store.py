@@ -16,14 +16,14 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from clawdbot_webhooks_hookspecs import Delivery
 
-from .sqlite_writer import SQLiteWriter
+from .sqlite_writer import Rows, SQLiteWriter
 from .sqlite_writer import StoreUnavailable as StoreUnavailable  # part of the store API
 
 T = TypeVar("T")
@@ -252,6 +252,17 @@ _MIGRATIONS_TABLE = (
     "name TEXT NOT NULL, applied_at REAL NOT NULL)"
 )
 
+#: A new delivery: its row (pending, no attempts yet, leased) and its body.
+_ADD_INCOMING = (
+    "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
+    "client_ip, session, status, attempts, next_attempt_at, last_error, result, dedup_key, "
+    "lease_until) VALUES (?,?,?,?,X'',?,?,?,?,'pending',0,0,NULL,NULL,?,?)",
+    "INSERT INTO inbox_bodies (id, body) VALUES (?, ?)",
+)
+_FINISH_INCOMING = (
+    "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, next_attempt_at=?, "
+    "lease_until=0, finished_at=? WHERE id=?",
+)
 _INBOX_INSERT = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
     "status, attempts, next_attempt_at, last_error, result, dedup_key"
@@ -507,9 +518,9 @@ class SQLiteStore(SQLiteWriter):
 
     # -- inbox
 
-    async def add_incoming(
+    def add_incoming(
         self, record: IncomingRecord, lease: float, dedup_since: float | None = None
-    ) -> bool:
+    ) -> Awaitable[bool]:
         """Store a new delivery, leased to this process. False when its dedup key was seen.
 
         With ``dedup_since``, a key first seen before that time no longer counts (the dedup
@@ -517,34 +528,28 @@ class SQLiteStore(SQLiteWriter):
         whether or not ``prune_dedup`` has run since, so restarts change nothing.
         """
 
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO inbox ({_INBOX_INSERT}, lease_until) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    record.id,
-                    record.hook_id,
-                    record.received_at,
-                    record.content_type,
-                    b"",
-                    json.dumps(record.headers),
-                    json.dumps(record.query),
-                    record.client_ip,
-                    record.session,
-                    record.status,
-                    record.attempts,
-                    record.next_attempt_at,
-                    record.last_error,
-                    None,
-                    record.dedup_key,
-                    time.time() + lease,
-                ),
-            )
-            conn.execute(
-                "INSERT INTO inbox_bodies (id, body) VALUES (?, ?)", (record.id, record.body)
-            )
+        params = (
+            (
+                record.id,
+                record.hook_id,
+                record.received_at,
+                record.content_type,
+                json.dumps(record.headers),
+                json.dumps(record.query) if record.query else "{}",
+                record.client_ip,
+                record.session,
+                record.dedup_key,
+                time.time() + lease,
+            ),
+            (record.id, record.body),
+        )
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def insert(conn: sqlite3.Connection) -> None:
+            for sql, values in zip(_ADD_INCOMING, params, strict=True):
+                conn.execute(sql, values)
+
+        def add_or_dedup(conn: sqlite3.Connection) -> bool:
+            """Alone, after the batch failed: a conflict on the dedup key is looked at."""
             try:
                 insert(conn)
             except sqlite3.IntegrityError:
@@ -560,7 +565,7 @@ class SQLiteStore(SQLiteWriter):
                 insert(conn)
             return True
 
-        return await self._do(op)
+        return self._do(Rows(_ADD_INCOMING, params, True, add_or_dedup))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""
@@ -615,7 +620,7 @@ class SQLiteStore(SQLiteWriter):
     async def next_incoming_due(self) -> float | None:
         return await self._next_due("inbox")
 
-    async def finish_incoming(
+    def finish_incoming(
         self,
         delivery_id: str,
         status: str,
@@ -624,25 +629,19 @@ class SQLiteStore(SQLiteWriter):
         result: Any = None,
         error: str | None = None,
         retry_at: float | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Record an action's outcome: done, dead, dropped, or pending again at ``retry_at``."""
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, "
-                "next_attempt_at=?, lease_until=0, finished_at=? WHERE id=?",
-                (
-                    status,
-                    attempts,
-                    None if result is None else json.dumps(result, default=str),
-                    error,
-                    retry_at or 0,
-                    None if status == "pending" else time.time(),
-                    delivery_id,
-                ),
-            )
-
-        await self._do(op)
+        params = (
+            status,
+            attempts,
+            None if result is None else json.dumps(result, default=str),
+            error,
+            retry_at or 0,
+            None if status == "pending" else time.time(),
+            delivery_id,
+        )
+        return self._do(Rows(_FINISH_INCOMING, (params,)))
 
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
         def op(conn: sqlite3.Connection) -> IncomingRecord | None:
@@ -1049,15 +1048,16 @@ class Store(Protocol):
     async def close(self) -> None: ...
     async def schema_status(self) -> SchemaStatus: ...
 
-    # inbox
-    async def add_incoming(
+    # inbox (the two on every delivery's path return an awaitable: a backend may start the
+    # work at once and need no coroutine of its own)
+    def add_incoming(
         self, record: IncomingRecord, lease: float, dedup_since: float | None = None
-    ) -> bool: ...
+    ) -> Awaitable[bool]: ...
     async def prune_dedup(self, before: float) -> int: ...
     async def find_duplicate(self, hook_id: str, dedup_key: str) -> str | None: ...
     async def claim_incoming(self, limit: int, lease: float) -> list[IncomingRecord]: ...
     async def next_incoming_due(self) -> float | None: ...
-    async def finish_incoming(
+    def finish_incoming(
         self,
         delivery_id: str,
         status: str,
@@ -1066,7 +1066,7 @@ class Store(Protocol):
         result: Any = None,
         error: str | None = None,
         retry_at: float | None = None,
-    ) -> None: ...
+    ) -> Awaitable[None]: ...
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None: ...
     async def release_leases(self) -> None: ...
     async def count_incoming(self, status: str | None = None) -> int: ...

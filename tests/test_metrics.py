@@ -178,3 +178,39 @@ async def test_gateway_probe_is_cached_and_reported() -> None:
     assert (await health.check())[0] is False
     assert gw.probes == 1  # cached
     assert health.last is False
+
+
+def test_tallies_expose_what_prometheus_client_would() -> None:
+    """The plain-dictionary tallies render exactly as prometheus_client's own Histogram and
+    Counter do for the same observations (bucket edges included), without ``_created``."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from clawdbot_webhooks.metrics import BUCKETS, Metrics
+
+    ours, theirs = Metrics(), CollectorRegistry()
+    histogram = Histogram(
+        "clawdbot_webhooks_action_duration_seconds",
+        "-",
+        ["hook", "outcome"],
+        buckets=BUCKETS,
+        registry=theirs,
+    )
+    counter = Counter("clawdbot_webhooks_incoming_requests", "-", ["hook", "code"], registry=theirs)
+    for seconds in (0.0, 0.005, 0.0050001, 0.3, 1, 300, 301, 60):
+        ours.action("a", "done", seconds)
+        histogram.labels("a", "done").observe(seconds)
+    ours.action("b", "dead", 2.5)
+    histogram.labels("b", "dead").observe(2.5)
+    for code in (202, 202, 401):
+        ours.request("a", code)
+        counter.labels("a", str(code)).inc()
+
+    def samples(registry: CollectorRegistry, prefixes: tuple[str, ...]) -> list[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        return sorted(
+            line for line in lines if line.startswith(prefixes) and "_created" not in line
+        )
+
+    names = ("clawdbot_webhooks_action_duration_seconds", "clawdbot_webhooks_incoming_requests")
+    assert samples(ours.registry, names) == samples(theirs, names)
+    assert len(samples(theirs, names)) == 2 * (len(BUCKETS) + 3) + 2

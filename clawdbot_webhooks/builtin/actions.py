@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import time
@@ -159,6 +160,12 @@ class _Function(fields.String):
         return _import_callable(super()._deserialize(value, attr, data, **kwargs))
 
 
+@functools.lru_cache(maxsize=256)
+def _is_coroutine_function(function: Callable[..., Any]) -> bool:
+    """Asked for every delivery; the answer for a configured function never changes."""
+    return inspect.iscoroutinefunction(function)
+
+
 class Custom:
     """Call ``function: "module:callable"`` with the action context.
 
@@ -172,7 +179,7 @@ class Custom:
 
     async def run(self, ctx: ActionContext) -> Any:
         function = ctx.options["function"]
-        if inspect.iscoroutinefunction(function):
+        if _is_coroutine_function(function):
             return await function(ctx)
         outcome = await asyncio.to_thread(function, ctx)
         if inspect.isawaitable(outcome):
