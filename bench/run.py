@@ -24,7 +24,7 @@ from harness import RESULTS, save, table  # noqa: E402
 
 #: name -> (arguments for a full run, arguments for --quick)
 RUNS: dict[str, tuple[list[str], list[str]]] = {
-    "ingest": (["--seconds", "10"], ["--seconds", "4"]),
+    "ingest": (["--seconds", "5", "--rounds", "4"], ["--seconds", "3", "--rounds", "2"]),
     "e2e": (["--light", "200", "--heavy", "3000"], ["--light", "60", "--heavy", "800"]),
     "outgoing": (["--events", "20000"], ["--events", "6000"]),
     "memory": (["--first", "20000", "--total", "200000"], ["--first", "5000", "--total", "50000"]),

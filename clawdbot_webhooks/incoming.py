@@ -14,6 +14,7 @@ from itertools import accumulate
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from aiohttp import web
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -140,18 +141,38 @@ def _depth(text: str) -> int:
 _DECODER = json.JSONDecoder(parse_constant=_strict_json_constant)
 
 
-def _json(text: str, max_depth: int | None) -> Any:
+def _json(text: str | bytes, max_depth: int | None) -> Any:
     """Strict JSON (no NaN/Infinity), refusing nesting deeper than ``max_depth``: such a
-    payload is an attack on whatever walks it recursively later (templates, plugins)."""
+    payload is an attack on whatever walks it recursively later (templates, plugins).
+
+    orjson parses (several times faster than the standard library, on every request); what
+    it refuses goes to the standard library, which has the last word and the clearer error:
+    integers beyond 64 bits and lone surrogates are valid JSON that orjson does not take."""
     try:
-        value = _DECODER.decode(text)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")  # UnicodeDecodeError: the caller's 400
+        try:
+            value = _DECODER.decode(text)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
     # Counting brackets is a cheap bound: only a body with many of them needs measuring.
-    brackets = text.count("[") + text.count("{")
-    if max_depth is not None and brackets > max_depth and _depth(text) > max_depth:
-        raise ValueError(f"nested deeper than {max_depth} levels")
+    if max_depth is not None:
+        brackets = _count_brackets(text)
+        if brackets > max_depth and _depth(_as_text(text)) > max_depth:
+            raise ValueError(f"nested deeper than {max_depth} levels")
     return value
+
+
+def _count_brackets(text: str | bytes) -> int:
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{")
+    return text.count("[") + text.count("{")
+
+
+def _as_text(text: str | bytes) -> str:
+    return text.decode("utf-8") if isinstance(text, bytes) else text
 
 
 def parse_body(
@@ -163,7 +184,9 @@ def parse_body(
         if not body.strip():
             raise Rejected(400, "empty body: expected a JSON document")
         try:
-            return _json(body.decode(charset or "utf-8"), max_depth)
+            # UTF-8 (JSON's own encoding) goes to the parser as bytes, undecoded.
+            utf8 = charset is None or charset.lower() in ("utf-8", "utf8")
+            return _json(body if utf8 else body.decode(charset or "utf-8"), max_depth)
         except UnicodeDecodeError as exc:
             raise Rejected(400, f"body is not valid {charset or 'utf-8'}: {exc.reason}") from exc
         except LookupError as exc:

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
 
+from . import jsontext
 from .config import HandlerSpec
 from .dedup import dedup_key
 from .http_errors import add_no_route, error, json_errors
@@ -163,7 +164,7 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
             answer["pending"] = True
         except Exception as exc:
             answer["error"] = str(exc)
-    return web.json_response(answer, status=202)
+    return web.Response(text=jsontext.dumps(answer), status=202, content_type="application/json")
 
 
 def json_dumps(value: Any) -> str:

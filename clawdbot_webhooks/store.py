@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from clawdbot_webhooks_hookspecs import Delivery
 
+from . import jsontext
 from .sqlite_writer import Rows, SQLiteWriter
 from .sqlite_writer import StoreUnavailable as StoreUnavailable  # part of the store API
 
@@ -534,8 +535,8 @@ class SQLiteStore(SQLiteWriter):
                 record.hook_id,
                 record.received_at,
                 record.content_type,
-                json.dumps(record.headers),
-                json.dumps(record.query) if record.query else "{}",
+                jsontext.dumps(record.headers),
+                jsontext.dumps(record.query) if record.query else "{}",
                 record.client_ip,
                 record.session,
                 record.dedup_key,

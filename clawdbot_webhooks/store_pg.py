@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from . import jsontext
 from .store import (
     _KIND_COLUMNS,
     Attempt,
@@ -358,8 +359,8 @@ class PostgresStore:
             record.received_at,
             record.content_type,
             record.body,
-            json.dumps(record.headers),
-            json.dumps(record.query),
+            jsontext.dumps(record.headers),
+            jsontext.dumps(record.query),
             record.client_ip,
             record.session,
             record.status,

@@ -143,6 +143,48 @@ async def test_bad_bodies_are_400(start_server, raw, ctype, fragment) -> None:
     assert await srv.runtime.store.count_incoming() == 0
 
 
+async def test_valid_json_beyond_the_fast_parser_is_accepted(start_server) -> None:
+    """Integers beyond 64 bits, lone surrogates and other charsets are valid JSON: accepted,
+    and the action sees them exactly."""
+    config = {
+        **BASIC,
+        "handlers": [{**BASIC["handlers"][0], "template": "{{ n }} {{ s|length }} {{ t }}"}],
+    }
+    srv = await start_server(config)
+    for raw, ctype in [
+        (b'{"n": 123456789012345678901234567890, "s": "\\ud800", "t": "a"}', "application/json"),
+        ('{"n": -1, "s": "é", "t": "ü"}'.encode("latin-1"), "application/json; charset=latin-1"),
+    ]:
+        status, _ = await srv.post("my-hook", raw=raw, headers=AUTH, content_type=ctype)
+        assert status == 202
+    await srv.idle()
+    from clawdbot_webhooks.builtin.local_gateway import read_log
+
+    texts = [m["text"] for m in read_log(srv.runtime.settings.state_dir)]
+    assert texts == ["123456789012345678901234567890 1 a", "-1 1 ü"]
+
+
+async def test_header_bytes_that_are_not_utf8_are_stored(start_server) -> None:
+    """A header value with bytes that are not UTF-8 still gets a 202 and is kept."""
+    srv = await start_server(BASIC)
+    host, port = srv.base.removeprefix("http://").split(":")
+    body = b'{"text": "hi"}'
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /webhook/my-hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-Webhook-Secret: {SECRET}\r\n".encode()
+        + b"X-Odd: caf\xe9\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+    delivery_id = json.loads(answer.split(b"\r\n\r\n", 1)[1])["id"]
+    stored = await srv.runtime.store.get_incoming(delivery_id)
+    assert stored is not None and stored.headers["x-odd"].startswith("caf")
+
+
 @pytest.mark.parametrize("ctype", ["application/xml", "image/png", "multipart/form-data"])
 async def test_unsupported_content_type_is_415(start_server, ctype) -> None:
     srv = await start_server(BASIC)
