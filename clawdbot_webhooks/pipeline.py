@@ -211,11 +211,16 @@ class Pipeline:
                     record, f"handler {record.hook_id!r} is no longer configured", None
                 )
                 return
-            # The handler's own cap first: waiting for it must not hold a shared slot.
-            handler_slot = self._handler_slots.get(spec.handler.id) or contextlib.nullcontext()
-            turn = self._sessions.turn(record.session, spec.persistent)
-            async with turn, handler_slot, self._slots:
-                await self._attempt(record, spec, payload)
+            if spec.persistent or spec.max_concurrent:
+                # The session's turn, then the handler's own cap: waiting for either must not
+                # hold a shared slot.
+                turn = self._sessions.turn(record.session, spec.persistent)
+                handler_slot = self._handler_slots.get(spec.handler.id) or contextlib.nullcontext()
+                async with turn, handler_slot, self._slots:
+                    await self._attempt(record, spec, payload)
+            else:  # the common case: an ephemeral session, no cap of its own
+                async with self._slots:
+                    await self._attempt(record, spec, payload)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the store failed: the lease expires and it runs again
@@ -233,67 +238,72 @@ class Pipeline:
         if payload is None:
             payload = parse_content(record.body, record.content_type)
         delivery = record.as_delivery(payload)
-        await self._publish(
-            self._sessions.begin(record.session, handler.id, spec.persistent, record.id)
-        )
+        event = self._sessions.begin(record.session, handler.id, spec.persistent, record.id)
+        if event is not None:
+            await self._bus.publish(event)
         started = time.monotonic()
         try:
             outcome = await self._act(delivery, spec)
         except Exception as exc:
-            retry = getattr(exc, "retry", True)
-            reason = _describe(exc)
-            gives_up = not retry or spec.retry.gives_up_after(attempt)
-            self._observe(handler.id, "dead" if gives_up else "retry", started)
-            if gives_up:
-                await self._dead(record, reason, spec, attempts=attempt)
-            else:
-                delay = spec.retry.delay(attempt)
-                log.warning(
-                    "delivery %s attempt %d failed (%s); retrying in %.2fs",
-                    record.id,
-                    attempt,
-                    reason,
-                    delay,
-                    extra={"delivery": record.id, "hook": record.hook_id},
-                )
-                await self._store.finish_incoming(
-                    record.id,
-                    "pending",
-                    attempts=attempt,
-                    error=reason,
-                    retry_at=time.time() + delay,
-                )
-                self.wake()
-            await self._publish(self._sessions.finish(record.session, record.id, spec.persistent))
-            return
-        self._observe(handler.id, "dropped" if outcome is DROP else "done", started)
-        log.debug(
-            "delivery %s to %s: %s after %d attempts",
-            record.id,
-            handler.id,
-            "dropped" if outcome is DROP else "done",
-            attempt,
-            extra={"delivery": record.id, "hook": handler.id},
-        )
-        # Recorded without waiting for the commit (the next batch carries it): nothing here
-        # depends on it, and should it fail, the lease runs out and the delivery runs again.
-        if outcome is DROP:
-            self._record(record.id, "dropped", attempt, None)
-            self._settle(record.id, {"dropped": True})
+            await self._failed(record, spec, attempt, exc, started)
         else:
-            self._record(record.id, "done", attempt, outcome)
-            self._settle(record.id, outcome)
-        await self._publish(self._sessions.finish(record.session, record.id, spec.persistent))
-
-    def _record(self, delivery_id: str, status: str, attempts: int, result: Any) -> None:
-        written = self._store.finish_incoming(delivery_id, status, attempts=attempts, result=result)
-        asyncio.ensure_future(written).add_done_callback(
-            functools.partial(_report_unrecorded, delivery_id)
-        )
-
-    async def _publish(self, event: Event | None) -> None:
+            self._succeeded(record, spec, attempt, outcome, started)
+        event = self._sessions.finish(record.session, record.id, spec.persistent)
         if event is not None:
             await self._bus.publish(event)
+
+    def _succeeded(
+        self, record: IncomingRecord, spec: HandlerSpec, attempt: int, outcome: Any, started: float
+    ) -> None:
+        status = "dropped" if outcome is DROP else "done"
+        self._observe(record.hook_id, status, started)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "delivery %s to %s: %s after %d attempts",
+                record.id,
+                record.hook_id,
+                status,
+                attempt,
+                extra={"delivery": record.id, "hook": record.hook_id},
+            )
+        # Recorded without waiting for the commit (the next batch carries it): nothing here
+        # depends on it, and should it fail, the lease runs out and the delivery runs again.
+        result = None if outcome is DROP else outcome
+        written = self._store.finish_incoming(record.id, status, attempts=attempt, result=result)
+        asyncio.ensure_future(written).add_done_callback(
+            functools.partial(_report_unrecorded, record.id)
+        )
+        self._settle(record.id, {"dropped": True} if outcome is DROP else outcome)
+
+    async def _failed(
+        self,
+        record: IncomingRecord,
+        spec: HandlerSpec,
+        attempt: int,
+        exc: Exception,
+        started: float,
+    ) -> None:
+        """Retry later (the schedule is stored before this returns), or dead-letter."""
+        retry = getattr(exc, "retry", True)
+        reason = _describe(exc)
+        gives_up = not retry or spec.retry.gives_up_after(attempt)
+        self._observe(record.hook_id, "dead" if gives_up else "retry", started)
+        if gives_up:
+            await self._dead(record, reason, spec, attempts=attempt)
+            return
+        delay = spec.retry.delay(attempt)
+        log.warning(
+            "delivery %s attempt %d failed (%s); retrying in %.2fs",
+            record.id,
+            attempt,
+            reason,
+            delay,
+            extra={"delivery": record.id, "hook": record.hook_id},
+        )
+        await self._store.finish_incoming(
+            record.id, "pending", attempts=attempt, error=reason, retry_at=time.time() + delay
+        )
+        self.wake()
 
     async def _act(self, delivery: Delivery, spec: HandlerSpec) -> Any:
         handler = spec.handler
