@@ -35,7 +35,6 @@ from .templates import context_for
 
 log = logging.getLogger(__name__)
 
-
 RUNTIME = web.AppKey("runtime", Runtime)
 LIMITS = web.AppKey("limits", Limits)
 

@@ -49,7 +49,7 @@ class SQLiteWriter:
     together share one transaction, and each future resolves only after its transaction is
     committed. The event loop is woken once per batch, not once per request. ``_do`` is a
     plain function returning the future, queuing at once: no coroutine to create per call, and
-    a caller that need not wait for the commit can leave the future alone.
+    a caller that need not wait for the commit can go on (and watch the future instead).
     """
 
     #: How many queued requests one transaction takes at most.

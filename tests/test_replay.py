@@ -150,3 +150,23 @@ async def test_window_and_pruning_in_the_store_survive_reopening(tmp_path: Path)
     assert await store.find_duplicate("h", "fresh") is None
     assert await store.find_duplicate("h", "old") == f"dlv_old_{now}"
     await store.close()
+
+
+async def test_duplicates_inside_one_commit_batch_are_told_apart(tmp_path: Path) -> None:
+    """Inserts queued together are written with one executemany; a duplicate among them
+    rolls the batch back and each insert runs alone: the first of a key is stored, the
+    others are duplicates, unrelated ones are stored, and the finishes queued with them land."""
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    await store.open()
+    now = time.time()
+    first = _record("k", now)
+    records = [first, _record("k", now + 1), _record("other", now), _record("k", now + 2)]
+    outcomes = await asyncio.gather(
+        *(store.add_incoming(r, 30, dedup_since=now - 60) for r in records),
+        store.finish_incoming(first.id, "done", attempts=1, result={"n": 1}),
+    )
+    assert outcomes[:4] == [True, False, True, False]
+    stored = await store.get_incoming(first.id)
+    assert stored is not None and stored.status == "done" and stored.result == {"n": 1}
+    assert await store.count_incoming() == 2
+    await store.close()
