@@ -12,7 +12,12 @@ import orjson
 
 
 def dumps(value: Any) -> str:
+    return encode(value).decode()
+
+
+def encode(value: Any) -> bytes:
+    """The JSON text as UTF-8 bytes, ready to send."""
     try:
-        return orjson.dumps(value).decode()
+        return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(value)
+        return json.dumps(value).encode()

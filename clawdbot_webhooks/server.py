@@ -163,7 +163,7 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
             answer["pending"] = True
         except Exception as exc:
             answer["error"] = str(exc)
-    return web.Response(text=jsontext.dumps(answer), status=202, content_type="application/json")
+    return web.Response(body=jsontext.encode(answer), status=202, content_type="application/json")
 
 
 def json_dumps(value: Any) -> str:
