@@ -254,12 +254,17 @@ _MIGRATIONS_TABLE = (
 )
 
 #: A new delivery: its row (pending, no attempts yet, leased) and its body.
-_ADD_INCOMING = (
-    "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
-    "client_ip, session, status, attempts, next_attempt_at, last_error, result, dedup_key, "
-    "lease_until) VALUES (?,?,?,?,X'',?,?,?,?,'pending',0,0,NULL,NULL,?,?)",
-    "INSERT INTO inbox_bodies (id, body) VALUES (?, ?)",
+#: Bodies up to this size stay in the inbox row: one insert instead of two, and the row
+#: rewritten with each outcome stays small. Larger ones go to ``inbox_bodies`` (migration 2).
+INLINE_BODY_BYTES = 2048
+_INBOX_ROW = (
+    "INSERT INTO inbox (id, hook_id, received_at, content_type, headers, query, client_ip, "
+    "session, dedup_key, lease_until, body, status, attempts, next_attempt_at, last_error, "
+    "result) VALUES (?,?,?,?,?,?,?,?,?,?,?,'pending',0,0,NULL,NULL)"
 )
+#: A new delivery (pending, no attempts yet, leased), its body in the row or apart.
+_ADD_INCOMING = (_INBOX_ROW,)
+_ADD_INCOMING_APART = (_INBOX_ROW, "INSERT INTO inbox_bodies (id, body) VALUES (?, ?)")
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, next_attempt_at=?, "
     "lease_until=0, finished_at=? WHERE id=?",
@@ -268,7 +273,8 @@ _INBOX_INSERT = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
     "status, attempts, next_attempt_at, last_error, result, dedup_key"
 )
-# Rows stored before migration 2 still carry their body in inbox.body.
+# Bodies up to INLINE_BODY_BYTES (and all of those stored before migration 2) are in
+# inbox.body; larger ones in inbox_bodies.
 _INBOX_COLUMNS = _INBOX_INSERT.replace(
     "body,",
     "COALESCE((SELECT b.body FROM inbox_bodies b WHERE b.id = inbox.id), inbox.body),",
@@ -529,24 +535,25 @@ class SQLiteStore(SQLiteWriter):
         whether or not ``prune_dedup`` has run since, so restarts change nothing.
         """
 
-        params = (
-            (
-                record.id,
-                record.hook_id,
-                record.received_at,
-                record.content_type,
-                jsontext.dumps(record.headers),
-                jsontext.dumps(record.query) if record.query else "{}",
-                record.client_ip,
-                record.session,
-                record.dedup_key,
-                time.time() + lease,
-            ),
-            (record.id, record.body),
+        inline = len(record.body) <= INLINE_BODY_BYTES
+        row = (
+            record.id,
+            record.hook_id,
+            record.received_at,
+            record.content_type,
+            jsontext.dumps(record.headers),
+            jsontext.dumps(record.query) if record.query else "{}",
+            record.client_ip,
+            record.session,
+            record.dedup_key,
+            time.time() + lease,
+            record.body if inline else b"",
         )
+        statements = _ADD_INCOMING if inline else _ADD_INCOMING_APART
+        params: tuple[tuple[Any, ...], ...] = (row,) if inline else (row, (record.id, record.body))
 
         def insert(conn: sqlite3.Connection) -> None:
-            for sql, values in zip(_ADD_INCOMING, params, strict=True):
+            for sql, values in zip(statements, params, strict=True):
                 conn.execute(sql, values)
 
         def add_or_dedup(conn: sqlite3.Connection) -> bool:
@@ -566,7 +573,7 @@ class SQLiteStore(SQLiteWriter):
                 insert(conn)
             return True
 
-        return self._do(Rows(_ADD_INCOMING, params, True, add_or_dedup))
+        return self._do(Rows(statements, params, True, add_or_dedup))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""

@@ -170,3 +170,30 @@ async def test_duplicates_inside_one_commit_batch_are_told_apart(tmp_path: Path)
     assert stored is not None and stored.status == "done" and stored.result == {"n": 1}
     assert await store.count_incoming() == 2
     await store.close()
+
+
+async def test_small_bodies_in_the_row_large_ones_apart_read_back_the_same(
+    tmp_path: Path,
+) -> None:
+    from clawdbot_webhooks.store import INLINE_BODY_BYTES
+
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    await store.open()
+    now = time.time()
+    small, large = _record("small", now), _record("large", now)
+    small.body = b'{"n": 1}'
+    large.body = b'{"pad": "' + b"x" * (INLINE_BODY_BYTES * 3) + b'"}'
+    assert await asyncio.gather(store.add_incoming(small, 0), store.add_incoming(large, 0))
+    for record in (small, large):
+        stored = await store.get_incoming(record.id)
+        assert stored is not None and stored.body == record.body
+    claimed = {r.id: r.body for r in await store.claim_incoming(10, 30)}
+    assert claimed == {small.id: small.body, large.id: large.body}
+    rows = await store._do(
+        lambda conn: conn.execute(
+            "SELECT i.id, length(i.body), b.id IS NOT NULL FROM inbox i "
+            "LEFT JOIN inbox_bodies b ON b.id = i.id"
+        ).fetchall()
+    )
+    assert sorted(rows) == sorted([(small.id, len(small.body), 0), (large.id, 0, 1)])
+    await store.close()
