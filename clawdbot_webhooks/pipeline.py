@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import Counter
@@ -172,9 +171,7 @@ class Pipeline:
     def _spawn(self, record: IncomingRecord, payload: Any = None) -> None:
         self._running.add(record.id)
         self._in_flight[record.hook_id] += 1
-        task = asyncio.create_task(self._run(record, payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.add(asyncio.create_task(self._run(record, payload)))
 
     async def _poll(self) -> None:
         """Pick up stored work that is due: retries, and work left by a stopped process."""
@@ -227,6 +224,9 @@ class Pipeline:
             log.exception("delivery %s could not be recorded: %r", record.id, exc)
             self._settle(record.id, exc)
         finally:
+            # The task leaves the set itself: cheaper than a done-callback for each. (One
+            # cancelled before its first step stays; that happens only while stopping.)
+            self._tasks.discard(asyncio.current_task())
             self._running.discard(record.id)
             self._in_flight[record.hook_id] -= 1
             if self._backlog:
@@ -269,10 +269,7 @@ class Pipeline:
         # Recorded without waiting for the commit (the next batch carries it): nothing here
         # depends on it, and should it fail, the lease runs out and the delivery runs again.
         result = None if outcome is DROP else outcome
-        written = self._store.finish_incoming(record.id, status, attempts=attempt, result=result)
-        asyncio.ensure_future(written).add_done_callback(
-            functools.partial(_report_unrecorded, record.id)
-        )
+        self._store.record_outcome(record.id, status, attempts=attempt, result=result)
         self._settle(record.id, {"dropped": True} if outcome is DROP else outcome)
 
     async def _failed(
@@ -409,15 +406,6 @@ class Pipeline:
             waiter.set_exception(outcome)
         else:
             waiter.set_result(outcome)
-
-
-def _report_unrecorded(delivery_id: str, written: asyncio.Future[None]) -> None:
-    if not written.cancelled() and written.exception() is not None:
-        log.error(
-            "delivery %s could not be recorded; it runs again when its lease ends: %r",
-            delivery_id,
-            written.exception(),
-        )
 
 
 def _describe(exc: BaseException) -> str:

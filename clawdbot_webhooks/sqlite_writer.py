@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Rows(NamedTuple):
@@ -36,6 +39,13 @@ class Rows(NamedTuple):
 
 
 Request = Callable[[sqlite3.Connection], Any] | Rows
+
+
+class Unwatched(NamedTuple):
+    """Stands where a future would for a write nobody waits for (``SQLiteWriter._send``):
+    names what it was, for the log line should it fail."""
+
+    what: str
 
 
 class StoreUnavailable(Exception):
@@ -123,6 +133,14 @@ class SQLiteWriter:
             # One wake-up of the event loop per batch, not one per request.
             loop.call_soon_threadsafe(_settle_all, outcomes)
         conn.close()
+
+    def _send(self, request: Rows, what: str) -> None:
+        """Queue a write without waiting for its commit (no future, no wake-up for it): it
+        goes with the next batch, and should it fail, the failure is logged as ``what``."""
+        if self._closed:
+            log.error("%s could not be written: %s is closed", what, self.path.name)
+        else:
+            self._queue.put((request, Unwatched(what)))
 
     def _do(self, fn: Callable[[sqlite3.Connection], T] | Rows) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -216,7 +234,13 @@ def _settle_all(outcomes: list[Outcome]) -> None:
         _settle(future, result, error)
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[Any] | Unwatched, result: Any, error: BaseException | None
+) -> None:
+    if isinstance(future, Unwatched):
+        if error is not None:
+            log.error("%s could not be written: %r", future.what, error)
+        return
     if future.done():  # the awaiting task was cancelled
         return
     if error is not None:

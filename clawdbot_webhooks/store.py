@@ -287,6 +287,25 @@ _OUTBOX_COLUMNS = (
 _OUTBOX_COLUMNS_O = ", ".join(f"o.{c.strip()}" for c in _OUTBOX_COLUMNS.split(","))
 
 
+def _finish_params(
+    delivery_id: str,
+    status: str,
+    attempts: int,
+    result: Any,
+    error: str | None,
+    retry_at: float | None,
+) -> tuple[Any, ...]:
+    return (
+        status,
+        attempts,
+        None if result is None else json.dumps(result, default=str),
+        error,
+        retry_at or 0,
+        None if status == "pending" else time.time(),
+        delivery_id,
+    )
+
+
 def _incoming(row: sqlite3.Row | tuple[Any, ...]) -> IncomingRecord:
     (
         id_,
@@ -640,16 +659,14 @@ class SQLiteStore(SQLiteWriter):
     ) -> Awaitable[None]:
         """Record an action's outcome: done, dead, dropped, or pending again at ``retry_at``."""
 
-        params = (
-            status,
-            attempts,
-            None if result is None else json.dumps(result, default=str),
-            error,
-            retry_at or 0,
-            None if status == "pending" else time.time(),
-            delivery_id,
-        )
+        params = _finish_params(delivery_id, status, attempts, result, error, retry_at)
         return self._do(Rows(_FINISH_INCOMING, (params,)))
+
+    def record_outcome(
+        self, delivery_id: str, status: str, *, attempts: int, result: Any = None
+    ) -> None:
+        params = _finish_params(delivery_id, status, attempts, result, None, None)
+        self._send(Rows(_FINISH_INCOMING, (params,)), f"the outcome of delivery {delivery_id}")
 
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
         def op(conn: sqlite3.Connection) -> IncomingRecord | None:
@@ -1075,6 +1092,14 @@ class Store(Protocol):
         error: str | None = None,
         retry_at: float | None = None,
     ) -> Awaitable[None]: ...
+    def record_outcome(
+        self, delivery_id: str, status: str, *, attempts: int, result: Any = None
+    ) -> None:
+        """``finish_incoming`` for a delivery that is done or dropped, without waiting for the
+        write: it goes with the next batch. A failure is logged; the delivery's lease then runs
+        out and it runs again (at least once, never lost)."""
+        ...
+
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None: ...
     async def release_leases(self) -> None: ...
     async def count_incoming(self, status: str | None = None) -> int: ...

@@ -24,8 +24,11 @@ itself when the database is back.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
+import logging
 import re
 import secrets
 import time
@@ -51,6 +54,8 @@ from .store import (
     delivery_listing,
     redact_url,
 )
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -483,6 +488,14 @@ class PostgresStore:
             )
 
         await self._run(op, transaction=False)
+
+    def record_outcome(
+        self, delivery_id: str, status: str, *, attempts: int, result: Any = None
+    ) -> None:
+        written = asyncio.ensure_future(
+            self.finish_incoming(delivery_id, status, attempts=attempts, result=result)
+        )
+        written.add_done_callback(functools.partial(_report_unwritten, delivery_id))
 
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
         async def op(conn: asyncpg.Connection) -> IncomingRecord | None:
@@ -921,3 +934,10 @@ def _rowcount(status: str) -> int:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _report_unwritten(delivery_id: str, written: asyncio.Future[None]) -> None:
+    if not written.cancelled() and written.exception() is not None:
+        log.error(
+            "the outcome of delivery %s could not be written: %r", delivery_id, written.exception()
+        )

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from clawdbot_webhooks.store import IncomingRecord, SQLiteStore
 
@@ -197,3 +198,20 @@ async def test_small_bodies_in_the_row_large_ones_apart_read_back_the_same(
     )
     assert sorted(rows) == sorted([(small.id, len(small.body), 0), (large.id, 0, 1)])
     await store.close()
+
+
+async def test_an_outcome_nobody_waits_for_is_written_or_its_failure_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    await store.open()
+    record = _record("k", time.time())
+    assert await store.add_incoming(record, 30)
+    store.record_outcome(record.id, "done", attempts=1, result={"ok": 1})
+    assert await store.count_incoming("done") == 1  # queued behind it: written first
+    stored = await store.get_incoming(record.id)
+    assert stored is not None and stored.result == {"ok": 1} and stored.attempts == 1
+    await store.close()
+    with caplog.at_level("ERROR"):
+        store.record_outcome(record.id, "done", attempts=2)
+    assert f"the outcome of delivery {record.id} could not be written" in caplog.text
