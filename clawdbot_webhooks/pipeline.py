@@ -9,6 +9,7 @@ that was acknowledged but not finished runs again after a crash or restart.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -47,6 +48,52 @@ LEASE_SECONDS = 30.0
 POLL_SECONDS = 1.0
 
 
+class Slots:
+    """A counting semaphore, first come first served, whose uncontended take costs no
+    coroutine: ``asyncio.Semaphore`` costs three calls and a generator for every delivery.
+
+    ``if not slots.take(): await slots.wait()`` then ``slots.give()`` when done; or
+    ``async with slots``."""
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take(self) -> bool:
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Wait for a slot that ``give`` hands over."""
+        turn = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.give()  # handed a slot while being cancelled: pass it on
+            elif turn in self._waiters:
+                self._waiters.remove(turn)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
+
+    async def __aenter__(self) -> None:
+        if not self.take():
+            await self.wait()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.give()
+
+
 class Pipeline:
     def __init__(
         self,
@@ -65,7 +112,7 @@ class Pipeline:
         self._bus = bus
         self._sessions = sessions
         self._http = http
-        self._slots = asyncio.Semaphore(settings.incoming["concurrency"])
+        self._slots = Slots(settings.incoming["concurrency"])
         # ``maxConcurrent`` per handler: its extra deliveries stay stored and wait their turn.
         self._handler_slots = {
             spec.handler.id: asyncio.Semaphore(spec.max_concurrent)
@@ -216,8 +263,12 @@ class Pipeline:
                 async with turn, handler_slot, self._slots:
                     await self._attempt(record, spec, payload)
             else:  # the common case: an ephemeral session, no cap of its own
-                async with self._slots:
+                if not self._slots.take():
+                    await self._slots.wait()
+                try:
                     await self._attempt(record, spec, payload)
+                finally:
+                    self._slots.give()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the store failed: the lease expires and it runs again

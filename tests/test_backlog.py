@@ -66,3 +66,38 @@ async def test_a_burst_waits_in_the_store_and_runs_in_arrival_order(
     assert burst_fns.seen == [body["id"] for _, body in answers]
     assert backlogged
     assert most <= 8
+
+
+async def test_slots_take_turns_in_order_and_never_leak_on_cancellation() -> None:
+    from clawdbot_webhooks.pipeline import Slots
+
+    slots = Slots(2)
+    assert slots.take() and slots.take() and not slots.take()
+    order: list[int] = []
+
+    async def wait_then_note(n: int) -> None:
+        await slots.wait()
+        order.append(n)
+
+    waiters = [asyncio.create_task(wait_then_note(n)) for n in range(4)]
+    await asyncio.sleep(0)
+    waiters[1].cancel()  # cancelled while waiting: leaves the queue
+    slots.give()  # handed to 0
+    slots.give()  # handed to 2 (1 is gone)
+    waiters[3].cancel()
+    await asyncio.sleep(0)
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert order == [0, 2]
+    # 3 was cancelled before it got anything: two slots are held (by 0 and 2), none free
+    assert not slots.take()
+    slots.give()
+    slots.give()
+    assert slots.take() and slots.take() and not slots.take()
+
+    # A waiter handed a slot and cancelled before it resumes passes the slot on.
+    late = asyncio.create_task(slots.wait())
+    await asyncio.sleep(0)
+    slots.give()
+    late.cancel()
+    await asyncio.gather(late, return_exceptions=True)
+    assert slots.take() and not slots.take()
