@@ -116,11 +116,12 @@ async def test_replay_all_with_progress_and_purge(
     srv = await start_server({k: v for k, v in config.items() if k != "stateDir"})
     events = [Event("agent_response", {"text": str(i)}, session=f"s{i}") for i in range(30)]
     await asyncio.gather(*(srv.runtime.bus.publish(e) for e in events))
-    for _ in range(500):
+    for _ in range(1500):  # up to 30 s: a loaded machine is slow, not wrong
         await srv.runtime.outbox._finisher.drain()
         if len(await srv.runtime.store.dead_letters()) == 30:
             break
         await asyncio.sleep(0.02)
+    assert len(await srv.runtime.store.dead_letters()) == 30, "dead letters did not all arrive"
     await srv.server.close()
 
     failing.default = 200
