@@ -63,6 +63,7 @@ def _rows() -> list[dict[str, Any]]:
             add("ingest req/s, pipeline (SQLite)", r["pipeline"]["rps"], "", None),
             add("ingest req/s, bare aiohttp baseline", r["baseline"]["rps"], "", None),
             add("ingest ratio pipeline/baseline", r["ratio"], ">= 0.5", r["ratio"] >= 0.5),
+            add("ingest CPU time per request, baseline/pipeline", r["cpu_ratio"], "", None),
             add(
                 "ingest p99 (32 connections)",
                 r["pipeline"]["p99_ms"],
