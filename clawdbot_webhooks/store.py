@@ -287,7 +287,7 @@ _OUTBOX_COLUMNS = (
 _OUTBOX_COLUMNS_O = ", ".join(f"o.{c.strip()}" for c in _OUTBOX_COLUMNS.split(","))
 
 
-def _finish_params(
+def _finish_params(  # the parameters of an outcome's UPDATE, in both backends' order
     delivery_id: str,
     status: str,
     attempts: int,
@@ -300,7 +300,7 @@ def _finish_params(
         attempts,
         None if result is None else json.dumps(result, default=str),
         error,
-        retry_at or 0,
+        retry_at or 0.0,
         None if status == "pending" else time.time(),
         delivery_id,
     )

@@ -51,6 +51,7 @@ from .store import (
     OutgoingRecord,
     SchemaStatus,
     StoreUnavailable,
+    _finish_params,
     delivery_listing,
     redact_url,
 )
@@ -478,13 +479,7 @@ class PostgresStore:
                 "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, "
                 "next_attempt_at=$5, lease_until=0, lease_owner=NULL, finished_at=$6 "
                 "WHERE id=$7",
-                status,
-                attempts,
-                None if result is None else json.dumps(result, default=str),
-                error,
-                retry_at or 0.0,
-                None if status == "pending" else time.time(),
-                delivery_id,
+                *_finish_params(delivery_id, status, attempts, result, error, retry_at),
             )
 
         await self._run(op, transaction=False)
