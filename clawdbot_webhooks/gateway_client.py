@@ -58,6 +58,13 @@ class _Refetch(Exception):
     """The run finished but its final answer went to a connection that is gone."""
 
 
+def connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    """Why a connection failed, in the system's words: asyncio's own wording ("Connect call
+    failed") hides the cause; errno has it."""
+    errno = exc.os_error.errno
+    return os.strerror(errno) if errno else str(exc.os_error)
+
+
 @dataclass
 class _Call:
     method: str
@@ -243,10 +250,7 @@ class GatewayClient:
                 f"{self.url} did not accept a WebSocket connection (HTTP {exc.status})"
             ) from exc
         except aiohttp.ClientConnectorError as exc:
-            # asyncio's own wording ("Connect call failed") hides the cause; errno has it.
-            errno = exc.os_error.errno
-            reason = os.strerror(errno) if errno else str(exc.os_error)
-            raise GatewayError(f"cannot connect to {self.url}: {reason}") from exc
+            raise GatewayError(f"cannot connect to {self.url}: {connect_failure(exc)}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise GatewayError(f"cannot connect to {self.url}: {exc}") from exc
         except TimeoutError as exc:

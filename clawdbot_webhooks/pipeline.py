@@ -115,7 +115,7 @@ class Pipeline:
         self._slots = Slots(settings.incoming["concurrency"])
         # ``maxConcurrent`` per handler: its extra deliveries stay stored and wait their turn.
         self._handler_slots = {
-            spec.handler.id: asyncio.Semaphore(spec.max_concurrent)
+            spec.handler.id: Slots(spec.max_concurrent)
             for spec in settings.handlers
             if spec.max_concurrent
         }

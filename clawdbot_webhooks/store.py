@@ -80,6 +80,22 @@ class OutgoingRecord:
     last_error: str | None = None
     seq: int = 0
 
+    def values(self) -> tuple[Any, ...]:
+        """Its columns as both stores insert them (``_OUTBOX_COLUMNS`` without ``seq``)."""
+        return (
+            self.id,
+            self.event_id,
+            self.subscription_id,
+            self.event_type,
+            self.session,
+            self.payload,
+            self.created_at,
+            self.status,
+            self.attempts,
+            self.next_attempt_at,
+            self.last_error,
+        )
+
 
 @dataclass(slots=True)
 class Attempt:
@@ -269,13 +285,13 @@ _FINISH_INCOMING = (
     "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, next_attempt_at=?, "
     "lease_until=0, finished_at=? WHERE id=?",
 )
-_INBOX_INSERT = (
+_INBOX_FIELDS = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
     "status, attempts, next_attempt_at, last_error, result, dedup_key"
 )
 # Bodies up to INLINE_BODY_BYTES (and all of those stored before migration 2) are in
 # inbox.body; larger ones in inbox_bodies.
-_INBOX_COLUMNS = _INBOX_INSERT.replace(
+_INBOX_COLUMNS = _INBOX_FIELDS.replace(
     "body,",
     "COALESCE((SELECT b.body FROM inbox_bodies b WHERE b.id = inbox.id), inbox.body),",
     1,
@@ -713,20 +729,7 @@ class SQLiteStore(SQLiteWriter):
                     "INSERT OR IGNORE INTO outbox (id, event_id, subscription_id, event_type, "
                     "session, payload, created_at, status, attempts, next_attempt_at, last_error, "
                     "lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        r.id,
-                        r.event_id,
-                        r.subscription_id,
-                        r.event_type,
-                        r.session,
-                        r.payload,
-                        r.created_at,
-                        r.status,
-                        r.attempts,
-                        r.next_attempt_at,
-                        r.last_error,
-                        until,
-                    ),
+                    (*r.values(), until),
                 )
                 if cur.rowcount:
                     added.append(r.id)

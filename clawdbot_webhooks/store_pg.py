@@ -556,17 +556,7 @@ class PostgresStore:
                     "AND (p.lease_owner IS DISTINCT FROM $13 OR p.lease_until<=$14)) "
                     "THEN $12 ELSE 0 END AS until) v "
                     "ON CONFLICT (id) DO NOTHING RETURNING lease_until > 0",
-                    r.id,
-                    r.event_id,
-                    r.subscription_id,
-                    r.event_type,
-                    r.session,
-                    r.payload,
-                    r.created_at,
-                    r.status,
-                    r.attempts,
-                    r.next_attempt_at,
-                    r.last_error,
+                    *r.values(),
                     until,
                     self.owner,
                     now,

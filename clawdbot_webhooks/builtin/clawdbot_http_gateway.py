@@ -16,13 +16,14 @@ gets ``202 {"ok": true, "runId"}``. Its limits, plainly:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError
 from marshmallow import Schema, fields, validate
+
+from ..gateway_client import connect_failure
 
 #: Answers worth trying again; any other non-2xx answer is final.
 RETRYABLE = frozenset({408, 425, 429}) | frozenset(range(500, 600))
@@ -72,10 +73,7 @@ class ClawdbotHttpGateway:
                 f"Clawdbot {url} timed out after {self.options['timeout']}s"
             ) from exc
         except aiohttp.ClientConnectorError as exc:
-            # asyncio's own wording ("Connect call failed") hides the cause; errno has it.
-            errno = exc.os_error.errno
-            reason = os.strerror(errno) if errno else str(exc.os_error)
-            raise GatewayError(f"cannot connect to {url}: {reason}") from exc
+            raise GatewayError(f"cannot connect to {url}: {connect_failure(exc)}") from exc
         except aiohttp.ClientError as exc:
             raise GatewayError(f"Clawdbot {url} failed: {exc}") from exc
         try:
