@@ -251,10 +251,6 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     would otherwise walk all of it again and again under load."""
     gc.collect()
     gc.freeze()
-    import os
-
-    if os.environ.get("EXP_GC"):
-        gc.set_threshold(int(os.environ["EXP_GC"]), 10, 10)
 
 
 def serve(runtime: Runtime, host: str, port: int) -> None:
