@@ -262,6 +262,16 @@ SQLITE_MIGRATIONS = [
         "pending incoming deliveries by arrival",
         "CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (received_at) WHERE status = 'pending';",
     ),
+    # Every delivery changes status once or twice, and each change of an index over every row
+    # by status moves an entry (a delete and an insert): a sixth of an incoming webhook's cost
+    # in SQLite. Queries by status look only at pending deliveries (inbox_pending) or dead
+    # letters, so a partial index of the dead ones is all that is needed beside it.
+    Migration(
+        4,
+        "incoming deliveries indexed by status only while pending or dead",
+        "DROP INDEX IF EXISTS inbox_due;\n"
+        "CREATE INDEX IF NOT EXISTS inbox_dead ON inbox (received_at) WHERE status = 'dead';",
+    ),
 ]
 
 _MIGRATIONS_TABLE = (
@@ -934,10 +944,10 @@ class SQLiteStore(SQLiteWriter):
             now = time.time()
             counts: dict[str, int] = {}
             for table, direction in (("inbox", "incoming"), ("outbox", "outgoing")):
+                # One count per status, so that each can use a partial index of its own.
                 waiting, dead = conn.execute(
-                    f"SELECT COALESCE(SUM(status='pending' AND next_attempt_at>?), 0), "
-                    f"COALESCE(SUM(status='dead'), 0) FROM {table} "
-                    "WHERE status IN ('pending', 'dead')",
+                    f"SELECT (SELECT COUNT(*) FROM {table} WHERE status='pending' "
+                    f"AND next_attempt_at>?), (SELECT COUNT(*) FROM {table} WHERE status='dead')",
                     (now,),
                 ).fetchone()
                 counts[f"{direction}_waiting"] = int(waiting)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from typing import Any
 
@@ -13,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.outbox import outbox_id
-from clawdbot_webhooks.store import open_store
+from clawdbot_webhooks.store import IncomingRecord, open_store
 from clawdbot_webhooks.store_pg import MIGRATIONS
 from tests.conftest import POSTGRES_URL, with_storage, write_config
 
@@ -196,3 +197,65 @@ def test_ids_sort_by_creation_time_and_sessions_are_uuid4(monkeypatch) -> None:
         parsed = uuid.UUID(session.removeprefix("hook:"))
         assert session == f"hook:{parsed}"
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def _incoming(n: int) -> IncomingRecord:
+    return IncomingRecord(
+        id=f"dlv_{n}",
+        hook_id="h",
+        received_at=time.time(),
+        content_type="application/json",
+        body=b"{}",
+        headers={},
+        query={},
+        client_ip="127.0.0.1",
+        session=f"hook:{n}",
+    )
+
+
+async def test_sqlite_store_from_before_partial_status_indexes_upgrades(tmp_path) -> None:
+    """A SQLite store made before version 4 had one index of every delivery by status. After
+    the upgrade it is gone, and what was found through it still is: dead letters, waiting
+    retries and pending deliveries, through partial indexes of their own."""
+    path = tmp_path / "store.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)  # back to how version 3 left it
+    conn.executescript(
+        "DROP INDEX inbox_dead; CREATE INDEX inbox_due ON inbox (status, next_attempt_at);"
+        "DELETE FROM schema_migrations WHERE version = 4;"
+    )
+    conn.close()
+    old = open_store(f"sqlite:///{path}", migrate=False)
+    await old.open()
+    for n in range(4):
+        assert await old.add_incoming(_incoming(n), 0.0)
+    await old.finish_incoming("dlv_0", "done", attempts=1)
+    await old.finish_incoming("dlv_1", "dead", attempts=3, error="gave up")
+    await old.finish_incoming("dlv_2", "pending", attempts=1, retry_at=time.time() + 60)
+    assert [v for v, _ in (await old.schema_status()).pending] == [4]
+    await old.close()
+
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        status = await store.schema_status()
+        assert status.pending == [] and status.applied[-1][0] == 4
+        assert status.counts["inbox"] == {"done": 1, "dead": 1, "pending": 2}
+        conn = sqlite3.connect(path)
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        conn.close()
+        assert "inbox_due" not in indexes and {"inbox_dead", "inbox_pending"} <= indexes
+        assert [d.id for d in await store.dead_letters()] == ["dlv_1"]
+        counts = await store.queue_counts()
+        assert (counts["incoming_waiting"], counts["incoming_dead"]) == (1, 1)
+        assert await store.count_incoming("pending") == 2
+        assert await store.count_incoming("dead") == 1
+        claimed = await store.claim_incoming(10, 30.0)
+        assert [r.id for r in claimed] == ["dlv_3"]  # the retry is not due yet
+        assert await store.revive(["dlv_1"]) == ["dlv_1"]
+        assert await store.dead_letters() == []
+        assert await store.count_incoming("pending") == 3
+    finally:
+        await store.close()
