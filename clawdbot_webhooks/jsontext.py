@@ -11,6 +11,12 @@ from typing import Any
 import orjson
 
 
+def readable(value: Any) -> str:
+    """For answers that carry what actions and payloads returned: anything (``str`` of what
+    JSON has no type for), non-ASCII left readable."""
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     return encode(value).decode()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -69,6 +68,7 @@ async def receive(request: web.Request) -> web.StreamResponse:
     rt = request.app[RUNTIME]
     hook_id = request.match_info["hook_id"]
     spec = rt.settings.routes.get(hook_id)
+    hook = UNKNOWN_HOOK if spec is None else spec.handler.id
     try:
         if request.method != "POST":
             raise Rejected(405, f"method {request.method} not allowed; use POST", {"Allow": "POST"})
@@ -80,8 +80,11 @@ async def receive(request: web.Request) -> web.StreamResponse:
         response = await _accept(rt, spec, request)
     except Rejected as exc:
         response = error(exc.status, exc.message, exc.headers)
+    except Exception:
+        rt.metrics.request(hook, 500)  # aiohttp answers it
+        raise
     # Counted here, not in a middleware: see ``json_errors``.
-    rt.metrics.request(UNKNOWN_HOOK if spec is None else spec.handler.id, response.status)
+    rt.metrics.request(hook, response.status)
     return response
 
 
@@ -158,17 +161,12 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
     if waiter is not None:
         try:
             answer["result"] = await asyncio.wait_for(asyncio.shield(waiter), spec.sync_timeout)
-            return web.json_response(answer, status=200, dumps=json_dumps)
+            return web.json_response(answer, status=200, dumps=jsontext.readable)
         except TimeoutError:
             answer["pending"] = True
         except Exception as exc:
             answer["error"] = str(exc)
     return web.Response(body=jsontext.encode(answer), status=202, content_type="application/json")
-
-
-def json_dumps(value: Any) -> str:
-    """For answers that carry what actions and payloads returned: anything, readable UTF-8."""
-    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import sqlite3
@@ -198,26 +199,21 @@ def _run_grouped(conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> 
     """Run the batch in order, each run of ``Rows`` with the same statements as one
     ``executemany`` per statement."""
     outcomes: list[Outcome] = []
-    i, n = 0, len(batch)
-    while i < n:
-        request, future = batch[i]
-        if not isinstance(request, Rows):
-            outcomes.append((future, request(conn), None))
-            i += 1
+    for statements, group in itertools.groupby(batch, key=_statements):
+        if statements is None:  # functions, one by one
+            outcomes.extend((future, _run_one(conn, fn), None) for fn, future in group)
             continue
-        run: list[tuple[Rows, Any]] = [(request, future)]
-        j = i + 1
-        while j < n:
-            other, other_future = batch[j]
-            if not isinstance(other, Rows) or other.sql != request.sql:
-                break
-            run.append((other, other_future))
-            j += 1
-        for k, sql in enumerate(request.sql):
+        # Every one is Rows (the key says so); the check tells the type checker.
+        run = [(rows, future) for rows, future in group if isinstance(rows, Rows)]
+        for k, sql in enumerate(statements):
             conn.executemany(sql, [rows.params[k] for rows, _ in run])
-        outcomes.extend((f, rows.result, None) for rows, f in run)
-        i = j
+        outcomes.extend((future, rows.result, None) for rows, future in run)
     return outcomes
+
+
+def _statements(item: tuple[Request, Any]) -> tuple[str, ...] | None:
+    request = item[0]
+    return request.sql if isinstance(request, Rows) else None
 
 
 def _failure(exc: Exception) -> Exception:

@@ -594,17 +594,16 @@ class SQLiteStore(SQLiteWriter):
             time.time() + lease,
             record.body if inline else b"",
         )
-        statements = _ADD_INCOMING if inline else _ADD_INCOMING_APART
-        params: tuple[tuple[Any, ...], ...] = (row,) if inline else (row, (record.id, record.body))
-
-        def insert(conn: sqlite3.Connection) -> None:
-            for sql, values in zip(statements, params, strict=True):
-                conn.execute(sql, values)
+        insert = (
+            Rows(_ADD_INCOMING, (row,), True)
+            if inline
+            else Rows(_ADD_INCOMING_APART, (row, (record.id, record.body)), True)
+        )
 
         def add_or_dedup(conn: sqlite3.Connection) -> bool:
             """Alone, after the batch failed: a conflict on the dedup key is looked at."""
             try:
-                insert(conn)
+                insert.run(conn)
             except sqlite3.IntegrityError:
                 if record.dedup_key is None or dedup_since is None:
                     raise
@@ -615,10 +614,10 @@ class SQLiteStore(SQLiteWriter):
                 ).rowcount
                 if not expired:
                     return False
-                insert(conn)
+                insert.run(conn)
             return True
 
-        return self._do(Rows(statements, params, True, add_or_dedup))
+        return self._do(insert._replace(fallback=add_or_dedup))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""

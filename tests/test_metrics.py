@@ -214,3 +214,36 @@ def test_tallies_expose_what_prometheus_client_would() -> None:
     names = ("clawdbot_webhooks_action_duration_seconds", "clawdbot_webhooks_incoming_requests")
     assert samples(ours.registry, names) == samples(theirs, names)
     assert len(samples(theirs, names)) == 2 * (len(BUCKETS) + 3) + 2
+
+
+class BrokenVerifier:
+    """A verifier plugin with a bug: it raises something other than VerificationError."""
+
+    from clawdbot_webhooks_hookspecs import hookimpl
+
+    @hookimpl
+    def register_verifiers(self, register):  # type: ignore[no-untyped-def]
+        from marshmallow import Schema
+
+        class Broken:
+            class schema(Schema):
+                pass
+
+            def verify(self, request, options):  # type: ignore[no-untyped-def]
+                raise RuntimeError("a bug in the plugin")
+
+        register("broken", Broken())
+
+
+async def test_a_request_that_fails_unexpectedly_is_counted_as_500(start_server) -> None:
+    handler = {"id": "b", "action": "run_agent", "agentId": "a", "template": "x"}
+    srv = await start_server(
+        {"handlers": [{**handler, "verify": {"type": "broken"}}]},
+        plugins=[("broken", BrokenVerifier())],
+    )
+    async with srv.session.post(f"{srv.base}/webhook/b", json={}) as resp:
+        assert resp.status == 500
+    assert await srv.runtime.store.count_incoming() == 0  # nothing was accepted
+    _, found = await scrape(srv)
+    requests = "clawdbot_webhooks_incoming_requests_total"
+    assert value(found, requests, hook="b", code="500") == 1

@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import jsontext
 from ..incoming import parse_content
 from ..runtime import Runtime
-from ..server import json_dumps
 from ..store import DeliveryQuery, DeliverySummary, IncomingRecord, OutgoingRecord
 from ..templates import context_for
 
@@ -292,7 +292,7 @@ async def show_incoming(request: web.Request) -> web.Response:
     record = await rt.store.get_incoming(request.match_info["id"])
     if record is None:
         return fail(404, "no such incoming delivery")
-    return web.json_response(await incoming_view(rt, record), dumps=json_dumps)
+    return web.json_response(await incoming_view(rt, record), dumps=jsontext.readable)
 
 
 async def show_outgoing(request: web.Request) -> web.Response:
@@ -300,7 +300,7 @@ async def show_outgoing(request: web.Request) -> web.Response:
     record = await rt.store.get_outgoing(request.match_info["id"])
     if record is None:
         return fail(404, "no such outgoing delivery")
-    return web.json_response(await outgoing_view(rt, record), dumps=json_dumps)
+    return web.json_response(await outgoing_view(rt, record), dumps=jsontext.readable)
 
 
 async def replay_incoming(request: web.Request) -> web.Response:
