@@ -34,9 +34,16 @@ class Rows(NamedTuple):
     def run(self, conn: sqlite3.Connection) -> Any:
         if self.fallback is not None:
             return self.fallback(conn)
-        for sql, params in zip(self.sql, self.params, strict=True):
-            conn.execute(sql, params)
+        execute_all(conn, self.sql, self.params)
         return self.result
+
+
+def execute_all(
+    conn: sqlite3.Connection, statements: Sequence[str], params: Sequence[Sequence[Any]]
+) -> None:
+    """Each statement with its parameters, in order."""
+    for sql, values in zip(statements, params, strict=True):
+        conn.execute(sql, values)
 
 
 Request = Callable[[sqlite3.Connection], Any] | Rows

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 from clawdbot_webhooks_hookspecs import Delivery
 
 from . import jsontext
-from .sqlite_writer import Rows, SQLiteWriter
+from .sqlite_writer import Rows, SQLiteWriter, execute_all
 from .sqlite_writer import StoreUnavailable as StoreUnavailable  # part of the store API
 
 T = TypeVar("T")
@@ -594,16 +594,13 @@ class SQLiteStore(SQLiteWriter):
             time.time() + lease,
             record.body if inline else b"",
         )
-        insert = (
-            Rows(_ADD_INCOMING, (row,), True)
-            if inline
-            else Rows(_ADD_INCOMING_APART, (row, (record.id, record.body)), True)
-        )
+        statements = _ADD_INCOMING if inline else _ADD_INCOMING_APART
+        params: tuple[tuple[Any, ...], ...] = (row,) if inline else (row, (record.id, record.body))
 
         def add_or_dedup(conn: sqlite3.Connection) -> bool:
             """Alone, after the batch failed: a conflict on the dedup key is looked at."""
             try:
-                insert.run(conn)
+                execute_all(conn, statements, params)
             except sqlite3.IntegrityError:
                 if record.dedup_key is None or dedup_since is None:
                     raise
@@ -614,10 +611,10 @@ class SQLiteStore(SQLiteWriter):
                 ).rowcount
                 if not expired:
                     return False
-                insert.run(conn)
+                execute_all(conn, statements, params)
             return True
 
-        return self._do(insert._replace(fallback=add_or_dedup))
+        return self._do(Rows(statements, params, True, add_or_dedup))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""
