@@ -131,6 +131,10 @@ class Pipeline:
         #: Set while stored deliveries wait for the poller: new ones queue behind them.
         self._backlog = False
         self._reserved = 0
+        #: Deliveries being stored behind the backlog (unleased) right now, and how many ever
+        #: were: a claim can only say the backlog is gone if none was stored while it ran.
+        self._deferring = 0
+        self._deferred = 0
         self._closing = False
         self.lease = settings.lease_seconds
         #: Set by the runtime: times each action by hook and outcome (``metrics.Metrics``).
@@ -175,15 +179,19 @@ class Pipeline:
         run_now = not self._closing and (
             sync or (not self._backlog and len(self._tasks) + self._reserved < self._max_held)
         )
-        if not run_now and not self._closing:
+        deferred = not run_now and not self._closing
+        if deferred:
             self._backlog = True
+            self._deferred += 1
         self._reserved += run_now  # held for it while the insert is under way
+        self._deferring += deferred
         try:
             stored = await self._store.add_incoming(
                 record, self.lease if run_now else 0.0, dedup_since=dedup_since
             )
         finally:
             self._reserved -= run_now
+            self._deferring -= deferred
         if not stored or not run_now:
             return stored, None
         return True, self.submit(record, payload, wait=sync)
@@ -223,21 +231,32 @@ class Pipeline:
     async def _poll(self) -> None:
         """Pick up stored work that is due: retries, and work left by a stopped process."""
         while not self._closing:
+            raced = False
             try:
                 free = max(0, self._max_held - len(self._tasks))
                 if free:
+                    # A delivery stored behind the backlog while the claim ran may be missing
+                    # from it; the one after it would then overtake it if the backlog ended.
+                    quiet, deferred = self._deferring == 0, self._deferred
                     claimed = await self._store.claim_incoming(free, self.lease)
                     for record in claimed:
                         if record.id not in self._running:
                             self._spawn(record)
                     if len(claimed) < free:
-                        self._backlog = False  # the store holds nothing more that is due
+                        raced = not quiet or deferred != self._deferred
+                        if not raced:
+                            self._backlog = False  # the store holds nothing more that is due
                 # With a backlog, the next claim comes when a place frees up (``wake``).
                 due = None if self._backlog else await self._store.next_incoming_due()
             except Exception:
                 log.exception("could not read the inbox; trying again")
                 due = None
-            wait = POLL_SECONDS if due is None else min(POLL_SECONDS, max(0.0, due - time.time()))
+            if raced:
+                wait = 0.0  # claim again soon, until no delivery races the claim
+            elif due is None:
+                wait = POLL_SECONDS
+            else:
+                wait = min(POLL_SECONDS, max(0.0, due - time.time()))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.01))

@@ -8,6 +8,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -107,10 +108,8 @@ class SQLiteWriter:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # The timeout first: switching to WAL waits for a lock when another process opens
-        # the same file at the same moment.
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
+        _switch_to_wal(conn)
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.executescript(self.schema)
         return conn
@@ -160,6 +159,24 @@ class SQLiteWriter:
 
 
 Outcome = tuple[Any, Any, BaseException | None]
+
+#: How long a connection waits for a lock another connection holds.
+BUSY_SECONDS = 5.0
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting out other connections that open the same new file
+    at the same moment (two processes starting together): SQLite answers "database is locked"
+    at once there instead of waiting on the busy timeout, so the wait is done here."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _apply(conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> list[Outcome]:

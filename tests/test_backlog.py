@@ -6,6 +6,7 @@ import asyncio
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 
 async def test_a_burst_waits_in_the_store_and_runs_in_arrival_order(
@@ -101,3 +102,59 @@ async def test_slots_take_turns_in_order_and_never_leak_on_cancellation() -> Non
     late.cancel()
     await asyncio.gather(late, return_exceptions=True)
     assert slots.take() and not slots.take()
+
+
+async def test_a_delivery_stored_while_the_backlog_is_claimed_is_not_overtaken(
+    start_server, tmp_path: Path
+) -> None:
+    """The backlog ends when a claim finds fewer due deliveries than places. A delivery stored
+    behind the backlog while that claim ran is missing from it; if the backlog ended then, the
+    next delivery would run at once, before it. This forces that moment."""
+    (tmp_path / "gate_fns.py").write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+            seen = []
+            gate = asyncio.Event()
+
+            async def gated(ctx):
+                await gate.wait()
+                seen.append(ctx.delivery.id)
+            """
+        )
+    )
+    sys.path.insert(0, str(tmp_path))
+    sys.modules.pop("gate_fns", None)
+    config = {
+        "incoming": {"concurrency": 1},  # at most 4 deliveries held in memory
+        "handlers": [{"id": "g", "action": "custom", "function": "gate_fns:gated"}],
+    }
+    srv = await start_server(config)
+    import gate_fns
+
+    pipeline, store = srv.runtime.pipeline, srv.runtime.store
+    ids = [(await srv.post("g", {"n": n}))[1]["id"] for n in range(5)]  # 4 held, 1 stored
+    assert pipeline.backlogged
+    claim = store.claim_incoming
+    raced: list[str] = []
+
+    async def claim_raced_by_a_delivery(limit: int, lease: float) -> list[Any]:
+        store.claim_incoming = claim  # once
+        claimed = asyncio.create_task(claim(limit, lease))
+        await asyncio.sleep(0)  # the claim is queued
+        deferred = pipeline._deferred
+        post = asyncio.create_task(srv.post("g", {"n": 5}))
+        while pipeline._deferred == deferred:  # it is being stored behind the backlog
+            await asyncio.sleep(0.001)
+        result = await claimed
+        raced.append((await post)[1]["id"])
+        return result
+
+    store.claim_incoming = claim_raced_by_a_delivery
+    gate_fns.gate.set()  # the held ones finish; a place frees up; the poller claims
+    while not raced:
+        await asyncio.sleep(0.005)
+    ids += raced
+    ids.append((await srv.post("g", {"n": 6}))[1]["id"])
+    await srv.idle(timeout=10)
+    assert gate_fns.seen == ids

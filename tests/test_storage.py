@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from clawdbot_webhooks_hookspecs import Event
@@ -259,3 +261,35 @@ async def test_sqlite_store_from_before_partial_status_indexes_upgrades(tmp_path
         assert await store.count_incoming("pending") == 3
     finally:
         await store.close()
+
+
+def _open_at_once(path: Path, start: threading.Barrier, failures: list[BaseException]) -> None:
+    from clawdbot_webhooks.sqlite_writer import SQLiteWriter
+
+    writer = SQLiteWriter(path, "CREATE TABLE IF NOT EXISTS t (a);")
+    start.wait()
+    try:
+        writer._connect().close()
+    except Exception as exc:
+        failures.append(exc)
+
+
+def test_connections_opening_one_new_sqlite_file_at_once_all_get_it(tmp_path) -> None:
+    """Processes that start together open the same new file at the same moment, and SQLite
+    refuses all but one switch to WAL at once ("database is locked") instead of waiting:
+    each opener must wait its turn, not fail to start."""
+    for round_ in range(30):  # the race is lost in a few rounds out of ten without the wait
+        path = tmp_path / f"race-{round_}.sqlite3"
+        start = threading.Barrier(4)
+        failures: list[BaseException] = []
+        threads = [
+            threading.Thread(target=_open_at_once, args=(path, start, failures)) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
