@@ -13,7 +13,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import Server, cpu_seconds, free_port, save, table, webhooks_server, wrk
+from harness import (
+    Server,
+    cpu_seconds,
+    free_port,
+    host_cpu,
+    save,
+    stolen,
+    table,
+    webhooks_server,
+    wrk,
+)
 
 BODY = json.dumps(
     {
@@ -56,12 +66,13 @@ def run(seconds: int, connections: int, rounds: int) -> dict[str, Any]:
                 order = ("baseline", "pipeline") if i % 2 == 0 else ("pipeline", "baseline")
                 for name in order:
                     server, url, headers = targets[name]
-                    before = cpu_seconds(server.proc.pid)
+                    before, host = cpu_seconds(server.proc.pid), host_cpu()
                     run = wrk(url, BODY, headers, connections=connections, seconds=seconds)
                     # The server's own CPU time per request: what throughput would be on a
                     # core nobody else uses (the machine's other tenants move req/s more).
                     spent = cpu_seconds(server.proc.pid) - before
                     run["cpu_us"] = 1e6 * spent / max(run["requests"], 1.0)
+                    run["steal"] = stolen(host, host_cpu())
                     runs[name].append(run)
     pairs = list(zip(runs["baseline"], runs["pipeline"], strict=True))
     ratios = [p["rps"] / b["rps"] for b, p in pairs]
@@ -72,6 +83,7 @@ def run(seconds: int, connections: int, rounds: int) -> dict[str, Any]:
         "ratio": statistics.median(ratios),
         "ratios": ratios,
         "cpu_ratio": baseline["cpu_us"] / pipeline["cpu_us"],
+        "steal": statistics.median(r["steal"] for r in runs["baseline"] + runs["pipeline"]),
         "rounds": runs,
     }
 
@@ -95,6 +107,7 @@ def main() -> None:
     print(table(rows, columns))
     print("ratio per round: " + ", ".join(f"{r:.2f}" for r in result["ratios"]))
     print(f"CPU time per request, baseline/pipeline: {result['cpu_ratio']:.2f}")
+    print(f"host CPU stolen by other guests during the runs: {result['steal']:.0%} (quiet: ~0%)")
     print(
         f"median ratio pipeline/baseline: {result['ratio']:.2f} (target >= 0.5); "
         f"pipeline p99 {result['pipeline'].get('p99_ms', 0):.1f} ms (target <= 20)"

@@ -20,7 +20,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from harness import RESULTS, save, table  # noqa: E402
+from harness import RESULTS, host_cpu, save, stolen, table  # noqa: E402
 
 #: name -> (arguments for a full run, arguments for --quick)
 RUNS: dict[str, tuple[list[str], list[str]]] = {
@@ -70,6 +70,11 @@ def _rows() -> list[dict[str, Any]]:
                 "<= 20 ms",
                 r["pipeline"]["p99_ms"] <= 20,
                 " ms",
+            ),
+            add("ingest p99 of the baseline, same runs", r["baseline"]["p99_ms"], "", None, " ms"),
+            # Absolute figures (req/s, p99) fall with it; the ratios much less.
+            add(
+                "ingest: host CPU stolen by other guests", 100 * r.get("steal", 0.0), "", None, " %"
             ),
         ),
     )
@@ -171,13 +176,17 @@ def main() -> None:
     for name, (full, quick) in RUNS.items():
         if args.only and name not in args.only:
             continue
-        started = time.monotonic()
+        started, host = time.monotonic(), host_cpu()
         print(f"== {name}", flush=True)
         done = subprocess.run(
             [sys.executable, str(BENCH / f"{name}.py"), *(quick if args.quick else full)]
         )
         status = "ok" if done.returncode == 0 else f"failed ({done.returncode})"
-        print(f"   {name}: {status} in {time.monotonic() - started:.0f}s", flush=True)
+        print(
+            f"   {name}: {status} in {time.monotonic() - started:.0f}s, "
+            f"host CPU stolen by other guests {stolen(host, host_cpu()):.0%}",
+            flush=True,
+        )
     rows = _rows()
     print()
     print(table(rows, ["figure", "value", "target", "met"]))
