@@ -80,6 +80,11 @@ class SQLiteWriter:
         self.synchronous = synchronous
         self._queue: queue.SimpleQueue[tuple[Request, Any] | None]
         self._queue = queue.SimpleQueue()
+        #: Writes nobody waits for (``_send``), held back until the next write somebody
+        #: does wait for, or ``LATER_SECONDS``: they then share its transaction.
+        self._later: list[tuple[Request, Any]] = []
+        self._later_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = True
 
@@ -87,11 +92,12 @@ class SQLiteWriter:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
         self._closed = False
         self._thread = threading.Thread(
             target=self._run,
-            args=(asyncio.get_running_loop(), ready),
+            args=(loop, ready),
             daemon=True,
             name="sqlite-writer",
         )
@@ -102,6 +108,10 @@ class SQLiteWriter:
         if self._closed:
             return
         self._closed = True
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+            self._later_timer = None
+        self._release_later()
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -137,24 +147,46 @@ class SQLiteWriter:
                     break
                 batch.append(item)
             outcomes = _apply(conn, batch)
-            # One wake-up of the event loop per batch, not one per request.
-            loop.call_soon_threadsafe(_settle_all, outcomes)
+            # One wake-up of the event loop per batch, not one per request, and none for a
+            # batch of writes nobody waits for that all went well.
+            if any(error is not None or not isinstance(f, Unwatched) for f, _, error in outcomes):
+                loop.call_soon_threadsafe(_settle_all, outcomes)
         conn.close()
 
     def _send(self, request: Rows, what: str) -> None:
-        """Queue a write without waiting for its commit (no future, no wake-up for it): it
-        goes with the next batch, and should it fail, the failure is logged as ``what``."""
-        if self._closed:
+        """A write nobody waits for; should it fail, the failure is logged as ``what``.
+
+        It is held back until the next write somebody waits for, and goes into the queue just
+        before it, so the two share a transaction and the pages they both touch are written
+        once (under load, an outcome and the next deliveries' inserts); when no such write
+        comes, it goes on its own after ``LATER_SECONDS``. Either way it is written in the
+        order it was asked for."""
+        if self._closed or self._loop is None:
             log.error("%s could not be written: %s is closed", what, self.path.name)
-        else:
-            self._queue.put((request, Unwatched(what)))
+            return
+        self._later.append((request, Unwatched(what)))
+        if self._later_timer is None:
+            self._later_timer = self._loop.call_later(LATER_SECONDS, self._on_later_timer)
+
+    def _on_later_timer(self) -> None:
+        # Not cancelled when a waited-for write takes the held ones first (that would cost a
+        # timer per request under load): firing with nothing held does nothing.
+        self._later_timer = None
+        self._release_later()
+
+    def _release_later(self) -> None:
+        for item in self._later:
+            self._queue.put(item)
+        self._later.clear()
 
     def _do(self, fn: Callable[[sqlite3.Connection], T] | Rows) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         if self._closed:
             future.set_exception(StoreUnavailable(f"{self.path.name} is closed"))
-        else:
-            self._queue.put((fn, future))
+            return future
+        if self._later:
+            self._release_later()
+        self._queue.put((fn, future))
         return future
 
 
@@ -162,6 +194,8 @@ Outcome = tuple[Any, Any, BaseException | None]
 
 #: How long a connection waits for a lock another connection holds.
 BUSY_SECONDS = 5.0
+#: How long a write nobody waits for is held back for one somebody waits for to go with.
+LATER_SECONDS = 0.05
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:

@@ -7,12 +7,14 @@ import asyncio
 import hashlib
 import hmac
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from clawdbot_webhooks.sqlite_writer import LATER_SECONDS
 from clawdbot_webhooks.store import IncomingRecord, SQLiteStore
 
 GH_SECRET = "gh-webhook-secret-for-tests"
@@ -198,6 +200,43 @@ async def test_small_bodies_in_the_row_large_ones_apart_read_back_the_same(
     )
     assert sorted(rows) == sorted([(small.id, len(small.body), 0), (large.id, 0, 1)])
     await store.close()
+
+
+def _status_on_disk(path: Path, delivery_id: str) -> str:
+    """Read with a connection of its own: what is committed, not what the writer holds."""
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT status FROM inbox WHERE id=?", (delivery_id,)).fetchone()
+        return str(row[0])
+    finally:
+        conn.close()
+
+
+async def test_an_outcome_nobody_waits_for_goes_with_the_next_write_or_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """Held back to share the next waited-for write's transaction; without one, written
+    within ``LATER_SECONDS``; and written before the store closes."""
+    path = tmp_path / "inbox.sqlite3"
+    store = SQLiteStore(path)
+    await store.open()
+    first, second, third = (_record(k, time.time()) for k in ("a", "b", "c"))
+    assert await store.add_incoming(first, 30)
+    store.record_outcome(first.id, "done", attempts=1)
+    assert _status_on_disk(path, first.id) == "pending"  # held back, not yet written
+    assert await store.add_incoming(second, 30)
+    assert _status_on_disk(path, first.id) == "done"  # committed with the insert
+
+    store.record_outcome(second.id, "done", attempts=1)
+    deadline = time.monotonic() + 5
+    while _status_on_disk(path, second.id) != "done":  # no other write comes
+        assert time.monotonic() < deadline, "an outcome held back was never written"
+        await asyncio.sleep(LATER_SECONDS / 5)
+
+    assert await store.add_incoming(third, 30)
+    store.record_outcome(third.id, "dropped", attempts=1)
+    await store.close()
+    assert _status_on_disk(path, third.id) == "dropped"
 
 
 async def test_an_outcome_nobody_waits_for_is_written_or_its_failure_logged(
