@@ -272,6 +272,19 @@ SQLITE_MIGRATIONS = [
         "DROP INDEX IF EXISTS inbox_due;\n"
         "CREATE INDEX IF NOT EXISTS inbox_dead ON inbox (received_at) WHERE status = 'dead';",
     ),
+    # The outbox likewise. Beside the index by status, each delivery went into one of every
+    # row by session: sessions interleave, so that was a page of its own to write per
+    # delivery. Claims walk the pending rows in order (outbox_pending, as on PostgreSQL),
+    # lanes look at the pending rows of their session (outbox_pending_lane), dead letters
+    # have outbox_dead; nothing else asks for rows by status or session.
+    Migration(
+        5,
+        "outgoing deliveries indexed by status and session only while pending or dead",
+        "DROP INDEX IF EXISTS outbox_due;\n"
+        "DROP INDEX IF EXISTS outbox_order;\n"
+        "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE status = 'pending';\n"
+        "CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (created_at) WHERE status = 'dead';",
+    ),
 ]
 
 _MIGRATIONS_TABLE = (

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.outbox import outbox_id
-from clawdbot_webhooks.store import IncomingRecord, open_store
+from clawdbot_webhooks.store import IncomingRecord, OutgoingOutcome, OutgoingRecord, open_store
 from clawdbot_webhooks.store_pg import MIGRATIONS
 from tests.conftest import POSTGRES_URL, with_storage, write_config
 
@@ -201,6 +201,34 @@ def test_ids_sort_by_creation_time_and_sessions_are_uuid4(monkeypatch) -> None:
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
+def test_derived_ids_repeat_and_sort_as_their_causes(monkeypatch) -> None:
+    """An id derived from a time-ordered one (an event of a delivery, an outgoing row of an
+    event) is the same on every re-run and sorts as its cause does, so indexes of such ids
+    grow at their end; one derived from anything else is a plain digest, as before."""
+    import hashlib
+    import re
+
+    from clawdbot_webhooks_hookspecs import types
+
+    from clawdbot_webhooks.events import derived_event_id
+    from clawdbot_webhooks.outbox import outbox_id
+
+    clock = iter([1_700_000_000 + k / 100 for k in range(50)])
+    monkeypatch.setattr(types.time, "time", lambda: next(clock))
+    causes = [types.new_id("dlv") for _ in range(50)]
+    events = [derived_event_id(c, "agent_response", "run") for c in causes]
+    rows = [outbox_id(e, "sub") for e in events]
+    assert events == sorted(events) and rows == sorted(rows)
+    assert len(set(events)) == len(set(rows)) == 50
+    for derived in events + rows:
+        assert re.fullmatch(r"(evt|out)_[0-9a-z]{26}", derived)
+    assert events[0][4:14] == causes[0][4:14] == rows[0][4:14]
+    assert derived_event_id(causes[7], "agent_response", "run") == events[7]  # a re-run
+    assert outbox_id(events[7], "sub") != outbox_id(events[7], "other")
+    digest = hashlib.sha256(b"bridge\x1fcall-1\x1fagent_response").hexdigest()
+    assert derived_event_id("bridge", "call-1", "agent_response") == "evt_" + digest[:26]
+
+
 def _incoming(n: int) -> IncomingRecord:
     return IncomingRecord(
         id=f"dlv_{n}",
@@ -243,7 +271,7 @@ async def test_sqlite_store_from_before_partial_status_indexes_upgrades(tmp_path
     await store.open()
     try:
         status = await store.schema_status()
-        assert status.pending == [] and status.applied[-1][0] == 4
+        assert status.pending == [] and 4 in {v for v, _, _ in status.applied}
         assert status.counts["inbox"] == {"done": 1, "dead": 1, "pending": 2}
         conn = sqlite3.connect(path)
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
@@ -259,6 +287,77 @@ async def test_sqlite_store_from_before_partial_status_indexes_upgrades(tmp_path
         assert await store.revive(["dlv_1"]) == ["dlv_1"]
         assert await store.dead_letters() == []
         assert await store.count_incoming("pending") == 3
+    finally:
+        await store.close()
+
+
+def _outgoing(n: int, session: str) -> OutgoingRecord:
+    return OutgoingRecord(
+        id=f"out_{n}",
+        event_id=f"evt_{n}",
+        subscription_id="sub",
+        event_type="message_received",
+        session=session,
+        payload=b"{}",
+        created_at=time.time(),
+    )
+
+
+async def test_sqlite_store_from_before_partial_outbox_indexes_upgrades(tmp_path) -> None:
+    """Before version 5 the outbox had indexes of every row by status and by session. After
+    the upgrade they are gone, and claims (oldest first, one session's rows in order), due
+    times, dead letters and their revival still find the right rows."""
+    path = tmp_path / "store.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)  # back to how version 4 left it
+    conn.executescript(
+        "DROP INDEX outbox_pending; DROP INDEX outbox_dead;"
+        "CREATE INDEX outbox_due ON outbox (status, next_attempt_at);"
+        "CREATE INDEX outbox_order ON outbox (subscription_id, session, seq);"
+        "DELETE FROM schema_migrations WHERE version = 5;"
+    )
+    conn.close()
+    old = open_store(f"sqlite:///{path}", migrate=False)
+    await old.open()
+    rows = [_outgoing(0, "a"), _outgoing(1, "a"), _outgoing(2, "b"), _outgoing(3, "c")]
+    rows += [_outgoing(4, "d"), _outgoing(5, "c")]
+    assert await old.add_outgoing(rows, 0.0) == [r.id for r in rows]
+    later = time.time() + 60
+    await old.finish_outgoing_many(
+        [
+            OutgoingOutcome("out_2", "done", 1),
+            OutgoingOutcome("out_3", "pending", 1, error="HTTP 503", retry_at=later),
+            OutgoingOutcome("out_4", "dead", 5, error="HTTP 410"),
+        ]
+    )
+    assert [v for v, _ in (await old.schema_status()).pending] == [5]
+    await old.close()
+
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        status = await store.schema_status()
+        assert status.pending == []
+        assert status.counts["outbox"] == {"done": 1, "dead": 1, "pending": 4}
+        conn = sqlite3.connect(path)
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        conn.close()
+        assert not {"outbox_due", "outbox_order"} & indexes
+        assert {"outbox_pending", "outbox_dead", "outbox_pending_lane"} <= indexes
+        assert [(d.id, d.kind) for d in await store.dead_letters()] == [("out_4", "outgoing")]
+        counts = await store.queue_counts()
+        assert (counts["outgoing_waiting"], counts["outgoing_dead"]) == (1, 1)
+        assert await store.next_outgoing_due() is not None
+        # Oldest first; out_5 waits behind the retry of out_3 (session c), out_3 for its time.
+        claimed = await store.claim_outgoing(10, 30.0)
+        assert [r.id for r in claimed] == ["out_0", "out_1"]
+        await store.finish_outgoing_many([OutgoingOutcome("out_3", "done", 2)])
+        assert [r.id for r in await store.claim_outgoing(10, 30.0)] == ["out_5"]
+        assert await store.revive(["out_4"]) == ["out_4"]
+        assert await store.dead_letters() == []
+        assert [r.id for r in await store.claim_outgoing(10, 30.0)] == ["out_4"]
     finally:
         await store.close()
 
