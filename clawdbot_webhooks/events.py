@@ -22,11 +22,23 @@ log = logging.getLogger(__name__)
 Subscriber = Callable[[Event], Awaitable[None]]
 
 
+def derived_id(prefix: str, *parts: str) -> str:
+    """``prefix_`` and 26 characters that depend on ``parts`` alone, so that a re-run after a
+    crash repeats the id and receivers can deduplicate by it.
+
+    When the first part is an id of the same shape (``new_id``'s, or one derived from it), the
+    new id starts with its first 10 characters, the creation time: ids then sort as their
+    causes do, and a store's index of them grows at its end rather than at a random page for
+    every row (a third of the pages an outgoing delivery wrote)."""
+    tail = parts[0].partition("_")[2]
+    head = tail[:10] if len(tail) == 26 else ""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return f"{prefix}_{head}{digest[: 26 - len(head)]}"
+
+
 def derived_event_id(*parts: str) -> str:
-    """An event id derived from what caused it, so a re-run after a crash repeats the same id
-    and receivers can deduplicate by it."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:26]
-    return f"evt_{digest}"
+    """An event id derived from what caused it (see ``derived_id``)."""
+    return derived_id("evt", *parts)
 
 
 class EventBus:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import hashlib
 import json
 import logging
 import time
@@ -32,7 +31,7 @@ from clawdbot_webhooks_hookspecs import EVENT_TYPES, Event, OutgoingRequest, Out
 from . import __version__
 from .breaker import CircuitBreaker
 from .config import Subscription
-from .events import EventBus, derived_event_id
+from .events import EventBus, derived_event_id, derived_id
 from .signing import StandardSigner
 from .store import Attempt, OutgoingOutcome, OutgoingRecord, Store
 
@@ -59,8 +58,7 @@ USER_AGENT = f"clawdbot-webhooks/{__version__}"
 
 def outbox_id(event_id: str, subscription_id: str) -> str:
     """The deterministic row id of one event's delivery to one subscription."""
-    digest = hashlib.sha256(f"{event_id}\x1f{subscription_id}".encode()).hexdigest()[:26]
-    return f"out_{digest}"
+    return derived_id("out", event_id, subscription_id)
 
 
 def payload_bytes(event: Event) -> bytes:
