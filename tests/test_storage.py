@@ -243,22 +243,38 @@ def _incoming(n: int) -> IncomingRecord:
     )
 
 
+async def _store_as_before(path: Path, undo: str) -> Any:
+    """A SQLite store taken back to an older schema by ``undo`` (SQL), opened without
+    migrating, as the previous version would have it."""
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(undo)
+    conn.close()
+    old = open_store(f"sqlite:///{path}", migrate=False)
+    await old.open()
+    return old
+
+
+def _indexes(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    finally:
+        conn.close()
+
+
 async def test_sqlite_store_from_before_partial_status_indexes_upgrades(tmp_path) -> None:
     """A SQLite store made before version 4 had one index of every delivery by status. After
     the upgrade it is gone, and what was found through it still is: dead letters, waiting
     retries and pending deliveries, through partial indexes of their own."""
     path = tmp_path / "store.db"
-    store = open_store(f"sqlite:///{path}")
-    await store.open()
-    await store.close()
-    conn = sqlite3.connect(path, isolation_level=None)  # back to how version 3 left it
-    conn.executescript(
+    old = await _store_as_before(
+        path,
         "DROP INDEX inbox_dead; CREATE INDEX inbox_due ON inbox (status, next_attempt_at);"
-        "DELETE FROM schema_migrations WHERE version = 4;"
+        "DELETE FROM schema_migrations WHERE version = 4;",
     )
-    conn.close()
-    old = open_store(f"sqlite:///{path}", migrate=False)
-    await old.open()
     for n in range(4):
         assert await old.add_incoming(_incoming(n), 0.0)
     await old.finish_incoming("dlv_0", "done", attempts=1)
@@ -273,9 +289,7 @@ async def test_sqlite_store_from_before_partial_status_indexes_upgrades(tmp_path
         status = await store.schema_status()
         assert status.pending == [] and 4 in {v for v, _, _ in status.applied}
         assert status.counts["inbox"] == {"done": 1, "dead": 1, "pending": 2}
-        conn = sqlite3.connect(path)
-        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        conn.close()
+        indexes = _indexes(path)
         assert "inbox_due" not in indexes and {"inbox_dead", "inbox_pending"} <= indexes
         assert [d.id for d in await store.dead_letters()] == ["dlv_1"]
         counts = await store.queue_counts()
@@ -308,19 +322,13 @@ async def test_sqlite_store_from_before_partial_outbox_indexes_upgrades(tmp_path
     the upgrade they are gone, and claims (oldest first, one session's rows in order), due
     times, dead letters and their revival still find the right rows."""
     path = tmp_path / "store.db"
-    store = open_store(f"sqlite:///{path}")
-    await store.open()
-    await store.close()
-    conn = sqlite3.connect(path, isolation_level=None)  # back to how version 4 left it
-    conn.executescript(
+    old = await _store_as_before(
+        path,
         "DROP INDEX outbox_pending; DROP INDEX outbox_dead;"
         "CREATE INDEX outbox_due ON outbox (status, next_attempt_at);"
         "CREATE INDEX outbox_order ON outbox (subscription_id, session, seq);"
-        "DELETE FROM schema_migrations WHERE version = 5;"
+        "DELETE FROM schema_migrations WHERE version = 5;",
     )
-    conn.close()
-    old = open_store(f"sqlite:///{path}", migrate=False)
-    await old.open()
     rows = [_outgoing(0, "a"), _outgoing(1, "a"), _outgoing(2, "b"), _outgoing(3, "c")]
     rows += [_outgoing(4, "d"), _outgoing(5, "c")]
     assert await old.add_outgoing(rows, 0.0) == [r.id for r in rows]
@@ -341,9 +349,7 @@ async def test_sqlite_store_from_before_partial_outbox_indexes_upgrades(tmp_path
         status = await store.schema_status()
         assert status.pending == []
         assert status.counts["outbox"] == {"done": 1, "dead": 1, "pending": 4}
-        conn = sqlite3.connect(path)
-        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        conn.close()
+        indexes = _indexes(path)
         assert not {"outbox_due", "outbox_order"} & indexes
         assert {"outbox_pending", "outbox_dead", "outbox_pending_lane"} <= indexes
         assert [(d.id, d.kind) for d in await store.dead_letters()] == [("out_4", "outgoing")]
