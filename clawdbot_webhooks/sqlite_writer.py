@@ -161,9 +161,10 @@ class SQLiteWriter:
         once (under load, an outcome and the next deliveries' inserts); when no such write
         comes, it goes on its own after ``LATER_SECONDS``. Either way it is written in the
         order it was asked for."""
-        if self._closed or self._loop is None:
+        if self._closed:
             log.error("%s could not be written: %s is closed", what, self.path.name)
             return
+        assert self._loop is not None  # set by open(); closed until then
         self._later.append((request, Unwatched(what)))
         if self._later_timer is None:
             self._later_timer = self._loop.call_later(LATER_SECONDS, self._on_later_timer)
