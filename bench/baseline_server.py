@@ -1,11 +1,15 @@
-"""The baseline: a bare aiohttp handler that only parses the JSON body and answers 202."""
+"""The baseline: a bare aiohttp handler that only parses the JSON body and answers 202, on
+the same event loop as the server it is compared with (``BENCH_LOOP``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from aiohttp import web
+
+from clawdbot_webhooks.eventloop import loop_factory
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -16,7 +20,14 @@ async def handle(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_post("/webhook/{hook}", handle)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        access_log=None,
+        print=None,
+        loop=loop_factory(os.environ.get("BENCH_LOOP", "auto"))(),
+    )
 
 
 if __name__ == "__main__":

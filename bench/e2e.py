@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, pin_self, save, table, webhooks_server
+from harness import free_port, pin_self, run_async, save, table, webhooks_server
 
 SENT = re.compile(r"sent=([\d.]+)")
 
@@ -104,7 +104,7 @@ def run(light: int, heavy: int) -> dict[str, Any]:
             }
             port = free_port()
             with webhooks_server(webhooks, Path(tmp), port, core=0):
-                results[name] = asyncio.run(
+                results[name] = run_async(
                     measure(f"http://127.0.0.1:{port}", sink_port, total, concurrency, rate)
                 )
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -11,14 +12,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from clawdbot_webhooks.eventloop import loop_factory, loop_name
+
+T = TypeVar("T")
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 CORES = os.cpu_count() or 1
+#: The event loop of every server, baseline and in-process benchmark (``run.py --loop``):
+#: the same for both sides of a ratio, so a ratio measures our code, not the loop.
+LOOP = os.environ.get("BENCH_LOOP", "auto")
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on the benchmarks' event loop."""
+    with asyncio.Runner(loop_factory=loop_factory(LOOP)) as runner:
+        return runner.run(main)
+
+
+def loop_label(choice: str = LOOP) -> str:
+    loop = loop_factory(choice)()
+    try:
+        return loop_name(loop)
+    finally:
+        loop.close()
 
 
 def free_port() -> int:
@@ -91,6 +113,8 @@ def webhooks_server(webhooks: dict[str, Any], workdir: Path, port: int, core: in
             str(port),
             "--log-level",
             "warning",
+            "--loop",
+            LOOP,
         ],
         port,
         env,

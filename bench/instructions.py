@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import BENCH, free_port, save, wait_port
+from harness import BENCH, LOOP, free_port, run_async, save, wait_port
 from ingest import BODY
 
 HOOK = {"id": "x", "action": "custom", "function": "noop:noop"}
@@ -57,8 +57,8 @@ def _total(command: list[str], n: int, secret: bool, port: int, workdir: Path) -
         stderr=subprocess.DEVNULL,
     )
     wait_port(port, proc, timeout=120)
-    asyncio.run(_load(port, 50, secret))  # warm up: first requests import and cache
-    asyncio.run(_load(port, n, secret))
+    run_async(_load(port, 50, secret))  # warm up: first requests import and cache
+    run_async(_load(port, n, secret))
     time.sleep(1)
     proc.terminate()
     proc.wait(120)
@@ -93,6 +93,7 @@ def per_request(name: str, n: int) -> float:
                 command = [
                     *(sys.executable, "-m", "clawdbot_webhooks", "serve"),
                     *("--config", str(config), "--port", str(port), "--log-level", "warning"),
+                    *("--loop", LOOP),
                 ]
             totals.append(_total(command, count, name == "pipeline", port, workdir))
         return (totals[1] - totals[0]) / n

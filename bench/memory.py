@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, pin_self, rss_kib, save, table, webhooks_server
+from harness import free_port, pin_self, rss_kib, run_async, save, table, webhooks_server
 
 BODY = json.dumps({"action": "opened", "repository": {"name": "claw"}, "pad": "x" * 400})
 
@@ -48,10 +48,10 @@ def run(first: int, total: int) -> dict[str, Any]:
         with webhooks_server(webhooks, Path(tmp), port, core=0) as server:
             base = f"http://127.0.0.1:{port}"
             started = time.perf_counter()
-            asyncio.run(send(base, first, 32))
+            run_async(send(base, first, 32))
             time.sleep(2)  # let the actions of the last requests finish
             at_first = rss_kib(server.proc.pid)
-            asyncio.run(send(base, total - first, 32))
+            run_async(send(base, total - first, 32))
             time.sleep(2)
             at_total = rss_kib(server.proc.pid)
             elapsed = time.perf_counter() - started

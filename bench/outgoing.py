@@ -25,7 +25,7 @@ import aiohttp
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from harness import RESULTS, Server, free_port  # noqa: E402
+from harness import RESULTS, Server, free_port, run_async  # noqa: E402
 
 SINK = """
 import sys
@@ -135,13 +135,11 @@ def main() -> None:
         sink_file.write_text(SINK)
         with Server([sys.executable, str(sink_file), str(port)], port, core=1):
             url = f"http://127.0.0.1:{port}/in"
-            base = asyncio.run(baseline(url, args.events, args.concurrency))
+            base = run_async(baseline(url, args.events, args.concurrency))
             print(f"baseline aiohttp POST loop: {base:,.0f} req/s")
-            rate = asyncio.run(
-                durable(url, args.events, args.concurrency, args.sessions, Path(tmp))
-            )
+            rate = run_async(durable(url, args.events, args.concurrency, args.sessions, Path(tmp)))
             print(f"durable outgoing deliveries: {rate:,.0f}/s ({rate / base:.0%} of baseline)")
-            base2 = asyncio.run(baseline(url, args.events, args.concurrency))
+            base2 = run_async(baseline(url, args.events, args.concurrency))
             print(f"baseline again:             {base2:,.0f} req/s")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "outgoing.json").write_text(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from harness import RESULTS, host_cpu, save, stolen, table  # noqa: E402
+from harness import RESULTS, host_cpu, loop_label, save, stolen, table  # noqa: E402
+
+from clawdbot_webhooks.eventloop import CHOICES  # noqa: E402
 
 #: name -> (arguments for a full run, arguments for --quick)
 RUNS: dict[str, tuple[list[str], list[str]]] = {
@@ -172,7 +175,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
     parser.add_argument("--only", nargs="*", choices=list(RUNS), help="run only these")
+    parser.add_argument(
+        "--loop",
+        choices=CHOICES,
+        default="auto",
+        help="event loop of the servers and of both sides of every ratio (default: as serve)",
+    )
     args = parser.parse_args()
+    os.environ["BENCH_LOOP"] = args.loop
+    print(f"event loop: {loop_label(args.loop)}", flush=True)
     for name, (full, quick) in RUNS.items():
         if args.only and name not in args.only:
             continue

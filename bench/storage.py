@@ -11,7 +11,6 @@ the run uses a schema of its own and drops it afterwards. Usage:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from harness import Server, free_port, save, table, webhooks_server, wrk  # noqa: E402
+from harness import Server, free_port, run_async, save, table, webhooks_server, wrk  # noqa: E402
 from ingest import BODY  # noqa: E402
 from outgoing import SINK, durable  # noqa: E402
 
@@ -53,7 +52,7 @@ def outgoing(storage: dict[str, Any], events: int, concurrency: int, sessions: i
         sink.write_text(SINK)
         with Server([sys.executable, str(sink), str(port)], port, core=1):
             url = f"http://127.0.0.1:{port}/in"
-            return asyncio.run(durable(url, events, concurrency, sessions, Path(tmp), storage))
+            return run_async(durable(url, events, concurrency, sessions, Path(tmp), storage))
 
 
 def storage_for(backend: str, schemas: list[str]) -> dict[str, Any]:
@@ -75,7 +74,7 @@ def drop_schema(schema: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(drop())
+    run_async(drop())
 
 
 def main() -> None:

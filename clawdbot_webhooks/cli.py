@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .cli_support import config_option, format_time, json_option, load_or_exit, print_table
 from .config import ConfigError, find_config
+from .eventloop import CHOICES, LoopUnavailable, loop_factory, loop_name
 from .plugins import PluginError, PluginSelection, load_plugins
 from .store import redact_url
 
@@ -46,15 +47,28 @@ def main() -> None:
     type=click.Choice(["text", "json"]),
     help="json: one object per line. Default: logging.format of the config, else text.",
 )
+@click.option(
+    "--loop",
+    "loop_choice",
+    default="auto",
+    show_default=True,
+    type=click.Choice(CHOICES),
+    help="Event loop: auto is uvloop when installed, else asyncio's own.",
+)
 def serve(
     config_path: str | None,
     host: str | None,
     port: int | None,
     log_level: str | None,
     log_format: str | None,
+    loop_choice: str,
 ) -> None:
     """Run the server until SIGTERM or SIGINT (then shut down gracefully)."""
     _logging(log_level or "info")
+    try:
+        new_loop = loop_factory(loop_choice)
+    except LoopUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
     settings, plugins = load_or_exit(config_path)
     from .logs import collect_secrets, configure
 
@@ -69,18 +83,20 @@ def serve(
     host = host or settings.incoming["host"]
     port = settings.incoming["port"] if port is None else port
     handlers = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
+    loop = new_loop()
     logging.getLogger("clawdbot_webhooks").info(
-        "listening on http://%s:%s%s/<hook-id> (handlers: %s; storage: %s)",
+        "listening on http://%s:%s%s/<hook-id> (handlers: %s; storage: %s; event loop: %s)",
         host,
         port,
         settings.incoming["basePath"],
         handlers,
         redact_url(settings.storage_url),
+        loop_name(loop),
     )
     from .store import StoreUnavailable
 
     try:
-        run(Runtime(settings, plugins), host, port)
+        run(Runtime(settings, plugins), host, port, loop)
     except StoreUnavailable as exc:
         # One line, which URL (password redacted) and why: the store says both.
         click.echo(f"Error: storage unavailable: {exc}", err=True)

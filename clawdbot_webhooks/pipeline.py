@@ -124,6 +124,9 @@ class Pipeline:
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        #: The loop it runs on, from ``start``: asking asyncio for it costs a system call per
+        #: ask on Python 3.11 (a fork check), and every delivery would ask twice.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[str] = set()
         #: Deliveries held in memory (running or waiting for a slot) at most; beyond that the
         #: store is the queue, so a long burst costs disk, not memory.
@@ -143,7 +146,8 @@ class Pipeline:
     # -- lifecycle
 
     def start(self) -> None:
-        self._poller = asyncio.create_task(self._poll(), name="inbox-poller")
+        self._loop = asyncio.get_running_loop()
+        self._poller = self._loop.create_task(self._poll(), name="inbox-poller")
 
     async def stop(self, timeout: float) -> None:
         """Stop taking work, let running actions finish within ``timeout``, leave the rest
@@ -226,7 +230,8 @@ class Pipeline:
     def _spawn(self, record: IncomingRecord, payload: Any = None) -> None:
         self._running.add(record.id)
         self._in_flight[record.hook_id] += 1
-        self._tasks.add(asyncio.create_task(self._run(record, payload)))
+        loop = self._loop or asyncio.get_running_loop()
+        self._tasks.add(loop.create_task(self._run(record, payload)))
 
     async def _poll(self) -> None:
         """Pick up stored work that is due: retries, and work left by a stopped process."""
@@ -296,7 +301,7 @@ class Pipeline:
         finally:
             # The task leaves the set itself: cheaper than a done-callback for each. (One
             # cancelled before its first step stays; that happens only while stopping.)
-            self._tasks.discard(asyncio.current_task())
+            self._tasks.discard(asyncio.current_task(self._loop))
             self._running.discard(record.id)
             self._in_flight[record.hook_id] -= 1
             if self._backlog:

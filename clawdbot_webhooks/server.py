@@ -251,8 +251,11 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     gc.freeze()
 
 
-def serve(runtime: Runtime, host: str, port: int) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+def serve(
+    runtime: Runtime, host: str, port: int, loop: asyncio.AbstractEventLoop | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; on ``loop`` when given (the CLI
+    passes one of ``eventloop``'s choosing), else on a new asyncio loop."""
     app = make_app(runtime)
     app.on_startup.append(_freeze_startup_objects)
     web.run_app(
@@ -263,4 +266,5 @@ def serve(runtime: Runtime, host: str, port: int) -> None:
         shutdown_timeout=runtime.settings.incoming["shutdownTimeout"],
         print=lambda text: log.info("%s", text.strip()),
         handle_signals=True,
+        loop=loop,
     )

@@ -181,10 +181,11 @@ class SQLiteWriter:
         self._later.clear()
 
     def _do(self, fn: Callable[[sqlite3.Connection], T] | Rows) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        if self._closed:
+        if self._closed or self._loop is None:
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
             future.set_exception(StoreUnavailable(f"{self.path.name} is closed"))
             return future
+        future = self._loop.create_future()  # the loop kept: asking for it is a system call
         if self._later:
             self._release_later()
         self._queue.put((fn, future))

@@ -26,11 +26,18 @@ from aiohttp import web
 from clawdbot_webhooks_hookspecs import hookimpl
 from multidict import CIMultiDict
 
+from clawdbot_webhooks.eventloop import loop_factory
 from clawdbot_webhooks.store import SchemaStatus, open_store, redact_url
 from clawdbot_webhooks.testing import Served, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors" / "signatures.json"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Async tests run on the loop ``serve`` runs on (uvloop where installed); the crash
+    tests run ``serve`` on asyncio's own loop as well."""
+    return {"serve-loop": loop_factory("auto")}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -273,6 +280,7 @@ class ServerProcess:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    loop: str = "auto"
 
     @property
     def base(self) -> str:
@@ -291,6 +299,8 @@ class ServerProcess:
                 str(self.config),
                 "--port",
                 str(self.port),
+                "--loop",
+                self.loop,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -339,15 +349,20 @@ class ServerProcess:
 def server_process(
     tmp_path: Path, storage: dict[str, Any] | None
 ) -> Iterator[Callable[..., ServerProcess]]:
-    """``server_process(webhooks, env=None)``: a ``serve`` child process (not started) whose
-    storage is this test's backend; every one made in a test shares that store."""
+    """``server_process(webhooks, env=None, loop="auto")``: a ``serve`` child process (not
+    started) whose storage is this test's backend; every one made in a test shares that
+    store."""
     made: list[ServerProcess] = []
 
-    def make(webhooks: dict[str, Any], env: dict[str, str] | None = None) -> ServerProcess:
+    def make(
+        webhooks: dict[str, Any], env: dict[str, str] | None = None, loop: str = "auto"
+    ) -> ServerProcess:
         webhooks = with_storage({"stateDir": str(tmp_path / "state"), **webhooks}, storage)
         config = write_config(tmp_path / f"config{len(made)}.json5", webhooks)
         full_env = {**os.environ, "PYTHONPATH": str(tmp_path), **(env or {})}
-        process = ServerProcess(config, free_port(), full_env, log=tmp_path / "server.log")
+        process = ServerProcess(
+            config, free_port(), full_env, log=tmp_path / "server.log", loop=loop
+        )
         made.append(process)
         return process
 

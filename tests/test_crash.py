@@ -75,9 +75,22 @@ CONFIG = {
 }
 
 
-def test_kill_9_after_acknowledging_then_restart(server_process, gated_env, tmp_path) -> None:
-    server = server_process(CONFIG, env=gated_env)
+#: ``serve --loop`` and the loop its start-up line must name: auto is uvloop here (a
+#: dependency wherever the suite runs), and asyncio's own loop must keep working too.
+LOOPS = pytest.mark.parametrize("loop, named", [("auto", "uvloop"), ("asyncio", "asyncio")])
+
+
+def assert_runs_on(server: Any, named: str) -> None:
+    assert f"event loop: {named})" in server.log.read_text()
+
+
+@LOOPS
+def test_kill_9_after_acknowledging_then_restart(
+    server_process, gated_env, tmp_path, loop, named
+) -> None:
+    server = server_process(CONFIG, env=gated_env, loop=loop)
     server.start()
+    assert_runs_on(server, named)
     slow = [post(server.base, "slow", {"n": n})["id"] for n in range(40)]
     agent = [post(server.base, "agent", {"n": n})["id"] for n in range(60)]
     server.kill()  # some actions are blocked at the gate, some agent runs are mid-way
@@ -104,12 +117,14 @@ def test_kill_9_after_acknowledging_then_restart(server_process, gated_env, tmp_
     assert {n for _, n in prompts} == {1}
 
 
+@LOOPS
 def test_sigterm_drains_in_flight_work_and_leaves_the_rest(
-    server_process, gated_env, tmp_path
+    server_process, gated_env, tmp_path, loop, named
 ) -> None:
     config = {**CONFIG, "incoming": {"concurrency": 2, "shutdownTimeout": 0.5}}
-    server = server_process(config, env=gated_env)
+    server = server_process(config, env=gated_env, loop=loop)
     server.start()
+    assert_runs_on(server, named)
     ids = [post(server.base, "slow", {"n": n})["id"] for n in range(6)]
     started = time.monotonic()
     assert server.terminate() == 0
