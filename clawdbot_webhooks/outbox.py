@@ -185,6 +185,7 @@ class Outbox:
         self._sending: set[asyncio.Task[Any]] = set()
         self._finisher = _Finisher(store)
         self._poller: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._running = False
         self._closing = False
@@ -274,7 +275,9 @@ class Outbox:
 
     def start(self) -> None:
         self._running = True
-        self._poller = asyncio.create_task(self._poll(), name="outbox-poller")
+        # Kept: asking asyncio for the running loop costs a system call on Python 3.11.
+        self._loop = asyncio.get_running_loop()
+        self._poller = self._loop.create_task(self._poll(), name="outbox-poller")
 
     async def stop(self, timeout: float) -> None:
         """Start nothing new; give attempts in flight up to ``timeout`` to finish; record
@@ -319,7 +322,7 @@ class Outbox:
             lane.append(rec)
             return
         lane = self._lanes[key] = deque([rec])
-        task = asyncio.create_task(self._run_lane(key, lane))
+        task = (self._loop or asyncio.get_running_loop()).create_task(self._run_lane(key, lane))
         self._lane_tasks.add(task)
         task.add_done_callback(self._lane_tasks.discard)
 
@@ -388,7 +391,7 @@ class Outbox:
         request = self._request(rec, sub)
         at = time.time()
         started = time.monotonic()
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         if task is not None:
             self._sending.add(task)
         try:
