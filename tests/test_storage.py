@@ -398,3 +398,17 @@ def test_connections_opening_one_new_sqlite_file_at_once_all_get_it(tmp_path) ->
         conn = sqlite3.connect(path)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.close()
+
+
+def test_bytes_and_none_bind_unchanged_through_the_identity_adapters(tmp_path: Path) -> None:
+    import clawdbot_webhooks.sqlite_writer  # noqa: F401  (registers the adapters)
+
+    conn = sqlite3.connect(tmp_path / "adapters.sqlite3")
+    conn.execute("CREATE TABLE t (b BLOB, n TEXT)")
+    conn.execute("INSERT INTO t VALUES (?, ?)", (b"\x00\xffbody", None))
+    assert conn.execute("SELECT typeof(b), b, typeof(n), n FROM t").fetchone() == (
+        "blob",
+        b"\x00\xffbody",
+        "null",
+        None,
+    )
