@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawdbot_webhooks_hookspecs import EVENT_TYPES, Event, OutgoingRequest, OutgoingResponse
 
-from . import __version__
+from . import __version__, jsontext
 from .breaker import CircuitBreaker
 from .config import Subscription
 from .events import EventBus, derived_event_id, derived_id
@@ -62,7 +62,9 @@ def outbox_id(event_id: str, subscription_id: str) -> str:
 
 
 def payload_bytes(event: Event) -> bytes:
-    return json.dumps(event.to_payload(), ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact JSON, non-ASCII as UTF-8: orjson's own form (about 15 times faster than the
+    standard library's here), the standard library's for what orjson refuses."""
+    return jsontext.encode(event.to_payload())
 
 
 def render_template(sub: Subscription, event: Event) -> bytes:

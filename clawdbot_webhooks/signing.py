@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 
 SECRET_PREFIX = "whsec_"
@@ -35,7 +34,7 @@ def sign_standard(secret: str, msg_id: str, timestamp: int | str, body: bytes) -
 
 def _signature(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return "v1," + base64.b64encode(hmac.digest(key, signed, "sha256")).decode()
 
 
 class StandardSigner:

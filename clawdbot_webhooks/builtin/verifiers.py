@@ -99,7 +99,7 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 def _hmac(algorithm: str, key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, _ALGORITHMS[algorithm]).digest()
+    return hmac.digest(key, message, _ALGORITHMS[algorithm])
 
 
 def _header(request: SignedRequest, name: str) -> str:
