@@ -8,13 +8,14 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from clawdbot_webhooks.eventloop import loop_factory, loop_name
 
@@ -176,6 +177,55 @@ def wrk(
     requests = re.search(r"(\d+) requests in", out)
     result["requests"] = float(requests[1]) if requests else 0.0
     return result
+
+
+class Target(NamedTuple):
+    """A running server and the request wrk sends it."""
+
+    server: Server
+    url: str
+    body: str
+    headers: dict[str, str]
+
+
+def alternate(
+    targets: dict[str, Target], *, rounds: int, seconds: int, connections: int = 32
+) -> dict[str, list[dict[str, float]]]:
+    """wrk against every target in turn, ``rounds`` times, the order reversed every other
+    round (ABBA): on a shared machine the speed available drifts by tens of percent within a
+    minute, and alternating short runs lets every target see the same drift. Each run also
+    records the server's CPU time per request (``cpu_us``, which other tenants of the machine
+    move less than req/s) and the share of the host's CPU stolen meanwhile (``steal``)."""
+    for target in targets.values():  # warm up: imports, caches, first pages
+        wrk(target.url, target.body, target.headers, connections=connections, seconds=1)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    names = list(targets)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else reversed(names):
+            target = targets[name]
+            before, host = cpu_seconds(target.server.proc.pid), host_cpu()
+            run = wrk(
+                target.url,
+                target.body,
+                target.headers,
+                connections=connections,
+                seconds=seconds,
+            )
+            spent = cpu_seconds(target.server.proc.pid) - before
+            run["cpu_us"] = 1e6 * spent / max(run["requests"], 1.0)
+            run["steal"] = stolen(host, host_cpu())
+            runs[name].append(run)
+    return runs
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def ratios(runs: list[dict[str, float]], against: list[dict[str, float]]) -> list[float]:
+    """Each round's req/s against the same round's run of the other target."""
+    return [r["rps"] / a["rps"] for r, a in zip(runs, against, strict=True)]
 
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -15,14 +15,14 @@ from typing import Any
 
 from harness import (
     Server,
-    cpu_seconds,
+    Target,
+    alternate,
     free_port,
-    host_cpu,
+    median_run,
+    ratios,
     save,
-    stolen,
     table,
     webhooks_server,
-    wrk,
 )
 
 BODY = json.dumps(
@@ -36,10 +36,9 @@ BODY = json.dumps(
 
 
 def run(seconds: int, connections: int, rounds: int) -> dict[str, Any]:
-    """Both servers stay up (pinned to the same core) while wrk alternates between them in
-    ABBA order, ``rounds`` times: on a shared machine the speed available drifts by tens of
-    percent within a minute, and alternating short runs lets both see the same drift. The
-    figures are the medians over the rounds; each round's pair gives one ratio."""
+    """Both servers stay up (pinned to the same core) while wrk alternates between them
+    (``harness.alternate``); the figures are the medians over the rounds, and each round's
+    pair gives one ratio."""
     with tempfile.TemporaryDirectory() as tmp:
         base_port, full_port = free_port(), free_port()
         webhooks = {
@@ -51,45 +50,32 @@ def run(seconds: int, connections: int, rounds: int) -> dict[str, Any]:
             Server([*baseline_cmd, str(base_port)], base_port, core=0) as base_server,
             webhooks_server(webhooks, Path(tmp), full_port, core=0) as full_server,
         ):
-            targets = {
-                "baseline": (base_server, f"http://127.0.0.1:{base_port}/webhook/x", {}),
-                "pipeline": (
-                    full_server,
-                    f"http://127.0.0.1:{full_port}/webhook/x",
-                    {"X-Webhook-Secret": "bench-secret"},
-                ),
-            }
-            for _, url, headers in targets.values():  # warm up: imports, caches, first pages
-                wrk(url, BODY, headers, connections=connections, seconds=1)
-            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "pipeline": []}
-            for i in range(rounds):
-                order = ("baseline", "pipeline") if i % 2 == 0 else ("pipeline", "baseline")
-                for name in order:
-                    server, url, headers = targets[name]
-                    before, host = cpu_seconds(server.proc.pid), host_cpu()
-                    run = wrk(url, BODY, headers, connections=connections, seconds=seconds)
-                    # The server's own CPU time per request: what throughput would be on a
-                    # core nobody else uses (the machine's other tenants move req/s more).
-                    spent = cpu_seconds(server.proc.pid) - before
-                    run["cpu_us"] = 1e6 * spent / max(run["requests"], 1.0)
-                    run["steal"] = stolen(host, host_cpu())
-                    runs[name].append(run)
-    pairs = list(zip(runs["baseline"], runs["pipeline"], strict=True))
-    ratios = [p["rps"] / b["rps"] for b, p in pairs]
-    baseline, pipeline = _median_run(runs["baseline"]), _median_run(runs["pipeline"])
+            url = "http://127.0.0.1:{}/webhook/x"
+            runs = alternate(
+                {
+                    "baseline": Target(base_server, url.format(base_port), BODY, {}),
+                    "pipeline": Target(
+                        full_server,
+                        url.format(full_port),
+                        BODY,
+                        {"X-Webhook-Secret": "bench-secret"},
+                    ),
+                },
+                rounds=rounds,
+                seconds=seconds,
+                connections=connections,
+            )
+    baseline, pipeline = median_run(runs["baseline"]), median_run(runs["pipeline"])
+    each = ratios(runs["pipeline"], runs["baseline"])
     return {
         "baseline": baseline,
         "pipeline": pipeline,
-        "ratio": statistics.median(ratios),
-        "ratios": ratios,
+        "ratio": statistics.median(each),
+        "ratios": each,
         "cpu_ratio": baseline["cpu_us"] / pipeline["cpu_us"],
         "steal": statistics.median(r["steal"] for r in runs["baseline"] + runs["pipeline"]),
         "rounds": runs,
     }
-
-
-def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 def main() -> None:

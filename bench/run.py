@@ -31,7 +31,7 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "e2e": (["--light", "200", "--heavy", "3000"], ["--light", "60", "--heavy", "800"]),
     "outgoing": (["--events", "20000"], ["--events", "6000"]),
     "memory": (["--first", "20000", "--total", "200000"], ["--first", "5000", "--total", "50000"]),
-    "scaling": (["--seconds", "5"], ["--seconds", "3"]),
+    "scaling": (["--seconds", "5", "--rounds", "3"], ["--seconds", "3", "--rounds", "2"]),
     "storage": (["--seconds", "8", "--events", "10000"], ["--seconds", "4", "--events", "4000"]),
 }
 

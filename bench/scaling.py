@@ -5,14 +5,27 @@ subscription lookup must not grow with their number)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Server, free_port, save, table, webhooks_server, wrk
+from harness import (
+    BENCH,
+    Server,
+    Target,
+    alternate,
+    free_port,
+    median_run,
+    ratios,
+    save,
+    table,
+    webhooks_server,
+)
 
 SECRET = {"X-Webhook-Secret": "bench-secret"}
 
@@ -22,80 +35,90 @@ def body_of(size: int) -> str:
     return json.dumps({**base, "pad": "x" * (size - len(json.dumps(base)))})
 
 
-def payloads(seconds: int) -> list[dict[str, Any]]:
+def payloads(seconds: int, rounds: int) -> list[dict[str, Any]]:
     rows = []
     for label, size in (("1 KB", 1024), ("64 KB", 64 * 1024), ("1 MB", 1024 * 1024)):
         body = body_of(size)
-        port = free_port()
-        baseline_cmd = [
-            sys.executable,
-            str(Path(__file__).parent / "baseline_server.py"),
-            str(port),
-        ]
-        with Server(baseline_cmd, port, core=0):
-            base = wrk(f"http://127.0.0.1:{port}/webhook/x", body, {}, seconds=seconds)
-        with tempfile.TemporaryDirectory() as tmp:
-            port = free_port()
-            webhooks = {
-                "incoming": {"secret": "bench-secret", "maxBodyBytes": 2 * 1024 * 1024},
-                "handlers": [{"id": "x", "action": "custom", "function": "noop:noop"}],
-            }
-            with webhooks_server(webhooks, Path(tmp), port, core=0):
-                full = wrk(f"http://127.0.0.1:{port}/webhook/x", body, SECRET, seconds=seconds)
+        base_port, full_port = free_port(), free_port()
+        baseline_cmd = [sys.executable, str(BENCH / "baseline_server.py"), str(base_port)]
+        webhooks = {
+            "incoming": {"secret": "bench-secret", "maxBodyBytes": 2 * 1024 * 1024},
+            "handlers": [{"id": "x", "action": "custom", "function": "noop:noop"}],
+        }
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            Server(baseline_cmd, base_port, core=0) as base_server,
+            webhooks_server(webhooks, Path(tmp), full_port, core=0) as full_server,
+        ):
+            url = "http://127.0.0.1:{}/webhook/x"
+            runs = alternate(
+                {
+                    "baseline": Target(base_server, url.format(base_port), body, {}),
+                    "pipeline": Target(full_server, url.format(full_port), body, SECRET),
+                },
+                rounds=rounds,
+                seconds=seconds,
+            )
+        full, base = median_run(runs["pipeline"]), median_run(runs["baseline"])
         rows.append(
             {
                 "case": f"payload {label}",
                 "rps": full["rps"],
                 "baseline_rps": base["rps"],
-                "ratio": full["rps"] / base["rps"],
+                "ratio": statistics.median(ratios(runs["pipeline"], runs["baseline"])),
                 "p99_ms": full.get("p99_ms", 0.0),
             }
         )
     return rows
 
 
-def counts(seconds: int) -> list[dict[str, Any]]:
-    rows = []
-    for n in (1, 100, 10_000):
-        handlers = [{"id": f"h{i}", "action": "custom", "function": "noop:noop"} for i in range(n)]
-        # Subscriptions to `error` only: each delivery's session events are looked up against
-        # all of them, and none fires, so only the lookup is measured.
-        outgoing = [
-            {"id": f"s{i}", "url": "http://127.0.0.1:9/never", "events": ["error"]}
-            for i in range(n)
-        ]
-        with tempfile.TemporaryDirectory() as tmp:
-            port = free_port()
+def counts(seconds: int, rounds: int) -> list[dict[str, Any]]:
+    """The three servers are up at once and measured in alternating rounds; each count's
+    figure is the median of its rounds' req/s against the same round's 1-handler server."""
+    cases = (1, 100, 10_000)
+    with contextlib.ExitStack() as stack:
+        targets = {}
+        for n in cases:
+            handlers = [
+                {"id": f"h{i}", "action": "custom", "function": "noop:noop"} for i in range(n)
+            ]
+            # Subscriptions to `error` only: each delivery's session events are looked up
+            # against all of them, and none fires, so only the lookup is measured.
+            outgoing = [
+                {"id": f"s{i}", "url": "http://127.0.0.1:9/never", "events": ["error"]}
+                for i in range(n)
+            ]
             webhooks = {
                 "incoming": {"secret": "bench-secret"},
                 "handlers": handlers,
                 "outgoing": outgoing,
             }
-            with webhooks_server(webhooks, Path(tmp), port, core=0):
-                result = wrk(
-                    f"http://127.0.0.1:{port}/webhook/h{n - 1}",
-                    body_of(1024),
-                    SECRET,
-                    seconds=seconds,
-                )
-        rows.append(
-            {
-                "case": f"{n} handlers + {n} subscriptions",
-                "rps": result["rps"],
-                "p99_ms": result.get("p99_ms", 0.0),
-            }
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            port = free_port()
+            server = stack.enter_context(webhooks_server(webhooks, Path(tmp), port, core=0))
+            url = f"http://127.0.0.1:{port}/webhook/h{n - 1}"
+            targets[n] = Target(server, url, body_of(1024), SECRET)
+        runs = alternate(
+            {str(n): target for n, target in targets.items()}, rounds=rounds, seconds=seconds
         )
-    first = rows[0]["rps"]
-    for row in rows:
-        row["ratio"] = row["rps"] / first
-    return rows
+    first = runs[str(cases[0])]
+    return [
+        {
+            "case": f"{n} handlers + {n} subscriptions",
+            "rps": median_run(runs[str(n)])["rps"],
+            "p99_ms": median_run(runs[str(n)]).get("p99_ms", 0.0),
+            "ratio": statistics.median(ratios(runs[str(n)], first)),
+        }
+        for n in cases
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5, help="per run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case")
     args = parser.parse_args()
-    rows = payloads(args.seconds) + counts(args.seconds)
+    rows = payloads(args.seconds, args.rounds) + counts(args.seconds, args.rounds)
     print(table(rows, ["case", "rps", "baseline_rps", "ratio", "p99_ms"]))
     save("scaling", rows)
 
