@@ -92,6 +92,10 @@ def main() -> None:
     columns = ["server", "rps", "cpu_us", "p50_ms", "p90_ms", "p99_ms", "non2xx", "requests"]
     print(table(rows, columns))
     print("ratio per round: " + ", ".join(f"{r:.2f}" for r in result["ratios"]))
+    # The p99 moves with the machine's other tenants more than anything else measured here.
+    rounds = result["rounds"]["pipeline"]
+    each = ", ".join(f"{r['p99_ms']:.1f} ms ({r['steal']:.0%})" for r in rounds)
+    print(f"pipeline p99 per round (host CPU stolen): {each}")
     print(f"CPU time per request, baseline/pipeline: {result['cpu_ratio']:.2f}")
     print(f"host CPU stolen by other guests during the runs: {result['steal']:.0%} (quiet: ~0%)")
     print(
