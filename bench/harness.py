@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from clawdbot_webhooks.eventloop import loop_factory, loop_name
+from clawdbot_webhooks.eventloop import loop_factory
 
 T = TypeVar("T")
 
@@ -34,14 +34,6 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on the benchmarks' event loop."""
     with asyncio.Runner(loop_factory=loop_factory(LOOP)) as runner:
         return runner.run(main)
-
-
-def loop_label(choice: str = LOOP) -> str:
-    loop = loop_factory(choice)()
-    try:
-        return loop_name(loop)
-    finally:
-        loop.close()
 
 
 def free_port() -> int:

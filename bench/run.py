@@ -21,9 +21,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from harness import RESULTS, host_cpu, loop_label, save, stolen, table  # noqa: E402
+from harness import RESULTS, host_cpu, save, stolen, table  # noqa: E402
 
-from clawdbot_webhooks.eventloop import CHOICES  # noqa: E402
+from clawdbot_webhooks.eventloop import CHOICES, chosen_name  # noqa: E402
 
 #: name -> (arguments for a full run, arguments for --quick)
 RUNS: dict[str, tuple[list[str], list[str]]] = {
@@ -183,7 +183,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ["BENCH_LOOP"] = args.loop
-    print(f"event loop: {loop_label(args.loop)}", flush=True)
+    print(f"event loop: {chosen_name(args.loop)}", flush=True)
     for name, (full, quick) in RUNS.items():
         if args.only and name not in args.only:
             continue

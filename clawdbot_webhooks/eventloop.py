@@ -36,3 +36,12 @@ def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def chosen_name(choice: str) -> str:
+    """What ``choice`` runs on here: "uvloop" or "asyncio"."""
+    loop = loop_factory(choice)()
+    try:
+        return loop_name(loop)
+    finally:
+        loop.close()

@@ -10,21 +10,13 @@ import uvloop
 from click.testing import CliRunner
 
 from clawdbot_webhooks.cli import main
-from clawdbot_webhooks.eventloop import LoopUnavailable, loop_factory, loop_name
-
-
-def _made_by(choice: str) -> str:
-    loop = loop_factory(choice)()
-    try:
-        return loop_name(loop)
-    finally:
-        loop.close()
+from clawdbot_webhooks.eventloop import LoopUnavailable, chosen_name, loop_factory, loop_name
 
 
 def test_auto_and_uvloop_choose_uvloop_where_it_is_installed() -> None:
-    assert _made_by("auto") == "uvloop"
-    assert _made_by("uvloop") == "uvloop"
-    assert _made_by("asyncio") == "asyncio"
+    assert chosen_name("auto") == "uvloop"
+    assert chosen_name("uvloop") == "uvloop"
+    assert chosen_name("asyncio") == "asyncio"
     loop = loop_factory("auto")()
     try:
         assert isinstance(loop, uvloop.Loop)
@@ -33,14 +25,14 @@ def test_auto_and_uvloop_choose_uvloop_where_it_is_installed() -> None:
 
 
 async def test_the_suite_runs_on_the_loop_serve_runs_on() -> None:
-    assert loop_name(asyncio.get_running_loop()) == _made_by("auto")
+    assert loop_name(asyncio.get_running_loop()) == chosen_name("auto")
 
 
 def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as where it is not installed
-    assert _made_by("auto") == "asyncio"
+    assert chosen_name("auto") == "asyncio"
     with pytest.raises(LoopUnavailable, match="uvloop is not installed"):
         loop_factory("uvloop")
     with pytest.raises(ValueError, match="must be one of"):
