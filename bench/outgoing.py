@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import statistics
@@ -79,6 +78,7 @@ async def durable(
     from clawdbot_webhooks.config import build_settings
     from clawdbot_webhooks.plugins import PluginSelection, load_plugins
     from clawdbot_webhooks.runtime import Runtime
+    from clawdbot_webhooks.server import tune_collector
 
     raw: dict[str, Any] = {
         "stateDir": str(workdir / "state"),
@@ -96,10 +96,7 @@ async def durable(
     plugins = load_plugins(PluginSelection.from_config())
     runtime = Runtime(build_settings(raw, plugins, None), plugins)
     await runtime.start()
-    # As ``serve`` does once started: what lives as long as the process leaves the garbage
-    # collector's sight.
-    gc.collect()
-    gc.freeze()
+    tune_collector()  # as ``serve`` does once started
     try:
         publishers = 64
         started = time.perf_counter()

@@ -243,12 +243,26 @@ def make_app(runtime: Runtime) -> web.Application:
     return app
 
 
-async def _freeze_startup_objects(app: web.Application) -> None:
-    """Once everything is loaded (config, plugins, templates, the runtime), move it out of
-    the garbage collector's sight: it lives as long as the process, and a full collection
-    would otherwise walk all of it again and again under load."""
+#: Net allocations between young collections (Python's default: 700). Each one walks every
+#: young object still alive, which under load is every delivery in flight (its task,
+#: coroutines, records): at 700 that was about 6 % of an outgoing delivery's instructions.
+#: Garbage in reference cycles, which only the collector frees, is rare here and small.
+YOUNG_COLLECTION_EVERY = 10_000
+
+
+def tune_collector() -> None:
+    """For a long-running server, once everything is loaded (config, plugins, templates, the
+    runtime): move that out of the garbage collector's sight, since it lives as long as the
+    process and a full collection would otherwise walk all of it again and again under load;
+    and collect the young generation less often."""
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, older, oldest)
+
+
+async def _tune_collector(app: web.Application) -> None:
+    tune_collector()
 
 
 def serve(
@@ -257,7 +271,7 @@ def serve(
     """Run until SIGTERM/SIGINT, then shut down gracefully; on ``loop`` when given (the CLI
     passes one of ``eventloop``'s choosing), else on a new asyncio loop."""
     app = make_app(runtime)
-    app.on_startup.append(_freeze_startup_objects)
+    app.on_startup.append(_tune_collector)
     web.run_app(
         app,
         host=host,

@@ -1,8 +1,10 @@
-"""Which event loop ``serve`` runs on, and what happens when the chosen one is missing."""
+"""What ``serve`` sets up before it takes requests: the event loop it runs on (and what
+happens when the chosen one is missing), and the garbage collector's settings."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 
 import pytest
@@ -44,3 +46,18 @@ def test_serve_refuses_a_missing_loop_before_starting(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(main, ["serve", "--loop", "uvloop", "--port", "0"])
     assert result.exit_code == 2
     assert "uvloop is not installed" in result.output
+
+
+def test_the_collector_leaves_startup_objects_alone_and_young_ones_longer() -> None:
+    # In a process of its own: the settings are the whole process's.
+    script = (
+        "import gc\n"
+        "from clawdbot_webhooks.server import YOUNG_COLLECTION_EVERY, tune_collector\n"
+        "before = gc.get_threshold()\n"
+        "tune_collector()\n"
+        "after = gc.get_threshold()\n"
+        "assert after == (YOUNG_COLLECTION_EVERY, *before[1:]), (before, after)\n"
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
