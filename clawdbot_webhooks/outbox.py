@@ -324,7 +324,8 @@ class Outbox:
             lane.append(rec)
             return
         lane = self._lanes[key] = deque([rec])
-        task = (self._loop or asyncio.get_running_loop()).create_task(self._run_lane(key, lane))
+        assert self._loop is not None  # set by start(); lanes start only once running
+        task = self._loop.create_task(self._run_lane(key, lane))
         self._lane_tasks.add(task)
         task.add_done_callback(self._lane_tasks.discard)
 
@@ -367,15 +368,21 @@ class Outbox:
                 await asyncio.sleep(wait)
             probe = await breaker.admit()
             verdict: Verdict | None = None
+            reopened = False
             try:
                 async with self._slots[sub.id]:
-                    if not self._closing:
+                    # The breaker may have opened while this one waited for a place to send
+                    # from: then it waits for the breaker again instead of going out.
+                    reopened = not breaker.admits(probe)
+                    if not self._closing and not reopened:
                         verdict = await self._attempt(rec, sub)
             finally:
                 if verdict is not None:
                     breaker.record(not verdict.unhealthy, probe)
                 elif probe:  # stopped or cancelled before an answer: someone else probes
                     breaker.abandon_probe()
+            if reopened:
+                continue
             if verdict is None or verdict.outcome != "retry":
                 return
 
