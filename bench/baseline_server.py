@@ -4,10 +4,10 @@ the same event loop as the server it is compared with (``BENCH_LOOP``)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from aiohttp import web
+from harness import LOOP
 
 from clawdbot_webhooks.eventloop import loop_factory
 
@@ -26,7 +26,7 @@ def main() -> None:
         port=int(sys.argv[1]),
         access_log=None,
         print=None,
-        loop=loop_factory(os.environ.get("BENCH_LOOP", "auto"))(),
+        loop=loop_factory(LOOP)(),
     )
 
 

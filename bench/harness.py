@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -28,6 +28,8 @@ CORES = os.cpu_count() or 1
 #: The event loop of every server, baseline and in-process benchmark (``run.py --loop``):
 #: the same for both sides of a ratio, so a ratio measures our code, not the loop.
 LOOP = os.environ.get("BENCH_LOOP", "auto")
+#: How the benchmarks' webhooks servers authenticate (``incoming.secret: bench-secret``).
+SECRET_HEADER = {"X-Webhook-Secret": "bench-secret"}
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
@@ -191,23 +193,52 @@ def alternate(
     for target in targets.values():  # warm up: imports, caches, first pages
         wrk(target.url, target.body, target.headers, connections=connections, seconds=1)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-    names = list(targets)
+    for _, name in abba(list(targets), rounds):
+        target = targets[name]
+        before, host = cpu_seconds(target.server.proc.pid), host_cpu()
+        run = wrk(target.url, target.body, target.headers, connections=connections, seconds=seconds)
+        spent = cpu_seconds(target.server.proc.pid) - before
+        run["cpu_us"] = 1e6 * spent / max(run["requests"], 1.0)
+        run["steal"] = stolen(host, host_cpu())
+        runs[name].append(run)
+    return runs
+
+
+def abba(names: list[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, name) in the order ``alternate`` runs them: every other round reversed."""
     for i in range(rounds):
         for name in names if i % 2 == 0 else reversed(names):
-            target = targets[name]
-            before, host = cpu_seconds(target.server.proc.pid), host_cpu()
-            run = wrk(
-                target.url,
-                target.body,
-                target.headers,
-                connections=connections,
-                seconds=seconds,
-            )
-            spent = cpu_seconds(target.server.proc.pid) - before
-            run["cpu_us"] = 1e6 * spent / max(run["requests"], 1.0)
-            run["steal"] = stolen(host, host_cpu())
-            runs[name].append(run)
-    return runs
+            yield i, name
+
+
+def against_baseline(
+    webhooks: dict[str, Any],
+    body: str,
+    *,
+    rounds: int,
+    seconds: int,
+    connections: int = 32,
+) -> dict[str, list[dict[str, float]]]:
+    """The bare aiohttp handler and the full pipeline (``webhooks``, shared secret, handler
+    ``x``), both up at once on core 0, measured with ``alternate``: runs by "baseline" and
+    "pipeline"."""
+    base_port, full_port = free_port(), free_port()
+    baseline_cmd = [sys.executable, str(BENCH / "baseline_server.py"), str(base_port)]
+    url = "http://127.0.0.1:{}/webhook/x"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Server(baseline_cmd, base_port, core=0) as base_server,
+        webhooks_server(webhooks, Path(tmp), full_port, core=0) as full_server,
+    ):
+        return alternate(
+            {
+                "baseline": Target(base_server, url.format(base_port), body, {}),
+                "pipeline": Target(full_server, url.format(full_port), body, SECRET_HEADER),
+            },
+            rounds=rounds,
+            seconds=seconds,
+            connections=connections,
+        )
 
 
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:

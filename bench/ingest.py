@@ -8,22 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from harness import (
-    Server,
-    Target,
-    alternate,
-    free_port,
-    median_run,
-    ratios,
-    save,
-    table,
-    webhooks_server,
-)
+from harness import against_baseline, median_run, ratios, save, table
 
 BODY = json.dumps(
     {
@@ -39,32 +26,11 @@ def run(seconds: int, connections: int, rounds: int) -> dict[str, Any]:
     """Both servers stay up (pinned to the same core) while wrk alternates between them
     (``harness.alternate``); the figures are the medians over the rounds, and each round's
     pair gives one ratio."""
-    with tempfile.TemporaryDirectory() as tmp:
-        base_port, full_port = free_port(), free_port()
-        webhooks = {
-            "incoming": {"secret": "bench-secret", "concurrency": 64},
-            "handlers": [{"id": "x", "action": "custom", "function": "noop:noop"}],
-        }
-        baseline_cmd = [sys.executable, str(Path(__file__).parent / "baseline_server.py")]
-        with (
-            Server([*baseline_cmd, str(base_port)], base_port, core=0) as base_server,
-            webhooks_server(webhooks, Path(tmp), full_port, core=0) as full_server,
-        ):
-            url = "http://127.0.0.1:{}/webhook/x"
-            runs = alternate(
-                {
-                    "baseline": Target(base_server, url.format(base_port), BODY, {}),
-                    "pipeline": Target(
-                        full_server,
-                        url.format(full_port),
-                        BODY,
-                        {"X-Webhook-Secret": "bench-secret"},
-                    ),
-                },
-                rounds=rounds,
-                seconds=seconds,
-                connections=connections,
-            )
+    webhooks = {
+        "incoming": {"secret": "bench-secret", "concurrency": 64},
+        "handlers": [{"id": "x", "action": "custom", "function": "noop:noop"}],
+    }
+    runs = against_baseline(webhooks, BODY, rounds=rounds, seconds=seconds, connections=connections)
     baseline, pipeline = median_run(runs["baseline"]), median_run(runs["pipeline"])
     each = ratios(runs["pipeline"], runs["baseline"])
     return {

@@ -28,7 +28,7 @@ import aiohttp
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from harness import RESULTS, Server, free_port, run_async  # noqa: E402
+from harness import Server, abba, free_port, run_async, save  # noqa: E402
 
 SINK = """
 import sys
@@ -143,39 +143,33 @@ def main() -> None:
         sink_file.write_text(SINK)
         with Server([sys.executable, str(sink_file), str(port)], port, core=1):
             url = f"http://127.0.0.1:{port}/in"
-            # Alternating (ABBA), as ingest does: both see the same drift of a shared machine.
-            for i in range(args.rounds):
-                for kind in ("baseline", "durable") if i % 2 == 0 else ("durable", "baseline"):
-                    if kind == "baseline":
-                        bases.append(run_async(baseline(url, args.events, args.concurrency)))
-                        print(f"baseline aiohttp POST loop: {bases[-1]:,.0f} req/s")
-                        continue
-                    workdir = Path(tmp) / f"round{i}"
-                    rates.append(
-                        run_async(
-                            durable(url, args.events, args.concurrency, args.sessions, workdir)
-                        )
-                    )
-                    print(f"durable outgoing deliveries: {rates[-1]:,.0f}/s")
+            # Alternating, as ingest does: both see the same drift of a shared machine.
+            for i, kind in abba(["baseline", "durable"], args.rounds):
+                if kind == "baseline":
+                    bases.append(run_async(baseline(url, args.events, args.concurrency)))
+                    print(f"baseline aiohttp POST loop: {bases[-1]:,.0f} req/s")
+                    continue
+                workdir = Path(tmp) / f"round{i}"
+                rates.append(
+                    run_async(durable(url, args.events, args.concurrency, args.sessions, workdir))
+                )
+                print(f"durable outgoing deliveries: {rates[-1]:,.0f}/s")
     each = [rate / base for rate, base in zip(rates, bases, strict=True)]
     rate, base = statistics.median(rates), statistics.median(bases)
     print(f"median: {rate:,.0f}/s durable, {base:,.0f} req/s bare ({statistics.median(each):.0%})")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "outgoing.json").write_text(
-        json.dumps(
-            {
-                "events": args.events,
-                "concurrency": args.concurrency,
-                "sessions": args.sessions,
-                "baseline_rps": round(base),
-                "durable_per_s": round(rate),
-                "ratio": round(statistics.median(each), 3),
-                "durable_runs": [round(r) for r in rates],
-                "baseline_runs": [round(b) for b in bases],
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            indent=2,
-        )
+    save(
+        "outgoing",
+        {
+            "events": args.events,
+            "concurrency": args.concurrency,
+            "sessions": args.sessions,
+            "baseline_rps": round(base),
+            "durable_per_s": round(rate),
+            "ratio": round(statistics.median(each), 3),
+            "durable_runs": [round(r) for r in rates],
+            "baseline_runs": [round(b) for b in bases],
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
     )
 
 

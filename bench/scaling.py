@@ -15,9 +15,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
-    BENCH,
-    Server,
+    SECRET_HEADER,
     Target,
+    against_baseline,
     alternate,
     free_port,
     median_run,
@@ -27,8 +27,6 @@ from harness import (
     webhooks_server,
 )
 
-SECRET = {"X-Webhook-Secret": "bench-secret"}
-
 
 def body_of(size: int) -> str:
     base = {"action": "opened", "repository": {"name": "claw"}, "pad": ""}
@@ -37,28 +35,12 @@ def body_of(size: int) -> str:
 
 def payloads(seconds: int, rounds: int) -> list[dict[str, Any]]:
     rows = []
+    webhooks = {
+        "incoming": {"secret": "bench-secret", "maxBodyBytes": 2 * 1024 * 1024},
+        "handlers": [{"id": "x", "action": "custom", "function": "noop:noop"}],
+    }
     for label, size in (("1 KB", 1024), ("64 KB", 64 * 1024), ("1 MB", 1024 * 1024)):
-        body = body_of(size)
-        base_port, full_port = free_port(), free_port()
-        baseline_cmd = [sys.executable, str(BENCH / "baseline_server.py"), str(base_port)]
-        webhooks = {
-            "incoming": {"secret": "bench-secret", "maxBodyBytes": 2 * 1024 * 1024},
-            "handlers": [{"id": "x", "action": "custom", "function": "noop:noop"}],
-        }
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            Server(baseline_cmd, base_port, core=0) as base_server,
-            webhooks_server(webhooks, Path(tmp), full_port, core=0) as full_server,
-        ):
-            url = "http://127.0.0.1:{}/webhook/x"
-            runs = alternate(
-                {
-                    "baseline": Target(base_server, url.format(base_port), body, {}),
-                    "pipeline": Target(full_server, url.format(full_port), body, SECRET),
-                },
-                rounds=rounds,
-                seconds=seconds,
-            )
+        runs = against_baseline(webhooks, body_of(size), rounds=rounds, seconds=seconds)
         full, base = median_run(runs["pipeline"]), median_run(runs["baseline"])
         rows.append(
             {
@@ -97,7 +79,7 @@ def counts(seconds: int, rounds: int) -> list[dict[str, Any]]:
             port = free_port()
             server = stack.enter_context(webhooks_server(webhooks, Path(tmp), port, core=0))
             url = f"http://127.0.0.1:{port}/webhook/h{n - 1}"
-            targets[n] = Target(server, url, body_of(1024), SECRET)
+            targets[n] = Target(server, url, body_of(1024), SECRET_HEADER)
         runs = alternate(
             {str(n): target for n, target in targets.items()}, rounds=rounds, seconds=seconds
         )

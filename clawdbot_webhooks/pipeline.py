@@ -230,8 +230,8 @@ class Pipeline:
     def _spawn(self, record: IncomingRecord, payload: Any = None) -> None:
         self._running.add(record.id)
         self._in_flight[record.hook_id] += 1
-        loop = self._loop or asyncio.get_running_loop()
-        self._tasks.add(loop.create_task(self._run(record, payload)))
+        assert self._loop is not None  # set by start(); nothing is accepted before it
+        self._tasks.add(self._loop.create_task(self._run(record, payload)))
 
     async def _poll(self) -> None:
         """Pick up stored work that is due: retries, and work left by a stopped process."""
