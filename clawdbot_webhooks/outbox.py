@@ -324,8 +324,7 @@ class Outbox:
             lane.append(rec)
             return
         lane = self._lanes[key] = deque([rec])
-        assert self._loop is not None  # set by start(); lanes start only once running
-        task = self._loop.create_task(self._run_lane(key, lane))
+        task = (self._loop or asyncio.get_running_loop()).create_task(self._run_lane(key, lane))
         self._lane_tasks.add(task)
         task.add_done_callback(self._lane_tasks.discard)
 
@@ -368,21 +367,15 @@ class Outbox:
                 await asyncio.sleep(wait)
             probe = await breaker.admit()
             verdict: Verdict | None = None
-            reopened = False
             try:
                 async with self._slots[sub.id]:
-                    # The breaker may have opened while this one waited for a place to send
-                    # from: then it waits for the breaker again instead of going out.
-                    reopened = not breaker.admits(probe)
-                    if not self._closing and not reopened:
+                    if not self._closing:
                         verdict = await self._attempt(rec, sub)
             finally:
                 if verdict is not None:
                     breaker.record(not verdict.unhealthy, probe)
                 elif probe:  # stopped or cancelled before an answer: someone else probes
                     breaker.abandon_probe()
-            if reopened:
-                continue
             if verdict is None or verdict.outcome != "retry":
                 return
 
