@@ -324,7 +324,8 @@ class Outbox:
             lane.append(rec)
             return
         lane = self._lanes[key] = deque([rec])
-        task = (self._loop or asyncio.get_running_loop()).create_task(self._run_lane(key, lane))
+        assert self._loop is not None  # set by start(); lanes start only once running
+        task = self._loop.create_task(self._run_lane(key, lane))
         self._lane_tasks.add(task)
         task.add_done_callback(self._lane_tasks.discard)
 
