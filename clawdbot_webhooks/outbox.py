@@ -368,15 +368,21 @@ class Outbox:
                 await asyncio.sleep(wait)
             probe = await breaker.admit()
             verdict: Verdict | None = None
+            reopened = False
             try:
                 async with self._slots[sub.id]:
-                    if not self._closing:
+                    # The breaker may have opened while this one waited for a place to send
+                    # from: then it waits for the breaker again instead of going out.
+                    reopened = not breaker.admits(probe)
+                    if not self._closing and not reopened:
                         verdict = await self._attempt(rec, sub)
             finally:
                 if verdict is not None:
                     breaker.record(not verdict.unhealthy, probe)
                 elif probe:  # stopped or cancelled before an answer: someone else probes
                     breaker.abandon_probe()
+            if reopened:
+                continue
             if verdict is None or verdict.outcome != "retry":
                 return
 

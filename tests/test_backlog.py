@@ -17,10 +17,11 @@ async def test_a_burst_waits_in_the_store_and_runs_in_arrival_order(
             """
             import asyncio
             seen = []
+            gate = asyncio.Event()
 
             async def slow(ctx):
                 seen.append(ctx.delivery.id)
-                await asyncio.sleep(0.005)
+                await gate.wait()
             """
         )
     )
@@ -50,13 +51,15 @@ async def test_a_burst_waits_in_the_store_and_runs_in_arrival_order(
             backlogged |= pipeline.backlogged
             await asyncio.sleep(0)
 
+    import burst_fns
+
     watcher = asyncio.create_task(watch())
-    # One after another, so the arrival order is defined; the actions (one session: one at a
-    # time, 5 ms each) fall behind at once.
+    # One after another, so the arrival order is defined. The actions (one session: one at a
+    # time) wait until the whole burst is in, so they are behind however fast the store is.
     answers = [await srv.post("b", {"n": n}) for n in range(60)]
+    burst_fns.gate.set()
     await srv.idle(timeout=30)
     watcher.cancel()
-    import burst_fns
 
     assert all(status == 202 for status, _ in answers)
     for _, body in answers:

@@ -111,6 +111,8 @@ async def test_replay_all_with_progress_and_purge(
     errors = await make_sink()
     config = webhooks(state_dir, failing.url, errors.url)
     config["outgoing"][0]["retry"] = {"maxAttempts": 1}
+    # All 30 fail at once; the default breaker would pause the rest for its cooldown.
+    config["outgoing"][0]["circuitBreaker"] = {"threshold": 100}
     # The CLI works on the same store as the server (either backend).
     path = write_config(tmp_path / "cli.json5", with_storage(config, storage))
     srv = await start_server({k: v for k, v in config.items() if k != "stateDir"})
