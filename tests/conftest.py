@@ -211,9 +211,12 @@ class Sink:
     script: list[int] = field(default_factory=list)
     default: int = 200
     delay: float = 0.0
+    #: answer nothing until the test ends (an endpoint that hangs)
+    hang: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     port: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -232,6 +235,8 @@ class Sink:
         self.arrived.set()
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hang:
+            await self.released.wait()
         status = self.script.pop(0) if self.script else self.default
         return web.Response(
             status=status, text="ok" if status < 400 else "nope", headers=self.headers
@@ -253,9 +258,11 @@ class Sink:
 @pytest.fixture
 async def make_sink() -> AsyncIterator[Callable[..., Any]]:
     runners: list[web.AppRunner] = []
+    sinks: list[Sink] = []
 
     async def make(**kwargs: Any) -> Sink:
         sink = Sink(**kwargs)
+        sinks.append(sink)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", sink.handle)
         runner = web.AppRunner(app, access_log=None)
@@ -267,6 +274,8 @@ async def make_sink() -> AsyncIterator[Callable[..., Any]]:
         return sink
 
     yield make
+    for sink in sinks:
+        sink.released.set()
     for runner in runners:
         await runner.cleanup()
 

@@ -71,9 +71,14 @@ class Browser:
         self.driver.set_page_load_timeout(20)
 
     def wait(self, condition: Any, timeout: float = 15.0) -> Any:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout).until(condition)
+        # An element found just before the page redrew it is looked for again.
+        wait = WebDriverWait(
+            self.driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+        )
+        return wait.until(condition)
 
     def sign_in(self, base: str) -> None:
         from selenium.webdriver.common.by import By
@@ -94,14 +99,21 @@ class Browser:
         self.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart rect"))
         self.shot("dashboard-dead-letter.png")
         row.find_element(By.CSS_SELECTOR, "button.replay").click()
-        button = self.wait(
-            lambda d: (
-                (b := d.find_element(By.CSS_SELECTOR, f'button[data-id="{delivery_id}"]'))
-                and b.text in ("Queued ✓", "Failed")
-                and b
+        # The text as it was seen: the page reloads itself two seconds later, and the button
+        # read again after that would be gone.
+        return str(
+            self.wait(
+                lambda d: (
+                    (
+                        text := d.find_element(
+                            By.CSS_SELECTOR, f'button[data-id="{delivery_id}"]'
+                        ).text
+                    )
+                    in ("Queued ✓", "Failed")
+                    and text
+                )
             )
         )
-        return str(button.text)
 
     def after_replay(self, base: str, delivery_id: str) -> str:
         from selenium.webdriver.common.by import By

@@ -8,6 +8,7 @@ import base64
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,8 @@ async def test_deliveries_list_json(served) -> None:
 
 async def test_deliveries_tail_follows_live(served) -> None:
     srv, config = served
+    # From a point taken now, so what finishes while the child is still starting counts too.
+    since = str(int(time.time()))
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -124,13 +127,14 @@ async def test_deliveries_tail_follows_live(served) -> None:
         "deliveries",
         "tail",
         "--json",
+        "--since",
+        since,
         "--config",
         str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await asyncio.sleep(1.0)  # let it start and take its starting point
         ids = {(await srv.post("open", {"message": f"m{n}"}))[1]["id"] for n in range(3)}
         await srv.idle()
         seen: dict[str, dict[str, Any]] = {}

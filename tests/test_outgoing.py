@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import time
 from typing import Any
 
@@ -109,36 +110,41 @@ async def test_status_handling(start_server, make_sink, script, extra, requests,
 
 async def test_timeout_and_refused_connection_are_retried(start_server, make_sink) -> None:
     slow = await make_sink(delay=0.5)
-    from tests.conftest import free_port
 
-    closed = f"http://127.0.0.1:{free_port()}/in"
-    srv = await start_server(
-        {
-            "outgoing": [
-                sub(slow.url, id="slow", timeout=0.1),
-                sub(closed, id="closed"),
-            ]
-        }
-    )
-    event = Event("error", {"x": 1})
-    await srv.runtime.bus.publish(event)
-    states = await settled(srv)
-    assert set(states.values()) == {"dead"}
-    for name in ("slow", "closed"):
-        attempts = await srv.runtime.store.attempts(outbox_id(event.id, name))
-        assert len(attempts) == 3 and all(a.status is None for a in attempts)
-        assert all(a.error for a in attempts)
-    assert "timed out" in (await srv.runtime.store.attempts(outbox_id(event.id, "slow")))[0].error
+    # Bound and never listening: every connection to it is refused, and nothing else can
+    # take the port meanwhile.
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{blocker.getsockname()[1]}/in"
+        srv = await start_server(
+            {
+                "outgoing": [
+                    sub(slow.url, id="slow", timeout=0.1),
+                    sub(closed, id="closed"),
+                ]
+            }
+        )
+        event = Event("error", {"x": 1})
+        await srv.runtime.bus.publish(event)
+        states = await settled(srv)
+        assert set(states.values()) == {"dead"}
+        for name in ("slow", "closed"):
+            attempts = await srv.runtime.store.attempts(outbox_id(event.id, name))
+            assert len(attempts) == 3 and all(a.status is None for a in attempts)
+            assert all(a.error for a in attempts)
+        assert (
+            "timed out" in (await srv.runtime.store.attempts(outbox_id(event.id, "slow")))[0].error
+        )
 
 
 async def test_hung_sink_does_not_delay_a_healthy_one(start_server, make_sink) -> None:
-    hung = await make_sink(delay=2.5)
+    hung = await make_sink(hang=True)
     healthy = await make_sink()
     srv = await start_server(
         {
             "incoming": {"shutdownTimeout": 0.1},
             "outgoing": [
-                sub(hung.url, id="hung", timeout=2, concurrency=2),
+                sub(hung.url, id="hung", timeout=30, concurrency=2),
                 sub(healthy.url, id="healthy", concurrency=2),
             ],
         }

@@ -98,13 +98,14 @@ async def test_every_delivery_id_header_counts(start_server) -> None:
 
 
 async def test_ids_older_than_the_window_no_longer_count(start_server) -> None:
-    srv = await start_server({"incoming": {"dedupWindow": 0.3}, "handlers": [HOOK]})
+    # Long enough that the second post is inside it, however slow the store.
+    srv = await start_server({"incoming": {"dedupWindow": 1.5}, "handlers": [HOOK]})
     key = {"Idempotency-Key": "same"}
     status, first = await srv.post("h", {"n": 1}, headers=key)
     assert status == 202
     status, body = await srv.post("h", {"n": 1}, headers=key)
     assert status == 200 and body["duplicate"] is True
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.6)
     status, later = await srv.post("h", {"n": 1}, headers=key)
     assert status == 202 and later["id"] != first["id"]
     await srv.idle()

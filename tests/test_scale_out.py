@@ -158,7 +158,9 @@ async def test_sigkill_under_load_the_survivor_finishes_every_acknowledged_deliv
     config = {
         "incoming": {"concurrency": 64},
         "handlers": [{"id": "fx", "action": "custom", "function": "hookfns:effect"}],
-        "storage": {**storage, "leaseSeconds": 1.0},
+        # Short, so the takeover comes soon; long enough that a loaded machine's stall does
+        # not let one process take the other's live work.
+        "storage": {**storage, "leaseSeconds": 3.0},
     }
     doomed, survivor = server_process(config, env=env), server_process(config, env=env)
     await start_all(doomed, survivor)
@@ -172,7 +174,7 @@ async def test_sigkill_under_load_the_survivor_finishes_every_acknowledged_deliv
         # Both are busy (their actions wait at the gate) when one of them is killed.
         killed_work = await asyncio.gather(*(one(doomed, n) for n in range(40)))
         own_work = await asyncio.gather(*(one(survivor, n) for n in range(40)))
-        await asyncio.sleep(1.5)  # past a lease: the heartbeat kept the doomed one's claims
+        await asyncio.sleep(3.5)  # past a lease: the heartbeat kept the doomed one's claims
         assert (await asyncio.to_thread(survivor.store_counts))["inbox"] == {"pending": 80}
         load = asyncio.gather(*(one(survivor, n) for n in range(40, 80)))
         await asyncio.to_thread(doomed.kill)

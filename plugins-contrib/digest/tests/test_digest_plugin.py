@@ -53,7 +53,8 @@ def test_summary_key_depends_on_the_items_only() -> None:
 
 
 async def test_window_gathers_into_one_message(tmp_path: Path) -> None:
-    config = {"handlers": [handler(window=0.4, title="{count} alerts on {hook}")]}
+    # Long enough that three posts are in before it closes, however slow the machine.
+    config = {"handlers": [handler(window=2, title="{count} alerts on {hook}")]}
     async with serve(config, [PLUGIN], state_dir=tmp_path / "state") as srv:
         ids = []
         for n in range(3):
@@ -74,7 +75,7 @@ async def test_window_gathers_into_one_message(tmp_path: Path) -> None:
 
 
 async def test_max_items_sends_early_and_in_order(tmp_path: Path) -> None:
-    config = {"handlers": [handler(window=0.5, maxItems=2)]}
+    config = {"handlers": [handler(window=2, maxItems=2)]}
     async with serve(config, [PLUGIN], state_dir=tmp_path / "state") as srv:
         for n in range(5):
             await srv.post("alerts", {"name": f"n{n}", "state": "up"})
@@ -132,11 +133,13 @@ async def test_directory_from_settings_or_option_and_resumed_at_start(tmp_path: 
 
 
 class FlakyGateway:
-    """The local gateway's shape, refusing the first ``fail`` sends."""
+    """The local gateway's shape, refusing the first ``fail`` sends. No send is answered
+    before ``gate`` is set, so a test decides what the first tries can have gathered."""
 
     def __init__(self, fail: int) -> None:
         self.fail = fail
         self.sent: list[Mapping[str, Any]] = []
+        self.gate = asyncio.Event()
 
     async def start(self) -> None: ...
 
@@ -146,6 +149,7 @@ class FlakyGateway:
         return "flaky"
 
     async def send_message(self, **kwargs: Any) -> Mapping[str, Any]:
+        await self.gate.wait()
         if self.fail > 0:
             self.fail -= 1
             raise GatewayError("gateway is down")
@@ -169,6 +173,8 @@ async def test_refused_summary_is_kept_and_tried_again(tmp_path: Path, caplog: A
         for n in range(3):
             await srv.post("alerts", {"name": n, "state": "s"})
         await srv.idle()
+        # Every try after the first one (which may have gathered fewer) sees all three.
+        flaky.gate.set()
         deadline = time.monotonic() + 10
         while not flaky.sent:
             assert time.monotonic() < deadline, "never sent"

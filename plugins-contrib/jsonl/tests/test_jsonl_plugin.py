@@ -105,7 +105,10 @@ async def test_subscription_end_to_end(tmp_path: Path) -> None:
         assert status == 202
         await srv.idle()
         deadline = time.monotonic() + 10
-        while not target.exists() and time.monotonic() < deadline:
+        # Until the line is whole: the file exists a moment before it is written.
+        while time.monotonic() < deadline and not (
+            target.exists() and target.read_text().endswith("\n")
+        ):
             await asyncio.sleep(0.02)
         [line] = lines(target)
         body = line["body"]
