@@ -64,6 +64,24 @@ def storage_for(backend: str, schemas: list[str]) -> dict[str, Any]:
     return {"url": POSTGRES_URL, "schema": schemas[-1]}
 
 
+def postgres_missing() -> str | None:
+    """Why PostgreSQL cannot be measured here, or None when it can."""
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed: .venv/bin/pip install -e '.[postgres]'"
+
+    async def reach() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        await conn.close()
+
+    try:
+        run_async(reach())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"no PostgreSQL at {POSTGRES_URL} ({exc}); set CW_BENCH_POSTGRES_URL"
+    return None
+
+
 def drop_schema(schema: str) -> None:
     import asyncpg
 
@@ -86,7 +104,13 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1000)
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
-    for backend in ("sqlite", "postgresql"):
+    backends = ["sqlite"]
+    missing = postgres_missing()
+    if missing:
+        print(f"== postgresql: not measured: {missing}", flush=True)
+    else:
+        backends.append("postgresql")
+    for backend in backends:
         schemas: list[str] = []
         try:
             print(f"== {backend}: ingest", flush=True)
