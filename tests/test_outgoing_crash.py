@@ -85,6 +85,8 @@ async def test_kill_9_with_1000_pending_then_each_event_exactly_once(
     got_200_before = {
         sink.json_bodies()[i]["id"] for i in range(cut) if i < len(before) and before[i] == 200
     }
+    at_kill = await asyncio.to_thread(outbox_rows, db)
+    committed_done = {r[0] for r in at_kill if r[3] == "done"}
 
     # After the restart the sink is healthy.
     sink.script.clear()
@@ -108,7 +110,6 @@ async def test_kill_9_with_1000_pending_then_each_event_exactly_once(
     # success was still on its way to the disk when the process died are.
     counts = Counter(after)
     assert max(counts.values()) == 1
-    committed_done = {r[0] for r in rows if r[3] == "done"}
     assert committed_done <= got_200_before
     assert not committed_done & set(after)
     assert proc.terminate() == 0
