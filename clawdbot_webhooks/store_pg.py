@@ -58,6 +58,11 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
+_FINISH_INCOMING = (
+    "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, next_attempt_at=$5, "
+    "lease_until=0, lease_owner=NULL, finished_at=$6 WHERE id=$7"
+)
+
 T = TypeVar("T")
 
 #: The PostgreSQL schema's history; a new version appends a migration, never edits an old one.
@@ -227,6 +232,11 @@ class PostgresStore:
         #: Who holds a lease: this process, so the heartbeat renews only its own.
         self.owner = f"{secrets.token_hex(6)}"
         self._pool: asyncpg.Pool | None = None
+        #: Outcomes nobody waits for (``record_outcome``), written together by one task: one
+        #: round trip and one commit for all that finished meanwhile, not one of each per
+        #: delivery, and no pool connection taken from the inserts per outcome.
+        self._outcomes: list[tuple[Any, ...]] = []
+        self._outcome_writer: asyncio.Task[None] | None = None
         scope = schema or "public"
         self._outbox_lock = _lock_key(f"clawdbot_webhooks.outbox.{scope}")
         self._migrate_lock = _lock_key(f"clawdbot_webhooks.migrate.{scope}")
@@ -272,6 +282,8 @@ class PostgresStore:
             await self._upgrade()
 
     async def close(self) -> None:
+        if self._outcome_writer is not None:
+            await asyncio.shield(self._outcome_writer)  # what finished is written first
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -474,23 +486,39 @@ class PostgresStore:
         error: str | None = None,
         retry_at: float | None = None,
     ) -> None:
+        params = _finish_params(delivery_id, status, attempts, result, error, retry_at)
+
         async def op(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, "
-                "next_attempt_at=$5, lease_until=0, lease_owner=NULL, finished_at=$6 "
-                "WHERE id=$7",
-                *_finish_params(delivery_id, status, attempts, result, error, retry_at),
-            )
+            await conn.execute(_FINISH_INCOMING, *params)
 
         await self._run(op, transaction=False)
 
     def record_outcome(
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None
     ) -> None:
-        written = asyncio.ensure_future(
-            self.finish_incoming(delivery_id, status, attempts=attempts, result=result)
-        )
-        written.add_done_callback(functools.partial(_report_unwritten, delivery_id))
+        self._outcomes.append(_finish_params(delivery_id, status, attempts, result, None, None))
+        if self._outcome_writer is None:
+            # Starts on the loop's next turn, by when this turn's outcomes are all queued.
+            self._outcome_writer = asyncio.get_running_loop().create_task(self._write_outcomes())
+
+    async def _write_outcomes(self) -> None:
+        """Write the queued outcomes, those queued while a batch was on its way in the next
+        batch, until none is left. A batch that cannot be written is reported and dropped:
+        its deliveries stay pending under their lease, and run again once it expires."""
+        try:
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                try:
+                    await self._run(functools.partial(_finish_many, batch))
+                except Exception as exc:
+                    log.error(
+                        "the outcomes of %d deliveries could not be written (%s): %s",
+                        len(batch),
+                        _reason(exc),
+                        ", ".join(params[-1] for params in batch),
+                    )
+        finally:
+            self._outcome_writer = None
 
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
         async def op(conn: asyncpg.Connection) -> IncomingRecord | None:
@@ -910,6 +938,10 @@ class PostgresStore:
         return await self._run(op)
 
 
+async def _finish_many(batch: list[tuple[Any, ...]], conn: asyncpg.Connection) -> None:
+    await conn.executemany(_FINISH_INCOMING, batch)
+
+
 def _rowcount(status: str) -> int:
     """The row count at the end of a command tag such as ``UPDATE 3`` or ``DELETE 0``."""
     tail = status.rsplit(" ", 1)[-1]
@@ -919,10 +951,3 @@ def _rowcount(status: str) -> int:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _report_unwritten(delivery_id: str, written: asyncio.Future[None]) -> None:
-    if not written.cancelled() and written.exception() is not None:
-        log.error(
-            "the outcome of delivery %s could not be written: %r", delivery_id, written.exception()
-        )

@@ -412,3 +412,38 @@ def test_bytes_and_none_bind_unchanged_through_the_identity_adapters(tmp_path: P
         "null",
         None,
     )
+
+
+async def test_outcomes_nobody_waits_for_are_written_before_close_or_their_failure_logged(
+    storage, tmp_path: Path, caplog
+) -> None:
+    # A burst of outcomes recorded in one turn of the loop (PostgreSQL writes them as one
+    # batch), then the store closes at once: every one is on disk after it.
+    url = storage["url"] if storage else f"sqlite:///{tmp_path / 'outcomes.sqlite3'}"
+    schema = (storage or {}).get("schema")
+    store = open_store(url, schema=schema)
+    await store.open()
+    records = [_incoming(n) for n in range(50)]
+    for record in records:
+        assert await store.add_incoming(record, 30)
+    for n, record in enumerate(records):
+        store.record_outcome(record.id, "done" if n % 2 else "dropped", attempts=1, result=n)
+    await store.close()
+
+    reopened = open_store(url, schema=schema)
+    await reopened.open()
+    for n, record in enumerate(records):
+        stored = await reopened.get_incoming(record.id)
+        assert stored is not None
+        assert (stored.status, stored.result) == ("done" if n % 2 else "dropped", n)
+    assert await reopened.count_incoming("pending") == 0
+    await reopened.close()
+
+    # An outcome that cannot be written (the store is closed) is reported with its delivery.
+    with caplog.at_level("ERROR"):
+        reopened.record_outcome(records[0].id, "done", attempts=2)
+        deadline = time.monotonic() + 5
+        while "could not be written" not in caplog.text:
+            assert time.monotonic() < deadline, "the failure was never reported"
+            await asyncio.sleep(0.01)
+    assert records[0].id in caplog.text
