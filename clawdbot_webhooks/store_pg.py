@@ -33,7 +33,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -58,6 +58,16 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
+_ADD_OUTGOING = (
+    "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, payload, "
+    "created_at, status, attempts, next_attempt_at, last_error, lease_until, lease_owner) "
+    "SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11, v.until, CASE WHEN v.until > 0 THEN $13 END "
+    "FROM (SELECT CASE WHEN $12 > 0 AND $8 = 'pending' AND NOT EXISTS (SELECT 1 FROM outbox p "
+    "WHERE p.status='pending' AND p.subscription_id=$3 AND p.session=$5 "
+    "AND (p.lease_owner IS DISTINCT FROM $13 OR p.lease_until<=$14)) "
+    "THEN $12 ELSE 0 END AS until) v "
+    "ON CONFLICT (id) DO NOTHING RETURNING lease_until > 0"
+)
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, next_attempt_at=$5, "
     "lease_until=0, lease_owner=NULL, finished_at=$6 WHERE id=$7"
@@ -237,6 +247,9 @@ class PostgresStore:
         #: delivery, and no pool connection taken from the inserts per outcome.
         self._outcomes: list[tuple[Any, ...]] = []
         self._outcome_writer: asyncio.Task[None] | None = None
+        #: ``add_outgoing`` calls waiting for the transaction that stores them.
+        self._adds: list[_Add] = []
+        self._add_writer: asyncio.Task[None] | None = None
         scope = schema or "public"
         self._outbox_lock = _lock_key(f"clawdbot_webhooks.outbox.{scope}")
         self._migrate_lock = _lock_key(f"clawdbot_webhooks.migrate.{scope}")
@@ -556,44 +569,74 @@ class PostgresStore:
         """Store deliveries; returns the ids that were new and, when ``lease`` > 0, are
         leased to this process. A new row is leased only when no earlier row of its lane is
         pending under someone else's lease (or none): otherwise it waits its turn and the
-        process that holds the lane's head (or whoever claims next) takes it in order."""
+        process that holds the lane's head (or whoever claims next) takes it in order.
 
-        async def op(conn: asyncpg.Connection) -> list[str]:
-            now = time.time()
-            until = now + lease if lease > 0 else 0.0
-            # One lock per lane, taken in order: creating rows of one (subscription, session)
-            # is serialised across processes, different lanes do not wait for each other.
-            lanes = sorted(
-                {self._lane_key(r.subscription_id, r.session) for r in records if r.session}
+        Calls made while a transaction of them is on its way share the next one: one commit
+        for all the events published meanwhile, not one each."""
+        added: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._adds.append(_Add(records, lease, added))
+        if self._add_writer is None:
+            self._add_writer = asyncio.get_running_loop().create_task(self._write_adds())
+        return await added
+
+    async def _write_adds(self) -> None:
+        try:
+            while self._adds:
+                batch, self._adds = self._adds, []
+                try:
+                    results = await self._run(functools.partial(self._insert_outgoing, batch))
+                except StoreUnavailable as exc:
+                    for add in batch:
+                        _settle(add.added, exc)
+                except Exception:
+                    # One call's rows may be what the database refused: each call again in a
+                    # transaction of its own, so only that one fails.
+                    for add in batch:
+                        try:
+                            [result] = await self._run(
+                                functools.partial(self._insert_outgoing, [add])
+                            )
+                        except Exception as exc:
+                            _settle(add.added, exc)
+                        else:
+                            _settle(add.added, result)
+                else:
+                    for add, result in zip(batch, results, strict=True):
+                        _settle(add.added, result)
+        finally:
+            self._add_writer = None
+
+    async def _insert_outgoing(
+        self, batch: Sequence[_Add], conn: asyncpg.Connection
+    ) -> list[list[str]]:
+        now = time.time()
+        # One lock per lane, taken in order: creating rows of one (subscription, session)
+        # is serialised across processes, different lanes do not wait for each other.
+        lanes = sorted(
+            {
+                self._lane_key(r.subscription_id, r.session)
+                for add in batch
+                for r in add.records
+                if r.session
+            }
+        )
+        if lanes:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+                lanes,
             )
-            if lanes:
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
-                    lanes,
-                )
+        results: list[list[str]] = []
+        for add in batch:
+            until = now + add.lease if add.lease > 0 else 0.0
             added: list[str] = []
-            for r in records:
-                leased = await conn.fetchval(
-                    "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, "
-                    "payload, created_at, status, attempts, next_attempt_at, last_error, "
-                    "lease_until, lease_owner) "
-                    "SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11, v.until, "
-                    "CASE WHEN v.until > 0 THEN $13 END FROM (SELECT CASE WHEN $12 > 0 "
-                    "AND $8 = 'pending' AND NOT EXISTS (SELECT 1 FROM outbox p "
-                    "WHERE p.status='pending' AND p.subscription_id=$3 AND p.session=$5 "
-                    "AND (p.lease_owner IS DISTINCT FROM $13 OR p.lease_until<=$14)) "
-                    "THEN $12 ELSE 0 END AS until) v "
-                    "ON CONFLICT (id) DO NOTHING RETURNING lease_until > 0",
-                    *r.values(),
-                    until,
-                    self.owner,
-                    now,
-                )
-                if leased is not None and (leased or lease <= 0):
+            for r in add.records:
+                # Rows of this transaction are seen as they would be had each call had its
+                # own: a repeated id is not new, and this process's own leases do not block.
+                leased = await conn.fetchval(_ADD_OUTGOING, *r.values(), until, self.owner, now)
+                if leased is not None and (leased or add.lease <= 0):
                     added.append(r.id)
-            return added
-
-        return await self._run(op)
+            results.append(added)
+        return results
 
     async def claim_outgoing(
         self, limit: int, lease: float, exclude: Sequence[str] = ()
@@ -936,6 +979,23 @@ class PostgresStore:
             return _rowcount(status) > 0
 
         return await self._run(op)
+
+
+class _Add(NamedTuple):
+    """One ``add_outgoing`` call, queued for the next transaction."""
+
+    records: Sequence[OutgoingRecord]
+    lease: float
+    added: asyncio.Future[list[str]]
+
+
+def _settle(future: asyncio.Future[list[str]], outcome: list[str] | BaseException) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 async def _finish_many(batch: list[tuple[Any, ...]], conn: asyncpg.Connection) -> None:

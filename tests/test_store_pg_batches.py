@@ -1,0 +1,108 @@
+"""PostgreSQL writes what many callers hand it at once in one transaction: outgoing rows of
+events published together, outcomes nobody waits for. Each caller still sees what a
+transaction of its own would have given it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from clawdbot_webhooks.store import OutgoingRecord, open_store
+
+BACKENDS = ["postgres"]
+
+
+def _row(n: int, session: str | None = "s", *, event: str | None = None) -> OutgoingRecord:
+    return OutgoingRecord(
+        id=f"out_{event or n}",
+        event_id=f"evt_{event or n}",
+        subscription_id="sub",
+        event_type="message_received",
+        session=session,
+        payload=b"{}",
+        created_at=time.time(),
+    )
+
+
+@pytest.fixture
+async def store(storage: dict[str, Any]) -> AsyncIterator[Any]:
+    opened = open_store(storage["url"], schema=storage["schema"])
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def test_calls_made_together_get_what_calls_one_by_one_would(
+    store: Any, storage: dict[str, Any]
+) -> None:
+    calls = [[_row(n, session=f"s{n % 3}")] for n in range(30)]
+    calls.append([_row(0, session="s0")])  # the same id again, in the same transaction
+    results = await asyncio.gather(*(store.add_outgoing(rows, 30) for rows in calls))
+    assert results[:30] == [[rows[0].id] for rows in calls[:30]]
+    assert results[30] == []  # not new: the first call stored it
+    # Stored in the order they were handed over, every one leased to this process.
+    assert await _leases(storage) == [(rows[0].id, store.owner) for rows in calls[:30]]
+
+    # A row behind another process's lease in its lane is stored, but left to that lane.
+    await _lease_to_someone_else(storage, calls[0][0].id)
+    [[], [free]] = await asyncio.gather(
+        store.add_outgoing([_row(30, session="s0")], 30),
+        store.add_outgoing([_row(31, session="elsewhere")], 30),
+    )
+    assert free == _row(31).id
+    leases = dict(await _leases(storage))
+    assert leases[_row(30).id] is None and leases[_row(31).id] == store.owner
+
+
+async def _sql(storage: dict[str, Any], query: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(storage["url"], server_settings={"search_path": storage["schema"]})
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+async def _leases(storage: dict[str, Any]) -> list[tuple[str, str | None]]:
+    rows = await _sql(storage, "SELECT id, lease_owner FROM outbox ORDER BY seq")
+    return [(row["id"], row["lease_owner"]) for row in rows]
+
+
+async def _lease_to_someone_else(storage: dict[str, Any], row_id: str) -> None:
+    await _sql(
+        storage,
+        "UPDATE outbox SET lease_owner='other', lease_until=$2 WHERE id=$1",
+        row_id,
+        time.time() + 60,
+    )
+
+
+async def test_a_call_the_database_refuses_fails_alone(store: Any) -> None:
+    # PostgreSQL's text cannot hold NUL: that call's row is refused, the others are stored.
+    good = [[_row(n)] for n in range(5)]
+    bad = [_row(5, session="bad\x00session")]
+    results = await asyncio.gather(
+        *(store.add_outgoing(rows, 30) for rows in [*good[:2], bad, *good[2:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[2], Exception) and not isinstance(results[2], list)
+    assert [r for r in results if isinstance(r, list)] == [[rows[0].id] for rows in good]
+    for rows in good:
+        assert await store.get_outgoing(rows[0].id) is not None
+    assert await store.get_outgoing(bad[0].id) is None
+
+
+async def test_a_cancelled_caller_does_not_stop_the_others(store: Any) -> None:
+    first = asyncio.ensure_future(store.add_outgoing([_row(1)], 30))
+    second = asyncio.ensure_future(store.add_outgoing([_row(2)], 30))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await second == [_row(2).id]
+    # The cancelled caller's row may be stored (its lease lapses; then it is claimed as
+    # any other), never half-stored.
+    stored = await store.get_outgoing(_row(1).id)
+    assert stored is None or stored.status == "pending"
