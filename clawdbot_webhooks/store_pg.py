@@ -33,7 +33,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -58,6 +58,22 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
+_ADD_INCOMING = (
+    "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
+    "client_ip, session, status, attempts, next_attempt_at, last_error, dedup_key, "
+    "lease_until, lease_owner) "
+    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
+_ADD_INCOMING_MANY = (
+    "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
+    "client_ip, session, status, attempts, next_attempt_at, last_error, dedup_key, "
+    "lease_until, lease_owner) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::bytea[], "
+    "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::float8[], "
+    "$13::text[], $14::text[], $15::float8[], $16::text[]) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
 _ADD_OUTGOING = (
     "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, payload, "
     "created_at, status, attempts, next_attempt_at, last_error, lease_until, lease_owner) "
@@ -74,6 +90,8 @@ _FINISH_INCOMING = (
 )
 
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 
 #: The PostgreSQL schema's history; a new version appends a migration, never edits an old one.
 MIGRATIONS = [
@@ -247,9 +265,10 @@ class PostgresStore:
         #: delivery, and no pool connection taken from the inserts per outcome.
         self._outcomes: list[tuple[Any, ...]] = []
         self._outcome_writer: asyncio.Task[None] | None = None
-        #: ``add_outgoing`` calls waiting for the transaction that stores them.
-        self._adds: list[_Add] = []
-        self._add_writer: asyncio.Task[None] | None = None
+        self._inserts = _Batches(
+            functools.partial(self._run, transaction=False), self._insert_incoming
+        )
+        self._adds = _Batches(self._run, self._insert_outgoing)
         scope = schema or "public"
         self._outbox_lock = _lock_key(f"clawdbot_webhooks.outbox.{scope}")
         self._migrate_lock = _lock_key(f"clawdbot_webhooks.migrate.{scope}")
@@ -402,20 +421,9 @@ class PostgresStore:
             time.time() + lease,
             self.owner,
         )
-        insert = (
-            "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
-            "client_ip, session, status, attempts, next_attempt_at, last_error, dedup_key, "
-            "lease_until, lease_owner) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) "
-            "ON CONFLICT DO NOTHING RETURNING id"
-        )
-
-        async def fast(conn: asyncpg.Connection) -> bool:
-            # One statement, committed on its own: the common case costs one round trip.
-            return await conn.fetchval(insert, *args) is not None
 
         async def op(conn: asyncpg.Connection) -> bool:
-            if await conn.fetchval(insert, *args) is not None:
+            if await conn.fetchval(_ADD_INCOMING, *args) is not None:
                 return True
             if record.dedup_key is None or dedup_since is None:
                 if await conn.fetchval("SELECT 1 FROM inbox WHERE id=$1", record.id):
@@ -430,11 +438,22 @@ class PostgresStore:
             )
             if expired.endswith(" 0"):
                 return False
-            return await conn.fetchval(insert, *args) is not None
+            return await conn.fetchval(_ADD_INCOMING, *args) is not None
 
-        if await self._run(fast, transaction=False):
+        # The common case: one statement, sharing a commit with the deliveries that arrived
+        # meanwhile. A conflict (a repeated dedup key, maybe expired) is settled on its own.
+        if await self._inserts(args):
             return True
         return await self._run(op)
+
+    @staticmethod
+    async def _insert_incoming(
+        batch: Sequence[tuple[Any, ...]], conn: asyncpg.Connection
+    ) -> list[bool]:
+        # One statement for them all, atomic without a transaction around it: one round trip.
+        rows = await conn.fetch(_ADD_INCOMING_MANY, *zip(*batch, strict=True))
+        stored = {row[0] for row in rows}
+        return [args[0] in stored for args in batch]
 
     async def prune_dedup(self, before: float) -> int:
         async def op(conn: asyncpg.Connection) -> int:
@@ -573,41 +592,10 @@ class PostgresStore:
 
         Calls made while a transaction of them is on its way share the next one: one commit
         for all the events published meanwhile, not one each."""
-        added: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._adds.append(_Add(records, lease, added))
-        if self._add_writer is None:
-            self._add_writer = asyncio.get_running_loop().create_task(self._write_adds())
-        return await added
-
-    async def _write_adds(self) -> None:
-        try:
-            while self._adds:
-                batch, self._adds = self._adds, []
-                try:
-                    results = await self._run(functools.partial(self._insert_outgoing, batch))
-                except StoreUnavailable as exc:
-                    for add in batch:
-                        _settle(add.added, exc)
-                except Exception:
-                    # One call's rows may be what the database refused: each call again in a
-                    # transaction of its own, so only that one fails.
-                    for add in batch:
-                        try:
-                            [result] = await self._run(
-                                functools.partial(self._insert_outgoing, [add])
-                            )
-                        except Exception as exc:
-                            _settle(add.added, exc)
-                        else:
-                            _settle(add.added, result)
-                else:
-                    for add, result in zip(batch, results, strict=True):
-                        _settle(add.added, result)
-        finally:
-            self._add_writer = None
+        return await self._adds((records, lease))
 
     async def _insert_outgoing(
-        self, batch: Sequence[_Add], conn: asyncpg.Connection
+        self, batch: Sequence[tuple[Sequence[OutgoingRecord], float]], conn: asyncpg.Connection
     ) -> list[list[str]]:
         now = time.time()
         # One lock per lane, taken in order: creating rows of one (subscription, session)
@@ -615,8 +603,8 @@ class PostgresStore:
         lanes = sorted(
             {
                 self._lane_key(r.subscription_id, r.session)
-                for add in batch
-                for r in add.records
+                for records, _ in batch
+                for r in records
                 if r.session
             }
         )
@@ -626,14 +614,14 @@ class PostgresStore:
                 lanes,
             )
         results: list[list[str]] = []
-        for add in batch:
-            until = now + add.lease if add.lease > 0 else 0.0
+        for records, lease in batch:
+            until = now + lease if lease > 0 else 0.0
             added: list[str] = []
-            for r in add.records:
+            for r in records:
                 # Rows of this transaction are seen as they would be had each call had its
                 # own: a repeated id is not new, and this process's own leases do not block.
                 leased = await conn.fetchval(_ADD_OUTGOING, *r.values(), until, self.owner, now)
-                if leased is not None and (leased or add.lease <= 0):
+                if leased is not None and (leased or lease <= 0):
                     added.append(r.id)
             results.append(added)
         return results
@@ -981,15 +969,64 @@ class PostgresStore:
         return await self._run(op)
 
 
-class _Add(NamedTuple):
-    """One ``add_outgoing`` call, queued for the next transaction."""
+class _Batches(Generic[A, R]):
+    """Calls made while a transaction of earlier ones is on its way wait and share the next
+    transaction: one commit for all of them, not one each. ``write`` gets their arguments and
+    returns one result each, in order, as separate transactions in that order would have.
+    When the database refuses a batch, each call is tried again alone, so only the one it
+    refused fails; when the database cannot be reached, all of them fail at once."""
 
-    records: Sequence[OutgoingRecord]
-    lease: float
-    added: asyncio.Future[list[str]]
+    def __init__(
+        self,
+        run: Callable[[Callable[[asyncpg.Connection], Awaitable[list[R]]]], Awaitable[list[R]]],
+        write: Callable[[Sequence[A], asyncpg.Connection], Awaitable[list[R]]],
+    ) -> None:
+        self._run = run
+        self._write = write
+        self._queue: list[tuple[A, asyncio.Future[R]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def __call__(self, arg: A) -> R:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[R] = loop.create_future()
+        self._queue.append((arg, result))
+        if self._writer is None:
+            # Starts on the loop's next turn, by when this turn's calls are all queued.
+            self._writer = loop.create_task(self._drain())
+        return await result
+
+    async def _drain(self) -> None:
+        batch: list[tuple[A, asyncio.Future[R]]] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self._run(
+                        functools.partial(self._write, [arg for arg, _ in batch])
+                    )
+                except StoreUnavailable as exc:
+                    for _, future in batch:
+                        _settle(future, exc)
+                except Exception:
+                    for arg, future in batch:
+                        try:
+                            [one] = await self._run(functools.partial(self._write, [arg]))
+                        except Exception as exc:
+                            _settle(future, exc)
+                        else:
+                            _settle(future, one)
+                else:
+                    for (_, future), one in zip(batch, results, strict=True):
+                        _settle(future, one)
+        finally:
+            # Here, not in a done callback: a caller woken by the last batch may call again
+            # before such a callback ran, and its call would wait for a writer that is gone.
+            self._writer = None
+            for _, future in batch:  # cancelled midway (the loop is closing)
+                future.cancel()
 
 
-def _settle(future: asyncio.Future[list[str]], outcome: list[str] | BaseException) -> None:
+def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
     if future.done():  # its caller was cancelled
         return
     if isinstance(outcome, BaseException):

@@ -1,6 +1,7 @@
-"""PostgreSQL writes what many callers hand it at once in one transaction: outgoing rows of
-events published together, outcomes nobody waits for. Each caller still sees what a
-transaction of its own would have given it."""
+"""PostgreSQL writes what many callers hand it at once together: webhooks received at the same
+time in one statement, outgoing rows of events published together in one transaction. Each
+caller still gets what a transaction of its own would have given it, and a call the database
+refuses fails alone."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from clawdbot_webhooks.store import OutgoingRecord, open_store
+from clawdbot_webhooks.store import IncomingRecord, OutgoingRecord, open_store
 
 BACKENDS = ["postgres"]
 
@@ -106,3 +107,42 @@ async def test_a_cancelled_caller_does_not_stop_the_others(store: Any) -> None:
     # any other), never half-stored.
     stored = await store.get_outgoing(_row(1).id)
     assert stored is None or stored.status == "pending"
+
+
+def _incoming(key: str, received_at: float, session: str = "hook:x") -> IncomingRecord:
+    return IncomingRecord(
+        id=f"dlv_{key}_{received_at}",
+        hook_id="h",
+        received_at=received_at,
+        content_type="application/json",
+        body=b"{}",
+        headers={},
+        query={},
+        client_ip="127.0.0.1",
+        session=session,
+        dedup_key=key,
+    )
+
+
+async def test_deliveries_stored_together_are_told_apart_by_their_keys(store: Any) -> None:
+    now = time.time()
+    records = [_incoming("k", now), _incoming("k", now + 1), _incoming("o", now)]
+    records.append(_incoming("k", now + 2))
+    stored = await asyncio.gather(*(store.add_incoming(r, 30, now - 60) for r in records))
+    assert stored == [True, False, True, False]
+    assert await store.count_incoming() == 2
+    # Once the first of a key is older than the window, the key is free again.
+    assert await store.add_incoming(_incoming("k", now + 3), 30, now + 0.5)
+    assert await store.count_incoming() == 3
+
+
+async def test_a_delivery_the_database_refuses_fails_alone(store: Any) -> None:
+    now = time.time()
+    good, bad = _incoming("a", now), _incoming("b", now, session="bad\x00session")
+    later = _incoming("c", now)
+    stored = await asyncio.gather(
+        *(store.add_incoming(r, 30) for r in (good, bad, later)), return_exceptions=True
+    )
+    assert stored[0] is True and stored[2] is True
+    assert isinstance(stored[1], asyncpg.PostgresError)
+    assert await store.count_incoming() == 2
