@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiohttp.http_exceptions import BadHttpMessage
+
 from .config import Settings
 from .signing import SECRET_PREFIX
 
@@ -101,6 +103,37 @@ class Redactor(logging.Filter):
             if isinstance(value, str):
                 record.__dict__[name] = self.redact(value)
         return True
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every request its parser refuses (bad header bytes, an over-long line, TLS
+    spoken to a plain port) as an error with a traceback and the offending bytes. A server
+    open to the internet sees these by the hundred, through no fault of its own: each becomes
+    one warning line naming the client and what was wrong, without the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            client = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused a malformed HTTP request from %s: %s"
+            record.args = (client, _what_was_wrong(exc))
+            record.exc_info, record.exc_text = None, None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _what_was_wrong(exc: BadHttpMessage) -> str:
+    """The parser's complaint without the bytes it quotes (``...: b'<the line>'``)."""
+    first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else ""
+    return re.split(r":?\s*b['\"]", first, maxsplit=1)[0].rstrip(": ") or type(exc).__name__
+
+
+def quiet_malformed_requests() -> None:
+    """Put ``MalformedRequests`` on aiohttp's server logger, once."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(MalformedRequests())
 
 
 class JsonFormatter(logging.Formatter):

@@ -25,6 +25,7 @@ from .config import HandlerSpec
 from .dedup import dedup_key
 from .http_errors import add_no_route, error, json_errors
 from .incoming import Rejected, client_ip, ip_allowed, parse_content, read_body, stored_headers
+from .logs import quiet_malformed_requests
 from .metrics import UNKNOWN_HOOK, metrics_view
 from .ratelimit import Limits, retry_after
 from .runtime import Runtime
@@ -210,6 +211,7 @@ def make_app(runtime: Runtime) -> web.Application:
     """The app factory. The runtime starts with the app and stops after the server has
     stopped taking requests and finished the ones in flight."""
     incoming = runtime.settings.incoming
+    quiet_malformed_requests()
     app = web.Application(client_max_size=incoming["maxBodyBytes"] + 1)
     app[RUNTIME] = runtime
     app[LIMITS] = Limits(

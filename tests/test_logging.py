@@ -196,3 +196,37 @@ def test_collected_secrets_cover_the_config(tmp_path: Path) -> None:
     }
     found = collect_secrets(build_settings(raw, plugins, None))
     assert {INCOMING, ADMIN, GITHUB, "rotated-github-secret", FORWARD, SIGNED, SIGNING_KEY} <= found
+
+
+async def test_a_malformed_request_is_one_warning_line_without_its_bytes(
+    start_server, caplog
+) -> None:
+    srv = await start_server(
+        {"handlers": [{"id": "h", "action": "run_agent", "agentId": "a", "template": "x"}]}
+    )
+    bad = [
+        b"POST /webhook/h HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        + INCOMING.encode()
+        + b"\r\n\r\n",
+        b"POST /webhook/h HTTP/1.1\r\nHost: x\r\nX-Long: " + INCOMING.encode() * 500 + b"\r\n\r\n",
+    ]
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        for raw in bad:
+            reader, writer = await asyncio.open_connection(srv.server.host, srv.server.port)
+            writer.write(raw)
+            await writer.drain()
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.0 400")
+        deadline = time.monotonic() + 5
+        while len([r for r in caplog.records if r.name == "aiohttp.server"]) < len(bad):
+            assert time.monotonic() < deadline, "aiohttp logged nothing"
+            await asyncio.sleep(0.01)
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [r.levelname for r in records] == ["WARNING", "WARNING"]
+    assert [r.getMessage() for r in records] == [
+        "refused a malformed HTTP request from 127.0.0.1: Invalid character in Content-Length",
+        "refused a malformed HTTP request from 127.0.0.1: Got more than 8190 bytes when reading",
+    ]
+    assert all(r.exc_info is None for r in records)
+    assert INCOMING not in caplog.text
