@@ -45,6 +45,20 @@ def _letter(d: DeadLetter) -> dict[str, Any]:
     }
 
 
+async def _history(store: Store, delivery_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "number": a.number,
+            "at": a.at,
+            "status": a.status,
+            "latency_ms": a.latency_ms,
+            "error": a.error,
+            "response": a.response,
+        }
+        for a in await store.attempts(delivery_id)
+    ]
+
+
 @click.group()
 def dlq() -> None:
     """Dead letters: deliveries that kept failing (incoming actions and outgoing webhooks)."""
@@ -102,17 +116,7 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
                 "created_at": out.created_at,
                 "error": out.last_error,
                 "payload": out.payload.decode("utf-8", "replace"),
-                "history": [
-                    {
-                        "number": a.number,
-                        "at": a.at,
-                        "status": a.status,
-                        "latency_ms": a.latency_ms,
-                        "error": a.error,
-                        "response": a.response,
-                    }
-                    for a in await store.attempts(out.id)
-                ],
+                "history": await _history(store, out.id),
             }
         inc = await store.get_incoming(delivery_id)
         if inc is None:
@@ -127,7 +131,8 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
             "created_at": inc.received_at,
             "error": inc.last_error,
             "payload": inc.body.decode("utf-8", "replace"),
-            "history": [],
+            # The attempts that failed (a success is the delivery's status and result).
+            "history": await _history(store, inc.id),
         }
 
     found = with_store(config_path, work)

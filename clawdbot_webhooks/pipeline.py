@@ -33,7 +33,7 @@ from .config import HandlerSpec, Settings
 from .events import EventBus, derived_event_id
 from .incoming import parse_content
 from .sessions import Sessions
-from .store import IncomingRecord, Store
+from .store import Attempt, IncomingRecord, Store
 from .templates import context_for
 
 if TYPE_CHECKING:
@@ -360,8 +360,11 @@ class Pipeline:
         reason = _describe(exc)
         gives_up = not retry or spec.retry.gives_up_after(attempt)
         self._observe(record.hook_id, "dead" if gives_up else "retry", started)
+        failed = Attempt(
+            record.id, attempt, time.time(), None, 1000 * (time.monotonic() - started), None, reason
+        )
         if gives_up:
-            await self._dead(record, reason, spec, attempts=attempt)
+            await self._dead(record, reason, spec, attempts=attempt, failed=failed)
             return
         delay = spec.retry.delay(attempt)
         log.warning(
@@ -373,7 +376,12 @@ class Pipeline:
             extra={"delivery": record.id, "hook": record.hook_id},
         )
         await self._store.finish_incoming(
-            record.id, "pending", attempts=attempt, error=reason, retry_at=time.time() + delay
+            record.id,
+            "pending",
+            attempts=attempt,
+            error=reason,
+            retry_at=time.time() + delay,
+            failed=failed,
         )
         self.wake()
 
@@ -441,6 +449,7 @@ class Pipeline:
         reason: str,
         spec: HandlerSpec | None,
         attempts: int | None = None,
+        failed: Attempt | None = None,
     ) -> None:
         n = attempts if attempts is not None else record.attempts
         log.error(
@@ -451,7 +460,9 @@ class Pipeline:
             reason,
             extra={"delivery": record.id, "hook": record.hook_id},
         )
-        await self._store.finish_incoming(record.id, "dead", attempts=n, error=reason)
+        await self._store.finish_incoming(
+            record.id, "dead", attempts=n, error=reason, failed=failed
+        )
         self._settle(record.id, ActionError(reason, retry=False))
         await self._bus.publish(
             Event(

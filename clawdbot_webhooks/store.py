@@ -17,7 +17,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -308,6 +308,9 @@ _FINISH_INCOMING = (
     "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, next_attempt_at=?, "
     "lease_until=0, finished_at=? WHERE id=?",
 )
+#: A failed attempt's outcome and its line in the delivery's history. The same number again
+#: (a process died after the attempt, before its outcome) replaces the line.
+_FAIL_INCOMING = (*_FINISH_INCOMING, "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?)")
 _INBOX_FIELDS = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
     "status, attempts, next_attempt_at, last_error, result, dedup_key"
@@ -691,11 +694,15 @@ class SQLiteStore(SQLiteWriter):
         result: Any = None,
         error: str | None = None,
         retry_at: float | None = None,
+        failed: Attempt | None = None,
     ) -> Awaitable[None]:
-        """Record an action's outcome: done, dead, dropped, or pending again at ``retry_at``."""
+        """Record an action's outcome: done, dead, dropped, or pending again at ``retry_at``;
+        ``failed``, the attempt that failed, goes into the delivery's history with it."""
 
         params = _finish_params(delivery_id, status, attempts, result, error, retry_at)
-        return self._do(Rows(_FINISH_INCOMING, (params,)))
+        if failed is None:
+            return self._do(Rows(_FINISH_INCOMING, (params,)))
+        return self._do(Rows(_FAIL_INCOMING, (params, astuple(failed))))
 
     def record_outcome(
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None
@@ -933,6 +940,12 @@ class SQLiteStore(SQLiteWriter):
                 "WHERE status='dead' AND received_at<?)",
                 (upper,),
             )
+            for table, created in (("inbox", "received_at"), ("outbox", "created_at")):
+                conn.execute(
+                    f"DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM {table} "
+                    f"WHERE status='dead' AND {created}<?)",
+                    (upper,),
+                )
             n = conn.execute(
                 "DELETE FROM inbox WHERE status='dead' AND received_at<?", (upper,)
             ).rowcount
@@ -1054,7 +1067,17 @@ class SQLiteStore(SQLiteWriter):
 
         def op(conn: sqlite3.Connection) -> int:
             n = 0
+            conn.executemany(
+                "DELETE FROM inbox_bodies WHERE id IN "
+                "(SELECT id FROM inbox WHERE id=? AND status='dead')",
+                wanted,
+            )
             for table in ("inbox", "outbox"):
+                conn.executemany(
+                    "DELETE FROM attempts WHERE delivery_id IN "
+                    f"(SELECT id FROM {table} WHERE id=? AND status='dead')",
+                    wanted,
+                )
                 n += conn.executemany(
                     f"DELETE FROM {table} WHERE id=? AND status='dead'", wanted
                 ).rowcount
@@ -1113,6 +1136,7 @@ class Store(Protocol):
         result: Any = None,
         error: str | None = None,
         retry_at: float | None = None,
+        failed: Attempt | None = None,
     ) -> Awaitable[None]: ...
     def record_outcome(
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None

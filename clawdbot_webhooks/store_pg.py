@@ -33,6 +33,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import astuple
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -83,6 +84,13 @@ _ADD_OUTGOING = (
     "AND (p.lease_owner IS DISTINCT FROM $13 OR p.lease_until<=$14)) "
     "THEN $12 ELSE 0 END AS until) v "
     "ON CONFLICT (id) DO NOTHING RETURNING lease_until > 0"
+)
+#: A failed incoming attempt in the delivery's history. The same number again (a process
+#: died after the attempt, before its outcome) replaces the line.
+_RECORD_ATTEMPT = (
+    "INSERT INTO attempts VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (delivery_id, number) "
+    "DO UPDATE SET at=EXCLUDED.at, status=EXCLUDED.status, latency_ms=EXCLUDED.latency_ms, "
+    "response=EXCLUDED.response, error=EXCLUDED.error"
 )
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, next_attempt_at=$5, "
@@ -517,13 +525,16 @@ class PostgresStore:
         result: Any = None,
         error: str | None = None,
         retry_at: float | None = None,
+        failed: Attempt | None = None,
     ) -> None:
         params = _finish_params(delivery_id, status, attempts, result, error, retry_at)
 
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(_FINISH_INCOMING, *params)
+            if failed is not None:
+                await conn.execute(_RECORD_ATTEMPT, *astuple(failed))
 
-        await self._run(op, transaction=False)
+        await self._run(op, transaction=failed is not None)
 
     def record_outcome(
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None
@@ -837,20 +848,17 @@ class PostgresStore:
     async def purge_dead(self, before: float | None = None) -> int:
         async def op(conn: asyncpg.Connection) -> int:
             upper = time.time() + 1 if before is None else before
-            n = _rowcount(
-                await conn.execute(
-                    "DELETE FROM inbox WHERE status='dead' AND received_at<$1", upper
-                )
-            )
             ids = [
                 r[0]
+                for table, created in (("inbox", "received_at"), ("outbox", "created_at"))
                 for r in await conn.fetch(
-                    "DELETE FROM outbox WHERE status='dead' AND created_at<$1 RETURNING id", upper
+                    f"DELETE FROM {table} WHERE status='dead' AND {created}<$1 RETURNING id",
+                    upper,
                 )
             ]
             if ids:
                 await conn.execute("DELETE FROM attempts WHERE delivery_id = ANY($1::text[])", ids)
-            return n + len(ids)
+            return len(ids)
 
         return await self._run(op)
 
@@ -858,15 +866,18 @@ class PostgresStore:
         wanted = list(ids)
 
         async def op(conn: asyncpg.Connection) -> int:
-            n = 0
-            for table in ("inbox", "outbox"):
-                n += _rowcount(
-                    await conn.execute(
-                        f"DELETE FROM {table} WHERE id = ANY($1::text[]) AND status='dead'",
-                        wanted,
-                    )
+            ids = [
+                r[0]
+                for table in ("inbox", "outbox")
+                for r in await conn.fetch(
+                    f"DELETE FROM {table} WHERE id = ANY($1::text[]) AND status='dead' "
+                    "RETURNING id",
+                    wanted,
                 )
-            return n
+            ]
+            if ids:
+                await conn.execute("DELETE FROM attempts WHERE delivery_id = ANY($1::text[])", ids)
+            return len(ids)
 
         return await self._run(op)
 

@@ -190,6 +190,13 @@ async def test_forward_failure_is_recorded_after_last_attempt(
     assert error.data["delivery"] == body["id"] and error.causation == body["id"]
     dead = await srv.runtime.store.dead_letters()
     assert [d.id for d in dead] == [body["id"]]
+    # Each failed attempt is in the delivery's history, and goes with it when it is purged.
+    history = await srv.runtime.store.attempts(body["id"])
+    assert [a.number for a in history] == [1, 2]
+    assert all("forward answered 502" in (a.error or "") for a in history)
+    assert all(a.status is None and a.latency_ms >= 0 for a in history)
+    assert await srv.runtime.store.purge_dead_ids([body["id"]]) == 1
+    assert await srv.runtime.store.attempts(body["id"]) == []
 
 
 async def test_forward_client_error_is_not_retried(start_server, make_sink) -> None:

@@ -1,5 +1,5 @@
-"""Dead letters of outgoing deliveries: the schedule, the error event, and the ``dlq`` CLI
-(list, show, replay, purge) through click's CliRunner against the same SQLite file."""
+"""Dead letters: the schedule, the error event, and the ``dlq`` CLI (list, show, replay,
+purge) through click's CliRunner against the server's own store."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.cli_support import parse_time
 from clawdbot_webhooks.outbox import outbox_id
+from clawdbot_webhooks.store import open_store
 from tests.conftest import with_storage, write_config
 
 RETRY = {"maxAttempts": 3, "backoff": "constant", "initialDelay": 0.15, "jitter": False}
@@ -159,3 +160,38 @@ def test_parse_time() -> None:
     assert parse_time("2023-11-14T22:13:20") == now
     started = time.time()
     assert started - 61 <= parse_time("1m") <= time.time() - 59
+
+
+async def test_an_incoming_dead_letter_shows_its_failed_attempts_and_purges_them(
+    start_server, make_sink, tmp_path, state_dir, storage
+) -> None:
+    sink = await make_sink(default=502)
+    retry = {"maxAttempts": 2, "initialDelay": 0.05, "jitter": False}
+    config = {
+        "stateDir": str(state_dir),
+        "handlers": [{"id": "relay", "action": "forward", "url": sink.url, "retry": retry}],
+    }
+    path = write_config(tmp_path / "cli.json5", with_storage(config, storage))
+    srv = await start_server({k: v for k, v in config.items() if k != "stateDir"})
+    _, body = await srv.post("relay", {"a": 1})
+    await srv.idle()
+    await srv.server.close()
+
+    shown = json.loads(
+        (await cli("dlq", "show", body["id"], "--json", "--config", str(path))).output
+    )
+    assert shown["kind"] == "incoming" and shown["status"] == "dead"
+    assert [a["number"] for a in shown["history"]] == [1, 2]
+    assert all("forward answered 502" in a["error"] for a in shown["history"])
+    text = (await cli("dlq", "show", body["id"], "--config", str(path))).output
+    assert text.count("forward answered 502") >= 2  # the error line and the history's
+
+    assert "Purged 1 dead letter." in (await cli("dlq", "purge", "--config", str(path))).output
+    url = storage["url"] if storage else f"sqlite:///{state_dir / 'webhooks.sqlite3'}"
+    store = open_store(url, schema=(storage or {}).get("schema"))
+    await store.open()
+    try:
+        assert await store.get_incoming(body["id"]) is None
+        assert await store.attempts(body["id"]) == []  # its history went with it
+    finally:
+        await store.close()
