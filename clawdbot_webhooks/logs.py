@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_exceptions import BadHttpMessage, InvalidURLError
 
 from .config import Settings
 from .signing import SECRET_PREFIX
@@ -113,20 +113,26 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BadHttpMessage):
-            client = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.msg = "refused a malformed HTTP request from %s: %s"
-            record.args = (client, _what_was_wrong(exc))
-            record.exc_info, record.exc_text = None, None
-            if record.levelno > logging.WARNING:
-                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if not isinstance(exc, BadHttpMessage):
+            return True
+        client = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "refused a malformed HTTP request from %s: %s"
+        record.args = (client, _what_was_wrong(exc))
+        record.exc_info, record.exc_text = None, None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            # The logger let it through as an error; as a warning it may be below its level.
+            return logging.getLogger(record.name).isEnabledFor(logging.WARNING)
         return True
 
 
 def _what_was_wrong(exc: BadHttpMessage) -> str:
-    """The parser's complaint without the bytes it quotes (``...: b'<the line>'``)."""
+    """The parser's complaint, up to where it starts quoting what it got (``b'...'``,
+    ``bytearray(...``, a quoted line): never the request's own bytes."""
+    if isinstance(exc, InvalidURLError):  # its message is the URL itself
+        return "invalid URL"
     first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else ""
-    return re.split(r":?\s*b['\"]", first, maxsplit=1)[0].rstrip(": ") or type(exc).__name__
+    return re.split(r"[:'\"(]", first, maxsplit=1)[0].strip() or type(exc).__name__
 
 
 def quiet_malformed_requests() -> None:

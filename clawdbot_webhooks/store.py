@@ -17,7 +17,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -308,9 +308,13 @@ _FINISH_INCOMING = (
     "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, next_attempt_at=?, "
     "lease_until=0, finished_at=? WHERE id=?",
 )
-#: A failed attempt's outcome and its line in the delivery's history. The same number again
-#: (a process died after the attempt, before its outcome) replaces the line.
-_FAIL_INCOMING = (*_FINISH_INCOMING, "INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?)")
+#: A line of a delivery's history, numbered after its last one (numbers go on across replays).
+_RECORD_ATTEMPT = (
+    "INSERT INTO attempts SELECT ?, COALESCE(MAX(number), 0) + 1, ?, ?, ?, ?, ? "
+    "FROM attempts WHERE delivery_id=?"
+)
+#: A failed attempt's outcome and its line in the delivery's history.
+_FAIL_INCOMING = (*_FINISH_INCOMING, _RECORD_ATTEMPT)
 _INBOX_FIELDS = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
     "status, attempts, next_attempt_at, last_error, result, dedup_key"
@@ -346,6 +350,10 @@ def _finish_params(  # the parameters of an outcome's UPDATE, in both backends' 
         None if status == "pending" else time.time(),
         delivery_id,
     )
+
+
+def _attempt_params(a: Attempt) -> tuple[Any, ...]:  # for _RECORD_ATTEMPT, both backends
+    return (a.delivery_id, a.at, a.status, a.latency_ms, a.response, a.error, a.delivery_id)
 
 
 def _incoming(row: sqlite3.Row | tuple[Any, ...]) -> IncomingRecord:
@@ -702,7 +710,7 @@ class SQLiteStore(SQLiteWriter):
         params = _finish_params(delivery_id, status, attempts, result, error, retry_at)
         if failed is None:
             return self._do(Rows(_FINISH_INCOMING, (params,)))
-        return self._do(Rows(_FAIL_INCOMING, (params, astuple(failed))))
+        return self._do(Rows(_FAIL_INCOMING, (params, _attempt_params(failed))))
 
     def record_outcome(
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None
@@ -821,21 +829,8 @@ class SQLiteStore(SQLiteWriter):
                 ],
             )
             conn.executemany(
-                "INSERT INTO attempts SELECT ?, COALESCE(MAX(number), 0) + 1, ?, ?, ?, ?, ? "
-                "FROM attempts WHERE delivery_id=?",
-                [
-                    (
-                        a.delivery_id,
-                        a.at,
-                        a.status,
-                        a.latency_ms,
-                        a.response,
-                        a.error,
-                        a.delivery_id,
-                    )
-                    for a in (o.attempt for o in outcomes)
-                    if a is not None
-                ],
+                _RECORD_ATTEMPT,
+                [_attempt_params(o.attempt) for o in outcomes if o.attempt is not None],
             )
 
         await self._do(op)

@@ -33,7 +33,6 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import astuple
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -52,6 +51,7 @@ from .store import (
     OutgoingRecord,
     SchemaStatus,
     StoreUnavailable,
+    _attempt_params,
     _finish_params,
     delivery_listing,
     redact_url,
@@ -59,6 +59,8 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
+#: The most calls one batch of ``_Batches`` takes; the rest go in the next.
+BATCH_MOST = 512
 _ADD_INCOMING = (
     "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
     "client_ip, session, status, attempts, next_attempt_at, last_error, dedup_key, "
@@ -85,12 +87,10 @@ _ADD_OUTGOING = (
     "THEN $12 ELSE 0 END AS until) v "
     "ON CONFLICT (id) DO NOTHING RETURNING lease_until > 0"
 )
-#: A failed incoming attempt in the delivery's history. The same number again (a process
-#: died after the attempt, before its outcome) replaces the line.
+#: A line of a delivery's history, numbered after its last one (numbers go on across replays).
 _RECORD_ATTEMPT = (
-    "INSERT INTO attempts VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (delivery_id, number) "
-    "DO UPDATE SET at=EXCLUDED.at, status=EXCLUDED.status, latency_ms=EXCLUDED.latency_ms, "
-    "response=EXCLUDED.response, error=EXCLUDED.error"
+    "INSERT INTO attempts SELECT $1, COALESCE(MAX(number), 0) + 1, $2, $3, $4, $5, $6 "
+    "FROM attempts WHERE delivery_id=$7"
 )
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, next_attempt_at=$5, "
@@ -322,7 +322,7 @@ class PostgresStore:
             await self._upgrade()
 
     async def close(self) -> None:
-        if self._outcome_writer is not None:
+        if self._outcome_writer is not None and not self._outcome_writer.done():
             await asyncio.shield(self._outcome_writer)  # what finished is written first
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -459,9 +459,17 @@ class PostgresStore:
         batch: Sequence[tuple[Any, ...]], conn: asyncpg.Connection
     ) -> list[bool]:
         # One statement for them all, atomic without a transaction around it: one round trip.
-        rows = await conn.fetch(_ADD_INCOMING_MANY, *zip(*batch, strict=True))
+        # Rows go in by (hook, dedup key), the order every process takes their locks in, so
+        # two processes storing the same keys at once cannot deadlock.
+        ordered = sorted(batch, key=lambda args: (args[1], args[13] or ""))
+        rows = await conn.fetch(_ADD_INCOMING_MANY, *zip(*ordered, strict=True))
         stored = {row[0] for row in rows}
-        return [args[0] in stored for args in batch]
+        # One id, one row: a second call with the same id did not store anything.
+        new = []
+        for args in batch:
+            new.append(args[0] in stored)
+            stored.discard(args[0])
+        return new
 
     async def prune_dedup(self, before: float) -> int:
         async def op(conn: asyncpg.Connection) -> int:
@@ -532,7 +540,7 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(_FINISH_INCOMING, *params)
             if failed is not None:
-                await conn.execute(_RECORD_ATTEMPT, *astuple(failed))
+                await conn.execute(_RECORD_ATTEMPT, *_attempt_params(failed))
 
         await self._run(op, transaction=failed is not None)
 
@@ -540,26 +548,31 @@ class PostgresStore:
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None
     ) -> None:
         self._outcomes.append(_finish_params(delivery_id, status, attempts, result, None, None))
-        if self._outcome_writer is None:
+        if self._outcome_writer is None or self._outcome_writer.done():
             # Starts on the loop's next turn, by when this turn's outcomes are all queued.
             self._outcome_writer = asyncio.get_running_loop().create_task(self._write_outcomes())
 
     async def _write_outcomes(self) -> None:
         """Write the queued outcomes, those queued while a batch was on its way in the next
-        batch, until none is left. A batch that cannot be written is reported and dropped:
-        its deliveries stay pending under their lease, and run again once it expires."""
+        batch, until none is left. Rows are locked in id order, as the lease heartbeat locks
+        them, so the two cannot deadlock; a batch refused for another reason (a deadlock with
+        something else) is written one row at a time. An outcome that cannot be written is
+        reported: its delivery stays pending under its lease and runs again once it expires."""
         try:
             while self._outcomes:
-                batch, self._outcomes = self._outcomes, []
+                batch, self._outcomes = sorted(self._outcomes, key=lambda p: p[-1]), []
                 try:
                     await self._run(functools.partial(_finish_many, batch))
-                except Exception as exc:
-                    log.error(
-                        "the outcomes of %d deliveries could not be written (%s): %s",
-                        len(batch),
-                        _reason(exc),
-                        ", ".join(params[-1] for params in batch),
-                    )
+                except StoreUnavailable as exc:
+                    _unwritten(batch, exc)
+                except Exception:
+                    for params in batch:
+                        try:
+                            await self._run(
+                                functools.partial(_finish_many, [params]), transaction=False
+                            )
+                        except Exception as exc:
+                            _unwritten([params], exc)
         finally:
             self._outcome_writer = None
 
@@ -688,14 +701,7 @@ class PostgresStore:
             )
             attempts = [o.attempt for o in outcomes if o.attempt is not None]
             if attempts:
-                await conn.executemany(
-                    "INSERT INTO attempts SELECT $1, COALESCE(MAX(number), 0) + 1, $2, $3, $4, "
-                    "$5, $6 FROM attempts WHERE delivery_id=$1",
-                    [
-                        (a.delivery_id, a.at, a.status, a.latency_ms, a.response, a.error)
-                        for a in attempts
-                    ],
-                )
+                await conn.executemany(_RECORD_ATTEMPT, [_attempt_params(a) for a in attempts])
 
         await self._run(op)
 
@@ -1001,7 +1007,7 @@ class _Batches(Generic[A, R]):
         loop = asyncio.get_running_loop()
         result: asyncio.Future[R] = loop.create_future()
         self._queue.append((arg, result))
-        if self._writer is None:
+        if self._writer is None or self._writer.done():  # done: cancelled before it began
             # Starts on the loop's next turn, by when this turn's calls are all queued.
             self._writer = loop.create_task(self._drain())
         return await result
@@ -1010,7 +1016,12 @@ class _Batches(Generic[A, R]):
         batch: list[tuple[A, asyncio.Future[R]]] = []
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
+                # A caller cancelled while it waited wants nothing written: a row leased to
+                # this process that nobody sends would let later rows of its lane overtake it.
+                waiting = [call for call in self._queue if not call[1].done()]
+                batch, self._queue = waiting[:BATCH_MOST], waiting[BATCH_MOST:]
+                if not batch:
+                    continue
                 try:
                     results = await self._run(
                         functools.partial(self._write, [arg for arg, _ in batch])
@@ -1044,6 +1055,15 @@ def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+def _unwritten(batch: Sequence[tuple[Any, ...]], exc: BaseException) -> None:
+    log.error(
+        "the outcomes of %d deliveries could not be written (%s): %s",
+        len(batch),
+        _reason(exc),
+        ", ".join(params[-1] for params in batch),
+    )
 
 
 async def _finish_many(batch: list[tuple[Any, ...]], conn: asyncpg.Connection) -> None:

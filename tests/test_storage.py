@@ -447,3 +447,27 @@ async def test_outcomes_nobody_waits_for_are_written_before_close_or_their_failu
             assert time.monotonic() < deadline, "the failure was never reported"
             await asyncio.sleep(0.01)
     assert records[0].id in caplog.text
+
+
+async def test_failed_incoming_attempts_are_numbered_on_across_replays(
+    storage, tmp_path: Path
+) -> None:
+    from clawdbot_webhooks.store import Attempt
+
+    url = storage["url"] if storage else f"sqlite:///{tmp_path / 'history.sqlite3'}"
+    store = open_store(url, schema=(storage or {}).get("schema"))
+    await store.open()
+    try:
+        record = _incoming(1)
+        assert await store.add_incoming(record, 30)
+        for error in ("first run", "replayed"):
+            # A replay starts counting its attempts at 1 again; the history goes on.
+            failed = Attempt(record.id, 1, time.time(), None, 2.5, None, error)
+            await store.finish_incoming(record.id, "dead", attempts=1, error=error, failed=failed)
+            if error == "first run":
+                assert await store.revive([record.id]) == [record.id]
+        history = await store.attempts(record.id)
+        assert [(a.number, a.error) for a in history] == [(1, "first run"), (2, "replayed")]
+        assert all(a.latency_ms == 2.5 and a.status is None for a in history)
+    finally:
+        await store.close()
