@@ -27,7 +27,13 @@ from clawdbot_webhooks_hookspecs import hookimpl
 from multidict import CIMultiDict
 
 from clawdbot_webhooks.eventloop import loop_factory
-from clawdbot_webhooks.store import SchemaStatus, open_store, redact_url
+from clawdbot_webhooks.store import (
+    IncomingRecord,
+    OutgoingRecord,
+    SchemaStatus,
+    open_store,
+    redact_url,
+)
 from clawdbot_webhooks.testing import Served, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +50,35 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def incoming_record(key: str, received_at: float, session: str = "hook:x") -> IncomingRecord:
+    """A delivery to hook ``h`` whose dedup key is ``key``, for tests of a store alone."""
+    return IncomingRecord(
+        id=f"dlv_{key}_{received_at}",
+        hook_id="h",
+        received_at=received_at,
+        content_type="application/json",
+        body=b"{}",
+        headers={},
+        query={},
+        client_ip="127.0.0.1",
+        session=session,
+        dedup_key=key,
+    )
+
+
+def outgoing_record(n: int, session: str | None = "s") -> OutgoingRecord:
+    """Outgoing row ``out_<n>`` of subscription ``sub``, for tests of a store alone."""
+    return OutgoingRecord(
+        id=f"out_{n}",
+        event_id=f"evt_{n}",
+        subscription_id="sub",
+        event_type="message_received",
+        session=session,
+        payload=b"{}",
+        created_at=time.time(),
+    )
 
 
 def write_config(path: Path, webhooks: dict[str, Any]) -> Path:

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 
 from clawdbot_webhooks.sqlite_writer import LATER_SECONDS
-from clawdbot_webhooks.store import IncomingRecord, SQLiteStore
+from clawdbot_webhooks.store import SQLiteStore
+from tests.conftest import incoming_record
 
 GH_SECRET = "gh-webhook-secret-for-tests"
 
@@ -119,37 +120,22 @@ async def test_a_zero_window_turns_deduplication_off(start_server) -> None:
         assert status == 202
 
 
-def _record(key: str, received_at: float) -> IncomingRecord:
-    return IncomingRecord(
-        id=f"dlv_{key}_{received_at}",
-        hook_id="h",
-        received_at=received_at,
-        content_type="application/json",
-        body=b"{}",
-        headers={},
-        query={},
-        client_ip="127.0.0.1",
-        session="hook:x",
-        dedup_key=key,
-    )
-
-
 async def test_window_and_pruning_in_the_store_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "inbox.sqlite3"
     now = time.time()
     store = SQLiteStore(path)
     await store.open()
-    assert await store.add_incoming(_record("old", now - 100), 0, dedup_since=now - 50)
-    assert await store.add_incoming(_record("fresh", now - 10), 0, dedup_since=now - 50)
+    assert await store.add_incoming(incoming_record("old", now - 100), 0, dedup_since=now - 50)
+    assert await store.add_incoming(incoming_record("fresh", now - 10), 0, dedup_since=now - 50)
     await store.close()
 
     store = SQLiteStore(path)  # a restart: nothing in memory carries over
     await store.open()
     # "fresh" is inside the window: still a duplicate
-    assert not await store.add_incoming(_record("fresh", now), 0, dedup_since=now - 50)
+    assert not await store.add_incoming(incoming_record("fresh", now), 0, dedup_since=now - 50)
     # "old" is outside it: counts no more even though nothing has pruned it yet
-    assert await store.add_incoming(_record("old", now), 0, dedup_since=now - 50)
-    assert not await store.add_incoming(_record("old", now + 1), 0, dedup_since=now - 50)
+    assert await store.add_incoming(incoming_record("old", now), 0, dedup_since=now - 50)
+    assert not await store.add_incoming(incoming_record("old", now + 1), 0, dedup_since=now - 50)
     assert await store.prune_dedup(now - 5) == 1  # only "fresh" (now - 10) was left to forget
     assert await store.find_duplicate("h", "fresh") is None
     assert await store.find_duplicate("h", "old") == f"dlv_old_{now}"
@@ -163,8 +149,13 @@ async def test_duplicates_inside_one_commit_batch_are_told_apart(tmp_path: Path)
     store = SQLiteStore(tmp_path / "inbox.sqlite3")
     await store.open()
     now = time.time()
-    first = _record("k", now)
-    records = [first, _record("k", now + 1), _record("other", now), _record("k", now + 2)]
+    first = incoming_record("k", now)
+    records = [
+        first,
+        incoming_record("k", now + 1),
+        incoming_record("other", now),
+        incoming_record("k", now + 2),
+    ]
     outcomes = await asyncio.gather(
         *(store.add_incoming(r, 30, dedup_since=now - 60) for r in records),
         store.finish_incoming(first.id, "done", attempts=1, result={"n": 1}),
@@ -184,7 +175,7 @@ async def test_small_bodies_in_the_row_large_ones_apart_read_back_the_same(
     store = SQLiteStore(tmp_path / "inbox.sqlite3")
     await store.open()
     now = time.time()
-    small, large = _record("small", now), _record("large", now)
+    small, large = incoming_record("small", now), incoming_record("large", now)
     small.body = b'{"n": 1}'
     large.body = b'{"pad": "' + b"x" * (INLINE_BODY_BYTES * 3) + b'"}'
     assert await asyncio.gather(store.add_incoming(small, 0), store.add_incoming(large, 0))
@@ -221,7 +212,7 @@ async def test_an_outcome_nobody_waits_for_goes_with_the_next_write_or_on_its_ow
     path = tmp_path / "inbox.sqlite3"
     store = SQLiteStore(path)
     await store.open()
-    first, second, third = (_record(k, time.time()) for k in ("a", "b", "c"))
+    first, second, third = (incoming_record(k, time.time()) for k in ("a", "b", "c"))
     assert await store.add_incoming(first, 30)
     store.record_outcome(first.id, "done", attempts=1)
     assert _status_on_disk(path, first.id) == "pending"  # held back, not yet written
@@ -245,7 +236,7 @@ async def test_an_outcome_nobody_waits_for_is_written_or_its_failure_logged(
 ) -> None:
     store = SQLiteStore(tmp_path / "inbox.sqlite3")
     await store.open()
-    record = _record("k", time.time())
+    record = incoming_record("k", time.time())
     assert await store.add_incoming(record, 30)
     store.record_outcome(record.id, "done", attempts=1, result={"ok": 1})
     assert await store.count_incoming("done") == 1  # queued behind it: written first

@@ -16,9 +16,9 @@ from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.outbox import outbox_id
-from clawdbot_webhooks.store import IncomingRecord, OutgoingOutcome, OutgoingRecord, open_store
+from clawdbot_webhooks.store import IncomingRecord, OutgoingOutcome, open_store
 from clawdbot_webhooks.store_pg import MIGRATIONS
-from tests.conftest import POSTGRES_URL, with_storage, write_config
+from tests.conftest import POSTGRES_URL, outgoing_record, with_storage, write_config
 
 
 async def cli(*args: str) -> Result:
@@ -305,18 +305,6 @@ async def test_sqlite_store_from_before_partial_status_indexes_upgrades(tmp_path
         await store.close()
 
 
-def _outgoing(n: int, session: str) -> OutgoingRecord:
-    return OutgoingRecord(
-        id=f"out_{n}",
-        event_id=f"evt_{n}",
-        subscription_id="sub",
-        event_type="message_received",
-        session=session,
-        payload=b"{}",
-        created_at=time.time(),
-    )
-
-
 async def test_sqlite_store_from_before_partial_outbox_indexes_upgrades(tmp_path) -> None:
     """Before version 5 the outbox had indexes of every row by status and by session. After
     the upgrade they are gone, and claims (oldest first, one session's rows in order), due
@@ -329,8 +317,13 @@ async def test_sqlite_store_from_before_partial_outbox_indexes_upgrades(tmp_path
         "CREATE INDEX outbox_order ON outbox (subscription_id, session, seq);"
         "DELETE FROM schema_migrations WHERE version = 5;",
     )
-    rows = [_outgoing(0, "a"), _outgoing(1, "a"), _outgoing(2, "b"), _outgoing(3, "c")]
-    rows += [_outgoing(4, "d"), _outgoing(5, "c")]
+    rows = [
+        outgoing_record(0, "a"),
+        outgoing_record(1, "a"),
+        outgoing_record(2, "b"),
+        outgoing_record(3, "c"),
+    ]
+    rows += [outgoing_record(4, "d"), outgoing_record(5, "c")]
     assert await old.add_outgoing(rows, 0.0) == [r.id for r in rows]
     later = time.time() + 60
     await old.finish_outgoing_many(

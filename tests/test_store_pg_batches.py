@@ -13,21 +13,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from clawdbot_webhooks.store import IncomingRecord, OutgoingRecord, open_store
+from clawdbot_webhooks.store import open_store
+from tests.conftest import incoming_record, outgoing_record
 
 BACKENDS = ["postgres"]
-
-
-def _row(n: int, session: str | None = "s", *, event: str | None = None) -> OutgoingRecord:
-    return OutgoingRecord(
-        id=f"out_{event or n}",
-        event_id=f"evt_{event or n}",
-        subscription_id="sub",
-        event_type="message_received",
-        session=session,
-        payload=b"{}",
-        created_at=time.time(),
-    )
 
 
 @pytest.fixture
@@ -41,8 +30,8 @@ async def store(storage: dict[str, Any]) -> AsyncIterator[Any]:
 async def test_calls_made_together_get_what_calls_one_by_one_would(
     store: Any, storage: dict[str, Any]
 ) -> None:
-    calls = [[_row(n, session=f"s{n % 3}")] for n in range(30)]
-    calls.append([_row(0, session="s0")])  # the same id again, in the same transaction
+    calls = [[outgoing_record(n, session=f"s{n % 3}")] for n in range(30)]
+    calls.append([outgoing_record(0, session="s0")])  # the same id again, in the same transaction
     results = await asyncio.gather(*(store.add_outgoing(rows, 30) for rows in calls))
     assert results[:30] == [[rows[0].id] for rows in calls[:30]]
     assert results[30] == []  # not new: the first call stored it
@@ -52,12 +41,12 @@ async def test_calls_made_together_get_what_calls_one_by_one_would(
     # A row behind another process's lease in its lane is stored, but left to that lane.
     await _lease_to_someone_else(storage, calls[0][0].id)
     [[], [free]] = await asyncio.gather(
-        store.add_outgoing([_row(30, session="s0")], 30),
-        store.add_outgoing([_row(31, session="elsewhere")], 30),
+        store.add_outgoing([outgoing_record(30, session="s0")], 30),
+        store.add_outgoing([outgoing_record(31, session="elsewhere")], 30),
     )
-    assert free == _row(31).id
+    assert free == outgoing_record(31).id
     leases = dict(await _leases(storage))
-    assert leases[_row(30).id] is None and leases[_row(31).id] == store.owner
+    assert leases[outgoing_record(30).id] is None and leases[outgoing_record(31).id] == store.owner
 
 
 async def _sql(storage: dict[str, Any], query: str, *args: Any) -> list[Any]:
@@ -84,8 +73,8 @@ async def _lease_to_someone_else(storage: dict[str, Any], row_id: str) -> None:
 
 async def test_a_call_the_database_refuses_fails_alone(store: Any) -> None:
     # PostgreSQL's text cannot hold NUL: that call's row is refused, the others are stored.
-    good = [[_row(n)] for n in range(5)]
-    bad = [_row(5, session="bad\x00session")]
+    good = [[outgoing_record(n)] for n in range(5)]
+    bad = [outgoing_record(5, session="bad\x00session")]
     results = await asyncio.gather(
         *(store.add_outgoing(rows, 30) for rows in [*good[:2], bad, *good[2:]]),
         return_exceptions=True,
@@ -98,47 +87,32 @@ async def test_a_call_the_database_refuses_fails_alone(store: Any) -> None:
 
 
 async def test_a_cancelled_caller_does_not_stop_the_others(store: Any) -> None:
-    first = asyncio.ensure_future(store.add_outgoing([_row(1)], 30))
-    second = asyncio.ensure_future(store.add_outgoing([_row(2)], 30))
+    first = asyncio.ensure_future(store.add_outgoing([outgoing_record(1)], 30))
+    second = asyncio.ensure_future(store.add_outgoing([outgoing_record(2)], 30))
     await asyncio.sleep(0)
     first.cancel()
-    assert await second == [_row(2).id]
+    assert await second == [outgoing_record(2).id]
     # Cancelled before its batch was written: not stored at all. (A row leased to this
     # process that nobody sends would let later rows of its lane overtake it.)
-    assert await store.get_outgoing(_row(1).id) is None
-
-
-def _incoming(key: str, received_at: float, session: str = "hook:x") -> IncomingRecord:
-    return IncomingRecord(
-        id=f"dlv_{key}_{received_at}",
-        hook_id="h",
-        received_at=received_at,
-        content_type="application/json",
-        body=b"{}",
-        headers={},
-        query={},
-        client_ip="127.0.0.1",
-        session=session,
-        dedup_key=key,
-    )
+    assert await store.get_outgoing(outgoing_record(1).id) is None
 
 
 async def test_deliveries_stored_together_are_told_apart_by_their_keys(store: Any) -> None:
     now = time.time()
-    records = [_incoming("k", now), _incoming("k", now + 1), _incoming("o", now)]
-    records.append(_incoming("k", now + 2))
+    records = [incoming_record("k", now), incoming_record("k", now + 1), incoming_record("o", now)]
+    records.append(incoming_record("k", now + 2))
     stored = await asyncio.gather(*(store.add_incoming(r, 30, now - 60) for r in records))
     assert stored == [True, False, True, False]
     assert await store.count_incoming() == 2
     # Once the first of a key is older than the window, the key is free again.
-    assert await store.add_incoming(_incoming("k", now + 3), 30, now + 0.5)
+    assert await store.add_incoming(incoming_record("k", now + 3), 30, now + 0.5)
     assert await store.count_incoming() == 3
 
 
 async def test_a_delivery_the_database_refuses_fails_alone(store: Any) -> None:
     now = time.time()
-    good, bad = _incoming("a", now), _incoming("b", now, session="bad\x00session")
-    later = _incoming("c", now)
+    good, bad = incoming_record("a", now), incoming_record("b", now, session="bad\x00session")
+    later = incoming_record("c", now)
     stored = await asyncio.gather(
         *(store.add_incoming(r, 30) for r in (good, bad, later)), return_exceptions=True
     )
@@ -148,9 +122,11 @@ async def test_a_delivery_the_database_refuses_fails_alone(store: Any) -> None:
 
 
 async def test_the_same_delivery_twice_in_one_statement_is_stored_once(store: Any) -> None:
-    record = _incoming("same", time.time())
+    record = incoming_record("same", time.time())
     stored = await asyncio.gather(
-        store.add_incoming(record, 30), store.add_incoming(record, 30), return_exceptions=True
+        store.add_incoming(record, 30),
+        store.add_incoming(record, 30),
+        return_exceptions=True,
     )
     assert stored[0] is True
     assert isinstance(stored[1], ValueError)  # as it would be alone: the id exists already
