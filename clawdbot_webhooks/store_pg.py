@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -77,15 +78,22 @@ _ADD_INCOMING_MANY = (
     "$13::text[], $14::text[], $15::float8[], $16::text[]) "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
-_ADD_OUTGOING = (
+_ADD_OUTGOING_MANY = (
     "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, payload, "
     "created_at, status, attempts, next_attempt_at, last_error, lease_until, lease_owner) "
-    "SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11, v.until, CASE WHEN v.until > 0 THEN $13 END "
-    "FROM (SELECT CASE WHEN $12 > 0 AND $8 = 'pending' AND NOT EXISTS (SELECT 1 FROM outbox p "
-    "WHERE p.status='pending' AND p.subscription_id=$3 AND p.session=$5 "
-    "AND (p.lease_owner IS DISTINCT FROM $13 OR p.lease_until<=$14)) "
+    "SELECT t.id, t.event_id, t.subscription_id, t.event_type, t.session, t.payload, "
+    "t.created_at, t.status, t.attempts, t.next_attempt_at, t.last_error, v.until, "
+    "CASE WHEN v.until > 0 THEN $13 END "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], "
+    "$7::float8[], $8::text[], $9::int[], $10::float8[], $11::text[]) WITH ORDINALITY "
+    "AS t(id, event_id, subscription_id, event_type, session, payload, created_at, status, "
+    "attempts, next_attempt_at, last_error, n) "
+    "CROSS JOIN LATERAL (SELECT CASE WHEN $12 > 0 AND t.status = 'pending' AND NOT EXISTS "
+    "(SELECT 1 FROM outbox p WHERE p.status='pending' AND p.subscription_id=t.subscription_id "
+    "AND p.session=t.session AND (p.lease_owner IS DISTINCT FROM $13 OR p.lease_until<=$14)) "
     "THEN $12 ELSE 0 END AS until) v "
-    "ON CONFLICT (id) DO NOTHING RETURNING lease_until > 0"
+    "ORDER BY t.n "  # ids (seq) in the order the rows were handed over: lanes keep their order
+    "ON CONFLICT (id) DO NOTHING RETURNING id, lease_until > 0"
 )
 #: A line of a delivery's history, numbered after its last one (numbers go on across replays).
 _RECORD_ATTEMPT = (
@@ -638,16 +646,25 @@ class PostgresStore:
                 lanes,
             )
         results: list[list[str]] = []
-        for records, lease in batch:
+        # One statement per run of calls with the same lease, rows in call order. A row does
+        # not see the rows of its own statement, and need not: this process's leased rows do
+        # not hold back later ones of their lane, and a row held back by another process's
+        # row is followed by rows that that same row holds back.
+        for lease, run in itertools.groupby(batch, key=lambda call: call[1]):
+            calls = [records for records, _ in run]
+            rows = [r for records in calls for r in records]
             until = now + lease if lease > 0 else 0.0
-            added: list[str] = []
-            for r in records:
-                # Rows of this transaction are seen as they would be had each call had its
-                # own: a repeated id is not new, and this process's own leases do not block.
-                leased = await conn.fetchval(_ADD_OUTGOING, *r.values(), until, self.owner, now)
-                if leased is not None and (leased or lease <= 0):
-                    added.append(r.id)
-            results.append(added)
+            columns = zip(*(r.values() for r in rows), strict=True)
+            stored = await conn.fetch(_ADD_OUTGOING_MANY, *columns, until, self.owner, now)
+            # One id, one row: the first call that has it stored it, a later one did not.
+            leased = {row[0]: row[1] for row in stored}
+            for records in calls:
+                added: list[str] = []
+                for r in records:
+                    got = leased.pop(r.id, None)
+                    if got is not None and (got or lease <= 0):
+                        added.append(r.id)
+                results.append(added)
         return results
 
     async def claim_outgoing(

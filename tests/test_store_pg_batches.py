@@ -45,8 +45,23 @@ async def test_calls_made_together_get_what_calls_one_by_one_would(
         store.add_outgoing([outgoing_record(31, session="elsewhere")], 30),
     )
     assert free == outgoing_record(31).id
+    # Two rows of that lane in one call: both wait behind it, the second as the first.
+    assert (
+        await store.add_outgoing([outgoing_record(32, "s0"), outgoing_record(33, "s0")], 30) == []
+    )
     leases = dict(await _leases(storage))
     assert leases[outgoing_record(30).id] is None and leases[outgoing_record(31).id] == store.owner
+
+
+async def test_a_row_nobody_leased_holds_back_later_rows_of_its_lane(store: Any) -> None:
+    # Stored without a lease (the outbox was not running), then a leased call in the same
+    # transaction: its row of that lane waits behind the first, as it would have alone.
+    unleased, leased = await asyncio.gather(
+        store.add_outgoing([outgoing_record(1, "lane")], 0),
+        store.add_outgoing([outgoing_record(2, "lane"), outgoing_record(3, "other")], 30),
+    )
+    assert unleased == [outgoing_record(1).id]
+    assert leased == [outgoing_record(3).id]
 
 
 async def _sql(storage: dict[str, Any], query: str, *args: Any) -> list[Any]:
