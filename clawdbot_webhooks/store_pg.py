@@ -653,6 +653,9 @@ class PostgresStore:
         for lease, run in itertools.groupby(batch, key=lambda call: call[1]):
             calls = [records for records, _ in run]
             rows = [r for records in calls for r in records]
+            if not rows:
+                results.extend([] for _ in calls)
+                continue
             until = now + lease if lease > 0 else 0.0
             columns = zip(*(r.values() for r in rows), strict=True)
             stored = await conn.fetch(_ADD_OUTGOING_MANY, *columns, until, self.owner, now)
