@@ -47,11 +47,6 @@ class CircuitBreaker:
                 await asyncio.wait_for(self._changed.wait(), timeout)
         return False
 
-    def admits(self, probe: bool) -> bool:
-        """Whether a delivery that ``admit`` let through may still go out: the probe may; any
-        other only while the breaker is closed (it may have opened in the meantime)."""
-        return probe or self.opened_at is None
-
     def abandon_probe(self) -> None:
         """The probe ended without an answer (shutdown); let the next delivery probe."""
         self._probing = False

@@ -366,23 +366,20 @@ class Outbox:
             wait = rec.next_attempt_at - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            probe = await breaker.admit()
+            probe = False
             verdict: Verdict | None = None
-            reopened = False
             try:
                 async with self._slots[sub.id]:
-                    # The breaker may have opened while this one waited for a place to send
-                    # from: then it waits for the breaker again instead of going out.
-                    reopened = not breaker.admits(probe)
-                    if not self._closing and not reopened:
+                    # Admitted once it holds a place to send from, right before it sends: the
+                    # breaker cannot open between the two.
+                    probe = await breaker.admit()
+                    if not self._closing:
                         verdict = await self._attempt(rec, sub)
             finally:
                 if verdict is not None:
                     breaker.record(not verdict.unhealthy, probe)
                 elif probe:  # stopped or cancelled before an answer: someone else probes
                     breaker.abandon_probe()
-            if reopened:
-                continue
             if verdict is None or verdict.outcome != "retry":
                 return
 
