@@ -276,11 +276,9 @@ class PostgresStore:
         #: Who holds a lease: this process, so the heartbeat renews only its own.
         self.owner = f"{secrets.token_hex(6)}"
         self._pool: asyncpg.Pool | None = None
-        #: Outcomes nobody waits for (``record_outcome``), written together by one task: one
-        #: round trip and one commit for all that finished meanwhile, not one of each per
-        #: delivery, and no pool connection taken from the inserts per outcome.
-        self._outcomes: list[tuple[Any, ...]] = []
-        self._outcome_writer: asyncio.Task[None] | None = None
+        #: Outcomes nobody waits for (``record_outcome``): one round trip and one commit for
+        #: all that finished meanwhile, and no pool connection taken from the inserts for each.
+        self._outcomes = _Batches(self._run, _finish_many)
         self._inserts = _Batches(
             functools.partial(self._run, transaction=False), self._insert_incoming
         )
@@ -330,8 +328,7 @@ class PostgresStore:
             await self._upgrade()
 
     async def close(self) -> None:
-        if self._outcome_writer is not None and not self._outcome_writer.done():
-            await asyncio.shield(self._outcome_writer)  # what finished is written first
+        await self._outcomes.written()  # what finished is written first
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -555,34 +552,9 @@ class PostgresStore:
     def record_outcome(
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None
     ) -> None:
-        self._outcomes.append(_finish_params(delivery_id, status, attempts, result, None, None))
-        if self._outcome_writer is None or self._outcome_writer.done():
-            # Starts on the loop's next turn, by when this turn's outcomes are all queued.
-            self._outcome_writer = asyncio.get_running_loop().create_task(self._write_outcomes())
-
-    async def _write_outcomes(self) -> None:
-        """Write the queued outcomes, those queued while a batch was on its way in the next
-        batch, until none is left. Rows are locked in id order, as the lease heartbeat locks
-        them, so the two cannot deadlock; a batch refused for another reason (a deadlock with
-        something else) is written one row at a time. An outcome that cannot be written is
-        reported: its delivery stays pending under its lease and runs again once it expires."""
-        try:
-            while self._outcomes:
-                batch, self._outcomes = sorted(self._outcomes, key=lambda p: p[-1]), []
-                try:
-                    await self._run(functools.partial(_finish_many, batch))
-                except StoreUnavailable as exc:
-                    _unwritten(batch, exc)
-                except Exception:
-                    for params in batch:
-                        try:
-                            await self._run(
-                                functools.partial(_finish_many, [params]), transaction=False
-                            )
-                        except Exception as exc:
-                            _unwritten([params], exc)
-        finally:
-            self._outcome_writer = None
+        params = _finish_params(delivery_id, status, attempts, result, None, None)
+        written = self._outcomes.submit(params)
+        written.add_done_callback(functools.partial(_report_unwritten, delivery_id))
 
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
         async def op(conn: asyncpg.Connection) -> IncomingRecord | None:
@@ -1024,13 +996,22 @@ class _Batches(Generic[A, R]):
         self._writer: asyncio.Task[None] | None = None
 
     async def __call__(self, arg: A) -> R:
+        return await self.submit(arg)
+
+    def submit(self, arg: A) -> asyncio.Future[R]:
+        """Queue ``arg``; the future is settled once its batch is written."""
         loop = asyncio.get_running_loop()
         result: asyncio.Future[R] = loop.create_future()
         self._queue.append((arg, result))
         if self._writer is None or self._writer.done():  # done: cancelled before it began
             # Starts on the loop's next turn, by when this turn's calls are all queued.
             self._writer = loop.create_task(self._drain())
-        return await result
+        return result
+
+    async def written(self) -> None:
+        """Wait until everything queued so far is written (or has failed)."""
+        if self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
 
     async def _drain(self) -> None:
         batch: list[tuple[A, asyncio.Future[R]]] = []
@@ -1077,17 +1058,17 @@ def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
         future.set_result(outcome)
 
 
-def _unwritten(batch: Sequence[tuple[Any, ...]], exc: BaseException) -> None:
-    log.error(
-        "the outcomes of %d deliveries could not be written (%s): %s",
-        len(batch),
-        _reason(exc),
-        ", ".join(params[-1] for params in batch),
-    )
+async def _finish_many(batch: Sequence[tuple[Any, ...]], conn: asyncpg.Connection) -> list[None]:
+    # Rows locked in id order, as the lease heartbeat locks them, so the two cannot deadlock.
+    await conn.executemany(_FINISH_INCOMING, sorted(batch, key=lambda params: params[-1]))
+    return [None] * len(batch)
 
 
-async def _finish_many(batch: list[tuple[Any, ...]], conn: asyncpg.Connection) -> None:
-    await conn.executemany(_FINISH_INCOMING, batch)
+def _report_unwritten(delivery_id: str, written: asyncio.Future[None]) -> None:
+    # Its delivery stays pending under its lease and runs again once the lease expires.
+    exc = None if written.cancelled() else written.exception()
+    if exc is not None:
+        log.error("the outcome of delivery %s could not be written: %s", delivery_id, _reason(exc))
 
 
 def _rowcount(status: str) -> int:
