@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -189,10 +190,7 @@ class Target(NamedTuple):
 def _aiohttp_load(
     url: str, body: str, headers: dict[str, str], connections: int, seconds: int, core: int
 ) -> dict[str, float]:
-    global _WARNED
-    if not _WARNED:
-        print("  wrk is not installed (apt-get install wrk): load from bench/loadgen.py instead")
-        _WARNED = True
+    _say_no_wrk()
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
         file.write(body)
         file.flush()
@@ -211,7 +209,9 @@ def _aiohttp_load(
     return {k: float(v) for k, v in json.loads(out.stdout).items()}
 
 
-_WARNED = False
+@functools.cache
+def _say_no_wrk() -> None:  # once per run
+    print("  wrk is not installed (apt-get install wrk): load from bench/loadgen.py instead")
 
 
 def alternate(

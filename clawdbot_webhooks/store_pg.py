@@ -62,18 +62,18 @@ log = logging.getLogger(__name__)
 
 #: The most calls one batch of ``_Batches`` takes; the rest go in the next.
 BATCH_MOST = 512
-_ADD_INCOMING = (
+_INBOX_INSERT = (
     "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
     "client_ip, session, status, attempts, next_attempt_at, last_error, dedup_key, "
     "lease_until, lease_owner) "
-    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) "
+)
+_ADD_INCOMING = (
+    _INBOX_INSERT + "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
 _ADD_INCOMING_MANY = (
-    "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
-    "client_ip, session, status, attempts, next_attempt_at, last_error, dedup_key, "
-    "lease_until, lease_owner) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::bytea[], "
+    _INBOX_INSERT
+    + "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::bytea[], "
     "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int[], $12::float8[], "
     "$13::text[], $14::text[], $15::float8[], $16::text[]) "
     "ON CONFLICT DO NOTHING RETURNING id"
