@@ -78,7 +78,7 @@ async def durable(
     from clawdbot_webhooks.config import build_settings
     from clawdbot_webhooks.plugins import PluginSelection, load_plugins
     from clawdbot_webhooks.runtime import Runtime
-    from clawdbot_webhooks.server import tune_collector
+    from clawdbot_webhooks.web.app import tune_collector
 
     raw: dict[str, Any] = {
         "stateDir": str(workdir / "state"),

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 from aiohttp.http_exceptions import BadHttpMessage, InvalidURLError
 
-from .config import Settings
-from .signing import SECRET_PREFIX
+from clawdbot_webhooks.config import Settings
+from clawdbot_webhooks.signing import SECRET_PREFIX
 
 MASK = "***"
 #: Values shorter than this are not treated as secrets: masking every "a" would garble the

@@ -29,15 +29,15 @@ from clawdbot_webhooks_hookspecs import (
     utc_timestamp,
 )
 
-from .config import HandlerSpec, Settings
-from .events import EventBus, derived_event_id
-from .incoming import parse_content
-from .sessions import Sessions
-from .store import Attempt, IncomingRecord, Store
-from .templates import context_for
+from clawdbot_webhooks.config import HandlerSpec, Settings
+from clawdbot_webhooks.events import EventBus, derived_event_id
+from clawdbot_webhooks.sessions import Sessions
+from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
+from clawdbot_webhooks.templates import context_for
+from clawdbot_webhooks.web.requests import parse_content
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from clawdbot_webhooks.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ from collections.abc import Callable
 import aiohttp
 from clawdbot_webhooks_hookspecs import Event, Gateway, GatewayEnv
 
-from .config import Settings
-from .events import EventBus
-from .lifecycle import close_objects, start_objects
-from .metrics import Metrics
-from .outbox import Outbox
-from .pipeline import Pipeline
-from .plugins import PluginSet
-from .sessions import Sessions
-from .store import Store, open_store
-from .upkeep import forget_forever, renew_forever, retain_forever
+from clawdbot_webhooks.config import Settings
+from clawdbot_webhooks.events import EventBus
+from clawdbot_webhooks.metrics import Metrics
+from clawdbot_webhooks.outgoing.outbox import Outbox
+from clawdbot_webhooks.pipeline import Pipeline
+from clawdbot_webhooks.plugins import PluginSet
+from clawdbot_webhooks.plugins.lifecycle import close_objects, start_objects
+from clawdbot_webhooks.sessions import Sessions
+from clawdbot_webhooks.store import Store, open_store
+from clawdbot_webhooks.store.maintenance import forget_forever, renew_forever, retain_forever
 
 log = logging.getLogger(__name__)
 

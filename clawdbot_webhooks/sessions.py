@@ -17,7 +17,7 @@ from typing import Any
 
 from clawdbot_webhooks_hookspecs import Event
 
-from .events import EventBus, derived_event_id
+from clawdbot_webhooks.events import EventBus, derived_event_id
 
 _RANDOM = random.Random(secrets.token_bytes(32))
 

@@ -31,11 +31,11 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from clawdbot_webhooks_hookspecs import PROJECT_NAME
 
-from .builtin.local_gateway import read_log
-from .config import build_settings
-from .plugins import PluginSelection, PluginSet, load_plugins
-from .runtime import Runtime
-from .server import make_app
+from clawdbot_webhooks.builtin.local_gateway import read_log
+from clawdbot_webhooks.config import build_settings
+from clawdbot_webhooks.plugins import PluginSelection, PluginSet, load_plugins
+from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.web.app import make_app
 
 __all__ = ["Served", "plugin_set_with", "serve"]
 

@@ -37,7 +37,7 @@ from clawdbot_webhooks.store import (
 from clawdbot_webhooks.testing import Served, serve
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTORS = ROOT.parent / "shared" / "vectors" / "signatures.json"
+VECTORS = ROOT / "tests" / "data" / "signatures.json"
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from openapi_spec_validator import validate
 
-from clawdbot_webhooks.admin import ADMIN_LISTENER, API_ROUTES
-from clawdbot_webhooks.admin.openapi import spec
 from clawdbot_webhooks.config import ConfigError
+from clawdbot_webhooks.web.admin import ADMIN_LISTENER, API_ROUTES
+from clawdbot_webhooks.web.admin.openapi import spec
 from tests.conftest import free_port
 
 TOKEN = "admin-token-0123456789abcdef"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from clawdbot_webhooks_hookspecs import Event
 
-from clawdbot_webhooks.outbox import outbox_id
+from clawdbot_webhooks.outgoing.outbox import outbox_id
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "test-results"

@@ -14,8 +14,8 @@ from clawdbot_webhooks_hookspecs import Event
 from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
-from clawdbot_webhooks.cli_support import parse_time
-from clawdbot_webhooks.outbox import outbox_id
+from clawdbot_webhooks.cli.support import parse_time
+from clawdbot_webhooks.outgoing.outbox import outbox_id
 from clawdbot_webhooks.store import open_store
 from tests.conftest import with_storage, write_config
 

@@ -392,7 +392,7 @@ class BrokenAtTheEdges:
 async def test_a_broken_on_incoming_and_transport_are_contained(start_server) -> None:
     import asyncio
 
-    from clawdbot_webhooks.outbox import outbox_id
+    from clawdbot_webhooks.outgoing.outbox import outbox_id
 
     retry = {"maxAttempts": 2, "initialDelay": 0.02, "maxDelay": 0.05, "jitter": False}
     config = {

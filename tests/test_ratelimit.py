@@ -8,7 +8,7 @@ from typing import Any
 
 from clawdbot_webhooks_hookspecs import ActionContext
 
-from clawdbot_webhooks.ratelimit import BucketsByKey, FailureThrottle, TokenBucket, retry_after
+from clawdbot_webhooks.web.ratelimit import BucketsByKey, FailureThrottle, TokenBucket, retry_after
 
 # ------------------------------------------------------------------------------ units
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from clawdbot_webhooks.sqlite_writer import LATER_SECONDS
 from clawdbot_webhooks.store import SQLiteStore
+from clawdbot_webhooks.store.sqlite_writer import LATER_SECONDS
 from tests.conftest import incoming_record
 
 GH_SECRET = "gh-webhook-secret-for-tests"

@@ -52,7 +52,7 @@ def test_the_collector_leaves_startup_objects_alone_and_young_ones_longer() -> N
     # In a process of its own: the settings are the whole process's.
     script = (
         "import gc\n"
-        "from clawdbot_webhooks.server import YOUNG_COLLECTION_EVERY, tune_collector\n"
+        "from clawdbot_webhooks.web.app import YOUNG_COLLECTION_EVERY, tune_collector\n"
         "before = gc.get_threshold()\n"
         "tune_collector()\n"
         "after = gc.get_threshold()\n"

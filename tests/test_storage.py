@@ -15,9 +15,9 @@ from clawdbot_webhooks_hookspecs import Event
 from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
-from clawdbot_webhooks.outbox import outbox_id
+from clawdbot_webhooks.outgoing.outbox import outbox_id
 from clawdbot_webhooks.store import IncomingRecord, OutgoingOutcome, open_store
-from clawdbot_webhooks.store_pg import MIGRATIONS
+from clawdbot_webhooks.store.postgres import MIGRATIONS
 from tests.conftest import POSTGRES_URL, outgoing_record, with_storage, write_config
 
 
@@ -211,7 +211,7 @@ def test_derived_ids_repeat_and_sort_as_their_causes(monkeypatch) -> None:
     from clawdbot_webhooks_hookspecs import types
 
     from clawdbot_webhooks.events import derived_event_id
-    from clawdbot_webhooks.outbox import outbox_id
+    from clawdbot_webhooks.outgoing.outbox import outbox_id
 
     clock = iter([1_700_000_000 + k / 100 for k in range(50)])
     monkeypatch.setattr(types.time, "time", lambda: next(clock))
@@ -362,7 +362,7 @@ async def test_sqlite_store_from_before_partial_outbox_indexes_upgrades(tmp_path
 
 
 def _open_at_once(path: Path, start: threading.Barrier, failures: list[BaseException]) -> None:
-    from clawdbot_webhooks.sqlite_writer import SQLiteWriter
+    from clawdbot_webhooks.store.sqlite_writer import SQLiteWriter
 
     writer = SQLiteWriter(path, "CREATE TABLE IF NOT EXISTS t (a);")
     start.wait()
@@ -394,7 +394,7 @@ def test_connections_opening_one_new_sqlite_file_at_once_all_get_it(tmp_path) ->
 
 
 def test_bytes_and_none_bind_unchanged_through_the_identity_adapters(tmp_path: Path) -> None:
-    import clawdbot_webhooks.sqlite_writer  # noqa: F401  (registers the adapters)
+    import clawdbot_webhooks.store.sqlite_writer  # noqa: F401  (registers the adapters)
 
     conn = sqlite3.connect(tmp_path / "adapters.sqlite3")
     conn.execute("CREATE TABLE t (b BLOB, n TEXT)")

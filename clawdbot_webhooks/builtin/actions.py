@@ -20,7 +20,7 @@ from clawdbot_webhooks_hookspecs import (
 )
 from marshmallow import Schema, ValidationError, fields, validate
 
-from ..events import derived_event_id
+from clawdbot_webhooks.events import derived_event_id
 
 
 class _Target(Schema):

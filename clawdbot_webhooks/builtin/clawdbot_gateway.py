@@ -28,9 +28,9 @@ from typing import Any
 from clawdbot_webhooks_hookspecs import AgentReply, Event, GatewayEnv, GatewayError, hookimpl
 from marshmallow import Schema, fields, validate
 
-from ..events import derived_event_id
-from ..gateway_client import ClientOptions, GatewayClient
-from . import clawdbot_http_gateway
+from clawdbot_webhooks.builtin import clawdbot_http_gateway
+from clawdbot_webhooks.events import derived_event_id
+from clawdbot_webhooks.gateway_client import ClientOptions, GatewayClient
 
 DEFAULT_URL = "ws://127.0.0.1:18789"
 #: How many of our own runs are remembered for mapping their late events.
@@ -109,7 +109,7 @@ class ClawdbotGateway:
         self.url: str = self.options["url"]
         self.env = env
         self.all_events = self.options["events"] == "all"
-        from .. import __version__
+        from clawdbot_webhooks import __version__
 
         self.client = GatewayClient(
             self.url,

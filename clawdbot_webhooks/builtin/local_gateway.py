@@ -16,7 +16,7 @@ from typing import Any
 
 from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, hookimpl
 
-from ..sqlite_writer import SQLiteWriter
+from clawdbot_webhooks.store.sqlite_writer import SQLiteWriter
 
 LOG_FILE = "local-gateway.sqlite3"
 

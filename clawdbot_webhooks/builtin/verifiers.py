@@ -38,7 +38,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from ..signing import decode_secret, sign_standard
+from clawdbot_webhooks.signing import decode_secret, sign_standard
 
 #: Five minutes either way, what Standard Webhooks, Stripe and Slack all recommend.
 DEFAULT_TOLERANCE = 300.0

@@ -16,7 +16,7 @@ from clawdbot_webhooks_hookspecs import Event, OutgoingRequest
 from clawdbot_webhooks_jsonl import JsonlTransport, path_of
 
 from clawdbot_webhooks.config import ConfigError
-from clawdbot_webhooks.outbox import outbox_id
+from clawdbot_webhooks.outgoing.outbox import outbox_id
 from clawdbot_webhooks.testing import Served, serve
 
 PLUGIN = ("jsonl", clawdbot_webhooks_jsonl)

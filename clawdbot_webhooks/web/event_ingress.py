@@ -29,9 +29,9 @@ from typing import Any
 from aiohttp import web
 from clawdbot_webhooks_hookspecs import Event, utc_timestamp
 
-from .builtin.verifiers import bearer_token, matches_any
-from .events import derived_event_id
-from .http_errors import error
+from clawdbot_webhooks.builtin.verifiers import bearer_token, matches_any
+from clawdbot_webhooks.events import derived_event_id
+from clawdbot_webhooks.web.errors import error
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def map_bridge_event(body: Any, owns_session: Any = None) -> Event | None:
 
 
 async def ingest(request: web.Request) -> web.Response:
-    from .server import RUNTIME
+    from clawdbot_webhooks.web.app import RUNTIME
 
     rt = request.app[RUNTIME]
     settings = rt.settings.incoming.get("eventIngress") or {}

@@ -14,8 +14,8 @@ from typing import IO, Any
 
 import click
 
-from . import __version__
-from .cli_support import (
+from clawdbot_webhooks import __version__
+from clawdbot_webhooks.cli.support import (
     config_option,
     format_time,
     json_option,
@@ -23,9 +23,9 @@ from .cli_support import (
     time_option,
     with_store,
 )
-from .config import HandlerSpec, Settings
-from .plugins import PluginSet
-from .store import DeliveryQuery, DeliverySummary, Store
+from clawdbot_webhooks.config import HandlerSpec, Settings
+from clawdbot_webhooks.plugins import PluginSet
+from clawdbot_webhooks.store import DeliveryQuery, DeliverySummary, Store
 
 KINDS = ("incoming", "outgoing")
 #: How often ``deliveries tail`` looks for newly finished deliveries.

@@ -13,9 +13,9 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from ..http_errors import json_errors
-from . import api
-from .auth import AUTH, COOKIE, CSRF_VALUE, REDACTOR
+from clawdbot_webhooks.web.admin import api
+from clawdbot_webhooks.web.admin.auth import AUTH, COOKIE, CSRF_VALUE, REDACTOR
+from clawdbot_webhooks.web.errors import json_errors
 
 STATIC = {"admin.js": "text/javascript", "admin.css": "text/css"}
 #: Pages allow nothing from elsewhere, no inline script, and no framing.
@@ -48,7 +48,7 @@ def _pretty(text: str) -> str:
 
 
 _ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("clawdbot_webhooks.admin", "templates"),
+    loader=jinja2.PackageLoader("clawdbot_webhooks.web.admin", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
@@ -126,7 +126,7 @@ async def static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in STATIC:
         raise web.HTTPNotFound()
-    body = resources.files("clawdbot_webhooks.admin").joinpath("static", name).read_bytes()
+    body = resources.files("clawdbot_webhooks.web.admin").joinpath("static", name).read_bytes()
     return web.Response(
         body=body,
         headers={

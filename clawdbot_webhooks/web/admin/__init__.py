@@ -14,13 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..http_errors import add_no_route, json_errors
-from ..logs import Redactor, collect_secrets
-from ..runtime import Runtime
-from . import api
-from .auth import AUTH, REDACTOR, AdminAuth
-from .dashboard import add_routes as add_dashboard_routes
-from .openapi import spec
+from clawdbot_webhooks.logs import Redactor, collect_secrets
+from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.web.admin import api
+from clawdbot_webhooks.web.admin.auth import AUTH, REDACTOR, AdminAuth
+from clawdbot_webhooks.web.admin.dashboard import add_routes as add_dashboard_routes
+from clawdbot_webhooks.web.admin.openapi import spec
+from clawdbot_webhooks.web.errors import add_no_route, json_errors
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -31,11 +31,11 @@ from marshmallow import (
     validates_schema,
 )
 
-from .incoming import CREDENTIAL_HEADERS
-from .plugins import PluginSelection, PluginSet, load_plugins
-from .retry import BACKOFF_KINDS, RetryPolicy
-from .signing import decode_secret
-from .templates import TemplateError, compile_template, make_environment
+from clawdbot_webhooks.plugins import PluginSelection, PluginSet, load_plugins
+from clawdbot_webhooks.retry import BACKOFF_KINDS, RetryPolicy
+from clawdbot_webhooks.signing import decode_secret
+from clawdbot_webhooks.templates import TemplateError, compile_template, make_environment
+from clawdbot_webhooks.web.requests import CREDENTIAL_HEADERS
 
 CONFIG_ENV = "CLAWDBOT_WEBHOOKS_CONFIG"
 DEFAULT_PATHS = ("~/.clawdbot/clawdbot.json", "~/.openclaw/openclaw.json")

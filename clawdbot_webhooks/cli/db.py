@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from .cli_support import config_option, json_option, with_store
-from .store import SchemaStatus, Store, StoreUnavailable
+from clawdbot_webhooks.cli.support import config_option, json_option, with_store
+from clawdbot_webhooks.store import SchemaStatus, Store, StoreUnavailable
 
 
 def _status(config_path: str | None, migrate: bool) -> SchemaStatus:

@@ -13,7 +13,7 @@ from typing import Any
 
 from clawdbot_webhooks_hookspecs import Event, Gateway, PluginEnv
 
-from .plugins import Registries
+from clawdbot_webhooks.plugins import Registries
 
 log = logging.getLogger(__name__)
 

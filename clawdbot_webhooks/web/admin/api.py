@@ -12,11 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import jsontext
-from ..incoming import parse_content
-from ..runtime import Runtime
-from ..store import DeliveryQuery, DeliverySummary, IncomingRecord, OutgoingRecord
-from ..templates import context_for
+from clawdbot_webhooks import jsontext
+from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.store import DeliveryQuery, DeliverySummary, IncomingRecord, OutgoingRecord
+from clawdbot_webhooks.templates import context_for
+from clawdbot_webhooks.web.requests import parse_content
 
 RUNTIME = web.AppKey("admin_runtime", Runtime)
 KINDS = ("incoming", "outgoing")
@@ -55,7 +55,7 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
 
 
 def _since(request: web.Request, name: str = "since") -> float | None:
-    from ..cli_support import parse_time
+    from clawdbot_webhooks.cli.support import parse_time
 
     raw = request.query.get(name)
     if not raw:
@@ -341,7 +341,7 @@ async def replay_dead(request: web.Request) -> web.Response:
         since = body.get("since")
         if since is not None and not isinstance(since, str | int | float):
             return fail(400, "since: expected a time")
-        from ..cli_support import parse_time
+        from clawdbot_webhooks.cli.support import parse_time
 
         try:
             lower = None if since is None else parse_time(str(since))

@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from clawdbot_webhooks_hookspecs import EVENT_TYPES, Event, OutgoingRequest, OutgoingResponse
 
-from . import __version__, jsontext
-from .breaker import CircuitBreaker
-from .config import Subscription
-from .events import EventBus, derived_event_id, derived_id
-from .signing import StandardSigner
-from .store import Attempt, OutgoingOutcome, OutgoingRecord, Store
+from clawdbot_webhooks import __version__, jsontext
+from clawdbot_webhooks.config import Subscription
+from clawdbot_webhooks.events import EventBus, derived_event_id, derived_id
+from clawdbot_webhooks.outgoing.breaker import CircuitBreaker
+from clawdbot_webhooks.signing import StandardSigner
+from clawdbot_webhooks.store import Attempt, OutgoingOutcome, OutgoingRecord, Store
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from clawdbot_webhooks.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

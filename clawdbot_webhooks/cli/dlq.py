@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli_support import (
+from clawdbot_webhooks.cli.support import (
     config_option,
     format_time,
     json_option,
@@ -22,11 +22,11 @@ from .cli_support import (
     time_option,
     with_store,
 )
-from .config import Settings
-from .events import EventBus
-from .outbox import Outbox
-from .plugins import PluginSet
-from .store import DeadLetter, Store
+from clawdbot_webhooks.config import Settings
+from clawdbot_webhooks.events import EventBus
+from clawdbot_webhooks.outgoing.outbox import Outbox
+from clawdbot_webhooks.plugins import PluginSet
+from clawdbot_webhooks.store import DeadLetter, Store
 
 T = TypeVar("T")
 

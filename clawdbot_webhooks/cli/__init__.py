@@ -10,12 +10,18 @@ from dataclasses import asdict
 
 import click
 
-from . import __version__
-from .cli_support import config_option, format_time, json_option, load_or_exit, print_table
-from .config import ConfigError, find_config
-from .eventloop import CHOICES, LoopUnavailable, loop_factory, loop_name
-from .plugins import PluginError, PluginSelection, load_plugins
-from .store import redact_url
+from clawdbot_webhooks import __version__
+from clawdbot_webhooks.cli.support import (
+    config_option,
+    format_time,
+    json_option,
+    load_or_exit,
+    print_table,
+)
+from clawdbot_webhooks.config import ConfigError, find_config
+from clawdbot_webhooks.eventloop import CHOICES, LoopUnavailable, loop_factory, loop_name
+from clawdbot_webhooks.plugins import PluginError, PluginSelection, load_plugins
+from clawdbot_webhooks.store import redact_url
 
 
 def _logging(level: str) -> None:
@@ -70,15 +76,15 @@ def serve(
     except LoopUnavailable as exc:
         raise click.UsageError(str(exc)) from None
     settings, plugins = load_or_exit(config_path)
-    from .logs import collect_secrets, configure
+    from clawdbot_webhooks.logs import collect_secrets, configure
 
     configure(
         log_format or settings.logging["format"],
         log_level or settings.logging["level"],
         collect_secrets(settings),
     )
-    from .runtime import Runtime
-    from .server import serve as run
+    from clawdbot_webhooks.runtime import Runtime
+    from clawdbot_webhooks.web.app import serve as run
 
     host = host or settings.incoming["host"]
     port = settings.incoming["port"] if port is None else port
@@ -93,7 +99,7 @@ def serve(
         redact_url(settings.storage_url),
         loop_name(loop),
     )
-    from .store import StoreUnavailable
+    from clawdbot_webhooks.store import StoreUnavailable
 
     try:
         run(Runtime(settings, plugins), host, port, loop)
@@ -119,7 +125,7 @@ def check(config_path: str | None, probe: bool) -> None:
     for info in off:
         click.echo(f"  plugin {info.name}: {info.reason}")
     if probe:
-        from .runtime import make_gateway
+        from clawdbot_webhooks.runtime import make_gateway
 
         async def run_probe() -> str:
             # Events a probe might see have nowhere to go: there is no bus without a server.
@@ -143,7 +149,7 @@ def check(config_path: str | None, probe: bool) -> None:
 def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
     """List plugins: name, distribution, version, what each registers, enabled or not."""
     path = find_config(config_path)
-    from .config import plugin_selection, read_raw
+    from clawdbot_webhooks.config import plugin_selection, read_raw
 
     try:
         selection = plugin_selection(read_raw(path)) if path else PluginSelection.from_config()
@@ -173,7 +179,7 @@ def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
 @click.option("--session", default=None, help="Only this session.")
 def messages(config_path: str | None, as_json: bool, session: str | None) -> None:
     """The local gateway's message log: what send_message sent, what the echo agent said."""
-    from .builtin.local_gateway import read_log
+    from clawdbot_webhooks.builtin.local_gateway import read_log
 
     settings, _ = load_or_exit(config_path)
     log = [m for m in read_log(settings.state_dir) if session is None or m["session"] == session]
@@ -191,11 +197,11 @@ def messages(config_path: str | None, as_json: bool, session: str | None) -> Non
 
 
 # Subcommand groups that live in their own modules (they import the helpers above).
-from .db_cli import db  # noqa: E402
-from .dlq import dlq  # noqa: E402
+from clawdbot_webhooks.cli.db import db  # noqa: E402
+from clawdbot_webhooks.cli.dlq import dlq  # noqa: E402
 
 main.add_command(dlq)
-from .ops_cli import deliveries, send_test  # noqa: E402
+from clawdbot_webhooks.cli.ops import deliveries, send_test  # noqa: E402
 
 main.add_command(deliveries)
 main.add_command(send_test)

@@ -38,8 +38,8 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from . import jsontext
-from .store import (
+from clawdbot_webhooks import jsontext
+from clawdbot_webhooks.store import (
     _KIND_COLUMNS,
     Attempt,
     DeadLetter,

@@ -16,8 +16,8 @@ import time
 
 from aiohttp import web
 
-from ..builtin.verifiers import bearer_token
-from ..logs import Redactor
+from clawdbot_webhooks.builtin.verifiers import bearer_token
+from clawdbot_webhooks.logs import Redactor
 
 COOKIE = "clawdbot_admin"
 SESSION_SECONDS = 12 * 3600

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import __version__
+from clawdbot_webhooks import __version__
 
 
 def _ref(name: str) -> dict[str, str]:

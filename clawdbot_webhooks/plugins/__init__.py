@@ -300,6 +300,6 @@ def _describe_off(off: list[tuple[str, object, bool]], infos: dict[str, PluginIn
 
 
 def _own_version() -> str:
-    from . import __version__
+    from clawdbot_webhooks import __version__
 
     return __version__

@@ -14,9 +14,9 @@ from typing import TypeVar
 
 import click
 
-from .config import ConfigError, Settings, load_settings
-from .plugins import PluginError, PluginSet
-from .store import Store, open_store
+from clawdbot_webhooks.config import ConfigError, Settings, load_settings
+from clawdbot_webhooks.plugins import PluginError, PluginSet
+from clawdbot_webhooks.store import Store, open_store
 
 T = TypeVar("T")
 

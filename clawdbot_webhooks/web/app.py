@@ -20,18 +20,25 @@ from typing import Any
 from aiohttp import web
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
 
-from . import jsontext
-from .config import HandlerSpec
-from .dedup import dedup_key
-from .http_errors import add_no_route, error, json_errors
-from .incoming import Rejected, client_ip, ip_allowed, parse_content, read_body, stored_headers
-from .logs import quiet_malformed_requests
-from .metrics import UNKNOWN_HOOK, metrics_view
-from .ratelimit import Limits, retry_after
-from .runtime import Runtime
-from .sessions import ephemeral_session
-from .store import IncomingRecord, StoreUnavailable
-from .templates import context_for
+from clawdbot_webhooks import jsontext
+from clawdbot_webhooks.config import HandlerSpec
+from clawdbot_webhooks.logs import quiet_malformed_requests
+from clawdbot_webhooks.metrics import UNKNOWN_HOOK, metrics_view
+from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.sessions import ephemeral_session
+from clawdbot_webhooks.store import IncomingRecord, StoreUnavailable
+from clawdbot_webhooks.store.dedup import dedup_key
+from clawdbot_webhooks.templates import context_for
+from clawdbot_webhooks.web.errors import add_no_route, error, json_errors
+from clawdbot_webhooks.web.ratelimit import Limits, retry_after
+from clawdbot_webhooks.web.requests import (
+    Rejected,
+    client_ip,
+    ip_allowed,
+    parse_content,
+    read_body,
+    stored_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +241,11 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     if runtime.settings.admin["enabled"]:
-        from .admin import setup_admin
+        from clawdbot_webhooks.web.admin import setup_admin
 
         setup_admin(app, runtime)
     if incoming.get("eventIngress"):
-        from .ingress import ingest
+        from clawdbot_webhooks.web.event_ingress import ingest
 
         app.router.add_post("/events/ingest", json_errors(ingest))
     add_no_route(app)

@@ -23,9 +23,11 @@ from typing import Any, Protocol, TypeVar
 
 from clawdbot_webhooks_hookspecs import Delivery
 
-from . import jsontext
-from .sqlite_writer import Rows, SQLiteWriter, execute_all
-from .sqlite_writer import StoreUnavailable as StoreUnavailable  # part of the store API
+from clawdbot_webhooks import jsontext
+from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, execute_all
+from clawdbot_webhooks.store.sqlite_writer import (
+    StoreUnavailable as StoreUnavailable,  # part of the store API
+)
 
 T = TypeVar("T")
 
@@ -1197,7 +1199,7 @@ def open_store(
     if url.startswith("sqlite:///"):
         return SQLiteStore(Path(url[len("sqlite:///") :]), synchronous, migrate=migrate)
     if url.startswith(("postgresql://", "postgres://")):
-        from .store_pg import PostgresStore
+        from clawdbot_webhooks.store.postgres import PostgresStore
 
         return PostgresStore(url, schema=schema, pool_size=pool_size, migrate=migrate)
     raise ValueError(
