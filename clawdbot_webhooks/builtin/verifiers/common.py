@@ -1,0 +1,147 @@
+"""What the built-in verifiers share: constant-time comparisons, timestamps within the replay
+window, reading headers, and the ``secret``/``secrets`` option schemas."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+#: Five minutes either way, what Standard Webhooks, Stripe and Slack all recommend.
+DEFAULT_TOLERANCE = 300.0
+#: More candidate signatures than this in one header is an attack, not key rotation.
+MAX_SIGNATURES = 16
+_DIGITS = re.compile(r"[0-9]{1,15}")
+ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def secrets_of(options: Mapping[str, Any]) -> list[str]:
+    """``secret`` first, then ``secrets`` (the loaded options already merged them)."""
+    found = [s for s in options.get("secrets") or [] if s]
+    secret = options.get("secret")
+    if secret and secret not in found:
+        found.insert(0, secret)
+    return found
+
+
+def first_secret(options: Mapping[str, Any]) -> str:
+    return secrets_of(options)[0]
+
+
+def any_equal(given: Iterable[bytes], expected: Iterable[bytes]) -> bool:
+    """Whether any given value equals any expected one: every pair is compared in constant
+    time and the loop never stops early, so timing says nothing about which one matched."""
+    candidates = list(given)
+    ok = False
+    for want in expected:
+        for have in candidates:
+            ok |= hmac.compare_digest(have, want)
+    return ok
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(secret: str) -> bytes:
+    """A configured secret's hash, computed once (the configured secrets are few)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+def matches_any(given: str, secrets: list[str]) -> bool:
+    """A plain secret against every configured one. Both sides are hashed first so the
+    comparison takes the same time whatever the lengths."""
+    digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+    ok = False
+    for secret in secrets:  # no early exit: the time says nothing about which one matched
+        ok |= hmac.compare_digest(digest, _digest(secret))
+    return ok
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def hmac_digest(algorithm: str, key: bytes, message: bytes) -> bytes:
+    return hmac.digest(key, message, ALGORITHMS[algorithm])
+
+
+def required_header(request: SignedRequest, name: str) -> str:
+    value = request.headers.get(name.lower())
+    if not value:
+        raise VerificationError(f"missing {name} header")
+    return value
+
+
+def check_timestamp(value: str, request: SignedRequest, tolerance: float, header: str) -> str:
+    """The timestamp as sent, after checking it is Unix seconds within ``tolerance``."""
+    value = value.strip()
+    if not _DIGITS.fullmatch(value):
+        raise VerificationError(f"{header} is not a Unix timestamp")
+    if abs(request.now - int(value)) > tolerance:
+        raise VerificationError(
+            f"{header} is more than {tolerance:g}s away from the server's clock "
+            "(stale or replayed request)"
+        )
+    return value
+
+
+def json_field(body: bytes, key: str) -> str | None:
+    """A top-level string field of a JSON body, or None when there is none."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    value = document.get(key) if isinstance(document, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+# ------------------------------------------------------------------------------- schemas
+
+
+class SecretsSchema(Schema):
+    """``secret`` and/or ``secrets`` (rotation: any of them is accepted)."""
+
+    class Meta:
+        unknown = RAISE
+
+    secret = fields.String(load_default=None, validate=validate.Length(min=1))
+    secrets = fields.List(
+        fields.String(validate=validate.Length(min=1)),
+        load_default=list,
+        validate=validate.Length(max=16),
+    )
+
+    @validates_schema
+    def _one_secret(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("secret") and not data.get("secrets"):
+            raise ValidationError("required: set secret or secrets", "secret")
+
+    @post_load
+    def _merge(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["secrets"] = secrets_of(data)
+        return data
+
+
+class TimedSchema(SecretsSchema):
+    tolerance = fields.Float(
+        load_default=DEFAULT_TOLERANCE, validate=validate.Range(min=1, max=86_400 * 7)
+    )
