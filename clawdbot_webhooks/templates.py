@@ -33,16 +33,50 @@ class TemplateError(Exception):
     """A config template that does not compile or is unsafe."""
 
 
+#: What a JSON payload is made of besides mappings: values, never objects to explore.
+_JSON_VALUES = (str, int, float, bool, list, tuple, type(None))
+
+
+class DataEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with payload values seen only as JSON can hold them.
+
+    ``x.name`` and ``x["name"]`` look up a key of a mapping and an index of a list, nothing
+    else: no method or attribute of a str, list or dict is reachable, so ``{{ event.title }}``
+    on a string payload is missing (empty, or an error in strict mode) instead of printing a
+    bound method and its address, and a payload key named ``items`` is that key.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            try:
+                return obj[attribute]
+            except (KeyError, TypeError):
+                return self.undefined(obj=obj, name=attribute)
+        if isinstance(obj, _JSON_VALUES):
+            return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, Mapping | list | tuple | str):
+            try:
+                return obj[argument]
+            except (KeyError, IndexError, TypeError):
+                return self.undefined(obj=obj, name=argument)
+        if isinstance(obj, _JSON_VALUES):
+            return self.undefined(obj=obj, name=argument)
+        return super().getitem(obj, argument)
+
+
 def make_environment(
     filters: Mapping[str, Callable[..., Any]], *, strict: bool = False
-) -> ImmutableSandboxedEnvironment:
+) -> DataEnvironment:
     """The one environment every config template compiles in.
 
     Missing values render empty by default (``ChainableUndefined`` makes
     ``{{event.repository.name}}`` empty even when ``repository`` is absent); ``strict`` makes
     them an error instead. Autoescape stays off: the output is chat text, not HTML.
     """
-    env = ImmutableSandboxedEnvironment(
+    env = DataEnvironment(
         undefined=StrictUndefined if strict else ChainableUndefined,
         autoescape=False,
         keep_trailing_newline=False,

@@ -144,15 +144,18 @@ async def test_bad_bodies_are_400(start_server, raw, ctype, fragment) -> None:
 
 
 async def test_valid_json_beyond_the_fast_parser_is_accepted(start_server) -> None:
-    """Integers beyond 64 bits, lone surrogates and other charsets are valid JSON: accepted,
-    and the action sees them exactly."""
+    """Integers beyond 64 bits and other charsets are valid JSON: accepted, and the action
+    sees them exactly."""
     config = {
         **BASIC,
         "handlers": [{**BASIC["handlers"][0], "template": "{{ n }} {{ s|length }} {{ t }}"}],
     }
     srv = await start_server(config)
     for raw, ctype in [
-        (b'{"n": 123456789012345678901234567890, "s": "\\ud800", "t": "a"}', "application/json"),
+        (
+            b'{"n": 123456789012345678901234567890, "s": "\\ud83d\\ude00", "t": "a"}',
+            "application/json",
+        ),
         ('{"n": -1, "s": "é", "t": "ü"}'.encode("latin-1"), "application/json; charset=latin-1"),
     ]:
         status, _ = await srv.post("my-hook", raw=raw, headers=AUTH, content_type=ctype)
@@ -162,6 +165,28 @@ async def test_valid_json_beyond_the_fast_parser_is_accepted(start_server) -> No
 
     texts = [m["text"] for m in read_log(srv.runtime.settings.state_dir)]
     assert texts == ["123456789012345678901234567890 1 a", "-1 1 ü"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"title": "\\ud800"}', "lone UTF-16 surrogate"),
+        (b'{"title": "x\\udfff y"}', "lone UTF-16 surrogate"),
+        (b'{"n": 1e999999}', "too large to hold"),
+        (b"[-1e400]", "too large to hold"),
+        (b'{"n": 123456789012345678901234567890, "s": "\\udc00"}', "lone UTF-16 surrogate"),
+    ],
+)
+async def test_json_nothing_downstream_could_hold_is_refused(
+    start_server, raw: bytes, fragment: str
+) -> None:
+    """Valid JSON that no text or number can hold is refused before it is acknowledged,
+    instead of being acked and failing later in every attempt."""
+    srv = await start_server(BASIC)
+    status, body = await srv.post("my-hook", raw=raw, headers=AUTH, content_type="application/json")
+    assert status == 400
+    assert_error(body, fragment)
+    assert await srv.runtime.store.count_incoming() == 0
 
 
 async def test_header_bytes_that_are_not_utf8_are_stored(start_server) -> None:

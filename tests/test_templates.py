@@ -117,3 +117,29 @@ def test_syntax_errors_name_the_key_path() -> None:
     with pytest.raises(ConfigError) as caught:
         build_settings({"handlers": [handler("{{ unclosed ")]}, plugins, None)
     assert caught.value.errors[0].startswith("webhooks.handlers[0].template: template syntax")
+
+
+@pytest.mark.parametrize(
+    ("payload", "template", "expected"),
+    [
+        ("just a string", "[{{ event.title }}][{{ event.upper }}][{{ event['split'] }}]", "[][][]"),
+        ([1, 2], "[{{ event.append }}][{{ event[1] }}][{{ event[5] }}]", "[][2][]"),
+        ({"items": "mine"}, "[{{ event.items }}][{{ event.keys }}][{{ items }}]", "[mine][][mine]"),
+        ({"n": 3}, "[{{ event.n.real }}][{{ event.n }}][{{ event|length }}]", "[][3][1]"),
+    ],
+)
+async def test_payload_values_show_only_what_json_holds(
+    start_server, payload: object, template: str, expected: str
+) -> None:
+    """A key lookup on a value finds a key of a mapping or an index of a list and nothing
+    else: never a method of a str, list or dict (nor its heap address)."""
+    assert await sent_text(start_server, payload, template) == expected
+
+
+async def test_strict_templates_refuse_a_method_name_on_a_string_payload(start_server) -> None:
+    srv = await start_server({"handlers": [handler("{{ event.title }}")], "strictTemplates": True})
+    _, body = await srv.post("h", "just a string")
+    await srv.idle()
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "dead"
+    assert "has no attribute 'title'" in (record.last_error or "")

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import ipaddress
 import json
+import math
 import re
 from array import array
 from collections.abc import Iterable, Mapping
@@ -137,8 +138,28 @@ def _depth(text: str) -> int:
     return max(accumulate(steps), default=0)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is too large to hold")
+    return value
+
+
+#: 20 digits in a row: perhaps an integer beyond 64 bits (or only digits inside a string).
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{20}")
+
 #: Made once: ``json.loads`` with any option builds a new decoder on every call.
-_DECODER = json.JSONDecoder(parse_constant=_strict_json_constant)
+_DECODER = json.JSONDecoder(parse_constant=_strict_json_constant, parse_float=_finite_float)
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    """Valid JSON may escape half of a UTF-16 pair (``"\\ud800"``), but no text can hold
+    it: storing, rendering or sending it would fail later, after the sender was told 202."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
 
 
 def _json(text: str | bytes, max_depth: int | None) -> Any:
@@ -146,9 +167,14 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
     payload is an attack on whatever walks it recursively later (templates, plugins).
 
     orjson parses (several times faster than the standard library, on every request); what
-    it refuses goes to the standard library, which has the last word and the clearer error:
-    integers beyond 64 bits and lone surrogates are valid JSON that orjson does not take."""
+    it refuses goes to the standard library, which has the last word and the clearer error.
+    A text with 20 digits in a row goes to the standard library directly: orjson turns an
+    integer beyond 64 bits into a float, losing its digits. Numbers that overflow
+    to infinity and lone surrogates are refused: nothing downstream could hold them."""
     try:
+        long_digits = _LONG_DIGITS if isinstance(text, bytes) else _LONG_DIGITS_TEXT
+        if long_digits.search(text) is not None:  # type: ignore[arg-type]
+            raise orjson.JSONDecodeError("may hold an integer beyond 64 bits", "", 0)
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
         if isinstance(text, bytes):
@@ -157,6 +183,7 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
             value = _DECODER.decode(text)
         except RecursionError:
             raise ValueError("nested too deeply") from None
+        _refuse_lone_surrogates(value)
     # Counting brackets is a cheap bound: only a body with many of them needs measuring.
     if max_depth is not None:
         brackets = _count_brackets(text)
