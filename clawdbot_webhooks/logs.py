@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from aiohttp.http_exceptions import BadHttpMessage, InvalidURLError
 
 from clawdbot_webhooks.config import Settings
+from clawdbot_webhooks.credentials import url_credentials
 from clawdbot_webhooks.signing import SECRET_PREFIX
 
 MASK = "***"
@@ -49,7 +50,8 @@ def _sensitive_values(value: Any, sensitive: bool = False) -> Iterator[str]:
 def collect_secrets(settings: Settings) -> set[str]:
     """Every secret value in the loaded settings: the incoming secret, handler secrets and
     verify secrets, secrets in action options, subscription secrets and auth headers, the
-    gateway's token, the admin token, plugin settings' secrets."""
+    credentials inside subscription, forward and gateway URLs, the gateway's token, the admin
+    token, plugin settings' secrets."""
     found: set[str] = set()
     found.update(_sensitive_values(settings.incoming))
     for spec in settings.handlers:
@@ -57,13 +59,18 @@ def collect_secrets(settings: Settings) -> set[str]:
             found.add(spec.secret)
         found.update(_sensitive_values(spec.verify or {}))
         found.update(_sensitive_values(spec.handler.options))
+        if isinstance(url := spec.handler.options.get("url"), str):
+            found.update(url_credentials(url))
     for sub in settings.outgoing:
         if sub.secret:
             found.add(sub.secret)
             # The key alone (the part a whsec_ secret encodes) is just as secret.
             found.add(sub.secret.removeprefix(SECRET_PREFIX))
         found.update(_sensitive_values(sub.headers))
+        found.update(url_credentials(sub.url))
     found.update(_sensitive_values(settings.gateway))
+    if isinstance(url := settings.gateway.get("url"), str):
+        found.update(url_credentials(url))
     found.update(_sensitive_values(settings.admin))
     found.update(_sensitive_values(settings.plugin_settings))
     password = urlsplit(settings.storage_url).password

@@ -188,14 +188,22 @@ def test_collected_secrets_cover_the_config(tmp_path: Path) -> None:
             {
                 "id": "f",
                 "action": "forward",
-                "url": "http://127.0.0.1:1/x",
+                "url": "http://fwd:fwd-password@127.0.0.1:1/x?token=fwd-query-token",
                 "headers": {"X-Api-Key": FORWARD},
             },
         ],
-        "outgoing": [{"id": "s", "url": "http://127.0.0.1:1/", "events": ["*"], "secret": SIGNED}],
+        "outgoing": [
+            {
+                "id": "s",
+                "url": "https://hooks.slack.com/services/T0/B0/slack-path-secret",
+                "events": ["*"],
+                "secret": SIGNED,
+            }
+        ],
     }
     found = collect_secrets(build_settings(raw, plugins, None))
     assert {INCOMING, ADMIN, GITHUB, "rotated-github-secret", FORWARD, SIGNED, SIGNING_KEY} <= found
+    assert {"fwd-password", "fwd-query-token", "slack-path-secret"} <= found
 
 
 async def test_a_malformed_request_is_one_warning_line_without_its_bytes(

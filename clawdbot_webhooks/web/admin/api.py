@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from clawdbot_webhooks import jsontext
+from clawdbot_webhooks.credentials import mask_url
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.store import DeliveryQuery, DeliverySummary, IncomingRecord, OutgoingRecord
 from clawdbot_webhooks.templates import context_for
@@ -164,7 +165,7 @@ async def outgoing_view(rt: Runtime, r: OutgoingRecord) -> dict[str, Any]:
         "kind": "outgoing",
         "id": r.id,
         "subscription": r.subscription_id,
-        "url": None if sub is None else sub.url,
+        "url": None if sub is None else mask_url(sub.url),
         "event_id": r.event_id,
         "event_type": r.event_type,
         "status": r.status,
@@ -224,7 +225,7 @@ async def endpoint_health(rt: Runtime, window: float = 86_400.0) -> dict[str, li
     return {
         "handlers": [row("incoming", h.handler.id) for h in rt.settings.handlers],
         "subscriptions": [
-            row("outgoing", s.id, url=s.url, circuit=breakers.get(s.id, "closed"))
+            row("outgoing", s.id, url=mask_url(s.url), circuit=breakers.get(s.id, "closed"))
             for s in rt.settings.outgoing
         ],
     }
@@ -393,7 +394,7 @@ async def list_subscriptions(request: web.Request) -> web.Response:
     items = [
         {
             "id": s.id,
-            "url": s.url,
+            "url": mask_url(s.url),
             "events": sorted(s.events),
             "method": s.method,
             "transport": s.transport,
