@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,19 +114,56 @@ class Redactor(logging.Filter):
         return True
 
 
+class LogThrottle:
+    """At most ``burst`` lines per ``interval`` seconds for one kind of per-request message, so
+    a flood of bad requests cannot flood the log; the lines held back are counted, and the
+    first line let through after the interval says how many there were."""
+
+    def __init__(
+        self, burst: int = 10, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst, self.interval, self.clock = burst, interval, clock
+        self._window_start = -math.inf
+        self._logged = 0
+        self.held_back = 0
+
+    def admit(self) -> tuple[bool, int]:
+        """Whether to log this line, and how many were held back since the last one logged."""
+        now = self.clock()
+        if now - self._window_start >= self.interval:
+            self._window_start, self._logged = now, 0
+        if self._logged >= self.burst:
+            self.held_back += 1
+            return False, 0
+        self._logged += 1
+        held, self.held_back = self.held_back, 0
+        return True, held
+
+
 class MalformedRequests(logging.Filter):
     """aiohttp logs every request its parser refuses (bad header bytes, an over-long line, TLS
     spoken to a plain port) as an error with a traceback and the offending bytes. A server
     open to the internet sees these by the hundred, through no fault of its own: each becomes
-    one warning line naming the client and what was wrong, without the bytes."""
+    one warning line naming the client and what was wrong, without the bytes, and a flood of
+    them a few lines a minute with the count of those not logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.throttle = LogThrottle()
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, BadHttpMessage):
             return True
+        log_it, held_back = self.throttle.admit()
+        if not log_it:
+            return False
         client = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         record.msg = "refused a malformed HTTP request from %s: %s"
         record.args = (client, _what_was_wrong(exc))
+        if held_back:
+            record.msg += " (%d more were refused and not logged since the last such line)"
+            record.args = (*record.args, held_back)
         record.exc_info, record.exc_text = None, None
         if record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
@@ -143,10 +182,14 @@ def _what_was_wrong(exc: BadHttpMessage) -> str:
 
 
 def quiet_malformed_requests() -> None:
-    """Put ``MalformedRequests`` on aiohttp's server logger, once."""
+    """Put ``MalformedRequests`` on aiohttp's server logger, once; each new server starts
+    with the whole burst (the logger, and so the filter, is the process's)."""
     server_log = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
-        server_log.addFilter(MalformedRequests())
+    for found in server_log.filters:
+        if isinstance(found, MalformedRequests):
+            found.throttle = LogThrottle()
+            return
+    server_log.addFilter(MalformedRequests())
 
 
 class JsonFormatter(logging.Formatter):

@@ -238,3 +238,59 @@ async def test_a_malformed_request_is_one_warning_line_without_its_bytes(
     ]
     assert all(r.exc_info is None for r in records)
     assert INCOMING not in caplog.text
+
+
+def test_log_throttle_counts_what_it_holds_back() -> None:
+    from clawdbot_webhooks.logs import LogThrottle
+
+    now = [0.0]
+    throttle = LogThrottle(burst=3, interval=10.0, clock=lambda: now[0])
+    assert [throttle.admit() for _ in range(5)] == [(True, 0)] * 3 + [(False, 0)] * 2
+    now[0] = 9.9
+    assert throttle.admit() == (False, 0)
+    now[0] = 10.0  # a new interval: the first line says how many were held back
+    assert [throttle.admit() for _ in range(4)] == [(True, 3), (True, 0), (True, 0), (False, 0)]
+
+
+async def test_a_flood_of_malformed_requests_is_a_few_lines_and_a_count(
+    start_server, caplog
+) -> None:
+    from clawdbot_webhooks.logs import LogThrottle, MalformedRequests
+
+    srv = await start_server(
+        {"handlers": [{"id": "h", "action": "run_agent", "agentId": "a", "template": "x"}]}
+    )
+    [quiet] = [
+        f for f in logging.getLogger("aiohttp.server").filters if isinstance(f, MalformedRequests)
+    ]
+    now = [0.0]
+    quiet.throttle = LogThrottle(burst=10, interval=60.0, clock=lambda: now[0])
+    bad = b"POST /webhook/h HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n"
+
+    async def send_bad(count: int) -> None:
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection(srv.server.host, srv.server.port)
+            writer.write(bad)
+            await writer.drain()
+            assert (await reader.read()).startswith(b"HTTP/1.0 400")
+            writer.close()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        await send_bad(50)
+        deadline = time.monotonic() + 5
+        while quiet.throttle.held_back < 40:
+            assert time.monotonic() < deadline, "aiohttp logged fewer refusals than sent"
+            await asyncio.sleep(0.01)
+        assert len(lines()) == 10
+        now[0] = 60.0
+        await send_bad(1)
+        while len(lines()) < 11:
+            assert time.monotonic() < deadline, "the line after the interval never came"
+            await asyncio.sleep(0.01)
+    assert lines()[-1] == (
+        "refused a malformed HTTP request from 127.0.0.1: Invalid character in Content-Length"
+        " (40 more were refused and not logged since the last such line)"
+    )
