@@ -41,7 +41,7 @@ def test_five_mistakes_are_all_reported_with_key_paths(tmp_path: Path) -> None:
         "webhooks.handlers[2].template: template syntax error on line 1: unexpected end of "
         "template, expected 'end of print statement'.",
         "webhooks.handlers[3].action: unknown action 'teleport' (known: custom, forward, "
-        "run_agent, send_message)",
+        "run_agent, send_message, wake)",
     ]
 
 

@@ -175,7 +175,13 @@ def test_plugins_listing(fake_distribution, tmp_path: Path) -> None:
     assert shout["registers"] == {"actions": ["shout"], "filters": ["sparkle"]}
     actions = listing["builtin-actions"]
     assert actions["enabled"] and actions["builtin"]
-    assert actions["registers"]["actions"] == ["send_message", "run_agent", "forward", "custom"]
+    assert actions["registers"]["actions"] == [
+        "send_message",
+        "run_agent",
+        "wake",
+        "forward",
+        "custom",
+    ]
     table = CliRunner().invoke(main, ["plugins", "--config", config])
     assert "disabled (disabled in webhooks.plugins.disabled)" in table.output
     assert "actions: shout; filters: sparkle" in table.output

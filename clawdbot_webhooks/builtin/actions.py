@@ -1,4 +1,4 @@
-"""The built-in actions: send_message, run_agent, forward, custom."""
+"""The built-in actions: send_message, run_agent, wake, forward, custom."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from clawdbot_webhooks_hookspecs import (
     ActionContext,
     ActionError,
     Event,
+    ReplyTarget,
+    SupportsWake,
     Template,
     hookimpl,
 )
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from clawdbot_webhooks.events import derived_event_id
 
@@ -47,13 +49,74 @@ class SendMessage:
         return dict(sent)
 
 
+#: Clawdbot's thinking levels (``normalizeThinkLevel``), checked here so a typo fails ``check``.
+THINKING_LEVELS = ("off", "minimal", "low", "medium", "high", "xhigh")
+#: Clawdbot's longest session label.
+LABEL_MAX = 64
+
+
+class _Literal(fields.String):
+    """A string from the config taken as it is: where a reply goes is never a template, so
+    something that looks like one is refused rather than sent as a chat's name."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "{{" in text or "{%" in text:
+            raise ValidationError(
+                "templates are not allowed here: where a reply goes comes from the config only"
+            )
+        return text
+
+
+class _Deliver(Schema):
+    channel = _Literal(required=True, validate=validate.Length(min=1))
+    to = _Literal(load_default=None, validate=validate.Length(min=1))
+    threadId = _Literal(load_default=None, validate=validate.Length(min=1))
+    accountId = _Literal(load_default=None, validate=validate.Length(min=1))
+
+    @validates_schema
+    def _to_unless_last(self, data: dict[str, Any], **kwargs: Any) -> None:
+        # Only "last" knows a chat of its own: the one the session's user last used.
+        if data.get("channel") != "last" and not data.get("to"):
+            raise ValidationError("required unless channel is 'last'", "to")
+
+
+def reply_target(options: Any) -> ReplyTarget | None:
+    """The ``deliver`` option as the Gateway protocol takes it."""
+    if not options:
+        return None
+    return ReplyTarget(
+        channel=options["channel"],
+        to=options.get("to"),
+        thread_id=options.get("threadId"),
+        account_id=options.get("accountId"),
+    )
+
+
+def run_options(options: Any) -> dict[str, Any]:
+    """The run options a handler set, as ``Gateway.run_agent`` keywords. Options left unset
+    are not passed at all, so a gateway written before they existed keeps working."""
+    given: dict[str, Any] = {
+        "deliver": reply_target(options.get("deliver")),
+        "thinking": options.get("thinking"),
+        "timeout": options.get("timeout"),
+        "label": options.get("label"),
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
 class RunAgent:
     """Prompt agent ``agentId`` with the rendered ``template``; its reply is an
-    ``agent_response`` event."""
+    ``agent_response`` event, and with ``deliver`` also a message to that chat."""
 
     class schema(Schema):
         agentId = fields.String(required=True, validate=validate.Length(min=1))
         template = Template(required=True)
+        deliver = fields.Nested(_Deliver, load_default=None)
+        thinking = fields.String(load_default=None, validate=validate.OneOf(THINKING_LEVELS))
+        # Whole seconds: Clawdbot's agent method takes an integer.
+        timeout = fields.Integer(load_default=None, strict=True, validate=validate.Range(min=1))
+        label = fields.String(load_default=None, validate=validate.Length(min=1, max=LABEL_MAX))
 
     async def run(self, ctx: ActionContext) -> Any:
         agent_id = ctx.options["agentId"]
@@ -62,6 +125,7 @@ class RunAgent:
             message=ctx.options["template"],
             session=ctx.session,
             idempotency_key=ctx.idempotency_key,
+            **run_options(ctx.options),
         )
         await ctx.publish(
             Event(
@@ -73,6 +137,42 @@ class RunAgent:
             )
         )
         return {"runId": reply.run_id, "text": reply.text}
+
+
+def wake_text(ctx: ActionContext) -> str:
+    """The text a ``wake`` queues: the rendered template. The one place where the wake text
+    is taken from the delivery, so it is where untrusted payload text gets its boundary."""
+    text: str = ctx.options["template"]
+    return text
+
+
+class Wake:
+    """Queue the rendered ``template`` as a system event for Clawdbot's main session
+    (``wakeMode: now`` runs a heartbeat at once, ``next-heartbeat`` waits for the next one).
+
+    ``wakeMode``, as Clawdbot's own agent hook names it: a handler's ``mode`` is already
+    ``async``/``sync``.
+    """
+
+    class schema(Schema):
+        template = Template(required=True)
+        wakeMode = fields.String(
+            load_default="now", validate=validate.OneOf(["now", "next-heartbeat"])
+        )
+
+    async def run(self, ctx: ActionContext) -> Any:
+        gateway = ctx.gateway
+        if not isinstance(gateway, SupportsWake):
+            raise ActionError(
+                f"the gateway ({type(gateway).__name__}) cannot wake a session", retry=False
+            )
+        text = wake_text(ctx)
+        if not text.strip():
+            # Clawdbot refuses an empty wake; trying again would render the same.
+            raise ActionError("wake: the template rendered no text", retry=False)
+        mode = ctx.options["wakeMode"]
+        answer = await gateway.wake(text, mode)
+        return {"mode": mode, **dict(answer)}
 
 
 #: Not passed on by a forward: they describe one connection, not the message (RFC 9110 §7.6.1),
@@ -191,5 +291,6 @@ class Custom:
 def register_actions(register: Callable[[str, Any], None]) -> None:
     register("send_message", SendMessage())
     register("run_agent", RunAgent())
+    register("wake", Wake())
     register("forward", Forward())
     register("custom", Custom())

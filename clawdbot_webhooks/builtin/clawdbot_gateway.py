@@ -1,7 +1,9 @@
 """The ``clawdbot`` gateway: a real Clawdbot over its Gateway WebSocket protocol.
 
 ``run_agent`` is an ``agent`` request (``idempotencyKey`` = the delivery id, so a retry or a
-re-send after a reconnect never starts a second run) and ``send_message`` a ``send`` request.
+re-send after a reconnect never starts a second run; the handler's run options become its
+``deliver``/``channel``/``to``/``threadId``/``accountId``, ``thinking``, ``timeout`` and
+``label``), ``send_message`` a ``send`` request and ``wake`` a ``wake`` request.
 Clawdbot's run events become events on our bus (DESIGN §7):
 
 ============================  ======================================================
@@ -25,7 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import AgentReply, Event, GatewayEnv, GatewayError, hookimpl
+from clawdbot_webhooks_hookspecs import (
+    AgentReply,
+    Event,
+    GatewayEnv,
+    GatewayError,
+    ReplyTarget,
+    hookimpl,
+)
 from marshmallow import Schema, fields, validate
 
 from clawdbot_webhooks.builtin import clawdbot_http_gateway
@@ -66,6 +75,34 @@ def clawdbot_session_key(agent_id: str, session: str) -> str:
     if session.startswith("agent:"):
         return session
     return f"agent:{agent_id}:{session}"
+
+
+def agent_run_params(
+    *,
+    deliver: ReplyTarget | None,
+    thinking: str | None,
+    timeout: int | None,
+    label: str | None,
+) -> dict[str, Any]:
+    """A handler's run options as parameters of Clawdbot's ``agent`` method."""
+    params: dict[str, Any] = {}
+    if deliver is not None:
+        params["deliver"] = True
+        params["channel"] = deliver.channel
+        for key, value in (
+            ("to", deliver.to),
+            ("threadId", deliver.thread_id),
+            ("accountId", deliver.account_id),
+        ):
+            if value is not None:
+                params[key] = value
+    if thinking is not None:
+        params["thinking"] = thinking
+    if timeout is not None:
+        params["timeout"] = timeout
+    if label is not None:
+        params["label"] = label
+    return params
 
 
 def _agent_of(session_key: str) -> str:
@@ -157,24 +194,38 @@ class ClawdbotGateway:
             table.popitem(last=False)
 
     async def run_agent(
-        self, *, agent_id: str, message: str, session: str, idempotency_key: str
+        self,
+        *,
+        agent_id: str,
+        message: str,
+        session: str,
+        idempotency_key: str,
+        deliver: ReplyTarget | None = None,
+        thinking: str | None = None,
+        timeout: int | None = None,
+        label: str | None = None,
     ) -> AgentReply:
         # Remembered before sending: the run's first events can beat the "accepted" answer.
         self._remember(self._ours, idempotency_key, _Run(session, agent_id, idempotency_key))
         session_key = clawdbot_session_key(agent_id, session)
         self._remember(self._our_sessions, session_key, None)
-        params = {
+        params: dict[str, Any] = {
             "message": message,
             "agentId": agent_id,
             "sessionKey": session_key,
             "idempotencyKey": idempotency_key,
+            **agent_run_params(deliver=deliver, thinking=thinking, timeout=timeout, label=label),
         }
+        # A handler's own timeout bounds its runs on Clawdbot's side; the answer may take the
+        # request timeout longer to come back (the reply is delivered after the run).
+        wait = self.options["agentTimeout"]
+        if timeout is not None:
+            wait = timeout + self.options["requestTimeout"]
+        # An undeliverable reply is an ``ok: false`` answer (``Unknown channel: discord``):
+        # the client raises it as a retryable GatewayError with Clawdbot's message, and a
+        # retry gets Clawdbot's cached answer for the key instead of running the agent again.
         answer = await self.client.request(
-            "agent",
-            params,
-            expect_final=True,
-            idempotent=True,
-            timeout=self.options["agentTimeout"],
+            "agent", params, expect_final=True, idempotent=True, timeout=wait
         )
         answer = answer if isinstance(answer, Mapping) else {}
         if answer.get("status") not in ("ok", None):
@@ -207,7 +258,8 @@ class ClawdbotGateway:
         return result
 
     async def wake(self, text: str, mode: str = "now") -> Mapping[str, Any]:
-        """Queue a system event for the main session (``wake``), for custom actions."""
+        """Queue a system event for the main session (Clawdbot's ``wake``). Not idempotent:
+        a connection lost under it fails the attempt, which may or may not have woken it."""
         answer = await self.client.request("wake", {"mode": mode, "text": text})
         return dict(answer) if isinstance(answer, Mapping) else {}
 
@@ -293,4 +345,10 @@ def register_gateways(register: Callable[[str, Any], None]) -> None:
     register("clawdbot-http", clawdbot_http_gateway.create)
 
 
-__all__ = ["ClawdbotGateway", "ClawdbotGatewaySchema", "clawdbot_session_key", "create"]
+__all__ = [
+    "ClawdbotGateway",
+    "ClawdbotGatewaySchema",
+    "agent_run_params",
+    "clawdbot_session_key",
+    "create",
+]

@@ -8,9 +8,13 @@ gets ``202 {"ok": true, "runId"}``. Its limits, plainly:
 - the ``runId`` it answers is not the one Clawdbot's WebSocket events use; a run can only be
   correlated with them by its session key (Clawdbot stores it as ``agent:main:<key>``);
 - no idempotency key: a retried delivery whose first POST was accepted runs the agent again;
-- no ``send_message`` (there is no HTTP hook that sends text as it is), and no events.
+- no ``send_message`` (there is no HTTP hook that sends text as it is), and no events;
+- ``deliver`` is passed on (``channel``, ``to``), but the hook has answered before the reply
+  exists: a reply Clawdbot cannot deliver is logged by Clawdbot, never reported here. The hook
+  has no ``threadId``, ``accountId`` or ``label``: a handler that sets one fails (dead letter)
+  rather than run without it.
 
-``wake(text)`` POSTs ``{hooks path}/wake``.
+``wake(text, mode)`` POSTs ``{hooks path}/wake``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError
+from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError, ReplyTarget
 from marshmallow import Schema, fields, validate
 
 from clawdbot_webhooks.gateway_client import connect_failure
@@ -105,12 +109,47 @@ class ClawdbotHttpGateway:
         return f"Clawdbot HTTP hooks at {self.base} (token accepted)"
 
     async def run_agent(
-        self, *, agent_id: str, message: str, session: str, idempotency_key: str
+        self,
+        *,
+        agent_id: str,
+        message: str,
+        session: str,
+        idempotency_key: str,
+        deliver: ReplyTarget | None = None,
+        thinking: str | None = None,
+        timeout: int | None = None,
+        label: str | None = None,
     ) -> AgentReply:
-        _, answer = await self._post(
-            "agent",
-            {"message": message, "name": agent_id, "sessionKey": session, "deliver": False},
-        )
+        body: dict[str, Any] = {
+            "message": message,
+            "name": agent_id,
+            "sessionKey": session,
+            "deliver": deliver is not None,
+        }
+        unsupported = [
+            name
+            for name, value in (
+                ("deliver.threadId", deliver and deliver.thread_id),
+                ("deliver.accountId", deliver and deliver.account_id),
+                ("label", label),
+            )
+            if value
+        ]
+        if unsupported:
+            raise GatewayError(
+                f"Clawdbot's /agent hook has no {', '.join(unsupported)}: use gateway type "
+                "'clawdbot' for this handler",
+                retry=False,
+            )
+        if deliver is not None:
+            body["channel"] = deliver.channel
+            if deliver.to is not None:
+                body["to"] = deliver.to
+        if thinking is not None:
+            body["thinking"] = thinking
+        if timeout is not None:
+            body["timeoutSeconds"] = timeout
+        _, answer = await self._post("agent", body)
         run_id = str(answer.get("runId") or idempotency_key) if isinstance(answer, Mapping) else ""
         return AgentReply("", run_id or idempotency_key, agent_id)
 

@@ -1,20 +1,23 @@
 """The embedded ``local`` gateway: the whole loop with no Clawdbot at all.
 
 ``send_message`` appends to a local message log and ``run_agent`` is answered by a
-deterministic echo agent. Like Clawdbot, it deduplicates on the idempotency key: the same key
-again returns the first answer and logs nothing new, so a re-run after a crash has one effect.
-The log is an SQLite file in the state directory; ``clawdbot-webhooks messages`` prints it.
+deterministic echo agent; a run with ``deliver`` also logs its reply as a message sent to that
+channel and peer, and ``wake`` logs the system event it would queue. Like Clawdbot, it
+deduplicates on the idempotency key: the same key again returns the first answer and logs
+nothing new, so a re-run after a crash has one effect. The log is an SQLite file in the state
+directory; ``clawdbot-webhooks messages`` prints it.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, hookimpl
+from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError, ReplyTarget, hookimpl
 
 from clawdbot_webhooks.store.sqlite_writer import SQLiteWriter
 
@@ -24,18 +27,23 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
-    kind TEXT NOT NULL,              -- sent | prompt | reply
+    kind TEXT NOT NULL,              -- sent | prompt | reply | wake
     session TEXT NOT NULL,
     channel TEXT,
     peer TEXT,
     agent_id TEXT,
     text TEXT NOT NULL,
     idempotency_key TEXT,
-    run_id TEXT
+    run_id TEXT,
+    options TEXT                     -- JSON: a prompt's run options, a wake's mode
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_once ON messages (idempotency_key, kind)
     WHERE idempotency_key IS NOT NULL;
 """
+
+
+#: Logs written before run options were recorded lack the column.
+_ADD_OPTIONS = "ALTER TABLE messages ADD COLUMN options TEXT"
 
 
 def echo_reply(agent_id: str, message: str, turn: int) -> str:
@@ -54,6 +62,7 @@ class LocalGateway:
         if not self._open:
             await self._db.open()
             self._open = True
+            await self._db._do(_add_options_column)
 
     async def close(self) -> None:
         if self._open:
@@ -92,35 +101,157 @@ class LocalGateway:
         return result
 
     async def run_agent(
-        self, *, agent_id: str, message: str, session: str, idempotency_key: str
+        self,
+        *,
+        agent_id: str,
+        message: str,
+        session: str,
+        idempotency_key: str,
+        deliver: ReplyTarget | None = None,
+        thinking: str | None = None,
+        timeout: int | None = None,
+        label: str | None = None,
     ) -> AgentReply:
-        def op(conn: sqlite3.Connection) -> AgentReply:
+        recorded = run_options(deliver=deliver, thinking=thinking, timeout=timeout, label=label)
+
+        def op(conn: sqlite3.Connection) -> AgentReply | str:
             row = conn.execute(
                 "SELECT text FROM messages WHERE idempotency_key=? AND kind='reply'",
                 (idempotency_key,),
             ).fetchone()
             if row is not None:
-                return AgentReply(row[0], idempotency_key, agent_id)
-            turn = (
-                1
-                + conn.execute(
-                    "SELECT COUNT(*) FROM messages WHERE session=? AND kind='prompt'", (session,)
-                ).fetchone()[0]
-            )
-            reply = echo_reply(agent_id, message, turn)
-            now = time.time()
-            conn.executemany(
-                "INSERT INTO messages (at, kind, session, agent_id, text, idempotency_key, "
-                "run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (now, "prompt", session, agent_id, message, idempotency_key, idempotency_key),
-                    (now, "reply", session, agent_id, reply, idempotency_key, idempotency_key),
-                ],
-            )
+                reply = row[0]
+            else:
+                turn = (
+                    1
+                    + conn.execute(
+                        "SELECT COUNT(*) FROM messages WHERE session=? AND kind='prompt'",
+                        (session,),
+                    ).fetchone()[0]
+                )
+                reply = echo_reply(agent_id, message, turn)
+                now = time.time()
+                conn.executemany(
+                    "INSERT INTO messages (at, kind, session, agent_id, text, idempotency_key, "
+                    "run_id, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            now,
+                            "prompt",
+                            session,
+                            agent_id,
+                            message,
+                            idempotency_key,
+                            idempotency_key,
+                            recorded,
+                        ),
+                        (
+                            now,
+                            "reply",
+                            session,
+                            agent_id,
+                            reply,
+                            idempotency_key,
+                            idempotency_key,
+                            None,
+                        ),
+                    ],
+                )
+            if deliver is not None:
+                # As on Clawdbot: the run is kept when its reply cannot be delivered, and a
+                # retry with the same key delivers the same reply without running again.
+                failure = _deliver(conn, deliver, session, reply, idempotency_key)
+                if failure is not None:
+                    return failure
             return AgentReply(reply, idempotency_key, agent_id)
 
-        reply: AgentReply = await self._write(op)
-        return reply
+        answer: AgentReply | str = await self._write(op)
+        if isinstance(answer, str):
+            raise GatewayError(answer, retry=False)
+        return answer
+
+    async def wake(self, text: str, mode: str = "now") -> Mapping[str, Any]:
+        """Log the system event Clawdbot would queue for its main session."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO messages (at, kind, session, text, options) "
+                "VALUES (?, 'wake', 'main', ?, ?)",
+                (time.time(), text, json.dumps({"mode": mode})),
+            )
+
+        await self._write(op)
+        return {"ok": True, "mode": mode}
+
+
+def run_options(
+    *,
+    deliver: ReplyTarget | None,
+    thinking: str | None,
+    timeout: int | None,
+    label: str | None,
+) -> str | None:
+    """A run's options as the log records them (JSON, the config's names), or None."""
+    options: dict[str, Any] = {}
+    if deliver is not None:
+        options["deliver"] = {
+            key: value
+            for key, value in (
+                ("channel", deliver.channel),
+                ("to", deliver.to),
+                ("threadId", deliver.thread_id),
+                ("accountId", deliver.account_id),
+            )
+            if value is not None
+        }
+    for key, value in (("thinking", thinking), ("timeout", timeout), ("label", label)):
+        if value is not None:
+            options[key] = value
+    return json.dumps(options, ensure_ascii=False) if options else None
+
+
+def _deliver(
+    conn: sqlite3.Connection, target: ReplyTarget, session: str, reply: str, key: str
+) -> str | None:
+    """Log the reply as sent to ``target``; the reason it cannot be, or None."""
+    if conn.execute(
+        "SELECT 1 FROM messages WHERE idempotency_key=? AND kind='sent'", (key,)
+    ).fetchone():
+        return None
+    channel, peer = target.channel, target.to
+    if channel == "last":
+        # The chat this session last sent to, as Clawdbot remembers a session's last route.
+        last = conn.execute(
+            "SELECT channel, peer FROM messages WHERE session=? AND kind='sent' "
+            "ORDER BY n DESC LIMIT 1",
+            (session,),
+        ).fetchone()
+        if last is None:
+            return f"no chat to deliver the reply to: session {session!r} has none yet ('last')"
+        channel, peer = last[0], peer or last[1]
+    if not peer:
+        return f"no chat to deliver the reply to on channel {channel!r}: 'to' is missing"
+    conn.execute(
+        "INSERT INTO messages (at, kind, session, channel, peer, text, idempotency_key, "
+        "options) VALUES (?, 'sent', ?, ?, ?, ?, ?, ?)",
+        (time.time(), session, channel, peer, reply, key, _thread_options(target)),
+    )
+    return None
+
+
+def _thread_options(target: ReplyTarget) -> str | None:
+    extra = {
+        key: value
+        for key, value in (("threadId", target.thread_id), ("accountId", target.account_id))
+        if value is not None
+    }
+    return json.dumps(extra, ensure_ascii=False) if extra else None
+
+
+def _add_options_column(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "options" not in columns:
+        conn.execute(_ADD_OPTIONS)
 
 
 def read_log(state_dir: Path) -> list[dict[str, Any]]:
@@ -146,4 +277,4 @@ def register_gateways(register: Callable[[str, Any], None]) -> None:
     register("local", create)
 
 
-__all__ = ["LocalGateway", "create", "echo_reply", "read_log"]
+__all__ = ["LocalGateway", "create", "echo_reply", "read_log", "run_options"]

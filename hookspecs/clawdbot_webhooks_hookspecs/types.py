@@ -128,6 +128,20 @@ class AgentReply:
     agent_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyTarget:
+    """Where an agent run's reply is sent: a chat on one of Clawdbot's channels. Since 1.2.
+
+    ``channel`` is a channel id (``"slack"``, ``"discord"`` …) or ``"last"``, the chat the
+    session's user last used; ``to`` the chat or user there (optional with ``"last"``).
+    """
+
+    channel: str
+    to: str | None = None
+    thread_id: str | None = None
+    account_id: str | None = None
+
+
 class GatewayError(Exception):
     """A gateway refused or failed a request; ``retry`` says whether trying again may help."""
 
@@ -150,7 +164,10 @@ class VerificationError(Exception):
 
 @runtime_checkable
 class Gateway(Protocol):
-    """A connection to Clawdbot (or the embedded local stand-in)."""
+    """A connection to Clawdbot (or the embedded local stand-in).
+
+    Optional: ``async def wake(text, mode)`` (since 1.2), see ``SupportsWake``.
+    """
 
     async def start(self) -> None: ...
 
@@ -165,8 +182,37 @@ class Gateway(Protocol):
     ) -> Mapping[str, Any]: ...
 
     async def run_agent(
-        self, *, agent_id: str, message: str, session: str, idempotency_key: str
-    ) -> AgentReply: ...
+        self,
+        *,
+        agent_id: str,
+        message: str,
+        session: str,
+        idempotency_key: str,
+        deliver: ReplyTarget | None = None,
+        thinking: str | None = None,
+        timeout: int | None = None,
+        label: str | None = None,
+    ) -> AgentReply:
+        """Run the agent on ``message`` and answer its reply.
+
+        Since 1.2, the run options of the handler, each passed only when the handler sets it
+        (so a gateway written for 1.1 keeps working for handlers that use none):
+        ``deliver`` where the reply is sent besides being returned (a reply that cannot be
+        delivered is a failure of the run); ``thinking`` the thinking level (``off``,
+        ``minimal``, ``low``, ``medium``, ``high``, ``xhigh``); ``timeout`` the run's limit in
+        seconds; ``label`` a label for the run's session.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsWake(Protocol):
+    """A gateway that can queue a system event for the main session (the ``wake`` action).
+
+    ``mode`` is ``"now"`` (run a heartbeat at once) or ``"next-heartbeat"``. Since 1.2.
+    """
+
+    async def wake(self, text: str, mode: str = "now") -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
