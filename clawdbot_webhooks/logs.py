@@ -55,11 +55,13 @@ def collect_secrets(settings: Settings) -> set[str]:
     credentials inside subscription, forward and gateway URLs, the gateway's token, the admin
     token, plugin settings' secrets."""
     found: set[str] = set()
-    found.update(_sensitive_values(settings.incoming))
+    incoming = settings.incoming
+    ingress = incoming.event_ingress
+    found.update(s for s in (incoming.secret, ingress.token if ingress else None) if s)
     for spec in settings.handlers:
         if spec.secret:
             found.add(spec.secret)
-        found.update(_sensitive_values(spec.verify or {}))
+        found.update(_sensitive_values(spec.verify.options if spec.verify else {}))
         found.update(_sensitive_values(spec.handler.options))
         if isinstance(url := spec.handler.options.get("url"), str):
             found.update(url_credentials(url))
@@ -70,12 +72,13 @@ def collect_secrets(settings: Settings) -> set[str]:
             found.add(sub.secret.removeprefix(SECRET_PREFIX))
         found.update(_sensitive_values(sub.headers))
         found.update(url_credentials(sub.url))
-    found.update(_sensitive_values(settings.gateway))
-    if isinstance(url := settings.gateway.get("url"), str):
+    found.update(_sensitive_values(settings.gateway.options))
+    if isinstance(url := settings.gateway.options.get("url"), str):
         found.update(url_credentials(url))
-    found.update(_sensitive_values(settings.admin))
-    found.update(_sensitive_values(settings.plugin_settings))
-    password = urlsplit(settings.storage_url).password
+    if settings.admin.token:
+        found.add(settings.admin.token)
+    found.update(_sensitive_values(settings.plugins.settings))
+    password = urlsplit(settings.storage.url).password
     if password:
         found.add(password)
     return {s for s in found if len(s) >= MIN_SECRET}

@@ -203,7 +203,7 @@ class Metrics:
 
     def bind(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self.gateway_type = str(runtime.settings.gateway.get("type", "none"))
+        self.gateway_type = runtime.settings.gateway.type
         self.gateway_health = GatewayHealth(runtime.gateway)
 
     # -- the hot path

@@ -112,7 +112,7 @@ class Pipeline:
         self._bus = bus
         self._sessions = sessions
         self._http = http
-        self._slots = Slots(settings.incoming["concurrency"])
+        self._slots = Slots(settings.incoming.concurrency)
         # ``maxConcurrent`` per handler: its extra deliveries stay stored and wait their turn.
         self._handler_slots = {
             spec.handler.id: Slots(spec.max_concurrent)
@@ -130,7 +130,7 @@ class Pipeline:
         self._running: set[str] = set()
         #: Deliveries held in memory (running or waiting for a slot) at most; beyond that the
         #: store is the queue, so a long burst costs disk, not memory.
-        self._max_held = settings.incoming["concurrency"] * 4
+        self._max_held = settings.incoming.concurrency * 4
         #: Set while stored deliveries wait for the poller: new ones queue behind them.
         self._backlog = False
         self._reserved = 0
@@ -139,7 +139,7 @@ class Pipeline:
         self._deferring = 0
         self._deferred = 0
         self._closing = False
-        self.lease = settings.lease_seconds
+        self.lease = settings.storage.lease_seconds
         #: Set by the runtime: times each action by hook and outcome (``metrics.Metrics``).
         self.metrics: Metrics | None = None
 

@@ -27,14 +27,13 @@ log = logging.getLogger(__name__)
 
 def make_gateway(settings: Settings, plugins: PluginSet, emit: Callable[[Event], None]) -> Gateway:
     """The configured gateway, built by the factory its plugin registered."""
-    options = dict(settings.gateway)
-    factory = plugins.registries.gateways[options.pop("type")]
+    factory = plugins.registries.gateways[settings.gateway.type]
     env = GatewayEnv(
         state_dir=str(settings.state_dir),
         emit=emit,
         logger=logging.getLogger("clawdbot_webhooks.gateway"),
     )
-    gateway: Gateway = factory(options, env)
+    gateway: Gateway = factory(dict(settings.gateway.options), env)
     return gateway
 
 
@@ -44,19 +43,19 @@ class Runtime:
         self.plugins = plugins
         self.bus = EventBus(plugins.pm)
         self.store: Store = open_store(
-            settings.storage_url,
-            settings.synchronous,
-            schema=settings.storage_schema,
-            pool_size=settings.pool_size,
+            settings.storage.url,
+            settings.storage.synchronous,
+            schema=settings.storage.schema,
+            pool_size=settings.storage.pool_size,
         )
-        self.sessions = Sessions(self.bus, settings.idle_timeout)
+        self.sessions = Sessions(self.bus, settings.sessions.idle_timeout)
         self.outbox = Outbox(settings.outgoing, self.store, self.bus, plugins.registries.transports)
         self.bus.subscribe(self.outbox.record, wants=self.outbox.wants)
         self.gateway: Gateway = make_gateway(settings, plugins, self.bus.emit)
         self.metrics = Metrics()
         self.metrics.bind(self)
         self.outbox.metrics = self.metrics
-        self.outbox.lease = settings.lease_seconds
+        self.outbox.lease = settings.storage.lease_seconds
         self._upkeep: list[asyncio.Task[None]] = []
         self.http: aiohttp.ClientSession | None = None
         self.pipeline: Pipeline | None = None
@@ -75,7 +74,7 @@ class Runtime:
         # Plugin objects that keep state (a digest's timers, a file) start before any delivery.
         await start_objects(
             self.plugins.registries,
-            settings=self.settings.plugin_settings,
+            settings=self.settings.plugins.settings,
             state_dir=str(self.settings.state_dir),
             gateway=self.gateway,
             http=self.http,
@@ -94,18 +93,19 @@ class Runtime:
         self.pipeline.start()
         self._upkeep = [
             asyncio.create_task(
-                renew_forever(self.store, self._held, self.settings.lease_seconds),
+                renew_forever(self.store, self._held, self.settings.storage.lease_seconds),
                 name="lease-heartbeat",
             )
         ]
-        if self.settings.retention_delivered > 0:
+        retention = self.settings.storage.retention.delivered
+        if retention > 0:
             self._upkeep.append(
                 asyncio.create_task(
-                    retain_forever(self.store, self.settings.retention_delivered),
+                    retain_forever(self.store, retention),
                     name="retention",
                 )
             )
-        window = self.settings.incoming["dedupWindow"]
+        window = self.settings.incoming.dedup_window
         if window > 0:
             self._upkeep.append(
                 asyncio.create_task(forget_forever(self.store, window), name="dedup-window")
@@ -119,11 +119,11 @@ class Runtime:
     async def stop(self) -> None:
         self.accepting = False
         if self.pipeline is not None:
-            await self.pipeline.stop(self.settings.incoming["shutdownTimeout"])
+            await self.pipeline.stop(self.settings.incoming.shutdown_timeout)
         await close_objects(self.plugins.registries, ("actions",))
         await self.bus.drain(timeout=5)
         # After the pipeline (whose last events it stores), before transports and store close.
-        await self.outbox.stop(self.settings.incoming["shutdownTimeout"])
+        await self.outbox.stop(self.settings.incoming.shutdown_timeout)
         self.sessions.close()
         for task in self._upkeep:
             task.cancel()

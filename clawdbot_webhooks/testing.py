@@ -109,7 +109,7 @@ class Served:
         """POST ``body`` as JSON (or ``raw`` bytes) to the hook; returns (status, JSON body)."""
         data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
         hdrs = {"Content-Type": content_type, **(headers or {})}
-        base = self.runtime.settings.incoming.get("basePath", "/webhook").rstrip("/")
+        base = self.runtime.settings.incoming.base_path.rstrip("/")
         async with self.session.post(f"{self.base}{base}/{hook}", data=data, headers=hdrs) as resp:
             return resp.status, await resp.json()
 

@@ -106,8 +106,8 @@ def test_env_substitution_and_missing_variable(tmp_path: Path, monkeypatch) -> N
     ]
     monkeypatch.setenv("HEADER_PART", "Token")
     settings, _ = load_settings(str(path))
-    assert settings.incoming["secret"] == "from-env"
-    assert settings.incoming["secretHeader"] == "X-Token"
+    assert settings.incoming.secret == "from-env"
+    assert settings.incoming.secret_header == "X-Token"
     assert settings.state_dir == (tmp_path / "${literal}").resolve()
 
 
@@ -157,7 +157,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     path.write_text('{webhooks: {stateDir: "data", storage: {url: "sqlite:///db/x.sqlite3"}}}')
     settings, _ = load_settings(str(path))
     assert settings.state_dir == tmp_path / "conf" / "data"
-    assert settings.storage_url == f"sqlite:///{tmp_path / 'conf' / 'db' / 'x.sqlite3'}"
+    assert settings.storage.url == f"sqlite:///{tmp_path / 'conf' / 'db' / 'x.sqlite3'}"
 
 
 def test_check_passes_on_the_example_config(monkeypatch) -> None:

@@ -8,13 +8,14 @@ from typing import Any
 
 from clawdbot_webhooks_hookspecs import ActionContext
 
+from clawdbot_webhooks.config import RateLimit
 from clawdbot_webhooks.web.ratelimit import BucketsByKey, FailureThrottle, TokenBucket, retry_after
 
 # ------------------------------------------------------------------------------ units
 
 
 def test_token_bucket_refills_at_its_rate_up_to_the_burst() -> None:
-    bucket = TokenBucket.from_config({"requests": 2, "per": 10.0, "burst": 3}, now=0.0)
+    bucket = TokenBucket.from_config(RateLimit(requests=2, per=10.0, burst=3), now=0.0)
     assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
     assert bucket.take(0.0) == 5.0  # one token every 5 s
     assert bucket.take(5.0) == 0.0
@@ -23,7 +24,7 @@ def test_token_bucket_refills_at_its_rate_up_to_the_burst() -> None:
 
 
 def test_buckets_by_key_are_separate_and_bounded() -> None:
-    buckets = BucketsByKey({"requests": 1, "per": 60.0}, max_keys=3)
+    buckets = BucketsByKey(RateLimit(requests=1, per=60.0), max_keys=3)
     assert buckets.take("a", 0.0) == 0.0
     assert buckets.take("a", 0.0) > 0
     assert buckets.take("b", 0.0) == 0.0

@@ -26,7 +26,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from clawdbot_webhooks.builtin import verifiers as builtin
 from clawdbot_webhooks.cli import main
-from clawdbot_webhooks.config import ConfigError, build_settings
+from clawdbot_webhooks.config import ConfigError, VerifySpec, build_settings
 from clawdbot_webhooks.plugins import PluginSelection, load_plugins
 from clawdbot_webhooks.signing import sign_standard
 from tests.conftest import VECTORS, write_config
@@ -376,7 +376,9 @@ def test_verify_options_are_validated_at_load(tmp_path: Path, verify: Any, expec
 def test_loaded_options_reach_the_verifier(tmp_path: Path) -> None:
     settings_ = _settings([_hook({"type": "stripe", "secrets": ["a", "b"]})], tmp_path)
     verify = settings_.routes["h"].verify
-    assert verify == {"type": "stripe", "secret": None, "secrets": ["a", "b"], "tolerance": 300.0}
+    assert verify == VerifySpec(
+        "stripe", {"secret": None, "secrets": ["a", "b"], "tolerance": 300.0}
+    )
     assert "'a'" not in repr(settings_.routes["h"])  # secrets stay out of reprs (and logs)
 
 
@@ -385,8 +387,9 @@ def test_shared_secret_is_the_default_and_empty_secrets_are_errors(tmp_path: Pat
     del raw["handlers"][0]["verify"]
     plugins = load_plugins(PluginSelection.from_config())
     spec = build_settings(raw, plugins, None).routes["h"]
-    assert spec.verify is not None and spec.verify["type"] == "shared-secret"
-    assert spec.verify["secrets"] == ["s"] and spec.verify["header"] == "X-Webhook-Secret"
+    assert spec.verify is not None and spec.verify.type == "shared-secret"
+    options = spec.verify.options
+    assert options["secrets"] == ["s"] and options["header"] == "X-Webhook-Secret"
     raw["incoming"] = {"secret": ""}
     with pytest.raises(ConfigError, match=r"webhooks\.incoming\.secret"):
         build_settings(raw, plugins, None)

@@ -79,24 +79,24 @@ def serve(
     from clawdbot_webhooks.logs import collect_secrets, configure
 
     configure(
-        log_format or settings.logging["format"],
-        log_level or settings.logging["level"],
+        log_format or settings.logging.format,
+        log_level or settings.logging.level,
         collect_secrets(settings),
     )
     from clawdbot_webhooks.runtime import Runtime
     from clawdbot_webhooks.web.app import serve as run
 
-    host = host or settings.incoming["host"]
-    port = settings.incoming["port"] if port is None else port
+    host = host or settings.incoming.host
+    port = settings.incoming.port if port is None else port
     handlers = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
     loop = new_loop()
     logging.getLogger("clawdbot_webhooks").info(
         "listening on http://%s:%s%s/<hook-id> (handlers: %s; storage: %s; event loop: %s)",
         host,
         port,
-        settings.incoming["basePath"],
+        settings.incoming.base_path,
         handlers,
-        redact_url(settings.storage_url),
+        redact_url(settings.storage.url),
         loop_name(loop),
     )
     from clawdbot_webhooks.store import StoreUnavailable
@@ -119,7 +119,7 @@ def check(config_path: str | None, probe: bool) -> None:
     click.echo(f"Config OK: {path or '(built-in defaults)'}")
     click.echo(
         f"  handlers: {len(settings.handlers)}, outgoing: {len(settings.outgoing)}, "
-        f"gateway: {settings.gateway['type']}, storage: {redact_url(settings.storage_url)}"
+        f"gateway: {settings.gateway.type}, storage: {redact_url(settings.storage.url)}"
     )
     off = [i for i in plugins.infos.values() if not i.enabled]
     for info in off:

@@ -36,12 +36,12 @@ TAIL_POLL = 0.5
 
 
 def default_url(settings: Settings, spec: HandlerSpec) -> str:
-    host = settings.incoming["host"]
+    host = settings.incoming.host
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     if ":" in host:
         host = f"[{host}]"
-    base = settings.incoming["basePath"].rstrip("/")
-    return f"http://{host}:{settings.incoming['port']}{base}{spec.handler.path}"
+    base = settings.incoming.base_path.rstrip("/")
+    return f"http://{host}:{settings.incoming.port}{base}{spec.handler.path}"
 
 
 def sample_payload(hook: str) -> bytes:
@@ -86,12 +86,12 @@ def send_test(
     body = payload.read() if payload is not None else sample_payload(spec.handler.id)
     signed: dict[str, str] = {}
     if spec.verify is not None:
-        kind = spec.verify["type"]
+        kind = spec.verify.type
         sign = getattr(plugins.registries.verifiers[kind], "sign", None)
         if sign is None:
             click.echo(f"Error: send-test cannot sign for verifier {kind!r}", err=True)
             sys.exit(2)
-        signed = sign(body, spec.verify, int(time.time()))
+        signed = sign(body, spec.verify.options, int(time.time()))
     target = url or default_url(settings, spec)
     request = urllib.request.Request(target, data=body, method="POST")
     request.add_header("Content-Type", "application/json")

@@ -57,9 +57,9 @@ def with_store(
 
     async def run() -> T:
         store = open_store(
-            settings.storage_url,
-            settings.synchronous,
-            schema=settings.storage_schema,
+            settings.storage.url,
+            settings.storage.synchronous,
+            schema=settings.storage.schema,
             pool_size=2,
             migrate=migrate,
         )

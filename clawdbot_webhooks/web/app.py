@@ -53,11 +53,11 @@ def _too_many(seconds: float, message: str) -> Rejected:
 def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, ip: str) -> str:
     """Authenticate; returns the sender's delivery id when the scheme carries one.
 
-    ``spec.verify`` holds the verifier's loaded options; the config puts the shared secret
-    there when a handler has no ``verify`` of its own."""
+    ``spec.verify`` names the verifier and holds its loaded options; the config puts the
+    shared secret there when a handler has no ``verify`` of its own."""
     if spec.verify is None:
         return ""
-    name, options = spec.verify["type"], spec.verify
+    name, options = spec.verify.type, spec.verify.options
     signed = SignedRequest(
         method=request.method,
         path=request.path,
@@ -99,10 +99,8 @@ async def receive(request: web.Request) -> web.StreamResponse:
 def _admit(rt: Runtime, request: web.Request) -> str:
     """The client's address, once it may send at all (403) and is within its rate (429)."""
     incoming = rt.settings.incoming
-    ip = client_ip(
-        request.remote, request.headers.get("X-Forwarded-For"), incoming["trustedProxies"]
-    )
-    if not ip_allowed(ip, incoming["allowedIPs"]):
+    ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), incoming.trusted_proxies)
+    if not ip_allowed(ip, incoming.allowed_ips):
         raise Rejected(403, f"client address {ip} is not allowed")
     wait = request.app[LIMITS].client(ip)
     if wait:
@@ -119,14 +117,14 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
     wait = limits.auth_blocked(ip)
     if wait:
         raise _too_many(wait, "too many failed authentication attempts from this address")
-    body = await read_body(request, incoming["maxBodyBytes"], incoming["readTimeout"])
+    body = await read_body(request, incoming.max_body_bytes, incoming.read_timeout)
     try:
         sender_id = _verify(rt, spec, request, body, ip)
     except Rejected:
         limits.auth_failed(ip)
         raise
     raw_type = request.headers.get("Content-Type", "")
-    payload = parse_content(body, raw_type, max_depth=incoming["maxJsonDepth"])
+    payload = parse_content(body, raw_type, max_depth=incoming.max_json_depth)
     wait = limits.handler(spec.handler.id)
     if wait:
         raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")
@@ -135,7 +133,7 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
     if spec.max_pending is not None and pending >= spec.max_pending:
         raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
     headers = stored_headers(request.headers, spec.credential_headers)
-    window = incoming["dedupWindow"]
+    window = incoming.dedup_window
     dedup = dedup_key(sender_id, headers) if window > 0 else None
     record = IncomingRecord(
         id=new_id("dlv"),
@@ -219,7 +217,7 @@ def make_app(runtime: Runtime) -> web.Application:
     stopped taking requests and finished the ones in flight."""
     incoming = runtime.settings.incoming
     quiet_malformed_requests()
-    app = web.Application(client_max_size=incoming["maxBodyBytes"] + 1)
+    app = web.Application(client_max_size=incoming.max_body_bytes + 1)
     app[RUNTIME] = runtime
     app[LIMITS] = Limits(
         incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers)
@@ -235,16 +233,16 @@ def make_app(runtime: Runtime) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(stop_accepting)
-    base = incoming["basePath"].rstrip("/")
+    base = incoming.base_path.rstrip("/")
     app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    if runtime.settings.admin["enabled"]:
+    if runtime.settings.admin.enabled:
         from clawdbot_webhooks.web.admin import setup_admin
 
         setup_admin(app, runtime)
-    if incoming.get("eventIngress"):
+    if incoming.event_ingress is not None:
         from clawdbot_webhooks.web.event_ingress import ingest
 
         app.router.add_post("/events/ingest", json_errors(ingest))
@@ -286,7 +284,7 @@ def serve(
         host=host,
         port=port,
         access_log=None,
-        shutdown_timeout=runtime.settings.incoming["shutdownTimeout"],
+        shutdown_timeout=runtime.settings.incoming.shutdown_timeout,
         print=lambda text: log.info("%s", text.strip()),
         handle_signals=True,
         loop=loop,

@@ -132,8 +132,8 @@ async def ingest(request: web.Request) -> web.Response:
     from clawdbot_webhooks.web.app import RUNTIME
 
     rt = request.app[RUNTIME]
-    settings = rt.settings.incoming.get("eventIngress") or {}
-    token = settings.get("token")
+    ingress = rt.settings.incoming.event_ingress
+    token = ingress.token if ingress is not None else None
     if not token:
         return error(404, "event ingress is not configured")
     if not authorized(request.headers.get("Authorization"), token):

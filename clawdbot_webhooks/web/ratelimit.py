@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
+
+from clawdbot_webhooks.config import IncomingSettings, RateLimit
 
 #: How many client addresses are remembered at most, per table.
 MAX_ADDRESSES = 65_536
@@ -44,18 +45,16 @@ class TokenBucket:
         return (1 - self.tokens) / self.rate
 
     @classmethod
-    def from_config(cls, limit: Mapping[str, Any], now: float) -> TokenBucket:
-        """From ``{requests, per, burst}``: ``requests`` per ``per`` seconds, bursts of
-        ``burst`` (default: ``requests``)."""
-        rate = limit["requests"] / limit.get("per", 1.0)
-        return cls(rate, float(limit.get("burst") or limit["requests"]), now)
+    def from_config(cls, limit: RateLimit, now: float) -> TokenBucket:
+        """``requests`` per ``per`` seconds, bursts of ``burst`` (default: ``requests``)."""
+        return cls(limit.requests / limit.per, float(limit.burst or limit.requests), now)
 
 
 class BucketsByKey:
     """One token bucket per key (a client address), least recently used forgotten first."""
 
-    def __init__(self, limit: Mapping[str, Any], max_keys: int = MAX_ADDRESSES) -> None:
-        self.limit = dict(limit)
+    def __init__(self, limit: RateLimit, max_keys: int = MAX_ADDRESSES) -> None:
+        self.limit = limit
         self.max_keys = max_keys
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
@@ -113,15 +112,15 @@ class Limits:
 
     def __init__(
         self,
-        incoming: Mapping[str, Any],
-        handler_limits: Iterable[tuple[str, Mapping[str, Any] | None]],
+        incoming: IncomingSettings,
+        handler_limits: Iterable[tuple[str, RateLimit | None]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
-        per_ip = incoming.get("rateLimitPerIP")
+        per_ip = incoming.rate_limit_per_ip
         self.per_ip = BucketsByKey(per_ip) if per_ip else None
-        failures = incoming.get("authFailures")
-        self.auth = FailureThrottle(failures["max"], failures["window"]) if failures else None
+        failures = incoming.auth_failures
+        self.auth = FailureThrottle(failures.max, failures.window) if failures else None
         now = clock()
         self.handlers = {
             hook: TokenBucket.from_config(limit, now) for hook, limit in handler_limits if limit

@@ -20,9 +20,6 @@ from aiohttp import web
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Request headers never stored with a delivery: they carry credentials.
-CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
-
 
 class Rejected(Exception):
     """A request refused with a status code and a message for the JSON error body."""

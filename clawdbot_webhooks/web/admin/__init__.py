@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
@@ -81,7 +80,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application, runtime: Runtime) -> None:
-    token = runtime.settings.admin["token"]
+    token = runtime.settings.admin.token
     assert token, "the config requires admin.token when admin is enabled"
     app[AUTH] = AdminAuth(token)
     app[REDACTOR] = Redactor(collect_secrets(runtime.settings))
@@ -95,16 +94,16 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
 
 def setup_admin(app: web.Application, runtime: Runtime) -> None:
     """Mount the admin routes on ``app``, or start them on a listener of their own."""
-    admin: dict[str, Any] = runtime.settings.admin
+    admin = runtime.settings.admin
     incoming = runtime.settings.incoming
-    port = admin["port"]
-    if port is None or (port == incoming["port"] and admin["host"] == incoming["host"]):
+    port = admin.port
+    if port is None or (port == incoming.port and admin.host == incoming.host):
         add_routes(app, runtime)
         return
     admin_app = web.Application()
     add_routes(admin_app, runtime)
     add_no_route(admin_app)
-    listener = app[ADMIN_LISTENER] = AdminListener(admin["host"], port)
+    listener = app[ADMIN_LISTENER] = AdminListener(admin.host, port)
 
     async def run(app: web.Application) -> AsyncIterator[None]:
         runner = web.AppRunner(admin_app, access_log=None)

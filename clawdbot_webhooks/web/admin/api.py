@@ -371,7 +371,7 @@ async def purge_dead_one(request: web.Request) -> web.Response:
 
 async def list_handlers(request: web.Request) -> web.Response:
     rt = runtime_of(request)
-    base = rt.settings.incoming["basePath"].rstrip("/")
+    base = rt.settings.incoming.base_path.rstrip("/")
     items = [
         {
             "id": h.handler.id,
@@ -381,7 +381,7 @@ async def list_handlers(request: web.Request) -> web.Response:
             "mode": h.handler.mode,
             "session_mode": h.handler.session_mode,
             # The scheme only: the options hold secrets.
-            "verify": None if h.verify is None else h.verify["type"],
+            "verify": None if h.verify is None else h.verify.type,
         }
         for h in rt.settings.handlers
     ]

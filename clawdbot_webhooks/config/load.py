@@ -1,0 +1,107 @@
+"""Finding the config file, reading its ``webhooks`` object (JSON5, ``${VAR}``), and loading
+the plugins it selects before building the settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import json5
+
+from clawdbot_webhooks.config.build import build_settings
+from clawdbot_webhooks.config.errors import ConfigError
+from clawdbot_webhooks.config.model import Settings
+from clawdbot_webhooks.plugins import PluginSelection, PluginSet, load_plugins
+
+CONFIG_ENV = "CLAWDBOT_WEBHOOKS_CONFIG"
+DEFAULT_PATHS = ("~/.clawdbot/clawdbot.json", "~/.openclaw/openclaw.json")
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """The config file: ``--config``, then ``$CLAWDBOT_WEBHOOKS_CONFIG``, then the defaults."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env).expanduser()
+    for candidate in DEFAULT_PATHS:
+        path = Path(candidate).expanduser()
+        if path.exists():
+            return path
+    return None
+
+
+def read_raw(path: Path | None) -> dict[str, Any]:
+    """The ``webhooks`` object of a JSON5 file, with ``${VAR}`` substituted."""
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file {path}: {exc.strerror}"]) from exc
+    try:
+        # Plain JSON is valid JSON5 and the C parser reads it a hundred times faster than
+        # the json5 library, which matters for generated configs with thousands of handlers.
+        document = json.loads(text)
+    except ValueError:
+        try:
+            document = json5.loads(text)
+        except ValueError as exc:
+            raise ConfigError([f"{path}: not valid JSON5: {exc}"]) from exc
+    if not isinstance(document, dict):
+        raise ConfigError([f"{path}: the top level must be an object"])
+    section = document.get("webhooks")
+    if section is None:
+        raise ConfigError(["webhooks: missing (only the 'webhooks' key of the file is read)"])
+    if not isinstance(section, dict):
+        raise ConfigError(["webhooks: must be an object"])
+    errors: list[str] = []
+    substituted: dict[str, Any] = _substitute(section, "webhooks", errors)
+    if errors:
+        raise ConfigError(errors)
+    return substituted
+
+
+def _substitute(value: Any, path: str, errors: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name = match.group(1)
+            if name not in os.environ:
+                errors.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return os.environ[name]
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{path}.{k}", errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    return value
+
+
+def plugin_selection(raw: Mapping[str, Any]) -> PluginSelection:
+    """Read just the plugin switches, before the plugins the rest of the config needs load."""
+    section = raw.get("plugins") or {}
+    disabled = section.get("disabled") or [] if isinstance(section, dict) else []
+    enabled = section.get("enabled") if isinstance(section, dict) else None
+    return PluginSelection.from_config(
+        [str(n) for n in disabled] if isinstance(disabled, list) else [],
+        [str(n) for n in enabled] if isinstance(enabled, list) else None,
+    )
+
+
+def load_settings(config: str | None, plugins_for: Any = None) -> tuple[Settings, PluginSet]:
+    """Find, read and validate the config, loading the plugins it selects."""
+    path = find_config(config)
+    raw = read_raw(path)
+    extra = plugins_for or ()
+    plugin_set = load_plugins(plugin_selection(raw), extra)
+    return build_settings(raw, plugin_set, str(path) if path else None), plugin_set
