@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.outgoing.outbox import outbox_id
 from clawdbot_webhooks.store import IncomingRecord, OutgoingOutcome, open_store
-from clawdbot_webhooks.store.postgres import MIGRATIONS
+from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
 from tests.conftest import POSTGRES_URL, outgoing_record, with_storage, write_config
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from clawdbot_webhooks.store import Store
+from clawdbot_webhooks.store.protocol import Store
 
 log = logging.getLogger(__name__)
 

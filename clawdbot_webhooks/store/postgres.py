@@ -28,40 +28,45 @@ import asyncio
 import functools
 import hashlib
 import itertools
-import json
 import logging
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
 from clawdbot_webhooks import jsontext
-from clawdbot_webhooks.store import (
-    _KIND_COLUMNS,
+from clawdbot_webhooks.store.postgres_batches import Batches
+from clawdbot_webhooks.store.postgres_schema import MIGRATIONS, migrate
+from clawdbot_webhooks.store.protocol import StoreUnavailable, redact_url
+from clawdbot_webhooks.store.queries import EndpointStats, delivery_listing
+from clawdbot_webhooks.store.records import (
     Attempt,
     DeadLetter,
     DeliveryQuery,
     DeliverySummary,
-    EndpointStats,
     IncomingRecord,
-    Migration,
     OutgoingOutcome,
     OutgoingRecord,
-    SchemaStatus,
-    StoreUnavailable,
-    _attempt_params,
-    _finish_params,
-    delivery_listing,
-    redact_url,
 )
+from clawdbot_webhooks.store.rows import (
+    FINISH_OUTGOING,
+    INBOX_COLUMNS,
+    KIND_COLUMNS,
+    OUTBOX_COLUMNS,
+    RECORD_ATTEMPT,
+    attempt_params,
+    finish_params,
+    incoming_record,
+    outcome_params,
+    outgoing_record,
+)
+from clawdbot_webhooks.store.schema import SchemaStatus
 
 log = logging.getLogger(__name__)
 
-#: The most calls one batch of ``_Batches`` takes; the rest go in the next.
-BATCH_MOST = 512
 _INBOX_INSERT = (
     "INSERT INTO inbox (id, hook_id, received_at, content_type, body, headers, query, "
     "client_ip, session, status, attempts, next_attempt_at, last_error, dedup_key, "
@@ -95,95 +100,12 @@ _ADD_OUTGOING_MANY = (
     "ORDER BY t.n "  # ids (seq) in the order the rows were handed over: lanes keep their order
     "ON CONFLICT (id) DO NOTHING RETURNING id, lease_until > 0"
 )
-#: A line of a delivery's history, numbered after its last one (numbers go on across replays).
-_RECORD_ATTEMPT = (
-    "INSERT INTO attempts SELECT $1, COALESCE(MAX(number), 0) + 1, $2, $3, $4, $5, $6 "
-    "FROM attempts WHERE delivery_id=$7"
-)
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, next_attempt_at=$5, "
     "lease_until=0, lease_owner=NULL, finished_at=$6 WHERE id=$7"
 )
 
 T = TypeVar("T")
-A = TypeVar("A")
-R = TypeVar("R")
-
-#: The PostgreSQL schema's history; a new version appends a migration, never edits an old one.
-MIGRATIONS = [
-    Migration(
-        1,
-        "inbox, outbox, attempts",
-        """
-CREATE TABLE inbox (
-    id TEXT PRIMARY KEY,
-    hook_id TEXT NOT NULL,
-    received_at DOUBLE PRECISION NOT NULL,
-    content_type TEXT NOT NULL,
-    body BYTEA NOT NULL,
-    headers TEXT NOT NULL,
-    query TEXT NOT NULL,
-    client_ip TEXT NOT NULL,
-    session TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
-    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    last_error TEXT,
-    result TEXT,
-    finished_at DOUBLE PRECISION,
-    dedup_key TEXT
-);
-CREATE INDEX inbox_pending ON inbox (received_at) WHERE status = 'pending';
-CREATE INDEX inbox_status ON inbox (status, finished_at);
-CREATE UNIQUE INDEX inbox_dedup ON inbox (hook_id, dedup_key) WHERE dedup_key IS NOT NULL;
-CREATE INDEX inbox_received ON inbox (received_at);
-CREATE TABLE outbox (
-    seq BIGSERIAL PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    event_id TEXT NOT NULL,
-    subscription_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    session TEXT,
-    payload BYTEA NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
-    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    last_error TEXT,
-    finished_at DOUBLE PRECISION
-);
-CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending';
-CREATE INDEX outbox_pending_lane ON outbox (subscription_id, session, seq)
-    WHERE status = 'pending';
-CREATE INDEX outbox_status ON outbox (status, finished_at);
-CREATE INDEX outbox_created ON outbox (created_at);
-CREATE TABLE attempts (
-    delivery_id TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    at DOUBLE PRECISION NOT NULL,
-    status INTEGER,
-    latency_ms DOUBLE PRECISION NOT NULL,
-    response TEXT,
-    error TEXT,
-    PRIMARY KEY (delivery_id, number)
-);
-CREATE INDEX attempts_at ON attempts (at);
-""",
-    ),
-]
-
-_INBOX_COLUMNS = (
-    "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
-    "status, attempts, next_attempt_at, last_error, result, dedup_key"
-)
-_OUTBOX_COLUMNS = (
-    "id, event_id, subscription_id, event_type, session, payload, created_at, status, "
-    "attempts, next_attempt_at, last_error, seq"
-)
 
 #: What "the database is not there" looks like from asyncpg: these become StoreUnavailable.
 _DOWN: tuple[type[BaseException], ...] = (
@@ -215,41 +137,9 @@ def _numbered(sql: str) -> str:
     return re.sub(r"\?", number, sql)
 
 
-def _incoming(row: asyncpg.Record) -> IncomingRecord:
-    return IncomingRecord(
-        row["id"],
-        row["hook_id"],
-        row["received_at"],
-        row["content_type"],
-        bytes(row["body"]),
-        json.loads(row["headers"]),
-        json.loads(row["query"]),
-        row["client_ip"],
-        row["session"],
-        row["status"],
-        row["attempts"],
-        row["next_attempt_at"],
-        row["last_error"],
-        None if row["result"] is None else json.loads(row["result"]),
-        row["dedup_key"],
-    )
-
-
-def _outgoing(row: asyncpg.Record) -> OutgoingRecord:
-    return OutgoingRecord(
-        row["id"],
-        row["event_id"],
-        row["subscription_id"],
-        row["event_type"],
-        row["session"],
-        bytes(row["payload"]),
-        row["created_at"],
-        row["status"],
-        row["attempts"],
-        row["next_attempt_at"],
-        row["last_error"],
-        row["seq"],
-    )
+#: The statements the shared ``?`` forms number for asyncpg.
+_RECORD_ATTEMPT = _numbered(RECORD_ATTEMPT)
+_FINISH_OUTGOING = _numbered(FINISH_OUTGOING)
 
 
 class PostgresStore:
@@ -278,11 +168,11 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         #: Outcomes nobody waits for (``record_outcome``): one round trip and one commit for
         #: all that finished meanwhile, and no pool connection taken from the inserts for each.
-        self._outcomes = _Batches(self._run, _finish_many)
-        self._inserts = _Batches(
+        self._outcomes = Batches(self._run, _finish_many)
+        self._inserts = Batches(
             functools.partial(self._run, transaction=False), self._insert_incoming
         )
-        self._adds = _Batches(self._run, self._insert_outgoing)
+        self._adds = Batches(self._run, self._insert_outgoing)
         scope = schema or "public"
         self._outbox_lock = _lock_key(f"clawdbot_webhooks.outbox.{scope}")
         self._migrate_lock = _lock_key(f"clawdbot_webhooks.migrate.{scope}")
@@ -354,30 +244,7 @@ class PostgresStore:
     # -- schema
 
     async def _upgrade(self) -> None:
-        async def op(conn: asyncpg.Connection) -> None:
-            # Session-level: processes starting together wait here and find the work done.
-            await conn.execute("SELECT pg_advisory_lock($1)", self._migrate_lock)
-            try:
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                    "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-                )
-                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-                for m in MIGRATIONS:
-                    if m.version in done:
-                        continue
-                    async with conn.transaction():
-                        await conn.execute(m.sql)
-                        await conn.execute(
-                            "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
-                            m.version,
-                            m.name,
-                            time.time(),
-                        )
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", self._migrate_lock)
-
-        await self._run(op, transaction=False)
+        await self._run(functools.partial(migrate, lock=self._migrate_lock), transaction=False)
 
     async def schema_status(self) -> SchemaStatus:
         async def op(conn: asyncpg.Connection) -> SchemaStatus:
@@ -504,13 +371,13 @@ class PostgresStore:
                 f"UPDATE inbox SET lease_until=$2, lease_owner=$3 WHERE id IN ("
                 "SELECT id FROM inbox WHERE status='pending' AND next_attempt_at<=$1 "
                 "AND lease_until<=$1 ORDER BY received_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
-                f"RETURNING {_INBOX_COLUMNS}",
+                f"RETURNING {INBOX_COLUMNS}",
                 now,
                 now + lease,
                 self.owner,
                 limit,
             )
-            return sorted((_incoming(r) for r in rows), key=lambda r: r.received_at)
+            return sorted((incoming_record(r) for r in rows), key=lambda r: r.received_at)
 
         return await self._run(op)
 
@@ -540,28 +407,26 @@ class PostgresStore:
         retry_at: float | None = None,
         failed: Attempt | None = None,
     ) -> None:
-        params = _finish_params(delivery_id, status, attempts, result, error, retry_at)
+        params = finish_params(delivery_id, status, attempts, result, error, retry_at)
 
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(_FINISH_INCOMING, *params)
             if failed is not None:
-                await conn.execute(_RECORD_ATTEMPT, *_attempt_params(failed))
+                await conn.execute(_RECORD_ATTEMPT, *attempt_params(failed))
 
         await self._run(op, transaction=failed is not None)
 
     def record_outcome(
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None
     ) -> None:
-        params = _finish_params(delivery_id, status, attempts, result, None, None)
+        params = finish_params(delivery_id, status, attempts, result, None, None)
         written = self._outcomes.submit(params)
         written.add_done_callback(functools.partial(_report_unwritten, delivery_id))
 
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
         async def op(conn: asyncpg.Connection) -> IncomingRecord | None:
-            row = await conn.fetchrow(
-                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE id=$1", delivery_id
-            )
-            return None if row is None else _incoming(row)
+            row = await conn.fetchrow(f"SELECT {INBOX_COLUMNS} FROM inbox WHERE id=$1", delivery_id)
+            return None if row is None else incoming_record(row)
 
         return await self._run(op, transaction=False)
 
@@ -661,39 +526,23 @@ class PostgresStore:
                 "AND p.subscription_id=o.subscription_id AND p.session=o.session "
                 "AND p.seq<o.seq AND (p.next_attempt_at>$1 OR p.lease_until>$1)) "
                 "ORDER BY o.seq LIMIT $5 FOR UPDATE SKIP LOCKED) "
-                f"RETURNING {_OUTBOX_COLUMNS}",
+                f"RETURNING {OUTBOX_COLUMNS}",
                 now,
                 now + lease,
                 self.owner,
                 list(exclude),
                 limit,
             )
-            return sorted((_outgoing(r) for r in rows), key=lambda r: r.seq)
+            return sorted((outgoing_record(r) for r in rows), key=lambda r: r.seq)
 
         return await self._run(op)
 
     async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> None:
         async def op(conn: asyncpg.Connection) -> None:
-            now = time.time()
-            await conn.executemany(
-                "UPDATE outbox SET status=$1, attempts=$2, last_error=$3, next_attempt_at=$4, "
-                "lease_until=$5, finished_at=$6 WHERE id=$7",
-                [
-                    (
-                        o.status,
-                        o.attempts,
-                        o.error,
-                        o.retry_at or 0.0,
-                        o.hold_until,
-                        None if o.status == "pending" else now,
-                        o.delivery_id,
-                    )
-                    for o in outcomes
-                ],
-            )
+            await conn.executemany(_FINISH_OUTGOING, outcome_params(outcomes))
             attempts = [o.attempt for o in outcomes if o.attempt is not None]
             if attempts:
-                await conn.executemany(_RECORD_ATTEMPT, [_attempt_params(a) for a in attempts])
+                await conn.executemany(_RECORD_ATTEMPT, [attempt_params(a) for a in attempts])
 
         await self._run(op)
 
@@ -715,14 +564,14 @@ class PostgresStore:
                 f"UPDATE outbox SET lease_until=$2, lease_owner=$3 WHERE id IN ("
                 "SELECT id FROM outbox WHERE id = ANY($4::text[]) AND status='pending' "
                 "AND lease_until<=$1 FOR UPDATE SKIP LOCKED) "
-                f"RETURNING {_OUTBOX_COLUMNS}",
+                f"RETURNING {OUTBOX_COLUMNS}",
                 now,
                 now + lease,
                 self.owner,
                 list(ids),
             )
             order = {i: n for n, i in enumerate(ids)}
-            return sorted((_outgoing(r) for r in rows), key=lambda r: order[r.id])
+            return sorted((outgoing_record(r) for r in rows), key=lambda r: order[r.id])
 
         return await self._run(op)
 
@@ -732,9 +581,9 @@ class PostgresStore:
     async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
         async def op(conn: asyncpg.Connection) -> OutgoingRecord | None:
             row = await conn.fetchrow(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id=$1", delivery_id
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id=$1", delivery_id
             )
-            return None if row is None else _outgoing(row)
+            return None if row is None else outgoing_record(row)
 
         return await self._run(op, transaction=False)
 
@@ -910,7 +759,7 @@ class PostgresStore:
     async def delivery_stats(self, since: float) -> list[dict[str, Any]]:
         async def op(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             stats = EndpointStats()
-            for kind, (table, target, created) in _KIND_COLUMNS.items():
+            for kind, (table, target, created) in KIND_COLUMNS.items():
                 stats.statuses(
                     kind,
                     await conn.fetch(
@@ -951,7 +800,7 @@ class PostgresStore:
     async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]:
         async def op(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
-            for kind, (table, _, _) in _KIND_COLUMNS.items():
+            for kind, (table, _, _) in KIND_COLUMNS.items():
                 for slot, status, n in await conn.fetch(
                     f"SELECT floor(finished_at / $1)::bigint, status, COUNT(*) FROM {table} "
                     "WHERE finished_at>=$2 GROUP BY 1, 2",
@@ -964,7 +813,7 @@ class PostgresStore:
         return await self._run(op, transaction=False)
 
     async def requeue(self, delivery_id: str, kind: str) -> bool:
-        table = _KIND_COLUMNS[kind][0]
+        table = KIND_COLUMNS[kind][0]
 
         async def op(conn: asyncpg.Connection) -> bool:
             status = await conn.execute(
@@ -976,86 +825,6 @@ class PostgresStore:
             return _rowcount(status) > 0
 
         return await self._run(op)
-
-
-class _Batches(Generic[A, R]):
-    """Calls made while a transaction of earlier ones is on its way wait and share the next
-    transaction: one commit for all of them, not one each. ``write`` gets their arguments and
-    returns one result each, in order, as separate transactions in that order would have.
-    When the database refuses a batch, each call is tried again alone, so only the one it
-    refused fails; when the database cannot be reached, all of them fail at once."""
-
-    def __init__(
-        self,
-        run: Callable[[Callable[[asyncpg.Connection], Awaitable[list[R]]]], Awaitable[list[R]]],
-        write: Callable[[Sequence[A], asyncpg.Connection], Awaitable[list[R]]],
-    ) -> None:
-        self._run = run
-        self._write = write
-        self._queue: list[tuple[A, asyncio.Future[R]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def __call__(self, arg: A) -> R:
-        return await self.submit(arg)
-
-    def submit(self, arg: A) -> asyncio.Future[R]:
-        """Queue ``arg``; the future is settled once its batch is written."""
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[R] = loop.create_future()
-        self._queue.append((arg, result))
-        if self._writer is None or self._writer.done():  # done: cancelled before it began
-            # Starts on the loop's next turn, by when this turn's calls are all queued.
-            self._writer = loop.create_task(self._drain())
-        return result
-
-    async def written(self) -> None:
-        """Wait until everything queued so far is written (or has failed)."""
-        if self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
-
-    async def _drain(self) -> None:
-        batch: list[tuple[A, asyncio.Future[R]]] = []
-        try:
-            while self._queue:
-                # A caller cancelled while it waited wants nothing written: a row leased to
-                # this process that nobody sends would let later rows of its lane overtake it.
-                waiting = [call for call in self._queue if not call[1].done()]
-                batch, self._queue = waiting[:BATCH_MOST], waiting[BATCH_MOST:]
-                if not batch:
-                    continue
-                try:
-                    results = await self._run(
-                        functools.partial(self._write, [arg for arg, _ in batch])
-                    )
-                except StoreUnavailable as exc:
-                    for _, future in batch:
-                        _settle(future, exc)
-                except Exception:
-                    for arg, future in batch:
-                        try:
-                            [one] = await self._run(functools.partial(self._write, [arg]))
-                        except Exception as exc:
-                            _settle(future, exc)
-                        else:
-                            _settle(future, one)
-                else:
-                    for (_, future), one in zip(batch, results, strict=True):
-                        _settle(future, one)
-        finally:
-            # Here, not in a done callback: a caller woken by the last batch may call again
-            # before such a callback ran, and its call would wait for a writer that is gone.
-            self._writer = None
-            for _, future in batch:  # cancelled midway (the loop is closing)
-                future.cancel()
-
-
-def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
-    if future.done():  # its caller was cancelled
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
 
 
 async def _finish_many(batch: Sequence[tuple[Any, ...]], conn: asyncpg.Connection) -> list[None]:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
+from clawdbot_webhooks.store.protocol import StoreUnavailable
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,6 @@ class Unwatched(NamedTuple):
     names what it was, for the log line should it fail."""
 
     what: str
-
-
-class StoreUnavailable(Exception):
-    """The store cannot take writes (closed, shutting down, or the database is gone)."""
 
 
 class SQLiteWriter:

@@ -1,0 +1,104 @@
+"""The PostgreSQL schema and its migrations."""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+
+from clawdbot_webhooks.store.schema import Migration
+
+#: The PostgreSQL schema's history; a new version appends a migration, never edits an old one.
+MIGRATIONS = [
+    Migration(
+        1,
+        "inbox, outbox, attempts",
+        """
+CREATE TABLE inbox (
+    id TEXT PRIMARY KEY,
+    hook_id TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
+    content_type TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    headers TEXT NOT NULL,
+    query TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    session TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    last_error TEXT,
+    result TEXT,
+    finished_at DOUBLE PRECISION,
+    dedup_key TEXT
+);
+CREATE INDEX inbox_pending ON inbox (received_at) WHERE status = 'pending';
+CREATE INDEX inbox_status ON inbox (status, finished_at);
+CREATE UNIQUE INDEX inbox_dedup ON inbox (hook_id, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE INDEX inbox_received ON inbox (received_at);
+CREATE TABLE outbox (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    session TEXT,
+    payload BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    last_error TEXT,
+    finished_at DOUBLE PRECISION
+);
+CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending';
+CREATE INDEX outbox_pending_lane ON outbox (subscription_id, session, seq)
+    WHERE status = 'pending';
+CREATE INDEX outbox_status ON outbox (status, finished_at);
+CREATE INDEX outbox_created ON outbox (created_at);
+CREATE TABLE attempts (
+    delivery_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    status INTEGER,
+    latency_ms DOUBLE PRECISION NOT NULL,
+    response TEXT,
+    error TEXT,
+    PRIMARY KEY (delivery_id, number)
+);
+CREATE INDEX attempts_at ON attempts (at);
+""",
+    ),
+]
+
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+    "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+)
+
+
+async def migrate(conn: asyncpg.Connection, lock: int) -> None:
+    """Apply the migrations this database lacks, each in a transaction of its own, under the
+    session-level advisory lock ``lock``: processes starting together wait here and find the
+    work done."""
+    await conn.execute("SELECT pg_advisory_lock($1)", lock)
+    try:
+        await conn.execute(MIGRATIONS_TABLE)
+        done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for m in MIGRATIONS:
+            if m.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                    m.version,
+                    m.name,
+                    time.time(),
+                )
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", lock)

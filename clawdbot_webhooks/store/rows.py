@@ -1,0 +1,139 @@
+"""The tables' columns as both backends read and write them: the column lists, a row turned
+into its record, and the parameters of the writes both backends make the same way. SQL here
+uses ``?`` placeholders; PostgreSQL numbers them (``postgres.numbered``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from clawdbot_webhooks.store.records import Attempt, IncomingRecord, OutgoingOutcome, OutgoingRecord
+
+#: Per direction: its table, its target column, its creation-time column.
+KIND_COLUMNS = {
+    "incoming": ("inbox", "hook_id", "received_at"),
+    "outgoing": ("outbox", "subscription_id", "created_at"),
+}
+
+#: An inbox row in the order of ``incoming_record``.
+INBOX_COLUMNS = (
+    "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
+    "status, attempts, next_attempt_at, last_error, result, dedup_key"
+)
+#: An outbox row in the order of ``outgoing_record``.
+OUTBOX_COLUMNS = (
+    "id, event_id, subscription_id, event_type, session, payload, created_at, status, "
+    "attempts, next_attempt_at, last_error, seq"
+)
+
+#: A line of a delivery's history, numbered after its last one (numbers go on across replays).
+RECORD_ATTEMPT = (
+    "INSERT INTO attempts SELECT ?, COALESCE(MAX(number), 0) + 1, ?, ?, ?, ?, ? "
+    "FROM attempts WHERE delivery_id=?"
+)
+#: An outgoing attempt's outcome, with ``outcome_params``.
+FINISH_OUTGOING = (
+    "UPDATE outbox SET status=?, attempts=?, last_error=?, next_attempt_at=?, "
+    "lease_until=?, finished_at=? WHERE id=?"
+)
+
+
+def finish_params(
+    delivery_id: str,
+    status: str,
+    attempts: int,
+    result: Any,
+    error: str | None,
+    retry_at: float | None,
+) -> tuple[Any, ...]:
+    """The parameters of an incoming delivery's outcome (its UPDATE, in either backend)."""
+    return (
+        status,
+        attempts,
+        None if result is None else json.dumps(result, default=str),
+        error,
+        retry_at or 0.0,
+        None if status == "pending" else time.time(),
+        delivery_id,
+    )
+
+
+def attempt_params(a: Attempt) -> tuple[Any, ...]:
+    """The parameters of ``RECORD_ATTEMPT``."""
+    return (a.delivery_id, a.at, a.status, a.latency_ms, a.response, a.error, a.delivery_id)
+
+
+def outcome_params(outcomes: Sequence[OutgoingOutcome]) -> list[tuple[Any, ...]]:
+    """The parameters of ``FINISH_OUTGOING``, one tuple per outcome."""
+    now = time.time()
+    return [
+        (
+            o.status,
+            o.attempts,
+            o.error,
+            o.retry_at or 0.0,
+            o.hold_until,
+            None if o.status == "pending" else now,
+            o.delivery_id,
+        )
+        for o in outcomes
+    ]
+
+
+def incoming_record(row: Sequence[Any]) -> IncomingRecord:
+    """An inbox row (``INBOX_COLUMNS``) as its record."""
+    (
+        id_,
+        hook,
+        received,
+        ctype,
+        body,
+        headers,
+        query,
+        ip,
+        session,
+        status,
+        attempts,
+        due,
+        error,
+        result,
+        dedup,
+    ) = row
+    return IncomingRecord(
+        id_,
+        hook,
+        received,
+        ctype,
+        bytes(body),
+        json.loads(headers),
+        json.loads(query),
+        ip,
+        session,
+        status,
+        attempts,
+        due,
+        error,
+        None if result is None else json.loads(result),
+        dedup,
+    )
+
+
+def outgoing_record(row: Sequence[Any]) -> OutgoingRecord:
+    """An outbox row (``OUTBOX_COLUMNS``) as its record."""
+    (id_, event_id, sub, etype, session, payload, created, status, attempts, due, error, seq) = row
+    return OutgoingRecord(
+        id_,
+        event_id,
+        sub,
+        etype,
+        session,
+        bytes(payload),
+        created,
+        status,
+        attempts,
+        due,
+        error,
+        seq,
+    )

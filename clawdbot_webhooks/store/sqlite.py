@@ -1,0 +1,638 @@
+"""The store on SQLite: one process owns the file. One connection in one writer thread
+commits whatever requests are queued together in a single transaction (group commit, see
+``sqlite_writer``): a request's future resolves only after its transaction is committed,
+which is what lets the server answer 202 only for deliveries that are on disk."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from clawdbot_webhooks import jsontext
+from clawdbot_webhooks.store.queries import EndpointStats, delivery_listing
+from clawdbot_webhooks.store.records import (
+    Attempt,
+    DeadLetter,
+    DeliveryQuery,
+    DeliverySummary,
+    IncomingRecord,
+    OutgoingOutcome,
+    OutgoingRecord,
+)
+from clawdbot_webhooks.store.rows import (
+    FINISH_OUTGOING,
+    INBOX_COLUMNS,
+    KIND_COLUMNS,
+    OUTBOX_COLUMNS,
+    RECORD_ATTEMPT,
+    attempt_params,
+    finish_params,
+    incoming_record,
+    outcome_params,
+    outgoing_record,
+)
+from clawdbot_webhooks.store.schema import SchemaStatus
+from clawdbot_webhooks.store.sqlite_schema import SQLITE_MIGRATIONS, migrate
+from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, execute_all
+
+#: A new delivery: its row (pending, no attempts yet, leased) and its body.
+#: Bodies up to this size stay in the inbox row: one insert instead of two, and the row
+#: rewritten with each outcome stays small. Larger ones go to ``inbox_bodies`` (migration 2).
+INLINE_BODY_BYTES = 2048
+_INBOX_ROW = (
+    "INSERT INTO inbox (id, hook_id, received_at, content_type, headers, query, client_ip, "
+    "session, dedup_key, lease_until, body, status, attempts, next_attempt_at, last_error, "
+    "result) VALUES (?,?,?,?,?,?,?,?,?,?,?,'pending',0,0,NULL,NULL)"
+)
+#: A new delivery (pending, no attempts yet, leased), its body in the row or apart.
+_ADD_INCOMING = (_INBOX_ROW,)
+_ADD_INCOMING_APART = (_INBOX_ROW, "INSERT INTO inbox_bodies (id, body) VALUES (?, ?)")
+_FINISH_INCOMING = (
+    "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, next_attempt_at=?, "
+    "lease_until=0, finished_at=? WHERE id=?",
+)
+#: A failed attempt's outcome and its line in the delivery's history.
+_FAIL_INCOMING = (*_FINISH_INCOMING, RECORD_ATTEMPT)
+# Bodies up to INLINE_BODY_BYTES (and all of those stored before migration 2) are in
+# inbox.body; larger ones in inbox_bodies.
+_INBOX_COLUMNS = INBOX_COLUMNS.replace(
+    "body,",
+    "COALESCE((SELECT b.body FROM inbox_bodies b WHERE b.id = inbox.id), inbox.body),",
+    1,
+)
+_OUTBOX_COLUMNS_O = ", ".join(f"o.{c.strip()}" for c in OUTBOX_COLUMNS.split(","))
+
+
+class SQLiteStore(SQLiteWriter):
+    """The store on SQLite in WAL mode (see ``SQLiteWriter`` for the group commit)."""
+
+    #: One process owns a SQLite store: at start-up every lease is its own to take back.
+    single_process = True
+
+    def __init__(self, path: Path, synchronous: str = "NORMAL", *, migrate: bool = True) -> None:
+        super().__init__(path, "", synchronous)
+        self.migrate = migrate
+
+    @property
+    def display_url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        if self.migrate:
+            migrate(conn)
+        return conn
+
+    async def schema_status(self) -> SchemaStatus:
+        def op(conn: sqlite3.Connection) -> SchemaStatus:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            applied: list[tuple[int, str, float]] = []
+            if "schema_migrations" in tables:
+                applied = [
+                    (int(v), str(n), float(a))
+                    for v, n, a in conn.execute(
+                        "SELECT version, name, applied_at FROM schema_migrations ORDER BY 1"
+                    )
+                ]
+            done = {v for v, _, _ in applied}
+            pending = [(m.version, m.name) for m in SQLITE_MIGRATIONS if m.version not in done]
+            counts: dict[str, dict[str, int]] = {}
+            for table in ("inbox", "outbox"):
+                if table in tables:
+                    counts[table] = {
+                        str(k): int(n)
+                        for k, n in conn.execute(f"SELECT status, COUNT(*) FROM {table} GROUP BY 1")
+                    }
+            if "attempts" in tables:
+                n = conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
+                counts["attempts"] = {"all": int(n)}
+            return SchemaStatus("sqlite", self.display_url, applied, pending, counts)
+
+        return await self._do(op)
+
+    async def renew_leases(
+        self, incoming: Sequence[str], outgoing: Sequence[str], lease: float
+    ) -> int:
+        """Extend the leases of pending deliveries this process is working on (the
+        heartbeat); a lease held longer already (a retry being waited for) is kept."""
+        inc, out = list(incoming), list(outgoing)
+
+        def op(conn: sqlite3.Connection) -> int:
+            until = time.time() + lease
+            n = 0
+            for table, ids in (("inbox", inc), ("outbox", out)):
+                n += conn.executemany(
+                    f"UPDATE {table} SET lease_until=MAX(lease_until, ?) "
+                    "WHERE id=? AND status='pending'",
+                    [(until, i) for i in ids],
+                ).rowcount
+            return n
+
+        return await self._do(op)
+
+    async def prune_finished(self, before: float, batch: int = 5000) -> int:
+        """Delete deliveries finished before ``before`` (incoming done or dropped and no
+        longer guarding a dedup key, outgoing done) with their attempts; dead letters stay.
+        Returns how many deliveries were deleted."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            n = 0
+            for table, statuses in (("inbox", "('done','dropped')"), ("outbox", "('done')")):
+                keep = " AND dedup_key IS NULL" if table == "inbox" else ""
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM {table} WHERE status IN {statuses} "
+                        f"AND finished_at<?{keep} LIMIT ?",
+                        (before, batch),
+                    )
+                ]
+                gone = [(i,) for i in ids]
+                conn.executemany(f"DELETE FROM {table} WHERE id=?", gone)
+                conn.executemany("DELETE FROM attempts WHERE delivery_id=?", gone)
+                if table == "inbox":
+                    conn.executemany("DELETE FROM inbox_bodies WHERE id=?", gone)
+                n += len(ids)
+            return n
+
+        total = 0
+        while True:  # in batches, so one prune never holds the writer for long
+            n = await self._do(op)
+            total += n
+            if n < batch:
+                return total
+
+    # -- inbox
+
+    def add_incoming(
+        self, record: IncomingRecord, lease: float, dedup_since: float | None = None
+    ) -> Awaitable[bool]:
+        """Store a new delivery, leased to this process. False when its dedup key was seen.
+
+        With ``dedup_since``, a key first seen before that time no longer counts (the dedup
+        window): its old row lets go of the key and the new delivery is stored. This holds
+        whether or not ``prune_dedup`` has run since, so restarts change nothing.
+        """
+
+        inline = len(record.body) <= INLINE_BODY_BYTES
+        row = (
+            record.id,
+            record.hook_id,
+            record.received_at,
+            record.content_type,
+            jsontext.dumps(record.headers),
+            jsontext.dumps(record.query) if record.query else "{}",
+            record.client_ip,
+            record.session,
+            record.dedup_key,
+            time.time() + lease,
+            record.body if inline else b"",
+        )
+        statements = _ADD_INCOMING if inline else _ADD_INCOMING_APART
+        params: tuple[tuple[Any, ...], ...] = (row,) if inline else (row, (record.id, record.body))
+
+        def add_or_dedup(conn: sqlite3.Connection) -> bool:
+            """Alone, after the batch failed: a conflict on the dedup key is looked at."""
+            try:
+                execute_all(conn, statements, params)
+            except sqlite3.IntegrityError:
+                if record.dedup_key is None or dedup_since is None:
+                    raise
+                expired = conn.execute(
+                    "UPDATE inbox SET dedup_key=NULL WHERE hook_id=? AND dedup_key=? "
+                    "AND received_at<?",
+                    (record.hook_id, record.dedup_key, dedup_since),
+                ).rowcount
+                if not expired:
+                    return False
+                execute_all(conn, statements, params)
+            return True
+
+        return self._do(Rows(statements, params, True, add_or_dedup))
+
+    async def prune_dedup(self, before: float) -> int:
+        """Forget the dedup keys of deliveries received before ``before``; returns how many."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute(
+                    "UPDATE inbox SET dedup_key=NULL WHERE dedup_key IS NOT NULL AND received_at<?",
+                    (before,),
+                ).rowcount
+            )
+
+        return await self._do(op)
+
+    async def find_duplicate(self, hook_id: str, dedup_key: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT id FROM inbox WHERE hook_id=? AND dedup_key=?", (hook_id, dedup_key)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._do(op)
+
+    async def claim_incoming(self, limit: int, lease: float) -> list[IncomingRecord]:
+        """Due deliveries whose lease is free, leased to this process, oldest first."""
+
+        def op(conn: sqlite3.Connection) -> list[IncomingRecord]:
+            now = time.time()
+            rows = conn.execute(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE status='pending' "
+                "AND next_attempt_at<=? AND lease_until<=? ORDER BY received_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE inbox SET lease_until=? WHERE id=?", [(now + lease, r[0]) for r in rows]
+            )
+            return [incoming_record(r) for r in rows]
+
+        return await self._do(op)
+
+    async def _next_due(self, table: str) -> float | None:
+        """When the first pending row of ``table`` may be claimed (due and its lease free)."""
+
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                f"SELECT MIN(MAX(next_attempt_at, lease_until)) FROM {table} WHERE status='pending'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._do(op)
+
+    async def next_incoming_due(self) -> float | None:
+        return await self._next_due("inbox")
+
+    def finish_incoming(
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        result: Any = None,
+        error: str | None = None,
+        retry_at: float | None = None,
+        failed: Attempt | None = None,
+    ) -> Awaitable[None]:
+        """Record an action's outcome: done, dead, dropped, or pending again at ``retry_at``;
+        ``failed``, the attempt that failed, goes into the delivery's history with it."""
+
+        params = finish_params(delivery_id, status, attempts, result, error, retry_at)
+        if failed is None:
+            return self._do(Rows(_FINISH_INCOMING, (params,)))
+        return self._do(Rows(_FAIL_INCOMING, (params, attempt_params(failed))))
+
+    def record_outcome(
+        self, delivery_id: str, status: str, *, attempts: int, result: Any = None
+    ) -> None:
+        params = finish_params(delivery_id, status, attempts, result, None, None)
+        self._send(Rows(_FINISH_INCOMING, (params,)), f"the outcome of delivery {delivery_id}")
+
+    async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
+        def op(conn: sqlite3.Connection) -> IncomingRecord | None:
+            row = conn.execute(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE id=?", (delivery_id,)
+            ).fetchone()
+            return None if row is None else incoming_record(row)
+
+        return await self._do(op)
+
+    async def release_leases(self) -> None:
+        """Free every lease. Only right for a store one process owns (SQLite), at start-up."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE inbox SET lease_until=0 WHERE status='pending'")
+            conn.execute("UPDATE outbox SET lease_until=0 WHERE status='pending'")
+
+        await self._do(op)
+
+    async def count_incoming(self, status: str | None = None) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            if status is None:
+                return int(conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
+            return int(
+                conn.execute("SELECT COUNT(*) FROM inbox WHERE status=?", (status,)).fetchone()[0]
+            )
+
+        return await self._do(op)
+
+    # -- outbox
+
+    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> list[str]:
+        """Store deliveries (leased for ``lease`` seconds); returns the ids that were new.
+
+        A row id that exists already is left as it is, so publishing an event again after a
+        crash (same event id, same subscription) never makes a second delivery.
+        """
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            until = time.time() + lease if lease > 0 else 0.0
+            added: list[str] = []
+            for r in records:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO outbox (id, event_id, subscription_id, event_type, "
+                    "session, payload, created_at, status, attempts, next_attempt_at, last_error, "
+                    "lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (*r.values(), until),
+                )
+                if cur.rowcount:
+                    added.append(r.id)
+            return added
+
+        return await self._do(op)
+
+    async def claim_outgoing(
+        self, limit: int, lease: float, exclude: Sequence[str] = ()
+    ) -> list[OutgoingRecord]:
+        """Due deliveries whose lease is free, oldest first, leased to this process.
+
+        A delivery is not claimed while an earlier one of the same subscription and session is
+        still pending and waiting (a retry not yet due, or leased elsewhere): events of one
+        session reach one endpoint in order. ``exclude`` skips subscriptions that already
+        have enough work in hand.
+        """
+
+        def op(conn: sqlite3.Connection) -> list[OutgoingRecord]:
+            now = time.time()
+            skip = ""
+            if exclude:
+                skip = f"AND o.subscription_id NOT IN ({','.join('?' * len(exclude))}) "
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS_O} FROM outbox o WHERE o.status='pending' "
+                f"AND o.next_attempt_at<=? AND o.lease_until<=? {skip}"
+                "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.status='pending' "
+                "AND p.subscription_id=o.subscription_id AND p.session=o.session "
+                "AND p.seq<o.seq AND (p.next_attempt_at>? OR p.lease_until>?)) "
+                "ORDER BY o.seq LIMIT ?",
+                (now, now, *exclude, now, now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET lease_until=? WHERE id=?", [(now + lease, r[0]) for r in rows]
+            )
+            return [outgoing_record(r) for r in rows]
+
+        return await self._do(op)
+
+    async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> None:
+        """Record many attempts' outcomes in one transaction (the dispatcher batches them).
+
+        Attempt numbers continue across replays, so the history of a revived dead letter is
+        kept; ``attempts`` on the row counts the current round only.
+        """
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(FINISH_OUTGOING, outcome_params(outcomes))
+            conn.executemany(
+                RECORD_ATTEMPT,
+                [attempt_params(o.attempt) for o in outcomes if o.attempt is not None],
+            )
+
+        await self._do(op)
+
+    async def release_outgoing(self, ids: Sequence[str]) -> None:
+        """Give up the leases of deliveries this process holds but will not finish."""
+        wanted = list(ids)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE outbox SET lease_until=0 WHERE id=? AND status='pending'",
+                [(i,) for i in wanted],
+            )
+
+        await self._do(op)
+
+    async def claim_outgoing_ids(self, ids: Sequence[str], lease: float) -> list[OutgoingRecord]:
+        """Lease these pending deliveries if nobody holds them (a CLI replay uses it)."""
+        wanted = list(ids)
+
+        def op(conn: sqlite3.Connection) -> list[OutgoingRecord]:
+            now = time.time()
+            claimed: list[OutgoingRecord] = []
+            for delivery_id in wanted:
+                row = conn.execute(
+                    f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id=? AND status='pending' "
+                    "AND lease_until<=?",
+                    (delivery_id, now),
+                ).fetchone()
+                if row is not None:
+                    conn.execute(
+                        "UPDATE outbox SET lease_until=? WHERE id=?", (now + lease, delivery_id)
+                    )
+                    claimed.append(outgoing_record(row))
+            return claimed
+
+        return await self._do(op)
+
+    async def next_outgoing_due(self) -> float | None:
+        return await self._next_due("outbox")
+
+    async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
+        def op(conn: sqlite3.Connection) -> OutgoingRecord | None:
+            row = conn.execute(
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id=?", (delivery_id,)
+            ).fetchone()
+            return None if row is None else outgoing_record(row)
+
+        return await self._do(op)
+
+    async def attempts(self, delivery_id: str) -> list[Attempt]:
+        def op(conn: sqlite3.Connection) -> list[Attempt]:
+            rows = conn.execute(
+                "SELECT delivery_id, number, at, status, latency_ms, response, error "
+                "FROM attempts WHERE delivery_id=? ORDER BY number",
+                (delivery_id,),
+            ).fetchall()
+            return [Attempt(*r) for r in rows]
+
+        return await self._do(op)
+
+    # -- dead letters
+
+    async def dead_letters(self, since: float | None = None) -> list[DeadLetter]:
+        def op(conn: sqlite3.Connection) -> list[DeadLetter]:
+            lower = since or 0.0
+            rows = conn.execute(
+                "SELECT id, 'incoming', hook_id, received_at, attempts, last_error FROM inbox "
+                "WHERE status='dead' AND received_at>=? UNION ALL "
+                "SELECT id, 'outgoing', subscription_id, created_at, attempts, last_error "
+                "FROM outbox WHERE status='dead' AND created_at>=? ORDER BY 4",
+                (lower, lower),
+            ).fetchall()
+            return [DeadLetter(*r) for r in rows]
+
+        return await self._do(op)
+
+    async def revive(self, ids: Iterable[str]) -> list[str]:
+        """Make dead letters pending again (attempts start over); returns the ids revived."""
+        wanted = list(ids)
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            done: list[str] = []
+            for delivery_id in wanted:
+                for table in ("inbox", "outbox"):
+                    cur = conn.execute(
+                        f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
+                        "lease_until=0, finished_at=NULL WHERE id=? AND status='dead'",
+                        (delivery_id,),
+                    )
+                    if cur.rowcount:
+                        done.append(delivery_id)
+            return done
+
+        return await self._do(op)
+
+    async def purge_dead(self, before: float | None = None) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            upper = time.time() + 1 if before is None else before
+            conn.execute(
+                "DELETE FROM inbox_bodies WHERE id IN (SELECT id FROM inbox "
+                "WHERE status='dead' AND received_at<?)",
+                (upper,),
+            )
+            for table, created in (("inbox", "received_at"), ("outbox", "created_at")):
+                conn.execute(
+                    f"DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM {table} "
+                    f"WHERE status='dead' AND {created}<?)",
+                    (upper,),
+                )
+            n = conn.execute(
+                "DELETE FROM inbox WHERE status='dead' AND received_at<?", (upper,)
+            ).rowcount
+            n += conn.execute(
+                "DELETE FROM outbox WHERE status='dead' AND created_at<?", (upper,)
+            ).rowcount
+            return int(n)
+
+        return await self._do(op)
+
+    # -- inspection (admin API, dashboard, metrics, CLI)
+
+    async def queue_counts(self) -> dict[str, int]:
+        """Pending deliveries whose next attempt is due later (retries waiting) and dead
+        letters, of both directions: ``{incoming,outgoing}_{waiting,dead}``."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            now = time.time()
+            counts: dict[str, int] = {}
+            for table, direction in (("inbox", "incoming"), ("outbox", "outgoing")):
+                # One count per status, so that each can use a partial index of its own.
+                waiting, dead = conn.execute(
+                    f"SELECT (SELECT COUNT(*) FROM {table} WHERE status='pending' "
+                    f"AND next_attempt_at>?), (SELECT COUNT(*) FROM {table} WHERE status='dead')",
+                    (now,),
+                ).fetchone()
+                counts[f"{direction}_waiting"] = int(waiting)
+                counts[f"{direction}_dead"] = int(dead)
+            return counts
+
+        return await self._do(op)
+
+    async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
+        """Deliveries of one direction, newest first, without their bodies. ``query.cursor``
+        is ``(created_at, id)`` of the last row of the previous page."""
+        sql, args = delivery_listing(kind, query)
+
+        def op(conn: sqlite3.Connection) -> list[DeliverySummary]:
+            return [DeliverySummary(kind, *row) for row in conn.execute(sql, args).fetchall()]
+
+        return await self._do(op)
+
+    async def delivery_stats(self, since: float) -> list[dict[str, Any]]:
+        """Per target of each direction since ``since``: deliveries by status, and for
+        outgoing ones the attempts, how many succeeded, and the latest failed attempt."""
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            stats = EndpointStats()
+            for kind, (table, target, created) in KIND_COLUMNS.items():
+                stats.statuses(
+                    kind,
+                    conn.execute(
+                        f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=? "
+                        "GROUP BY 1, 2",
+                        (since,),
+                    ),
+                )
+            stats.attempts(
+                conn.execute(
+                    "SELECT o.subscription_id, COUNT(*), SUM(a.status BETWEEN 200 AND 299) "
+                    "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=? "
+                    "GROUP BY 1",
+                    (since,),
+                )
+            )
+            stats.last_errors(
+                "outgoing",
+                conn.execute(
+                    "SELECT o.subscription_id, a.error, MAX(a.at) FROM attempts a "
+                    "JOIN outbox o ON o.id=a.delivery_id WHERE a.error IS NOT NULL GROUP BY 1"
+                ),
+            )
+            stats.last_errors(
+                "incoming",
+                conn.execute(
+                    "SELECT hook_id, last_error, MAX(COALESCE(finished_at, received_at)) "
+                    "FROM inbox WHERE last_error IS NOT NULL GROUP BY 1"
+                ),
+            )
+            return stats.result()
+
+        return await self._do(op)
+
+    async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        """Finished deliveries per ``bucket`` seconds since ``since``: each row is
+        ``{"at", "kind", "status", "count"}`` (``at`` is the bucket's start)."""
+
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
+            for kind, (table, _, _) in KIND_COLUMNS.items():
+                for slot, status, n in conn.execute(
+                    f"SELECT CAST(finished_at / ? AS INTEGER), status, COUNT(*) FROM {table} "
+                    "WHERE finished_at>=? GROUP BY 1, 2",
+                    (bucket, since),
+                ):
+                    rows.append({"at": slot * bucket, "kind": kind, "status": status, "count": n})
+            return rows
+
+        return await self._do(op)
+
+    async def requeue(self, delivery_id: str, kind: str) -> bool:
+        """Make a finished delivery (done, dropped or dead) of ``kind`` (incoming, outgoing)
+        pending again, attempts starting over; False when there is no such finished one."""
+        table = KIND_COLUMNS[kind][0]
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
+                "lease_until=0, finished_at=NULL WHERE id=? AND status!='pending'",
+                (delivery_id,),
+            )
+            return bool(cur.rowcount)
+
+        return await self._do(op)
+
+    async def purge_dead_ids(self, ids: Iterable[str]) -> int:
+        """Delete these dead letters (ids that are not dead letters are left alone)."""
+        wanted = [(i,) for i in ids]
+
+        def op(conn: sqlite3.Connection) -> int:
+            n = 0
+            conn.executemany(
+                "DELETE FROM inbox_bodies WHERE id IN "
+                "(SELECT id FROM inbox WHERE id=? AND status='dead')",
+                wanted,
+            )
+            for table in ("inbox", "outbox"):
+                conn.executemany(
+                    "DELETE FROM attempts WHERE delivery_id IN "
+                    f"(SELECT id FROM {table} WHERE id=? AND status='dead')",
+                    wanted,
+                )
+                n += conn.executemany(
+                    f"DELETE FROM {table} WHERE id=? AND status='dead'", wanted
+                ).rowcount
+            return n
+
+        return await self._do(op)
