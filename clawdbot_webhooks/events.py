@@ -17,6 +17,8 @@ from typing import Any
 import pluggy
 from clawdbot_webhooks_hookspecs import Event
 
+from clawdbot_webhooks.plugins.calls import HookCalls, result_of
+
 log = logging.getLogger(__name__)
 
 Subscriber = Callable[[Event], Awaitable[None]]
@@ -47,7 +49,8 @@ class EventBus:
         self._durable: list[Subscriber] = []
         self._interest: list[Callable[[str], bool]] = []
         # The plugins are loaded once, before the bus exists: whether any watches is fixed.
-        self._plugins_listen = pm is not None and bool(pm.hook.on_event.get_hookimpls())
+        self._on_event = HookCalls(pm, "on_event") if pm is not None else None
+        self._plugins_listen = bool(self._on_event)
         self._background: set[asyncio.Task[Any]] = set()
 
     def subscribe(
@@ -79,16 +82,26 @@ class EventBus:
             log.exception("event %s (%s) could not be published", event.id, event.type)
 
     def _notify_plugins(self, event: Event) -> None:
-        if self._pm is None:
+        calls = self._on_event
+        if not calls:
             return
-        for impl in self._pm.hook.on_event.get_hookimpls():
-            try:
-                outcome = impl.function(event=event)
-            except Exception:
-                log.exception("plugin %r failed in on_event for %s", impl.plugin_name, event.id)
-                continue
-            if inspect.isawaitable(outcome):
-                self._track(self._guard(impl.plugin_name, event, outcome))
+
+        def each() -> None:
+            # Every plugin is called, whatever the ones before it did.
+            for plugin, caller in calls.each:
+                try:
+                    outcome = result_of(caller, {"event": event})
+                except Exception:
+                    log.exception("plugin %r failed in on_event for %s", plugin, event.id)
+                    continue
+                if inspect.isawaitable(outcome):
+                    self._track(self._guard(plugin, event, outcome))
+
+        try:
+            calls.around({"event": event}, each)
+        except Exception as exc:
+            plugin = calls.wrapper_name(exc)
+            log.exception("plugin %r failed in on_event for %s", plugin, event.id)
 
     async def _guard(self, plugin: str, event: Event, awaitable: Awaitable[Any]) -> None:
         try:

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -31,6 +30,7 @@ from clawdbot_webhooks_hookspecs import (
 
 from clawdbot_webhooks.config import HandlerSpec, Settings
 from clawdbot_webhooks.events import EventBus, derived_event_id
+from clawdbot_webhooks.plugins.calls import HookCalls, call_on_incoming
 from clawdbot_webhooks.sessions import Sessions
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
 from clawdbot_webhooks.templates import context_for
@@ -107,6 +107,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self._pm = pm
+        self._on_incoming = HookCalls(pm, "on_incoming")
         self._store = store
         self._gateway = gateway
         self._bus = bus
@@ -387,18 +388,11 @@ class Pipeline:
 
     async def _act(self, delivery: Delivery, spec: HandlerSpec) -> Any:
         handler = spec.handler
-        for impl in self._pm.hook.on_incoming.get_hookimpls():
-            try:
-                changed = impl.function(delivery=delivery, handler=handler)
-            except Exception as exc:
-                raise ActionError(
-                    f"plugin {impl.plugin_name!r} failed in on_incoming: {exc!r}"
-                ) from exc
-            if changed is DROP:
-                log.info("delivery %s dropped by plugin %r", delivery.id, impl.plugin_name)
-                return DROP
-            if isinstance(changed, Delivery):
-                delivery = replace(changed, id=delivery.id, session=delivery.session)
+        changed = call_on_incoming(self._on_incoming, delivery, handler)
+        if changed is DROP:
+            return DROP
+        assert isinstance(changed, Delivery)
+        delivery = changed
         options = self._render(spec, delivery)
         text = options.get("template")
         if isinstance(text, str) and self._bus.wants("message_received"):

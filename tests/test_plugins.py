@@ -141,7 +141,7 @@ def test_a_name_clash_names_both_plugins(fake_distribution) -> None:
     """,
         entry="fwd",
     )
-    with pytest.raises(PluginError, match=r"both plugin 'fwd' and plugin 'builtin-actions'"):
+    with pytest.raises(PluginError, match=r"both plugin 'builtin-actions' and plugin 'fwd'"):
         load_plugins(PluginSelection.from_config(disabled=["loud"]))
 
 

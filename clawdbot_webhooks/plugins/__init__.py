@@ -172,22 +172,37 @@ def _new_manager() -> pluggy.PluginManager:
 
 def _collect(pm: pluggy.PluginManager, registries: Registries) -> dict[str, dict[str, list[str]]]:
     """Call each registration hook plugin by plugin so every name knows its owner."""
+    from clawdbot_webhooks.plugins.calls import HookCalls, result_of
+
     registered: dict[str, dict[str, list[str]]] = {}
     for hook_name, kind in KINDS.items():
-        caller = getattr(pm.hook, hook_name)
-        for impl in caller.get_hookimpls():
-            owner = impl.plugin_name
+        calls = HookCalls(pm, hook_name)
 
-            def register(name: str, item: Any, _owner: str = owner, _kind: str = kind) -> None:
-                registries.of(_kind).add(name, item, _owner)
-                registered.setdefault(_owner, {}).setdefault(_kind, []).append(name)
+        def each(calls: HookCalls = calls, hook_name: str = hook_name, kind: str = kind) -> None:
+            for owner, caller in calls.each:
 
-            try:
-                impl.function(register=register)
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise PluginError(f"plugin {owner!r} failed in {hook_name}: {exc!r}") from exc
+                def register(name: str, item: Any, _owner: str = owner) -> None:
+                    registries.of(kind).add(name, item, _owner)
+                    registered.setdefault(_owner, {}).setdefault(kind, []).append(name)
+
+                try:
+                    result_of(caller, {"register": register})
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"plugin {owner!r} failed in {hook_name}: {exc!r}") from exc
+
+        def outside(name: str, item: Any, hook_name: str = hook_name) -> None:
+            raise PluginError(f"a wrapper of {hook_name} cannot register {name!r}")
+
+        try:
+            calls.around({"register": outside}, each)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {calls.wrapper_name(exc)!r} failed in {hook_name}: {exc!r}"
+            ) from exc
     return registered
 
 
