@@ -173,6 +173,7 @@ def _new_manager() -> pluggy.PluginManager:
 def _collect(pm: pluggy.PluginManager, registries: Registries) -> dict[str, dict[str, list[str]]]:
     """Call each registration hook plugin by plugin so every name knows its owner."""
     from clawdbot_webhooks.plugins.calls import HookCalls, result_of
+    from clawdbot_webhooks.plugins.validation import SINGULAR, problem
 
     registered: dict[str, dict[str, list[str]]] = {}
     for hook_name, kind in KINDS.items():
@@ -182,6 +183,11 @@ def _collect(pm: pluggy.PluginManager, registries: Registries) -> dict[str, dict
             for owner, caller in calls.each:
 
                 def register(name: str, item: Any, _owner: str = owner) -> None:
+                    wrong = problem(kind, name, item)
+                    if wrong is not None:
+                        raise PluginError(
+                            f"plugin {_owner!r} registers {SINGULAR[kind]} {name!r}: {wrong}"
+                        )
                     registries.of(kind).add(name, item, _owner)
                     registered.setdefault(_owner, {}).setdefault(kind, []).append(name)
 
