@@ -134,10 +134,15 @@ def test_a_name_clash_names_both_plugins(fake_distribution) -> None:
         "0.1",
         "cw_fwd",
         """
+        from marshmallow import Schema
         from clawdbot_webhooks_hookspecs import hookimpl
+        class Forward:
+            schema = Schema
+            async def run(self, ctx):
+                return None
         @hookimpl
         def register_actions(register):
-            register("forward", object())
+            register("forward", Forward())
     """,
         entry="fwd",
     )
