@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from clawdbot_webhooks_hookspecs import Delivery, Handler
-from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 #: Names the runtime puts into every template context; payload keys never replace them.
@@ -113,7 +113,7 @@ def _unsafe_names(tree: nodes.Node) -> list[str]:
     return found
 
 
-def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Any:
+def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Template:
     """Compile a config template, refusing what could only be an attempt to leave the sandbox.
 
     The sandbox would stop such access at render time too; refusing it at load time means

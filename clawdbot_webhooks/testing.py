@@ -32,7 +32,7 @@ from aiohttp.test_utils import TestServer
 from clawdbot_webhooks_hookspecs import PROJECT_NAME
 
 from clawdbot_webhooks.builtin.local_gateway import read_log
-from clawdbot_webhooks.config import build_settings
+from clawdbot_webhooks.config import build_settings, plugin_selection
 from clawdbot_webhooks.plugins import PluginSelection, PluginSet, load_plugins
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.app import make_app
@@ -151,9 +151,7 @@ async def serve(
         if state_dir is not None:
             webhooks = {"stateDir": str(state_dir), **webhooks}
         raw = json.loads(json.dumps(webhooks))
-        section = raw.get("plugins") or {}
-        selection = PluginSelection.from_config(section.get("disabled", []), section.get("enabled"))
-        plugin_set = plugin_set_with(*plugins, selection=selection)
+        plugin_set = plugin_set_with(*plugins, selection=plugin_selection(raw))
         # Relative paths in the config resolve beside the state directory, as they would
         # beside a config file kept next to it.
         source = str(Path(raw["stateDir"]).parent / "config.json5")

@@ -14,7 +14,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from clawdbot_webhooks_hookspecs import Handler, Template
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields
 
 from clawdbot_webhooks.config.errors import ConfigError, flatten_errors
@@ -167,7 +169,9 @@ def _template_paths(schema: Schema, prefix: tuple[str, ...] = ()) -> Iterator[tu
 _NO_FILTER = re.compile(r"No filter named '([^']+)'")
 
 
-def _compile(env: Any, source: str, plugins: PluginSet) -> Any:
+def _compile(
+    env: ImmutableSandboxedEnvironment, source: str, plugins: PluginSet
+) -> jinja2.Template:
     """Compile a template; an unknown filter names the switched-off plugin that has it."""
     try:
         return compile_template(env, source)
@@ -204,7 +208,7 @@ def _dig(options: Mapping[str, Any], path: tuple[str, ...]) -> Any:
 def _build_handlers(
     items: list[Any],
     plugins: PluginSet,
-    env: Any,
+    env: ImmutableSandboxedEnvironment,
     incoming: IncomingSettings,
     errors: list[str],
 ) -> list[HandlerSpec | None]:
@@ -234,7 +238,7 @@ def _build_handlers(
                 )
             seen.setdefault(hid, i)
         options: dict[str, Any] | None = None
-        templates: dict[tuple[str, ...], Any] = {}
+        templates: dict[tuple[str, ...], jinja2.Template] = {}
         if action is not None:
             schema = shared(action.schema)
             own = {k: v for k, v in item.items() if k not in common or k in schema.fields}
@@ -339,7 +343,7 @@ def _build_verify(
 
 
 def _build_outgoing(
-    items: list[Any], plugins: PluginSet, env: Any, errors: list[str]
+    items: list[Any], plugins: PluginSet, env: ImmutableSandboxedEnvironment, errors: list[str]
 ) -> list[Subscription]:
     subs: list[Subscription] = []
     for i, item in enumerate(items):

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import Handler
+from clawdbot_webhooks_hookspecs import Action, Handler
+from jinja2 import Template
 
 from clawdbot_webhooks.retry import RetryPolicy
 
@@ -136,9 +137,9 @@ class HandlerSpec:
     """A handler ready to run: the plugin-visible ``Handler`` plus what the runtime needs."""
 
     handler: Handler
-    action: Any
-    templates: dict[tuple[str, ...], Any]  # option path -> compiled template
-    session_key: Any | None
+    action: Action
+    templates: Mapping[tuple[str, ...], Template]  # option path -> compiled template
+    session_key: Template | None
     secret: str | None = field(repr=False)
     #: Lower-case request headers never stored with a delivery: they carry this handler's
     #: credential (worked out once here, not per request).
@@ -166,12 +167,12 @@ class Subscription:
     url: str
     events: frozenset[str]
     method: str
-    headers: dict[str, str]
-    secret: str | None
+    headers: Mapping[str, str]
+    secret: str | None = field(repr=False)
     retry: RetryPolicy
     timeout: float
     transport: str
-    template: Any | None
+    template: Template | None
     concurrency: int
     retry_on_4xx: bool
     breaker_threshold: int = 10
