@@ -240,7 +240,7 @@ async def test_admin_on_its_own_listener(start_server, make_sink) -> None:
     listener = srv.server.app[ADMIN_LISTENER]
     admin_base = f"http://127.0.0.1:{listener.port}"
     status, body = await call(srv, "GET", "/admin/api/plugins", base=admin_base)
-    assert status == 200 and any(p["name"] == "builtin-actions" for p in body["items"])
+    assert status == 200 and any(p["name"] == "forward-action" for p in body["items"])
     async with srv.session.get(f"{srv.base}/admin/api/plugins", headers=AUTH) as resp:
         assert resp.status == 404  # not on the public listener
     status, body = await call(srv, "GET", "/admin/api/nothing", base=admin_base)

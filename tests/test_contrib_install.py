@@ -129,7 +129,7 @@ def test_pip_install_makes_plugins_usable(fresh: tuple[Path, Path], tmp_path: Pa
     state = tmp_path / "state"
     empty = write(tmp_path / "empty.json", {"stateDir": str(state)})
     before = plugins_json(venv, empty)
-    assert not set(CONTRIB) & set(before) and "builtin-actions" in before
+    assert not set(CONTRIB) & set(before) and "forward-action" in before
     run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index",
         "--find-links", wheels, *(d for d, _ in CONTRIB.values()),
         "clawdbot-webhooks-shout")  # fmt: skip

@@ -107,7 +107,7 @@ def test_filter_of_a_disabled_plugin_is_an_unknown_filter(fake_distribution) -> 
 
 def test_allowlist_and_environment_override(fake_distribution, monkeypatch) -> None:
     fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", SHOUT, entry="shout")
-    only_other = load_plugins(PluginSelection.from_config(enabled=["other"]))
+    only_other = load_plugins(PluginSelection.from_config(enabled=[]))
     assert "shout" not in only_other.registries.actions
     assert only_other.infos["shout"].reason == "not listed in webhooks.plugins.enabled"
     assert "run_agent" in only_other.registries.actions  # built-ins are not affected
@@ -146,7 +146,7 @@ def test_a_name_clash_names_both_plugins(fake_distribution) -> None:
     """,
         entry="fwd",
     )
-    with pytest.raises(PluginError, match=r"both plugin 'builtin-actions' and plugin 'fwd'"):
+    with pytest.raises(PluginError, match=r"both plugin 'forward-action' and plugin 'fwd'"):
         load_plugins(PluginSelection.from_config(disabled=["loud"]))
 
 
@@ -178,15 +178,22 @@ def test_plugins_listing(fake_distribution, tmp_path: Path) -> None:
     assert shout["enabled"] is False
     assert shout["reason"] == "disabled in webhooks.plugins.disabled"
     assert shout["registers"] == {"actions": ["shout"], "filters": ["sparkle"]}
-    actions = listing["builtin-actions"]
-    assert actions["enabled"] and actions["builtin"]
-    assert actions["registers"]["actions"] == [
-        "send_message",
-        "run_agent",
-        "wake",
-        "forward",
-        "custom",
-    ]
+    # One built-in plugin per action, transport and gateway, each under its own name.
+    for plugin, kind, name in [
+        ("send-message-action", "actions", "send_message"),
+        ("run-agent-action", "actions", "run_agent"),
+        ("wake-action", "actions", "wake"),
+        ("forward-action", "actions", "forward"),
+        ("custom-action", "actions", "custom"),
+        ("http-transport", "transports", "http"),
+        ("local-gateway", "gateways", "local"),
+        ("clawdbot-gateway", "gateways", "clawdbot"),
+        ("clawdbot-http-gateway", "gateways", "clawdbot-http"),
+    ]:
+        info = listing[plugin]
+        assert info["enabled"] and info["builtin"] and info["reason"] == "built in"
+        assert info["distribution"] == "clawdbot-webhooks"
+        assert info["registers"] == {kind: [name]}
     table = CliRunner().invoke(main, ["plugins", "--config", config])
     assert "disabled (disabled in webhooks.plugins.disabled)" in table.output
     assert "actions: shout; filters: sparkle" in table.output

@@ -287,10 +287,25 @@ class Custom:
         return outcome
 
 
-@hookimpl
-def register_actions(register: Callable[[str, Any], None]) -> None:
-    register("send_message", SendMessage())
-    register("run_agent", RunAgent())
-    register("wake", Wake())
-    register("forward", Forward())
-    register("custom", Custom())
+class ActionPlugin:
+    """A built-in plugin that registers one action, so each can be switched off by its name
+    (``custom``, which runs Python named in the config, alone for instance)."""
+
+    def __init__(self, name: str, make: Callable[[], Any]) -> None:
+        self.name = name
+        self._make = make
+
+    @hookimpl
+    def register_actions(self, register: Callable[[str, Any], None]) -> None:
+        register(self.name, self._make())
+
+    def __repr__(self) -> str:
+        return f"<built-in plugin of action {self.name!r}>"
+
+
+# The entry points of the clawdbot-webhooks distribution name these (pyproject.toml).
+send_message_plugin = ActionPlugin("send_message", SendMessage)
+run_agent_plugin = ActionPlugin("run_agent", RunAgent)
+wake_plugin = ActionPlugin("wake", Wake)
+forward_plugin = ActionPlugin("forward", Forward)
+custom_plugin = ActionPlugin("custom", Custom)

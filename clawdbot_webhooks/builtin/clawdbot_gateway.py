@@ -37,7 +37,6 @@ from clawdbot_webhooks_hookspecs import (
 )
 from marshmallow import Schema, fields, validate
 
-from clawdbot_webhooks.builtin import clawdbot_http_gateway
 from clawdbot_webhooks.events import derived_event_id
 from clawdbot_webhooks.gateway_client import ClientOptions, GatewayClient
 
@@ -342,7 +341,6 @@ create.schema = ClawdbotGatewaySchema  # type: ignore[attr-defined]
 @hookimpl
 def register_gateways(register: Callable[[str, Any], None]) -> None:
     register("clawdbot", create)
-    register("clawdbot-http", clawdbot_http_gateway.create)
 
 
 __all__ = [

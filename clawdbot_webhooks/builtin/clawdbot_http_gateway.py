@@ -20,11 +20,17 @@ gets ``202 {"ok": true, "runId"}``. Its limits, plainly:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
-from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError, ReplyTarget
+from clawdbot_webhooks_hookspecs import (
+    AgentReply,
+    GatewayEnv,
+    GatewayError,
+    ReplyTarget,
+    hookimpl,
+)
 from marshmallow import Schema, fields, validate
 
 from clawdbot_webhooks.gateway_client import connect_failure
@@ -171,3 +177,8 @@ def create(options: Mapping[str, Any], env: GatewayEnv) -> ClawdbotHttpGateway:
 
 
 create.schema = ClawdbotHttpGatewaySchema  # type: ignore[attr-defined]
+
+
+@hookimpl
+def register_gateways(register: Callable[[str, Any], None]) -> None:
+    register("clawdbot-http", create)

@@ -1,13 +1,13 @@
 """The plugin manager: which plugins load, in which order, and what each one registers.
 
-Load order (DESIGN §3): block disabled names, load entry points, register built-ins,
-``check_pending()``. Registration hooks are called one plugin at a time so every registered
-name remembers its owner, which is what makes a clash error name both plugins.
+Load order: block disabled names, load entry points (the built-ins are entry points of the
+``clawdbot-webhooks`` distribution, found the same way as a third party's), ``check_pending()``.
+Registration hooks are called one plugin at a time so every registered name remembers its
+owner, which is what makes a clash error name both plugins.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -21,15 +21,8 @@ from clawdbot_webhooks_hookspecs import PROJECT_NAME, specs
 
 log = logging.getLogger(__name__)
 
-#: Built-in plugins: (plugin name, module). They register exactly like third-party ones.
-BUILTINS: tuple[tuple[str, str], ...] = (
-    ("builtin-actions", "clawdbot_webhooks.builtin.actions"),
-    ("builtin-filters", "clawdbot_webhooks.builtin.filters"),
-    ("builtin-verifiers", "clawdbot_webhooks.builtin.verifiers"),
-    ("local-gateway", "clawdbot_webhooks.builtin.local_gateway"),
-    ("clawdbot-gateway", "clawdbot_webhooks.builtin.clawdbot_gateway"),
-    ("http-transport", "clawdbot_webhooks.builtin.http_transport"),
-)
+#: The distribution whose entry points are the built-in plugins.
+RUNTIME_DIST = "clawdbot-webhooks"
 
 #: Comma-separated plugin names; when set it replaces the config's enabled/disabled lists.
 LOAD_PLUGINS_ENV = "CLAWDBOT_WEBHOOKS_LOAD_PLUGINS"
@@ -129,6 +122,27 @@ class PluginSelection:
             return cls(enabled=names, from_env=True)
         return cls(frozenset(disabled), None if enabled is None else frozenset(enabled))
 
+    def check_known(self, known: Iterable[str]) -> None:
+        """A name that matches no plugin is a mistake (a misspelt name would switch nothing
+        off): raise a ``PluginError`` that lists the names there are."""
+        names = set(known)
+        lists = (
+            [("enabled", self.enabled or frozenset())]
+            if self.from_env
+            else [
+                ("disabled", self.disabled),
+                ("enabled", self.enabled or frozenset()),
+            ]
+        )
+        for key, listed in lists:
+            unknown = sorted(listed - names)
+            if unknown:
+                where = LOAD_PLUGINS_ENV if self.from_env else f"webhooks.plugins.{key}"
+                raise PluginError(
+                    f"{where}: no plugin is named {', '.join(map(repr, unknown))}; "
+                    f"the plugins are: {', '.join(sorted(names))}"
+                )
+
     def why_off(self, name: str, builtin: bool) -> str | None:
         """The reason a plugin is off, or None when it loads."""
         where = LOAD_PLUGINS_ENV if self.from_env else "webhooks.plugins"
@@ -161,7 +175,20 @@ class PluginSet:
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
-    return list(metadata.entry_points(group=PROJECT_NAME))
+    """The installed plugins, each name once (a distribution found twice on the path, as an
+    editable install next to a stale one, counts once)."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=PROJECT_NAME):
+        found.setdefault(ep.name, ep)
+    return list(found.values())
+
+
+def _is_builtin(ep: metadata.EntryPoint) -> bool:
+    return ep.dist is not None and _normal(ep.dist.name) == RUNTIME_DIST
+
+
+def _normal(dist_name: str) -> str:
+    return dist_name.lower().replace("_", "-").replace(".", "-")
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -243,10 +270,18 @@ def load_plugins(
     pm = _new_manager()
     infos: dict[str, PluginInfo] = {}
     off: list[tuple[str, object, bool]] = []
+    entry_points = _entry_points()
+    if not any(_is_builtin(ep) for ep in entry_points):
+        raise PluginError(
+            f"the built-in plugins are not installed: {RUNTIME_DIST} has no entry points in "
+            f"group {PROJECT_NAME!r}; install the package again (pip install -e .)"
+        )
+    selection.check_known([*(ep.name for ep in entry_points), *(name for name, _ in extra)])
 
-    # 1. block disabled names, 2. load entry points
-    for ep in _entry_points():
-        builtin = False
+    # 1. block disabled names, 2. load entry points: third parties', then the built-ins (pluggy
+    # calls the plugin registered last first), then inline extras
+    for ep in sorted(entry_points, key=_is_builtin):
+        builtin = _is_builtin(ep)
         reason = selection.why_off(ep.name, builtin)
         dist = ep.dist.name if ep.dist else None
         version = ep.dist.version if ep.dist else None
@@ -255,24 +290,14 @@ def load_plugins(
             infos[ep.name] = PluginInfo(ep.name, dist, version, builtin, False, reason)
             off.append((ep.name, ep, builtin))
             continue
-        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-            continue
         try:
             plugin = ep.load()
         except Exception as exc:
             raise PluginError(f"plugin {ep.name!r} ({dist}) failed to import: {exc!r}") from exc
         pm.register(plugin, name=ep.name)
-        infos[ep.name] = PluginInfo(ep.name, dist, version, builtin, True, "installed")
-
-    # 3. register built-ins, then inline extras
-    for name, module_name in BUILTINS:
-        reason = selection.why_off(name, True)
-        if reason is not None:
-            infos[name] = PluginInfo(name, "clawdbot-webhooks", _own_version(), True, False, reason)
-            off.append((name, module_name, True))
-            continue
-        pm.register(importlib.import_module(module_name), name=name)
-        infos[name] = PluginInfo(name, "clawdbot-webhooks", _own_version(), True, True, "built in")
+        infos[ep.name] = PluginInfo(
+            ep.name, dist, version, builtin, True, "built in" if builtin else "installed"
+        )
     for name, plugin in extra:
         reason = selection.why_off(name, False)
         if reason is not None:
@@ -306,21 +331,10 @@ def _describe_off(off: list[tuple[str, object, bool]], infos: dict[str, PluginIn
     """
     for name, source, _builtin in off:
         try:
-            if isinstance(source, metadata.EntryPoint):
-                plugin = source.load()
-            elif isinstance(source, str):
-                plugin = importlib.import_module(source)
-            else:
-                plugin = source
+            plugin = source.load() if isinstance(source, metadata.EntryPoint) else source
             scratch = _new_manager()
             scratch.register(plugin, name=name)
             infos[name].registers = _collect(scratch, Registries()).get(name, {})
             infos[name].hooks = _hooks_of(plugin)
         except Exception as exc:  # a broken disabled plugin must not stop anything
             log.debug("could not inspect disabled plugin %s: %r", name, exc)
-
-
-def _own_version() -> str:
-    from clawdbot_webhooks import __version__
-
-    return __version__
