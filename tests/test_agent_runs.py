@@ -4,15 +4,19 @@ against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clawdbot_webhooks_hookspecs import AgentReply, ReplyTarget, hookimpl
+from click.testing import CliRunner
 
 from clawdbot_webhooks.builtin.local_gateway import LocalGateway, read_log
+from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.config import ConfigError, load_settings
 from clawdbot_webhooks.web.admin.api import replay
 
@@ -382,3 +386,69 @@ def test_run_options_are_checked_at_load_with_key_paths(tmp_path: Path) -> None:
     for line in expected:
         assert line in errors, errors
     assert any(e.startswith("webhooks.handlers[3].template: template syntax error") for e in errors)
+
+
+OLD_LOG = """
+CREATE TABLE messages (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
+    session TEXT NOT NULL, channel TEXT, peer TEXT, agent_id TEXT, text TEXT NOT NULL,
+    idempotency_key TEXT, run_id TEXT
+);
+INSERT INTO messages (at, kind, session, text) VALUES (1, 'sent', 's', 'before');
+"""
+
+
+async def test_a_log_from_before_run_options_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "local-gateway.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(OLD_LOG)
+    conn.close()
+    gateway = LocalGateway(path)
+    await gateway.start()
+    try:
+        await gateway.run_agent(
+            agent_id="a", message="m", session="s", idempotency_key="k", label="x"
+        )
+        await gateway.wake("w", "next-heartbeat")
+    finally:
+        await gateway.close()
+    log = read_log(tmp_path)
+    assert [(m["kind"], m["text"], m["options"]) for m in log] == [
+        ("sent", "before", None),
+        ("prompt", "m", '{"label": "x"}'),
+        ("reply", "[a #1] m", None),
+        ("wake", "w", '{"mode": "next-heartbeat"}'),
+    ]
+
+
+def test_messages_lists_deliveries_and_wakes(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+
+    async def fill() -> None:
+        gateway = LocalGateway(state / "local-gateway.sqlite3")
+        await gateway.start()
+        try:
+            await gateway.run_agent(
+                agent_id="a",
+                message="m",
+                session="s",
+                idempotency_key="k",
+                deliver=ReplyTarget("slack", "#dev"),
+            )
+            await gateway.wake("w", "next-heartbeat")
+        finally:
+            await gateway.close()
+
+    asyncio.run(fill())
+    config = tmp_path / "c.json5"
+    config.write_text(f'{{webhooks: {{stateDir: "{state}"}}}}')
+    result = CliRunner().invoke(main, ["messages", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()[1:]]
+    assert [row[2:] for row in rows] == [
+        ["prompt", "s", "a", "m"],
+        ["reply", "s", "a", "[a", "#1]", "m"],
+        ["sent", "s", "slack:#dev", "[a", "#1]", "m"],
+        ["wake", "main", "main", "(next-heartbeat)", "w"],
+    ]

@@ -178,7 +178,8 @@ def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
 @json_option
 @click.option("--session", default=None, help="Only this session.")
 def messages(config_path: str | None, as_json: bool, session: str | None) -> None:
-    """The local gateway's message log: what send_message sent, what the echo agent said."""
+    """The local gateway's message log: what send_message sent, what the echo agent said,
+    the replies delivered to chats and the wakes."""
     from clawdbot_webhooks.builtin.local_gateway import read_log
 
     settings, _ = load_or_exit(config_path)
@@ -191,7 +192,12 @@ def messages(config_path: str | None, as_json: bool, session: str | None) -> Non
         return
     rows = [("TIME", "KIND", "SESSION", "TO/AGENT", "TEXT")]
     for m in log:
-        who = f"{m['channel']}:{m['peer']}" if m["kind"] == "sent" else m["agent_id"]
+        if m["kind"] == "sent":
+            who = f"{m['channel']}:{m['peer']}"
+        elif m["kind"] == "wake":
+            who = f"main ({json.loads(m['options'] or '{}').get('mode', 'now')})"
+        else:
+            who = m["agent_id"]
         rows.append((format_time(m["at"]), m["kind"], m["session"], who or "-", m["text"]))
     print_table(rows)
 
