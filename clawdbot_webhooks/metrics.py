@@ -16,10 +16,9 @@ import bisect
 import contextlib
 import itertools
 import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,9 +27,6 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from clawdbot_webhooks.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: How long store counts are reused between scrapes.
@@ -167,7 +163,18 @@ class _StoreCollector(Collector):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The tallies the request path feeds, and at scrape time what the store, the gateway
+    and the circuit breakers report: each passed in as what is read, so any part can be
+    measured alone (the tests make one with none of them)."""
+
+    def __init__(
+        self,
+        *,
+        gateway_type: str = "none",
+        gateway_health: GatewayHealth | None = None,
+        queue_counts: Callable[[], Awaitable[dict[str, int]]] | None = None,
+        breaker_states: Callable[[], Mapping[str, str]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Tally(
             "clawdbot_webhooks_incoming_requests",
@@ -196,15 +203,11 @@ class Metrics:
             self.registry.register(tally)
         self.counts: dict[str, int] = {}
         self._counted_at = -STORE_TTL
-        self.gateway_type = "none"
-        self._runtime: Runtime | None = None
-        self.gateway_health: GatewayHealth | None = None
+        self.gateway_type = gateway_type
+        self.gateway_health = gateway_health
+        self._queue_counts = queue_counts
+        self._breaker_states = breaker_states
         self.registry.register(_StoreCollector(self))
-
-    def bind(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-        self.gateway_type = runtime.settings.gateway.type
-        self.gateway_health = GatewayHealth(runtime.gateway)
 
     # -- the hot path
 
@@ -224,27 +227,17 @@ class Metrics:
         return bool(self.gateway_health is not None and self.gateway_health.last)
 
     def breaker_states(self) -> Mapping[str, str]:
-        if self._runtime is None:
-            return {}
-        return self._runtime.outbox.breaker_states()
+        return self._breaker_states()
 
     async def refresh(self) -> None:
         """Read the store's counts unless they are fresh enough; probe the gateway."""
-        rt = self._runtime
-        if rt is None:
-            return
         if self.gateway_health is not None:
             await self.gateway_health.check()
-        if time.monotonic() - self._counted_at < STORE_TTL:
+        if self._queue_counts is None or time.monotonic() - self._counted_at < STORE_TTL:
             return
         with contextlib.suppress(Exception):  # the store is down: keep the last numbers
-            self.counts = await rt.store.queue_counts()
+            self.counts = await self._queue_counts()
             self._counted_at = time.monotonic()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-async def metrics_view(runtime: Runtime) -> web.Response:
-    await runtime.metrics.refresh()
-    return web.Response(body=runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

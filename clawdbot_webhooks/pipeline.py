@@ -14,7 +14,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 from clawdbot_webhooks_hookspecs import (
@@ -35,9 +36,6 @@ from clawdbot_webhooks.sessions import Sessions
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
 from clawdbot_webhooks.templates import context_for
 from clawdbot_webhooks.web.requests import parse_content
-
-if TYPE_CHECKING:
-    from clawdbot_webhooks.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +92,10 @@ class Slots:
         self.give()
 
 
+def _untimed(hook: str, outcome: str, seconds: float) -> None:
+    """Where action timings go when nobody measures them."""
+
+
 class Pipeline:
     def __init__(
         self,
@@ -103,8 +105,10 @@ class Pipeline:
         gateway: Gateway,
         bus: EventBus,
         sessions: Sessions,
-        http: Any,
+        *,
+        on_action: Callable[[str, str, float], None] = _untimed,
     ) -> None:
+        """``on_action(hook, outcome, seconds)`` times each action (``Metrics.action``)."""
         self.settings = settings
         self._pm = pm
         self._on_incoming = HookCalls(pm, "on_incoming")
@@ -112,7 +116,8 @@ class Pipeline:
         self._gateway = gateway
         self._bus = bus
         self._sessions = sessions
-        self._http = http
+        #: The HTTP client actions share; it needs a running loop, so ``start`` brings it.
+        self._http: Any = None
         self._slots = Slots(settings.incoming.concurrency)
         # ``maxConcurrent`` per handler: its extra deliveries stay stored and wait their turn.
         self._handler_slots = {
@@ -141,12 +146,12 @@ class Pipeline:
         self._deferred = 0
         self._closing = False
         self.lease = settings.storage.lease_seconds
-        #: Set by the runtime: times each action by hook and outcome (``metrics.Metrics``).
-        self.metrics: Metrics | None = None
+        self._on_action = on_action
 
     # -- lifecycle
 
-    def start(self) -> None:
+    def start(self, http: Any) -> None:
+        self._http = http
         self._loop = asyncio.get_running_loop()
         self._poller = self._loop.create_task(self._poll(), name="inbox-poller")
 
@@ -475,8 +480,7 @@ class Pipeline:
         )
 
     def _observe(self, hook: str, outcome: str, started: float) -> None:
-        if self.metrics is not None:
-            self.metrics.action(hook, outcome, time.monotonic() - started)
+        self._on_action(hook, outcome, time.monotonic() - started)
 
     def _settle(self, delivery_id: str, outcome: Any) -> None:
         waiter = self._waiters.pop(delivery_id, None)

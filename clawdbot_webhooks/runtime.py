@@ -13,7 +13,8 @@ from clawdbot_webhooks_hookspecs import Event, Gateway, GatewayEnv
 
 from clawdbot_webhooks.config import Settings
 from clawdbot_webhooks.events import EventBus
-from clawdbot_webhooks.metrics import Metrics
+from clawdbot_webhooks.metrics import GatewayHealth, Metrics
+from clawdbot_webhooks.outgoing.breaker import Breakers
 from clawdbot_webhooks.outgoing.outbox import Outbox
 from clawdbot_webhooks.pipeline import Pipeline
 from clawdbot_webhooks.plugins import PluginSet
@@ -38,6 +39,9 @@ def make_gateway(settings: Settings, plugins: PluginSet, emit: Callable[[Event],
 
 
 class Runtime:
+    """Every part is made here, each given what it uses; ``start`` opens and starts them
+    (the HTTP client, which needs a running loop, is the one part made there)."""
+
     def __init__(self, settings: Settings, plugins: PluginSet) -> None:
         self.settings = settings
         self.plugins = plugins
@@ -49,16 +53,36 @@ class Runtime:
             pool_size=settings.storage.pool_size,
         )
         self.sessions = Sessions(self.bus, settings.sessions.idle_timeout)
-        self.outbox = Outbox(settings.outgoing, self.store, self.bus, plugins.registries.transports)
-        self.bus.subscribe(self.outbox.record, wants=self.outbox.wants)
         self.gateway: Gateway = make_gateway(settings, plugins, self.bus.emit)
-        self.metrics = Metrics()
-        self.metrics.bind(self)
-        self.outbox.metrics = self.metrics
-        self.outbox.lease = settings.storage.lease_seconds
+        self.gateway_health = GatewayHealth(self.gateway)
+        self.breakers = Breakers(settings.outgoing)
+        self.metrics = Metrics(
+            gateway_type=settings.gateway.type,
+            gateway_health=self.gateway_health,
+            queue_counts=self.store.queue_counts,
+            breaker_states=self.breakers.states,
+        )
+        self.outbox = Outbox(
+            settings.outgoing,
+            self.store,
+            self.bus,
+            plugins.registries.transports,
+            lease=settings.storage.lease_seconds,
+            breakers=self.breakers,
+            on_attempt=self.metrics.outgoing_attempt,
+        )
+        self.bus.subscribe(self.outbox.record, wants=self.outbox.wants)
+        self.pipeline = Pipeline(
+            settings,
+            plugins.pm,
+            self.store,
+            self.gateway,
+            self.bus,
+            self.sessions,
+            on_action=self.metrics.action,
+        )
         self._upkeep: list[asyncio.Task[None]] = []
         self.http: aiohttp.ClientSession | None = None
-        self.pipeline: Pipeline | None = None
         self.accepting = False
 
     async def start(self) -> None:
@@ -80,17 +104,7 @@ class Runtime:
             http=self.http,
             publish=self.bus.publish,
         )
-        self.pipeline = Pipeline(
-            self.settings,
-            self.plugins.pm,
-            self.store,
-            self.gateway,
-            self.bus,
-            self.sessions,
-            self.http,
-        )
-        self.pipeline.metrics = self.metrics
-        self.pipeline.start()
+        self.pipeline.start(self.http)
         self._upkeep = [
             asyncio.create_task(
                 renew_forever(self.store, self._held, self.settings.storage.lease_seconds),
@@ -113,13 +127,11 @@ class Runtime:
         self.accepting = True
 
     def _held(self) -> tuple[list[str], list[str]]:
-        incoming = self.pipeline.held_ids() if self.pipeline is not None else []
-        return incoming, self.outbox.held_ids()
+        return self.pipeline.held_ids(), self.outbox.held_ids()
 
     async def stop(self) -> None:
         self.accepting = False
-        if self.pipeline is not None:
-            await self.pipeline.stop(self.settings.incoming.shutdown_timeout)
+        await self.pipeline.stop(self.settings.incoming.shutdown_timeout)
         await close_objects(self.plugins.registries, ("actions",))
         await self.bus.drain(timeout=5)
         # After the pipeline (whose last events it stores), before transports and store close.

@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
+
+from clawdbot_webhooks.config import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +74,28 @@ class CircuitBreaker:
                 )
                 self.opened_at = time.monotonic()
         self._changed.set()
+
+
+class Breakers:
+    """The circuit breakers of a set of subscriptions: one per endpoint URL, shared by the
+    subscriptions that send to it, made when first needed. Held apart from the outbox so that
+    whoever reports their states (metrics, the admin API) needs nothing else of it."""
+
+    def __init__(self, subscriptions: Iterable[Subscription]) -> None:
+        self._subs = list(subscriptions)
+        self._by_url: dict[str, CircuitBreaker] = {}
+
+    def of(self, sub: Subscription) -> CircuitBreaker:
+        breaker = self._by_url.get(sub.url)
+        if breaker is None:
+            breaker = CircuitBreaker(sub.url, sub.breaker_threshold, sub.breaker_cooldown)
+            self._by_url[sub.url] = breaker
+        return breaker
+
+    def states(self) -> dict[str, str]:
+        """Each subscription's circuit breaker: closed, open or half-open."""
+        states = {}
+        for sub in self._subs:
+            breaker = self._by_url.get(sub.url)
+            states[sub.id] = "closed" if breaker is None else breaker.state
+        return states

@@ -22,21 +22,18 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clawdbot_webhooks_hookspecs import EVENT_TYPES, Event, OutgoingRequest, OutgoingResponse
 
 from clawdbot_webhooks import __version__, jsontext
 from clawdbot_webhooks.config import Subscription
 from clawdbot_webhooks.events import EventBus, derived_event_id, derived_id
-from clawdbot_webhooks.outgoing.breaker import CircuitBreaker
+from clawdbot_webhooks.outgoing.breaker import Breakers
 from clawdbot_webhooks.signing import StandardSigner
 from clawdbot_webhooks.store import Attempt, OutgoingOutcome, OutgoingRecord, Store
-
-if TYPE_CHECKING:
-    from clawdbot_webhooks.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +130,10 @@ def _looks_like_json(body: bytes) -> bool:
     return True
 
 
+def _uncounted(subscription: str, outcome: str, seconds: float) -> None:
+    """Where attempts go when nobody counts them (``dlq replay``)."""
+
+
 class _Finisher:
     """Collects attempt outcomes and writes whatever has gathered in one store call, so a
     busy dispatcher costs one transaction per batch rather than per delivery."""
@@ -169,7 +170,14 @@ class Outbox:
         store: Store,
         bus: EventBus,
         transports: Any,
+        *,
+        lease: float = LEASE_SECONDS,
+        breakers: Breakers | None = None,
+        on_attempt: Callable[[str, str, float], None] = _uncounted,
     ) -> None:
+        """``lease``: ``storage.leaseSeconds``; ``breakers``: the circuit breakers, shared
+        with whoever reports them; ``on_attempt(subscription, outcome, seconds)`` counts each
+        attempt (``Metrics.outgoing_attempt``)."""
         self._subs = {s.id: s for s in subscriptions}
         # Subscriptions by event type, so finding an event's targets does not grow with the
         # number of subscriptions that do not want it.
@@ -179,7 +187,7 @@ class Outbox:
         self._transports = transports
         self._signers = {s.id: StandardSigner(s.secret) for s in subscriptions if s.secret}
         self._slots = {s.id: asyncio.Semaphore(s.concurrency) for s in subscriptions}
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self.breakers = Breakers(subscriptions) if breakers is None else breakers
         self._lanes: dict[tuple[str, str], deque[OutgoingRecord]] = {}
         self._held: dict[str, int] = {}
         self._known: set[str] = set()
@@ -191,18 +199,8 @@ class Outbox:
         self._wake = asyncio.Event()
         self._running = False
         self._closing = False
-        #: Lease length (``storage.leaseSeconds``), set by the runtime.
-        self.lease = LEASE_SECONDS
-        #: Set by the runtime: counts each attempt's outcome (``metrics.Metrics``).
-        self.metrics: Metrics | None = None
-
-    def breaker_states(self) -> dict[str, str]:
-        """Each subscription's circuit breaker: closed, open or half-open."""
-        states = {}
-        for sub in self._subs.values():
-            breaker = self._breakers.get(sub.url)
-            states[sub.id] = "closed" if breaker is None else breaker.state
-        return states
+        self.lease = lease
+        self._on_attempt = on_attempt
 
     # -- the durable subscriber
 
@@ -361,7 +359,7 @@ class Outbox:
         if sub is None:
             await self._dead(rec, "subscription is no longer configured", None)
             return
-        breaker = self._breaker(sub)
+        breaker = self.breakers.of(sub)
         while not self._closing:
             wait = rec.next_attempt_at - time.time()
             if wait > 0:
@@ -382,13 +380,6 @@ class Outbox:
                     breaker.abandon_probe()
             if verdict is None or verdict.outcome != "retry":
                 return
-
-    def _breaker(self, sub: Subscription) -> CircuitBreaker:
-        breaker = self._breakers.get(sub.url)
-        if breaker is None:
-            breaker = CircuitBreaker(sub.url, sub.breaker_threshold, sub.breaker_cooldown)
-            self._breakers[sub.url] = breaker
-        return breaker
 
     async def _attempt(
         self, rec: OutgoingRecord, sub: Subscription, *, hold: bool = True
@@ -413,9 +404,8 @@ class Outbox:
         rec.attempts += 1
         verdict = classify(response, sub.retry_on_4xx)
         retrying = verdict.outcome == "retry" and not sub.retry.gives_up_after(rec.attempts)
-        if self.metrics is not None:
-            label = "delivered" if verdict.outcome == "done" else "retry" if retrying else "dead"
-            self.metrics.outgoing_attempt(sub.id, label, latency / 1000)
+        label = "delivered" if verdict.outcome == "done" else "retry" if retrying else "dead"
+        self._on_attempt(sub.id, label, latency / 1000)
         attempt = Attempt(
             rec.id,
             rec.attempts,

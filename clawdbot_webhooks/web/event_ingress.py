@@ -32,6 +32,7 @@ from clawdbot_webhooks_hookspecs import Event, utc_timestamp
 from clawdbot_webhooks.builtin.verifiers import bearer_token, matches_any
 from clawdbot_webhooks.events import derived_event_id
 from clawdbot_webhooks.web.errors import error
+from clawdbot_webhooks.web.keys import RUNTIME
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,6 @@ def map_bridge_event(body: Any, owns_session: Any = None) -> Event | None:
 
 
 async def ingest(request: web.Request) -> web.Response:
-    from clawdbot_webhooks.web.app import RUNTIME
-
     rt = request.app[RUNTIME]
     ingress = rt.settings.incoming.event_ingress
     token = ingress.token if ingress is not None else None

@@ -203,7 +203,7 @@ async def endpoint_health(rt: Runtime, window: float = 86_400.0) -> dict[str, li
     stats = {
         (e["kind"], e["target"]): e for e in await rt.store.delivery_stats(time.time() - window)
     }
-    breakers = rt.outbox.breaker_states()
+    breakers = rt.breakers.states()
 
     def row(kind: str, target: str, **more: Any) -> dict[str, Any]:
         e = stats.get((kind, target)) or {"statuses": {}, "attempts": 0, "succeeded": 0}
@@ -251,8 +251,7 @@ async def replay(rt: Runtime, kind: str, delivery_id: str) -> tuple[int, dict[st
 
 def _wake(rt: Runtime, kind: str) -> None:
     if kind == "incoming":
-        if rt.pipeline is not None:
-            rt.pipeline.wake()
+        rt.pipeline.wake()
     else:
         rt.outbox.wake()
 
@@ -390,7 +389,7 @@ async def list_handlers(request: web.Request) -> web.Response:
 
 async def list_subscriptions(request: web.Request) -> web.Response:
     rt = runtime_of(request)
-    breakers = rt.outbox.breaker_states()
+    breakers = rt.breakers.states()
     items = [
         {
             "id": s.id,

@@ -1,0 +1,11 @@
+"""The keys of what the HTTP app holds, shared by its handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.web.ratelimit import Limits
+
+RUNTIME = web.AppKey("runtime", Runtime)
+LIMITS = web.AppKey("limits", Limits)

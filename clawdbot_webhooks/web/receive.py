@@ -1,0 +1,182 @@
+"""The webhook endpoint: admit the request, verify it, store it, hand it to the pipeline.
+
+A request goes: method (405) → client address (403) → per-address rate limit (429) → route
+(404) → authentication-failure throttle (429) → body within the limit and the read timeout
+(413/408) → authentication (401) → content type and parsing (415/400) → handler rate limit and
+``maxPending`` (429) → duplicate check (200) → stored durably (503 when that fails) → 202, and
+the pipeline takes it from there. The handler's limit comes after authentication so that
+nobody without the secret can use up a sender's allowance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
+
+from clawdbot_webhooks import jsontext
+from clawdbot_webhooks.config import HandlerSpec
+from clawdbot_webhooks.metrics import UNKNOWN_HOOK
+from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.sessions import ephemeral_session
+from clawdbot_webhooks.store import IncomingRecord, StoreUnavailable
+from clawdbot_webhooks.store.dedup import dedup_key
+from clawdbot_webhooks.templates import context_for
+from clawdbot_webhooks.web.errors import error
+from clawdbot_webhooks.web.keys import LIMITS, RUNTIME
+from clawdbot_webhooks.web.ratelimit import retry_after
+from clawdbot_webhooks.web.requests import (
+    Rejected,
+    client_ip,
+    ip_allowed,
+    parse_content,
+    read_body,
+    stored_headers,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _too_many(seconds: float, message: str) -> Rejected:
+    return Rejected(429, message, {"Retry-After": retry_after(seconds)})
+
+
+def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, ip: str) -> str:
+    """Authenticate; returns the sender's delivery id when the scheme carries one.
+
+    ``spec.verify`` names the verifier and holds its loaded options; the config puts the
+    shared secret there when a handler has no ``verify`` of its own."""
+    if spec.verify is None:
+        return ""
+    name, options = spec.verify.type, spec.verify.options
+    signed = SignedRequest(
+        method=request.method,
+        path=request.path,
+        headers=request.headers,  # case-insensitive already: no copy per request
+        body=body,
+        client_ip=ip,
+        now=time.time(),
+    )
+    try:
+        return rt.plugins.registries.verifiers[name].verify(signed, options) or ""
+    except VerificationError as exc:
+        raise Rejected(401, str(exc)) from exc
+
+
+async def receive(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    hook_id = request.match_info["hook_id"]
+    spec = rt.settings.routes.get(hook_id)
+    hook = UNKNOWN_HOOK if spec is None else spec.handler.id
+    try:
+        if request.method != "POST":
+            raise Rejected(405, f"method {request.method} not allowed; use POST", {"Allow": "POST"})
+        if spec is None:
+            # Still checked first: an address that may not send learns nothing of the routes.
+            _admit(rt, request)
+            shown = hook_id if len(hook_id) <= 80 else hook_id[:80] + "..."
+            raise Rejected(404, f"no handler for hook {shown!r}")
+        response = await _accept(rt, spec, request)
+    except Rejected as exc:
+        response = error(exc.status, exc.message, exc.headers)
+    except Exception:
+        rt.metrics.request(hook, 500)  # aiohttp answers it
+        raise
+    # Counted here, not in a middleware: see ``json_errors``.
+    rt.metrics.request(hook, response.status)
+    return response
+
+
+def _admit(rt: Runtime, request: web.Request) -> str:
+    """The client's address, once it may send at all (403) and is within its rate (429)."""
+    incoming = rt.settings.incoming
+    ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), incoming.trusted_proxies)
+    if not ip_allowed(ip, incoming.allowed_ips):
+        raise Rejected(403, f"client address {ip} is not allowed")
+    wait = request.app[LIMITS].client(ip)
+    if wait:
+        raise _too_many(wait, "too many requests from this address")
+    return ip
+
+
+async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.Response:
+    ip = _admit(rt, request)
+    incoming = rt.settings.incoming
+    limits = request.app[LIMITS]
+    if not rt.accepting:
+        raise Rejected(503, "shutting down; try again shortly", {"Retry-After": "5"})
+    wait = limits.auth_blocked(ip)
+    if wait:
+        raise _too_many(wait, "too many failed authentication attempts from this address")
+    body = await read_body(request, incoming.max_body_bytes, incoming.read_timeout)
+    try:
+        sender_id = _verify(rt, spec, request, body, ip)
+    except Rejected:
+        limits.auth_failed(ip)
+        raise
+    raw_type = request.headers.get("Content-Type", "")
+    payload = parse_content(body, raw_type, max_depth=incoming.max_json_depth)
+    wait = limits.handler(spec.handler.id)
+    if wait:
+        raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")
+    pending = rt.pipeline.in_flight(spec.handler.id)
+    if spec.max_pending is not None and pending >= spec.max_pending:
+        raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
+    headers = stored_headers(request.headers, spec.credential_headers)
+    window = incoming.dedup_window
+    dedup = dedup_key(sender_id, headers) if window > 0 else None
+    record = IncomingRecord(
+        id=new_id("dlv"),
+        hook_id=spec.handler.id,
+        received_at=time.time(),
+        content_type=raw_type,
+        body=body,
+        headers=headers,
+        query=dict(request.query) if request.query_string else {},
+        client_ip=ip,
+        session="",
+        dedup_key=dedup,
+    )
+    record.session = _session_for(spec, record, payload)
+    try:
+        stored, waiter = await rt.pipeline.accept(
+            record,
+            payload,
+            sync=spec.handler.mode == "sync",
+            dedup_since=record.received_at - window,
+        )
+        original = None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
+    except StoreUnavailable as exc:
+        log.error("delivery to %s refused: %s", spec.handler.id, exc)
+        raise Rejected(
+            503, "storage unavailable; nothing was accepted", {"Retry-After": "5"}
+        ) from exc
+    if not stored:
+        return web.json_response({"ok": True, "duplicate": True, "id": original}, status=200)
+    answer: dict[str, Any] = {"ok": True, "id": record.id, "session": record.session}
+    if waiter is not None:
+        try:
+            answer["result"] = await asyncio.wait_for(asyncio.shield(waiter), spec.sync_timeout)
+            return web.json_response(answer, status=200, dumps=jsontext.readable)
+        except TimeoutError:
+            answer["pending"] = True
+        except Exception as exc:
+            answer["error"] = str(exc)
+    return web.Response(body=jsontext.encode(answer), status=202, content_type="application/json")
+
+
+def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str:
+    if not spec.persistent or spec.session_key is None:
+        return ephemeral_session()
+    try:
+        context = context_for(record.as_delivery(payload), spec.handler)
+        key = str(spec.session_key.render(context)).strip()
+    except Exception as exc:
+        raise Rejected(400, f"sessionKey template failed for this payload: {exc}") from exc
+    if not key:
+        raise Rejected(400, "sessionKey template rendered empty for this payload")
+    return key
