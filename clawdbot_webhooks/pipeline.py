@@ -30,6 +30,7 @@ from clawdbot_webhooks_hookspecs import (
 )
 
 from clawdbot_webhooks.config import HandlerSpec, Settings
+from clawdbot_webhooks.dead_letters import dead_letter, error_event
 from clawdbot_webhooks.events import EventBus, derived_event_id
 from clawdbot_webhooks.plugins.calls import HookCalls, call_on_incoming
 from clawdbot_webhooks.sessions import Sessions
@@ -459,25 +460,21 @@ class Pipeline:
             reason,
             extra={"delivery": record.id, "hook": record.hook_id},
         )
-        await self._store.finish_incoming(
-            record.id, "dead", attempts=n, error=reason, failed=failed
-        )
-        self._settle(record.id, ActionError(reason, retry=False))
-        await self._bus.publish(
-            Event(
-                "error",
-                {
-                    "kind": "incoming",
-                    "hook": record.hook_id,
-                    "delivery": record.id,
-                    "attempts": n,
-                    "error": reason,
-                },
-                session=record.session,
-                causation=record.id,
-                id=derived_event_id(record.id, "error", str(n)),
+        data = {
+            "kind": "incoming",
+            "hook": record.hook_id,
+            "delivery": record.id,
+            "attempts": n,
+            "error": reason,
+        }
+
+        async def mark_dead() -> None:
+            await self._store.finish_incoming(
+                record.id, "dead", attempts=n, error=reason, failed=failed
             )
-        )
+
+        await dead_letter(self._bus, error_event(record.id, record.session, n, data), mark_dead)
+        self._settle(record.id, ActionError(reason, retry=False))
 
     def _observe(self, hook: str, outcome: str, started: float) -> None:
         self._on_action(hook, outcome, time.monotonic() - started)

@@ -30,7 +30,8 @@ from clawdbot_webhooks_hookspecs import EVENT_TYPES, Event, OutgoingRequest, Out
 
 from clawdbot_webhooks import __version__, jsontext
 from clawdbot_webhooks.config import Subscription
-from clawdbot_webhooks.events import EventBus, derived_event_id, derived_id
+from clawdbot_webhooks.dead_letters import dead_letter, error_event
+from clawdbot_webhooks.events import EventBus, derived_id
 from clawdbot_webhooks.outgoing.breaker import Breakers
 from clawdbot_webhooks.signing import StandardSigner
 from clawdbot_webhooks.store import Attempt, OutgoingOutcome, OutgoingRecord, Store
@@ -497,32 +498,24 @@ class Outbox:
             reason,
             extra={"delivery": rec.id, "subscription": rec.subscription_id},
         )
-        # The error event is stored before the row is marked dead: after a crash in between
-        # the last attempt runs again and publishes the same event id, which adds nothing.
-        try:
-            await self._bus.publish(
-                Event(
-                    "error",
-                    {
-                        "kind": "outgoing",
-                        "subscription": rec.subscription_id,
-                        "delivery": rec.id,
-                        "event": rec.event_id,
-                        "eventType": rec.event_type,
-                        "attempts": rec.attempts,
-                        "status": status,
-                        "error": reason,
-                    },
-                    session=rec.session,
-                    causation=rec.id,
-                    id=derived_event_id(rec.id, "error", str(rec.attempts)),
-                )
+        data = {
+            "kind": "outgoing",
+            "subscription": rec.subscription_id,
+            "delivery": rec.id,
+            "event": rec.event_id,
+            "eventType": rec.event_type,
+            "attempts": rec.attempts,
+            "status": status,
+            "error": reason,
+        }
+
+        async def mark_dead() -> None:
+            self._finisher.put(
+                OutgoingOutcome(rec.id, "dead", rec.attempts, error=reason, attempt=attempt)
             )
-        except Exception:
-            log.exception("the error event for dead delivery %s could not be published", rec.id)
-        self._finisher.put(
-            OutgoingOutcome(rec.id, "dead", rec.attempts, error=reason, attempt=attempt)
-        )
+
+        event = error_event(rec.id, rec.session, rec.attempts, data)
+        await dead_letter(self._bus, event, mark_dead)
 
     async def _poll(self) -> None:
         """Claim stored work that is due: retries and rows left by a stopped process."""
