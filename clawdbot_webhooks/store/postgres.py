@@ -17,36 +17,30 @@ What makes sharing safe:
   start together apply each migration once; retention and dedup pruning take a
   try-lock and are skipped by whoever does not get it.
 
-Connection errors become ``StoreUnavailable`` (the server answers 503, the loops retry);
-asyncpg's pool replaces broken connections on the next acquire, so the store recovers by
-itself when the database is back.
+Connections, and what becomes of their errors, are ``postgres_pool``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import itertools
 import logging
-import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 
 from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.store.postgres_batches import Batches
-from clawdbot_webhooks.store.postgres_schema import MIGRATIONS, migrate
-from clawdbot_webhooks.store.protocol import StoreUnavailable, redact_url
-from clawdbot_webhooks.store.queries import EndpointStats, delivery_listing
+from clawdbot_webhooks.store.postgres_pool import PostgresPool, lock_key, numbered, reason, rowcount
+from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
+from clawdbot_webhooks.store.postgres_schema import migrate as upgrade_schema
+from clawdbot_webhooks.store.queries import Dialect, SharedQueries
 from clawdbot_webhooks.store.records import (
     Attempt,
-    DeadLetter,
-    DeliveryQuery,
-    DeliverySummary,
     IncomingRecord,
     OutgoingOutcome,
     OutgoingRecord,
@@ -54,7 +48,6 @@ from clawdbot_webhooks.store.records import (
 from clawdbot_webhooks.store.rows import (
     FINISH_OUTGOING,
     INBOX_COLUMNS,
-    KIND_COLUMNS,
     OUTBOX_COLUMNS,
     RECORD_ATTEMPT,
     attempt_params,
@@ -63,7 +56,6 @@ from clawdbot_webhooks.store.rows import (
     outcome_params,
     outgoing_record,
 )
-from clawdbot_webhooks.store.schema import SchemaStatus
 
 log = logging.getLogger(__name__)
 
@@ -107,45 +99,30 @@ _FINISH_INCOMING = (
 
 T = TypeVar("T")
 
-#: What "the database is not there" looks like from asyncpg: these become StoreUnavailable.
-_DOWN: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
-    asyncpg.exceptions.InvalidCatalogNameError,
+#: The shared statements, their placeholders numbered for asyncpg.
+_RECORD_ATTEMPT = numbered(RECORD_ATTEMPT)
+_FINISH_OUTGOING = numbered(FINISH_OUTGOING)
+
+POSTGRES = Dialect(
+    name="postgresql",
+    tables=(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    ),
+    inbox_columns=INBOX_COLUMNS,
+    greatest="GREATEST",
+    free_lease="lease_until=0, lease_owner=NULL",
+    in_ids="{} = ANY(?::text[])",
+    ids=list,
+    bucket="floor(finished_at / ?)::bigint",
 )
 
 
-def _lock_key(name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for ``name``."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
-def _numbered(sql: str) -> str:
-    """``?`` placeholders as ``$1, $2, ...`` (the shared query builders write ``?``)."""
-    count = 0
-
-    def number(_: re.Match[str]) -> str:
-        nonlocal count
-        count += 1
-        return f"${count}"
-
-    return re.sub(r"\?", number, sql)
-
-
-#: The statements the shared ``?`` forms number for asyncpg.
-_RECORD_ATTEMPT = _numbered(RECORD_ATTEMPT)
-_FINISH_OUTGOING = _numbered(FINISH_OUTGOING)
-
-
-class PostgresStore:
+class PostgresStore(PostgresPool, SharedQueries):
     """The store on PostgreSQL through an asyncpg connection pool."""
 
     single_process = False
+    dialect = POSTGRES
+    migrations = MIGRATIONS
 
     def __init__(
         self,
@@ -156,16 +133,16 @@ class PostgresStore:
         migrate: bool = True,
         connect_timeout: float = 5.0,
     ) -> None:
-        if schema is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
-            raise ValueError(f"storage.schema {schema!r}: use letters, digits and _")
-        self.url = url
-        self.schema = schema
-        self.pool_size = pool_size
+        super().__init__(
+            url,
+            schema=schema,
+            pool_size=pool_size,
+            create_schema=migrate,
+            connect_timeout=connect_timeout,
+        )
         self.migrate = migrate
-        self.connect_timeout = connect_timeout
         #: Who holds a lease: this process, so the heartbeat renews only its own.
         self.owner = f"{secrets.token_hex(6)}"
-        self._pool: asyncpg.Pool | None = None
         #: Outcomes nobody waits for (``record_outcome``): one round trip and one commit for
         #: all that finished meanwhile, and no pool connection taken from the inserts for each.
         self._outcomes = Batches(self._run, _finish_many)
@@ -174,107 +151,27 @@ class PostgresStore:
         )
         self._adds = Batches(self._run, self._insert_outgoing)
         scope = schema or "public"
-        self._outbox_lock = _lock_key(f"clawdbot_webhooks.outbox.{scope}")
-        self._migrate_lock = _lock_key(f"clawdbot_webhooks.migrate.{scope}")
-        self._retention_lock = _lock_key(f"clawdbot_webhooks.retention.{scope}")
-        self._dedup_lock = _lock_key(f"clawdbot_webhooks.dedup.{scope}")
-
-    @property
-    def display_url(self) -> str:
-        return redact_url(self.url)
+        self._outbox_lock = lock_key(f"clawdbot_webhooks.outbox.{scope}")
+        self._migrate_lock = lock_key(f"clawdbot_webhooks.migrate.{scope}")
+        self._retention_lock = lock_key(f"clawdbot_webhooks.retention.{scope}")
+        self._dedup_lock = lock_key(f"clawdbot_webhooks.dedup.{scope}")
 
     def _lane_key(self, subscription: str, session: str) -> int:
-        return _lock_key(f"clawdbot_webhooks.lane.{self.schema}.{subscription}\x1f{session}")
-
-    # -- lifecycle
+        return lock_key(f"clawdbot_webhooks.lane.{self.schema}.{subscription}\x1f{session}")
 
     async def open(self) -> None:
-        settings = {"application_name": "clawdbot-webhooks"}
-        if self.schema:
-            settings["search_path"] = self.schema
-        try:
-            if self.schema and self.migrate:
-                # The schema must exist before the pool's connections put it on their path.
-                conn = await asyncpg.connect(self.url, timeout=self.connect_timeout)
-                try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                except asyncpg.UniqueViolationError:  # another process made it just now
-                    pass
-                finally:
-                    await conn.close()
-            self._pool = await asyncpg.create_pool(
-                self.url,
-                min_size=1,
-                max_size=self.pool_size,
-                timeout=self.connect_timeout,
-                command_timeout=30,
-                server_settings=settings,
-            )
-        except _DOWN as exc:
-            raise StoreUnavailable(f"cannot connect to {self.display_url}: {_reason(exc)}") from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreUnavailable(f"cannot use {self.display_url}: {_reason(exc)}") from exc
+        await super().open()
         if self.migrate:
             await self._upgrade()
 
     async def close(self) -> None:
         await self._outcomes.written()  # what finished is written first
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await pool.close()
-            except Exception:
-                pool.terminate()
-
-    async def _run(
-        self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, transaction: bool = True
-    ) -> T:
-        pool = self._pool
-        if pool is None:
-            raise StoreUnavailable(f"{self.display_url} is closed")
-        try:
-            async with pool.acquire(timeout=self.connect_timeout) as conn:
-                if not transaction:
-                    return await fn(conn)
-                async with conn.transaction():
-                    return await fn(conn)
-        except _DOWN as exc:
-            raise StoreUnavailable(f"database unavailable: {_reason(exc)}") from exc
-
-    # -- schema
+        await super().close()
 
     async def _upgrade(self) -> None:
-        await self._run(functools.partial(migrate, lock=self._migrate_lock), transaction=False)
-
-    async def schema_status(self) -> SchemaStatus:
-        async def op(conn: asyncpg.Connection) -> SchemaStatus:
-            tables = {
-                r[0]
-                for r in await conn.fetch(
-                    "SELECT table_name FROM information_schema.tables "
-                    "WHERE table_schema = current_schema()"
-                )
-            }
-            applied: list[tuple[int, str, float]] = []
-            if "schema_migrations" in tables:
-                applied = [
-                    (r[0], r[1], r[2])
-                    for r in await conn.fetch(
-                        "SELECT version, name, applied_at FROM schema_migrations ORDER BY 1"
-                    )
-                ]
-            done = {v for v, _, _ in applied}
-            pending = [(m.version, m.name) for m in MIGRATIONS if m.version not in done]
-            counts: dict[str, dict[str, int]] = {}
-            for table in ("inbox", "outbox"):
-                if table in tables:
-                    rows = await conn.fetch(f"SELECT status, COUNT(*) FROM {table} GROUP BY 1")
-                    counts[table] = {r[0]: r[1] for r in rows}
-            if "attempts" in tables:
-                counts["attempts"] = {"all": await conn.fetchval("SELECT COUNT(*) FROM attempts")}
-            return SchemaStatus("postgresql", self.display_url, applied, pending, counts)
-
-        return await self._run(op)
+        await self._run(
+            functools.partial(upgrade_schema, lock=self._migrate_lock), transaction=False
+        )
 
     # -- inbox
 
@@ -351,18 +248,9 @@ class PostgresStore:
                 "UPDATE inbox SET dedup_key=NULL WHERE dedup_key IS NOT NULL AND received_at<$1",
                 before,
             )
-            return _rowcount(status)
+            return rowcount(status)
 
         return await self._run(op)
-
-    async def find_duplicate(self, hook_id: str, dedup_key: str) -> str | None:
-        async def op(conn: asyncpg.Connection) -> str | None:
-            found = await conn.fetchval(
-                "SELECT id FROM inbox WHERE hook_id=$1 AND dedup_key=$2", hook_id, dedup_key
-            )
-            return None if found is None else str(found)
-
-        return await self._run(op, transaction=False)
 
     async def claim_incoming(self, limit: int, lease: float) -> list[IncomingRecord]:
         async def op(conn: asyncpg.Connection) -> list[IncomingRecord]:
@@ -380,21 +268,6 @@ class PostgresStore:
             return sorted((incoming_record(r) for r in rows), key=lambda r: r.received_at)
 
         return await self._run(op)
-
-    async def _next_due(self, table: str) -> float | None:
-        """When the first pending row of ``table`` may be claimed (due and its lease free)."""
-
-        async def op(conn: asyncpg.Connection) -> float | None:
-            due = await conn.fetchval(
-                f"SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM {table} "
-                "WHERE status='pending'"
-            )
-            return None if due is None else float(due)
-
-        return await self._run(op, transaction=False)
-
-    async def next_incoming_due(self) -> float | None:
-        return await self._next_due("inbox")
 
     async def finish_incoming(
         self,
@@ -423,13 +296,6 @@ class PostgresStore:
         written = self._outcomes.submit(params)
         written.add_done_callback(functools.partial(_report_unwritten, delivery_id))
 
-    async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
-        async def op(conn: asyncpg.Connection) -> IncomingRecord | None:
-            row = await conn.fetchrow(f"SELECT {INBOX_COLUMNS} FROM inbox WHERE id=$1", delivery_id)
-            return None if row is None else incoming_record(row)
-
-        return await self._run(op, transaction=False)
-
     async def release_leases(self) -> None:
         """Free this process's leases (other processes' stay theirs)."""
 
@@ -442,14 +308,6 @@ class PostgresStore:
                 )
 
         await self._run(op)
-
-    async def count_incoming(self, status: str | None = None) -> int:
-        async def op(conn: asyncpg.Connection) -> int:
-            if status is None:
-                return int(await conn.fetchval("SELECT COUNT(*) FROM inbox"))
-            return int(await conn.fetchval("SELECT COUNT(*) FROM inbox WHERE status=$1", status))
-
-        return await self._run(op, transaction=False)
 
     # -- outbox
 
@@ -575,29 +433,6 @@ class PostgresStore:
 
         return await self._run(op)
 
-    async def next_outgoing_due(self) -> float | None:
-        return await self._next_due("outbox")
-
-    async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
-        async def op(conn: asyncpg.Connection) -> OutgoingRecord | None:
-            row = await conn.fetchrow(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id=$1", delivery_id
-            )
-            return None if row is None else outgoing_record(row)
-
-        return await self._run(op, transaction=False)
-
-    async def attempts(self, delivery_id: str) -> list[Attempt]:
-        async def op(conn: asyncpg.Connection) -> list[Attempt]:
-            rows = await conn.fetch(
-                "SELECT delivery_id, number, at, status, latency_ms, response, error "
-                "FROM attempts WHERE delivery_id=$1 ORDER BY number",
-                delivery_id,
-            )
-            return [Attempt(*r) for r in rows]
-
-        return await self._run(op, transaction=False)
-
     # -- leases and retention
 
     async def renew_leases(
@@ -615,7 +450,7 @@ class PostgresStore:
                         list(ids),
                         self.owner,
                     )
-                    n += _rowcount(status)
+                    n += rowcount(status)
             return n
 
         return await self._run(op)
@@ -659,173 +494,6 @@ class PostgresStore:
             if n < batch:
                 return total
 
-    # -- dead letters
-
-    async def dead_letters(self, since: float | None = None) -> list[DeadLetter]:
-        async def op(conn: asyncpg.Connection) -> list[DeadLetter]:
-            lower = since or 0.0
-            rows = await conn.fetch(
-                "SELECT id, 'incoming', hook_id, received_at, attempts, last_error FROM inbox "
-                "WHERE status='dead' AND received_at>=$1 UNION ALL "
-                "SELECT id, 'outgoing', subscription_id, created_at, attempts, last_error "
-                "FROM outbox WHERE status='dead' AND created_at>=$1 ORDER BY 4",
-                lower,
-            )
-            return [DeadLetter(*r) for r in rows]
-
-        return await self._run(op, transaction=False)
-
-    async def revive(self, ids: Iterable[str]) -> list[str]:
-        wanted = list(ids)
-
-        async def op(conn: asyncpg.Connection) -> list[str]:
-            done: set[str] = set()
-            for table in ("inbox", "outbox"):
-                rows = await conn.fetch(
-                    f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
-                    "lease_until=0, lease_owner=NULL, finished_at=NULL "
-                    "WHERE id = ANY($1::text[]) AND status='dead' RETURNING id",
-                    wanted,
-                )
-                done.update(r[0] for r in rows)
-            return [i for i in wanted if i in done]
-
-        return await self._run(op)
-
-    async def purge_dead(self, before: float | None = None) -> int:
-        async def op(conn: asyncpg.Connection) -> int:
-            upper = time.time() + 1 if before is None else before
-            ids = [
-                r[0]
-                for table, created in (("inbox", "received_at"), ("outbox", "created_at"))
-                for r in await conn.fetch(
-                    f"DELETE FROM {table} WHERE status='dead' AND {created}<$1 RETURNING id",
-                    upper,
-                )
-            ]
-            if ids:
-                await conn.execute("DELETE FROM attempts WHERE delivery_id = ANY($1::text[])", ids)
-            return len(ids)
-
-        return await self._run(op)
-
-    async def purge_dead_ids(self, ids: Iterable[str]) -> int:
-        wanted = list(ids)
-
-        async def op(conn: asyncpg.Connection) -> int:
-            ids = [
-                r[0]
-                for table in ("inbox", "outbox")
-                for r in await conn.fetch(
-                    f"DELETE FROM {table} WHERE id = ANY($1::text[]) AND status='dead' "
-                    "RETURNING id",
-                    wanted,
-                )
-            ]
-            if ids:
-                await conn.execute("DELETE FROM attempts WHERE delivery_id = ANY($1::text[])", ids)
-            return len(ids)
-
-        return await self._run(op)
-
-    # -- inspection
-
-    async def queue_counts(self) -> dict[str, int]:
-        async def op(conn: asyncpg.Connection) -> dict[str, int]:
-            now = time.time()
-            counts: dict[str, int] = {}
-            for table, direction in (("inbox", "incoming"), ("outbox", "outgoing")):
-                row = await conn.fetchrow(
-                    "SELECT COUNT(*) FILTER (WHERE status='pending' AND next_attempt_at>$1), "
-                    f"COUNT(*) FILTER (WHERE status='dead') FROM {table} "
-                    "WHERE status IN ('pending', 'dead')",
-                    now,
-                )
-                counts[f"{direction}_waiting"] = int(row[0])
-                counts[f"{direction}_dead"] = int(row[1])
-            return counts
-
-        return await self._run(op, transaction=False)
-
-    async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
-        sql, args = delivery_listing(kind, query)
-        sql = _numbered(sql)
-
-        async def op(conn: asyncpg.Connection) -> list[DeliverySummary]:
-            return [DeliverySummary(kind, *row) for row in await conn.fetch(sql, *args)]
-
-        return await self._run(op, transaction=False)
-
-    async def delivery_stats(self, since: float) -> list[dict[str, Any]]:
-        async def op(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-            stats = EndpointStats()
-            for kind, (table, target, created) in KIND_COLUMNS.items():
-                stats.statuses(
-                    kind,
-                    await conn.fetch(
-                        f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=$1 "
-                        "GROUP BY 1, 2",
-                        since,
-                    ),
-                )
-            stats.attempts(
-                await conn.fetch(
-                    "SELECT o.subscription_id, COUNT(*), "
-                    "COUNT(*) FILTER (WHERE a.status BETWEEN 200 AND 299) "
-                    "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=$1 "
-                    "GROUP BY 1",
-                    since,
-                )
-            )
-            stats.last_errors(
-                "outgoing",
-                await conn.fetch(
-                    "SELECT DISTINCT ON (o.subscription_id) o.subscription_id, a.error, a.at "
-                    "FROM attempts a JOIN outbox o ON o.id=a.delivery_id "
-                    "WHERE a.error IS NOT NULL ORDER BY o.subscription_id, a.at DESC"
-                ),
-            )
-            stats.last_errors(
-                "incoming",
-                await conn.fetch(
-                    "SELECT DISTINCT ON (hook_id) hook_id, last_error, "
-                    "COALESCE(finished_at, received_at) FROM inbox WHERE last_error IS NOT NULL "
-                    "ORDER BY hook_id, COALESCE(finished_at, received_at) DESC"
-                ),
-            )
-            return stats.result()
-
-        return await self._run(op, transaction=False)
-
-    async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]:
-        async def op(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = []
-            for kind, (table, _, _) in KIND_COLUMNS.items():
-                for slot, status, n in await conn.fetch(
-                    f"SELECT floor(finished_at / $1)::bigint, status, COUNT(*) FROM {table} "
-                    "WHERE finished_at>=$2 GROUP BY 1, 2",
-                    bucket,
-                    since,
-                ):
-                    rows.append({"at": slot * bucket, "kind": kind, "status": status, "count": n})
-            return rows
-
-        return await self._run(op, transaction=False)
-
-    async def requeue(self, delivery_id: str, kind: str) -> bool:
-        table = KIND_COLUMNS[kind][0]
-
-        async def op(conn: asyncpg.Connection) -> bool:
-            status = await conn.execute(
-                f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
-                "lease_until=0, lease_owner=NULL, finished_at=NULL "
-                "WHERE id=$1 AND status!='pending'",
-                delivery_id,
-            )
-            return _rowcount(status) > 0
-
-        return await self._run(op)
-
 
 async def _finish_many(batch: Sequence[tuple[Any, ...]], conn: asyncpg.Connection) -> list[None]:
     # Rows locked in id order, as the lease heartbeat locks them, so the two cannot deadlock.
@@ -837,15 +505,4 @@ def _report_unwritten(delivery_id: str, written: asyncio.Future[None]) -> None:
     # Its delivery stays pending under its lease and runs again once the lease expires.
     exc = None if written.cancelled() else written.exception()
     if exc is not None:
-        log.error("the outcome of delivery %s could not be written: %s", delivery_id, _reason(exc))
-
-
-def _rowcount(status: str) -> int:
-    """The row count at the end of a command tag such as ``UPDATE 3`` or ``DELETE 0``."""
-    tail = status.rsplit(" ", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        log.error("the outcome of delivery %s could not be written: %s", delivery_id, reason(exc))

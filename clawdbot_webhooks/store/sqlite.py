@@ -5,19 +5,17 @@ which is what lets the server answer 202 only for deliveries that are on disk.""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from clawdbot_webhooks import jsontext
-from clawdbot_webhooks.store.queries import EndpointStats, delivery_listing
+from clawdbot_webhooks.store.queries import Dialect, Query, SharedQueries
 from clawdbot_webhooks.store.records import (
     Attempt,
-    DeadLetter,
-    DeliveryQuery,
-    DeliverySummary,
     IncomingRecord,
     OutgoingOutcome,
     OutgoingRecord,
@@ -25,7 +23,6 @@ from clawdbot_webhooks.store.records import (
 from clawdbot_webhooks.store.rows import (
     FINISH_OUTGOING,
     INBOX_COLUMNS,
-    KIND_COLUMNS,
     OUTBOX_COLUMNS,
     RECORD_ATTEMPT,
     attempt_params,
@@ -34,8 +31,8 @@ from clawdbot_webhooks.store.rows import (
     outcome_params,
     outgoing_record,
 )
-from clawdbot_webhooks.store.schema import SchemaStatus
-from clawdbot_webhooks.store.sqlite_schema import SQLITE_MIGRATIONS, migrate
+from clawdbot_webhooks.store.sqlite_schema import SQLITE_MIGRATIONS
+from clawdbot_webhooks.store.sqlite_schema import migrate as upgrade_schema
 from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, execute_all
 
 #: A new delivery: its row (pending, no attempts yet, leased) and its body.
@@ -65,12 +62,40 @@ _INBOX_COLUMNS = INBOX_COLUMNS.replace(
 )
 _OUTBOX_COLUMNS_O = ", ".join(f"o.{c.strip()}" for c in OUTBOX_COLUMNS.split(","))
 
+SQLITE = Dialect(
+    name="sqlite",
+    tables="SELECT name FROM sqlite_master",
+    inbox_columns=_INBOX_COLUMNS,
+    greatest="MAX",
+    free_lease="lease_until=0",
+    # A list of ids travels as one JSON parameter: no limit on how many, one statement.
+    in_ids="{} IN (SELECT value FROM json_each(?))",
+    ids=json.dumps,
+    bucket="CAST(finished_at / ? AS INTEGER)",
+    side_tables=("inbox_bodies",),
+)
 
-class SQLiteStore(SQLiteWriter):
+T = TypeVar("T")
+
+
+def run_query(conn: sqlite3.Connection, query: Query[T]) -> T:
+    """Run a shared query on this connection (in the writer thread)."""
+    try:
+        sql, args = next(query)
+        while True:
+            sql, args = query.send(conn.execute(sql, args).fetchall())
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+class SQLiteStore(SQLiteWriter, SharedQueries):
     """The store on SQLite in WAL mode (see ``SQLiteWriter`` for the group commit)."""
 
     #: One process owns a SQLite store: at start-up every lease is its own to take back.
     single_process = True
+    dialect = SQLITE
+    migrations = SQLITE_MIGRATIONS
 
     def __init__(self, path: Path, synchronous: str = "NORMAL", *, migrate: bool = True) -> None:
         super().__init__(path, "", synchronous)
@@ -83,35 +108,12 @@ class SQLiteStore(SQLiteWriter):
     def _connect(self) -> sqlite3.Connection:
         conn = super()._connect()
         if self.migrate:
-            migrate(conn)
+            upgrade_schema(conn)
         return conn
 
-    async def schema_status(self) -> SchemaStatus:
-        def op(conn: sqlite3.Connection) -> SchemaStatus:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            applied: list[tuple[int, str, float]] = []
-            if "schema_migrations" in tables:
-                applied = [
-                    (int(v), str(n), float(a))
-                    for v, n, a in conn.execute(
-                        "SELECT version, name, applied_at FROM schema_migrations ORDER BY 1"
-                    )
-                ]
-            done = {v for v, _, _ in applied}
-            pending = [(m.version, m.name) for m in SQLITE_MIGRATIONS if m.version not in done]
-            counts: dict[str, dict[str, int]] = {}
-            for table in ("inbox", "outbox"):
-                if table in tables:
-                    counts[table] = {
-                        str(k): int(n)
-                        for k, n in conn.execute(f"SELECT status, COUNT(*) FROM {table} GROUP BY 1")
-                    }
-            if "attempts" in tables:
-                n = conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
-                counts["attempts"] = {"all": int(n)}
-            return SchemaStatus("sqlite", self.display_url, applied, pending, counts)
-
-        return await self._do(op)
+    def _query(self, query: Query[T], *, atomic: bool = False) -> Awaitable[T]:
+        # Every request of the writer runs in a transaction: ``atomic`` is always so.
+        return self._do(lambda conn: run_query(conn, query))
 
     async def renew_leases(
         self, incoming: Sequence[str], outgoing: Sequence[str], lease: float
@@ -226,15 +228,6 @@ class SQLiteStore(SQLiteWriter):
 
         return await self._do(op)
 
-    async def find_duplicate(self, hook_id: str, dedup_key: str) -> str | None:
-        def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT id FROM inbox WHERE hook_id=? AND dedup_key=?", (hook_id, dedup_key)
-            ).fetchone()
-            return None if row is None else str(row[0])
-
-        return await self._do(op)
-
     async def claim_incoming(self, limit: int, lease: float) -> list[IncomingRecord]:
         """Due deliveries whose lease is free, leased to this process, oldest first."""
 
@@ -251,20 +244,6 @@ class SQLiteStore(SQLiteWriter):
             return [incoming_record(r) for r in rows]
 
         return await self._do(op)
-
-    async def _next_due(self, table: str) -> float | None:
-        """When the first pending row of ``table`` may be claimed (due and its lease free)."""
-
-        def op(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                f"SELECT MIN(MAX(next_attempt_at, lease_until)) FROM {table} WHERE status='pending'"
-            ).fetchone()
-            return None if row[0] is None else float(row[0])
-
-        return await self._do(op)
-
-    async def next_incoming_due(self) -> float | None:
-        return await self._next_due("inbox")
 
     def finish_incoming(
         self,
@@ -291,15 +270,6 @@ class SQLiteStore(SQLiteWriter):
         params = finish_params(delivery_id, status, attempts, result, None, None)
         self._send(Rows(_FINISH_INCOMING, (params,)), f"the outcome of delivery {delivery_id}")
 
-    async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
-        def op(conn: sqlite3.Connection) -> IncomingRecord | None:
-            row = conn.execute(
-                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE id=?", (delivery_id,)
-            ).fetchone()
-            return None if row is None else incoming_record(row)
-
-        return await self._do(op)
-
     async def release_leases(self) -> None:
         """Free every lease. Only right for a store one process owns (SQLite), at start-up."""
 
@@ -308,16 +278,6 @@ class SQLiteStore(SQLiteWriter):
             conn.execute("UPDATE outbox SET lease_until=0 WHERE status='pending'")
 
         await self._do(op)
-
-    async def count_incoming(self, status: str | None = None) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            if status is None:
-                return int(conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
-            return int(
-                conn.execute("SELECT COUNT(*) FROM inbox WHERE status=?", (status,)).fetchone()[0]
-            )
-
-        return await self._do(op)
 
     # -- outbox
 
@@ -423,216 +383,5 @@ class SQLiteStore(SQLiteWriter):
                     )
                     claimed.append(outgoing_record(row))
             return claimed
-
-        return await self._do(op)
-
-    async def next_outgoing_due(self) -> float | None:
-        return await self._next_due("outbox")
-
-    async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
-        def op(conn: sqlite3.Connection) -> OutgoingRecord | None:
-            row = conn.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id=?", (delivery_id,)
-            ).fetchone()
-            return None if row is None else outgoing_record(row)
-
-        return await self._do(op)
-
-    async def attempts(self, delivery_id: str) -> list[Attempt]:
-        def op(conn: sqlite3.Connection) -> list[Attempt]:
-            rows = conn.execute(
-                "SELECT delivery_id, number, at, status, latency_ms, response, error "
-                "FROM attempts WHERE delivery_id=? ORDER BY number",
-                (delivery_id,),
-            ).fetchall()
-            return [Attempt(*r) for r in rows]
-
-        return await self._do(op)
-
-    # -- dead letters
-
-    async def dead_letters(self, since: float | None = None) -> list[DeadLetter]:
-        def op(conn: sqlite3.Connection) -> list[DeadLetter]:
-            lower = since or 0.0
-            rows = conn.execute(
-                "SELECT id, 'incoming', hook_id, received_at, attempts, last_error FROM inbox "
-                "WHERE status='dead' AND received_at>=? UNION ALL "
-                "SELECT id, 'outgoing', subscription_id, created_at, attempts, last_error "
-                "FROM outbox WHERE status='dead' AND created_at>=? ORDER BY 4",
-                (lower, lower),
-            ).fetchall()
-            return [DeadLetter(*r) for r in rows]
-
-        return await self._do(op)
-
-    async def revive(self, ids: Iterable[str]) -> list[str]:
-        """Make dead letters pending again (attempts start over); returns the ids revived."""
-        wanted = list(ids)
-
-        def op(conn: sqlite3.Connection) -> list[str]:
-            done: list[str] = []
-            for delivery_id in wanted:
-                for table in ("inbox", "outbox"):
-                    cur = conn.execute(
-                        f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
-                        "lease_until=0, finished_at=NULL WHERE id=? AND status='dead'",
-                        (delivery_id,),
-                    )
-                    if cur.rowcount:
-                        done.append(delivery_id)
-            return done
-
-        return await self._do(op)
-
-    async def purge_dead(self, before: float | None = None) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            upper = time.time() + 1 if before is None else before
-            conn.execute(
-                "DELETE FROM inbox_bodies WHERE id IN (SELECT id FROM inbox "
-                "WHERE status='dead' AND received_at<?)",
-                (upper,),
-            )
-            for table, created in (("inbox", "received_at"), ("outbox", "created_at")):
-                conn.execute(
-                    f"DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM {table} "
-                    f"WHERE status='dead' AND {created}<?)",
-                    (upper,),
-                )
-            n = conn.execute(
-                "DELETE FROM inbox WHERE status='dead' AND received_at<?", (upper,)
-            ).rowcount
-            n += conn.execute(
-                "DELETE FROM outbox WHERE status='dead' AND created_at<?", (upper,)
-            ).rowcount
-            return int(n)
-
-        return await self._do(op)
-
-    # -- inspection (admin API, dashboard, metrics, CLI)
-
-    async def queue_counts(self) -> dict[str, int]:
-        """Pending deliveries whose next attempt is due later (retries waiting) and dead
-        letters, of both directions: ``{incoming,outgoing}_{waiting,dead}``."""
-
-        def op(conn: sqlite3.Connection) -> dict[str, int]:
-            now = time.time()
-            counts: dict[str, int] = {}
-            for table, direction in (("inbox", "incoming"), ("outbox", "outgoing")):
-                # One count per status, so that each can use a partial index of its own.
-                waiting, dead = conn.execute(
-                    f"SELECT (SELECT COUNT(*) FROM {table} WHERE status='pending' "
-                    f"AND next_attempt_at>?), (SELECT COUNT(*) FROM {table} WHERE status='dead')",
-                    (now,),
-                ).fetchone()
-                counts[f"{direction}_waiting"] = int(waiting)
-                counts[f"{direction}_dead"] = int(dead)
-            return counts
-
-        return await self._do(op)
-
-    async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
-        """Deliveries of one direction, newest first, without their bodies. ``query.cursor``
-        is ``(created_at, id)`` of the last row of the previous page."""
-        sql, args = delivery_listing(kind, query)
-
-        def op(conn: sqlite3.Connection) -> list[DeliverySummary]:
-            return [DeliverySummary(kind, *row) for row in conn.execute(sql, args).fetchall()]
-
-        return await self._do(op)
-
-    async def delivery_stats(self, since: float) -> list[dict[str, Any]]:
-        """Per target of each direction since ``since``: deliveries by status, and for
-        outgoing ones the attempts, how many succeeded, and the latest failed attempt."""
-
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            stats = EndpointStats()
-            for kind, (table, target, created) in KIND_COLUMNS.items():
-                stats.statuses(
-                    kind,
-                    conn.execute(
-                        f"SELECT {target}, status, COUNT(*) FROM {table} WHERE {created}>=? "
-                        "GROUP BY 1, 2",
-                        (since,),
-                    ),
-                )
-            stats.attempts(
-                conn.execute(
-                    "SELECT o.subscription_id, COUNT(*), SUM(a.status BETWEEN 200 AND 299) "
-                    "FROM attempts a JOIN outbox o ON o.id=a.delivery_id WHERE a.at>=? "
-                    "GROUP BY 1",
-                    (since,),
-                )
-            )
-            stats.last_errors(
-                "outgoing",
-                conn.execute(
-                    "SELECT o.subscription_id, a.error, MAX(a.at) FROM attempts a "
-                    "JOIN outbox o ON o.id=a.delivery_id WHERE a.error IS NOT NULL GROUP BY 1"
-                ),
-            )
-            stats.last_errors(
-                "incoming",
-                conn.execute(
-                    "SELECT hook_id, last_error, MAX(COALESCE(finished_at, received_at)) "
-                    "FROM inbox WHERE last_error IS NOT NULL GROUP BY 1"
-                ),
-            )
-            return stats.result()
-
-        return await self._do(op)
-
-    async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]:
-        """Finished deliveries per ``bucket`` seconds since ``since``: each row is
-        ``{"at", "kind", "status", "count"}`` (``at`` is the bucket's start)."""
-
-        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = []
-            for kind, (table, _, _) in KIND_COLUMNS.items():
-                for slot, status, n in conn.execute(
-                    f"SELECT CAST(finished_at / ? AS INTEGER), status, COUNT(*) FROM {table} "
-                    "WHERE finished_at>=? GROUP BY 1, 2",
-                    (bucket, since),
-                ):
-                    rows.append({"at": slot * bucket, "kind": kind, "status": status, "count": n})
-            return rows
-
-        return await self._do(op)
-
-    async def requeue(self, delivery_id: str, kind: str) -> bool:
-        """Make a finished delivery (done, dropped or dead) of ``kind`` (incoming, outgoing)
-        pending again, attempts starting over; False when there is no such finished one."""
-        table = KIND_COLUMNS[kind][0]
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                f"UPDATE {table} SET status='pending', attempts=0, next_attempt_at=0, "
-                "lease_until=0, finished_at=NULL WHERE id=? AND status!='pending'",
-                (delivery_id,),
-            )
-            return bool(cur.rowcount)
-
-        return await self._do(op)
-
-    async def purge_dead_ids(self, ids: Iterable[str]) -> int:
-        """Delete these dead letters (ids that are not dead letters are left alone)."""
-        wanted = [(i,) for i in ids]
-
-        def op(conn: sqlite3.Connection) -> int:
-            n = 0
-            conn.executemany(
-                "DELETE FROM inbox_bodies WHERE id IN "
-                "(SELECT id FROM inbox WHERE id=? AND status='dead')",
-                wanted,
-            )
-            for table in ("inbox", "outbox"):
-                conn.executemany(
-                    "DELETE FROM attempts WHERE delivery_id IN "
-                    f"(SELECT id FROM {table} WHERE id=? AND status='dead')",
-                    wanted,
-                )
-                n += conn.executemany(
-                    f"DELETE FROM {table} WHERE id=? AND status='dead'", wanted
-                ).rowcount
-            return n
 
         return await self._do(op)
