@@ -3,7 +3,7 @@
 A sender's delivery id (what its verifier returned, else one of ``DELIVERY_ID_HEADERS``) is
 stored with the delivery; the store's unique index per hook turns a repeat into a duplicate.
 Ids older than ``incoming.dedupWindow`` no longer count: the store checks the window when a
-key collides, and ``upkeep.forget_forever`` lets go of old keys so the index stays small.
+key collides, and ``maintenance.forget_forever`` lets go of old keys so the index stays small.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from clawdbot_webhooks.store.postgres_batches import Batches
 from clawdbot_webhooks.store.postgres_pool import PostgresPool, lock_key, numbered, reason, rowcount
 from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
 from clawdbot_webhooks.store.postgres_schema import migrate as upgrade_schema
-from clawdbot_webhooks.store.queries import Dialect, SharedQueries
+from clawdbot_webhooks.store.queries import Dialect, Statement
 from clawdbot_webhooks.store.records import (
     Attempt,
     IncomingRecord,
@@ -56,6 +56,7 @@ from clawdbot_webhooks.store.rows import (
     outcome_params,
     outgoing_record,
 )
+from clawdbot_webhooks.store.shared import SharedQueries
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class PostgresStore(PostgresPool, SharedQueries):
         scope = schema or "public"
         self._outbox_lock = lock_key(f"clawdbot_webhooks.outbox.{scope}")
         self._migrate_lock = lock_key(f"clawdbot_webhooks.migrate.{scope}")
-        self._retention_lock = lock_key(f"clawdbot_webhooks.retention.{scope}")
+        self._retention_lock_key = lock_key(f"clawdbot_webhooks.retention.{scope}")
         self._dedup_lock = lock_key(f"clawdbot_webhooks.dedup.{scope}")
 
     def _lane_key(self, subscription: str, session: str) -> int:
@@ -455,44 +456,8 @@ class PostgresStore(PostgresPool, SharedQueries):
 
         return await self._run(op)
 
-    async def prune_finished(self, before: float, batch: int = 5000) -> int:
-        """Delete deliveries finished before ``before`` with their attempts (see
-        ``SQLiteStore.prune_finished``); one process at a time, the others skip."""
-
-        async def deleted(conn: asyncpg.Connection) -> int:
-            if not await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1)", self._retention_lock
-            ):
-                return -1
-            n = 0
-            for table, keep in (
-                ("inbox", "status IN ('done','dropped') AND dedup_key IS NULL"),
-                ("outbox", "status='done'"),
-            ):
-                ids = [
-                    r[0]
-                    for r in await conn.fetch(
-                        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
-                        f"WHERE {keep} AND finished_at<$1 LIMIT $2) RETURNING id",
-                        before,
-                        batch,
-                    )
-                ]
-                if ids:
-                    await conn.execute(
-                        "DELETE FROM attempts WHERE delivery_id = ANY($1::text[])", ids
-                    )
-                n += len(ids)
-            return n
-
-        total = 0
-        while True:
-            n = await self._run(deleted)
-            if n < 0:
-                return total
-            total += n
-            if n < batch:
-                return total
+    def _retention_lock(self) -> Statement:
+        return ("SELECT pg_try_advisory_xact_lock(?)", (self._retention_lock_key,))
 
 
 async def _finish_many(batch: Sequence[tuple[Any, ...]], conn: asyncpg.Connection) -> list[None]:

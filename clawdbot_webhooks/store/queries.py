@@ -1,7 +1,7 @@
 """The queries both backends run, written once: what differs between SQLite and PostgreSQL
 is named in a ``Dialect``, and each query is a generator that yields its statements (``?``
 placeholders) and is sent each one's rows, so that one text serves SQLite's writer thread
-and asyncpg's coroutines alike. ``SharedQueries`` holds the store methods made of them.
+and asyncpg's coroutines alike. ``shared.SharedQueries`` holds the store methods made of them.
 
 The writes on every delivery's path are not here: each backend batches those its own way.
 """
@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from clawdbot_webhooks.store.records import (
-    Attempt,
-    DeadLetter,
     DeliveryQuery,
-    DeliverySummary,
-    IncomingRecord,
-    OutgoingRecord,
 )
 from clawdbot_webhooks.store.rows import (
     KIND_COLUMNS,
-    OUTBOX_COLUMNS,
-    incoming_record,
-    outgoing_record,
 )
 from clawdbot_webhooks.store.schema import Migration, SchemaStatus
 
@@ -119,6 +111,33 @@ def purge_dead_ids(d: Dialect, wanted: list[str]) -> Query[int]:
         ids.extend(r[0] for r in rows)
     yield from _forget(d, ids)
     return len(ids)
+
+
+#: Per table, the finished rows retention deletes: dead letters stay, and so does an incoming
+#: delivery while its dedup key guards against a repeat.
+_PRUNABLE = (
+    ("inbox", "status IN ('done','dropped') AND dedup_key IS NULL"),
+    ("outbox", "status='done'"),
+)
+
+
+def prune_finished(d: Dialect, before: float, batch: int, lock: Statement | None) -> Query[int]:
+    """Up to ``batch`` rows of each table; -1 when ``lock`` (if any) is another's."""
+    if lock is not None:
+        [(got,)] = yield lock
+        if not got:
+            return -1
+    n = 0
+    for table, prunable in _PRUNABLE:
+        rows = yield (
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {prunable} "
+            "AND finished_at<? LIMIT ?) RETURNING id",
+            (before, batch),
+        )
+        ids = [r[0] for r in rows]
+        yield from _forget(d, ids)
+        n += len(ids)
+    return n
 
 
 def _pending_again(d: Dialect, table: str) -> str:
@@ -235,130 +254,6 @@ def throughput(d: Dialect, since: float, bucket: float) -> Query[list[dict[str, 
             for slot, status, n in rows
         )
     return found
-
-
-class SharedQueries:
-    """The store methods both backends answer with the queries above. A backend names its
-    ``dialect`` and ``migrations`` and runs a query with ``_query`` (``atomic``: in one
-    transaction, where that is a choice)."""
-
-    dialect: ClassVar[Dialect]
-    migrations: ClassVar[Sequence[Migration]]
-
-    @property
-    def display_url(self) -> str:
-        raise NotImplementedError
-
-    def _query(self, query: Query[T], *, atomic: bool = False) -> Awaitable[T]:
-        raise NotImplementedError
-
-    async def schema_status(self) -> SchemaStatus:
-        return await self._query(schema_status(self.dialect, self.migrations, self.display_url))
-
-    async def find_duplicate(self, hook_id: str, dedup_key: str) -> str | None:
-        rows = await self._query(
-            fetch("SELECT id FROM inbox WHERE hook_id=? AND dedup_key=?", hook_id, dedup_key)
-        )
-        return str(rows[0][0]) if rows else None
-
-    async def count_incoming(self, status: str | None = None) -> int:
-        if status is None:
-            rows = await self._query(fetch("SELECT COUNT(*) FROM inbox"))
-        else:
-            rows = await self._query(fetch("SELECT COUNT(*) FROM inbox WHERE status=?", status))
-        return int(rows[0][0])
-
-    async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
-        sql = f"SELECT {self.dialect.inbox_columns} FROM inbox WHERE id=?"
-        rows = await self._query(fetch(sql, delivery_id))
-        return incoming_record(rows[0]) if rows else None
-
-    async def get_outgoing(self, delivery_id: str) -> OutgoingRecord | None:
-        rows = await self._query(
-            fetch(f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id=?", delivery_id)
-        )
-        return outgoing_record(rows[0]) if rows else None
-
-    async def attempts(self, delivery_id: str) -> list[Attempt]:
-        rows = await self._query(
-            fetch(
-                "SELECT delivery_id, number, at, status, latency_ms, response, error "
-                "FROM attempts WHERE delivery_id=? ORDER BY number",
-                delivery_id,
-            )
-        )
-        return [Attempt(*r) for r in rows]
-
-    async def _next_due(self, table: str) -> float | None:
-        """When the first pending row of ``table`` may be claimed (due and its lease free)."""
-        sql = (
-            f"SELECT MIN({self.dialect.greatest}(next_attempt_at, lease_until)) FROM {table} "
-            "WHERE status='pending'"
-        )
-        [(due,)] = await self._query(fetch(sql))
-        return None if due is None else float(due)
-
-    async def next_incoming_due(self) -> float | None:
-        return await self._next_due("inbox")
-
-    async def next_outgoing_due(self) -> float | None:
-        return await self._next_due("outbox")
-
-    # -- dead letters
-
-    async def dead_letters(self, since: float | None = None) -> list[DeadLetter]:
-        lower = since or 0.0
-        rows = await self._query(
-            fetch(
-                "SELECT id, 'incoming', hook_id, received_at, attempts, last_error FROM inbox "
-                "WHERE status='dead' AND received_at>=? UNION ALL "
-                "SELECT id, 'outgoing', subscription_id, created_at, attempts, last_error "
-                "FROM outbox WHERE status='dead' AND created_at>=? ORDER BY 4",
-                lower,
-                lower,
-            )
-        )
-        return [DeadLetter(*r) for r in rows]
-
-    async def revive(self, ids: Iterable[str]) -> list[str]:
-        """Make dead letters pending again (attempts start over); returns the ids revived."""
-        return await self._query(revive(self.dialect, list(ids)), atomic=True)
-
-    async def purge_dead(self, before: float | None = None) -> int:
-        """Delete the dead letters created before ``before`` (all of them without)."""
-        return await self._query(purge_dead(self.dialect, before), atomic=True)
-
-    async def purge_dead_ids(self, ids: Iterable[str]) -> int:
-        """Delete these dead letters (ids that are not dead letters are left alone)."""
-        return await self._query(purge_dead_ids(self.dialect, list(ids)), atomic=True)
-
-    # -- inspection (admin API, dashboard, metrics, CLI)
-
-    async def queue_counts(self) -> dict[str, int]:
-        """Pending deliveries whose next attempt is due later (retries waiting) and dead
-        letters, of both directions: ``{incoming,outgoing}_{waiting,dead}``."""
-        return await self._query(queue_counts())
-
-    async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
-        """Deliveries of one direction, newest first, without their bodies. ``query.cursor``
-        is ``(created_at, id)`` of the last row of the previous page."""
-        sql, args = delivery_listing(kind, query)
-        return [DeliverySummary(kind, *row) for row in await self._query(fetch(sql, *args))]
-
-    async def delivery_stats(self, since: float) -> list[dict[str, Any]]:
-        """Per target of each direction since ``since``: deliveries by status, and for
-        outgoing ones the attempts, how many succeeded, and the latest failed attempt."""
-        return await self._query(delivery_stats(since))
-
-    async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]:
-        """Finished deliveries per ``bucket`` seconds since ``since``: each row is
-        ``{"at", "kind", "status", "count"}`` (``at`` is the bucket's start)."""
-        return await self._query(throughput(self.dialect, since, bucket))
-
-    async def requeue(self, delivery_id: str, kind: str) -> bool:
-        """Make a finished delivery (done, dropped or dead) of ``kind`` (incoming, outgoing)
-        pending again, attempts starting over; False when there is no such finished one."""
-        return await self._query(requeue(self.dialect, delivery_id, kind), atomic=True)
 
 
 def delivery_listing(kind: str, query: DeliveryQuery) -> tuple[str, list[Any]]:

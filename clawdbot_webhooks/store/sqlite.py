@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clawdbot_webhooks import jsontext
-from clawdbot_webhooks.store.queries import Dialect, Query, SharedQueries
+from clawdbot_webhooks.store.queries import Dialect, Query
 from clawdbot_webhooks.store.records import (
     Attempt,
     IncomingRecord,
@@ -31,6 +31,7 @@ from clawdbot_webhooks.store.rows import (
     outcome_params,
     outgoing_record,
 )
+from clawdbot_webhooks.store.shared import SharedQueries
 from clawdbot_webhooks.store.sqlite_schema import SQLITE_MIGRATIONS
 from clawdbot_webhooks.store.sqlite_schema import migrate as upgrade_schema
 from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, execute_all
@@ -134,38 +135,6 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
             return n
 
         return await self._do(op)
-
-    async def prune_finished(self, before: float, batch: int = 5000) -> int:
-        """Delete deliveries finished before ``before`` (incoming done or dropped and no
-        longer guarding a dedup key, outgoing done) with their attempts; dead letters stay.
-        Returns how many deliveries were deleted."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            n = 0
-            for table, statuses in (("inbox", "('done','dropped')"), ("outbox", "('done')")):
-                keep = " AND dedup_key IS NULL" if table == "inbox" else ""
-                ids = [
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT id FROM {table} WHERE status IN {statuses} "
-                        f"AND finished_at<?{keep} LIMIT ?",
-                        (before, batch),
-                    )
-                ]
-                gone = [(i,) for i in ids]
-                conn.executemany(f"DELETE FROM {table} WHERE id=?", gone)
-                conn.executemany("DELETE FROM attempts WHERE delivery_id=?", gone)
-                if table == "inbox":
-                    conn.executemany("DELETE FROM inbox_bodies WHERE id=?", gone)
-                n += len(ids)
-            return n
-
-        total = 0
-        while True:  # in batches, so one prune never holds the writer for long
-            n = await self._do(op)
-            total += n
-            if n < batch:
-                return total
 
     # -- inbox
 

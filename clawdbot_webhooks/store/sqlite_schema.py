@@ -80,10 +80,9 @@ SQLITE_MIGRATIONS = [
         "pending incoming deliveries by arrival",
         "CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (received_at) WHERE status = 'pending';",
     ),
-    # Every delivery changes status once or twice, and each change of an index over every row
-    # by status moves an entry (a delete and an insert): a sixth of an incoming webhook's cost
-    # in SQLite. Queries by status look only at pending deliveries (inbox_pending) or dead
-    # letters, so a partial index of the dead ones is all that is needed beside it.
+    # Each change of status moved an entry of an index over every row by status. Queries by
+    # status look only at pending deliveries (inbox_pending) or dead letters, so a partial
+    # index of the dead ones is all that is needed beside it.
     Migration(
         4,
         "incoming deliveries indexed by status only while pending or dead",

@@ -19,21 +19,16 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# sqlite3 binds int, float, str and bytearray as they are, but sends bytes and None through
-# its adapter registry first, where the miss is expensive (an AttributeError is formatted and
-# thrown away) before it binds them unchanged after all. Every delivery binds several of each
-# (bodies, payloads, empty columns): identity adapters make the lookup a hit. They change
-# nothing that is stored, here or for any other SQLite connection in the process.
+# Identity adapters for bytes and None, which sqlite3 looks up before binding them: a hit is
+# cheaper than a miss (bench/README.md). Nothing stored changes, here or elsewhere.
 sqlite3.register_adapter(bytes, bytes)
-# ``{}.get(None)`` is None: an identity for None that, unlike a function of ours, costs no
-# Python call.
-sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
+sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))  # {}.get(None) is None
 
 
 class Rows(NamedTuple):
     """A write given as statements and their parameters rather than a function, so that the
-    writer can run a run of them with one ``executemany`` per statement: per row that saves a
-    cursor, a statement-cache lookup and a Python call. ``result`` is what the caller gets.
+    writer can run a run of them with one ``executemany`` per statement. ``result`` is what
+    the caller gets.
     Should the batch fail, each request runs again alone; ``fallback`` then runs instead of the
     statements when given (an insert that has to look at a conflict, say)."""
 
@@ -74,9 +69,9 @@ class SQLiteWriter:
 
     ``await self._do(fn)`` runs ``fn(conn)`` in that thread; whatever requests are queued
     together share one transaction, and each future resolves only after its transaction is
-    committed. The event loop is woken once per batch, not once per request. ``_do`` is a
-    plain function returning the future, queuing at once: no coroutine to create per call, and
-    a caller that need not wait for the commit can go on (and watch the future instead).
+    committed. The event loop is woken once per batch, not once per request. ``_do`` returns
+    the future and queues at once, so a caller that need not wait for the commit can go on
+    (and watch the future instead).
     """
 
     #: How many queued requests one transaction takes at most.
@@ -193,7 +188,7 @@ class SQLiteWriter:
             future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
             future.set_exception(StoreUnavailable(f"{self.path.name} is closed"))
             return future
-        future = self._loop.create_future()  # the loop kept: asking for it is a system call
+        future = self._loop.create_future()
         if self._later:
             self._release_later()
         self._queue.put((fn, future))
@@ -225,8 +220,8 @@ def _switch_to_wal(conn: sqlite3.Connection) -> None:
 
 def _apply(conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> list[Outcome]:
     """Run a batch in one transaction. When a request fails, the batch is rolled back and run
-    again with a savepoint per request, so one bad request cannot sink the others (the
-    savepoints cost a statement pair each, which is why the common path goes without)."""
+    again with a savepoint per request, so one bad request cannot sink the others (savepoints
+    only then: they are two statements more per request)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
         outcomes = _run_grouped(conn, batch)
