@@ -1,10 +1,9 @@
 """The event loop the server runs on.
 
 uvloop where it is installed (a dependency on Linux and macOS): every webhook crosses the loop
-several times (the request, the durable write's hand-back from the writer thread, the action's
-task), and on uvloop an ingested webhook costs about a tenth fewer instructions than on
-asyncio's own loop (``bench/instructions.py``: 574,000 against 639,000). asyncio's loop remains
-a choice (``serve --loop asyncio``) and is what runs where uvloop is not installed (Windows)."""
+several times, and uvloop's crossings are the cheaper (figures in ``bench/README.md``).
+asyncio's loop remains a choice (``serve --loop asyncio``) and is what runs where uvloop is not
+installed (Windows)."""
 
 from __future__ import annotations
 

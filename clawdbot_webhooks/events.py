@@ -31,7 +31,7 @@ def derived_id(prefix: str, *parts: str) -> str:
     When the first part is an id of the same shape (``new_id``'s, or one derived from it), the
     new id starts with its first 10 characters, the creation time: ids then sort as their
     causes do, and a store's index of them grows at its end rather than at a random page for
-    every row (an outgoing delivery writes a third of the pages it did without)."""
+    every row."""
     tail = parts[0].partition("_")[2]
     head = tail[:10] if len(tail) == 26 else ""
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()

@@ -1,4 +1,4 @@
-"""A client for the Clawdbot Gateway WebSocket protocol, version 3 (DESIGN §7).
+"""A client for the Clawdbot Gateway WebSocket protocol, version 3.
 
 One long-lived connection: the server speaks first (``connect.challenge``), the client answers
 with ``connect`` and its token, and then requests (``{"type":"req","id",...}``) are matched to

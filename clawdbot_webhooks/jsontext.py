@@ -1,5 +1,5 @@
-"""JSON text on the hot path: orjson, several times faster than the standard library, for what
-every delivery writes (its headers, the answer to the sender). The standard library stays
+"""JSON text on the hot path: orjson, the faster (``bench/README.md``), for what every
+delivery writes (its headers, the answer to the sender). The standard library stays
 behind it for what orjson refuses: strings with lone surrogates (header bytes that were not
 UTF-8) and integers beyond 64 bits."""
 

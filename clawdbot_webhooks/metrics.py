@@ -1,8 +1,8 @@
 """Prometheus metrics of one runtime, and the readiness of its gateway.
 
 Every runtime has its own ``CollectorRegistry`` (several servers in one process, as in the
-tests, never share counters). What happens on the request path costs a dictionary update:
-requests, actions and outgoing attempts are tallied in plain dictionaries (everything runs on
+tests, never share counters). The request path only updates dictionaries: requests,
+actions and outgoing attempts are tallied in plain dictionaries (everything runs on
 the event loop's thread, so no lock is needed) and turned into metric families only when
 scraped, and nothing on that path reads the store. The gauges
 that need the store (retry queue depth, dead letters) come from a collector whose numbers are

@@ -48,8 +48,8 @@ POLL_SECONDS = 1.0
 
 
 class Slots:
-    """A counting semaphore, first come first served, whose uncontended take costs no
-    coroutine: ``asyncio.Semaphore`` costs three calls and a generator for every delivery.
+    """A counting semaphore, first come first served, whose uncontended ``take`` needs no
+    coroutine, unlike ``asyncio.Semaphore`` (``bench/README.md``).
 
     ``if not slots.take(): await slots.wait()`` then ``slots.give()`` when done; or
     ``async with slots``."""
@@ -131,8 +131,7 @@ class Pipeline:
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
-        #: The loop it runs on, from ``start``: asking asyncio for it costs a system call per
-        #: ask on Python 3.11 (a fork check), and every delivery would ask twice.
+        #: The loop it runs on, kept from ``start`` rather than asked for on every delivery.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[str] = set()
         #: Deliveries held in memory (running or waiting for a slot) at most; beyond that the
@@ -306,8 +305,8 @@ class Pipeline:
             log.exception("delivery %s could not be recorded: %r", record.id, exc)
             self._settle(record.id, exc)
         finally:
-            # The task leaves the set itself: cheaper than a done-callback for each. (One
-            # cancelled before its first step stays; that happens only while stopping.)
+            # The task leaves the set itself, with no done-callback per task. (One cancelled
+            # before its first step stays; that happens only while stopping.)
             self._tasks.discard(asyncio.current_task(self._loop))
             self._running.discard(record.id)
             self._in_flight[record.hook_id] -= 1

@@ -22,14 +22,14 @@ from clawdbot_webhooks.events import EventBus, derived_event_id
 _RANDOM = random.Random(secrets.token_bytes(32))
 
 
-#: The bits a version-4 UUID fixes (RFC 9562 §5.4): version 4, variant 10.
+#: The bits every version-4 UUID has fixed: version 4, variant 10.
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def ephemeral_session() -> str:
-    """``hook:`` and a version-4 UUID from a generator seeded once: unique, without a system
-    call each time, and formatted directly (``uuid.UUID`` costs more than the rest of it)."""
+    """``hook:`` and a version-4 UUID from a generator seeded once and formatted directly:
+    unique, with neither a system call nor a ``uuid.UUID`` per delivery."""
     h = f"{_RANDOM.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
     return f"hook:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -66,7 +66,7 @@ class Sessions:
 
     def begin(self, session: str, hook_id: str, persistent: bool, cause: str) -> Event | None:
         """A run starts in ``session``: its ``session_started`` event when the session is new
-        and somebody listens (the caller publishes it; no coroutine per delivery here)."""
+        and somebody listens (the caller publishes it, so nothing here is awaited)."""
         if not persistent:
             if self._bus.wants("session_started"):
                 return self._started(session, hook_id, "ephemeral", cause)

@@ -135,7 +135,7 @@ def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Templat
 
 
 def context_for(delivery: Delivery, handler: Handler) -> dict[str, Any]:
-    """The variables a delivery's templates see (DESIGN §5)."""
+    """The variables a delivery's templates see."""
     context: dict[str, Any] = {}
     payload = delivery.payload
     if isinstance(payload, Mapping):

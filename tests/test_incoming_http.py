@@ -1,4 +1,5 @@
-"""The incoming status codes of DESIGN §5 over real HTTP, each with its JSON error body."""
+"""The incoming status codes (README, "How a webhook flows") over real HTTP, each with its
+JSON error body."""
 
 from __future__ import annotations
 

@@ -175,8 +175,8 @@ class Wake:
         return {"mode": mode, **dict(answer)}
 
 
-#: Not passed on by a forward: they describe one connection, not the message (RFC 9110 §7.6.1),
-#: or are recomputed for the new request.
+#: Not passed on by a forward: they describe one connection (HTTP's hop-by-hop fields), not
+#: the message, or are recomputed for the new request.
 HOP_BY_HOP = frozenset(
     {
         "connection",

@@ -4,7 +4,7 @@
 re-send after a reconnect never starts a second run; the handler's run options become its
 ``deliver``/``channel``/``to``/``threadId``/``accountId``, ``thinking``, ``timeout`` and
 ``label``), ``send_message`` a ``send`` request and ``wake`` a ``wake`` request.
-Clawdbot's run events become events on our bus (DESIGN §7):
+Clawdbot's run events become events on our bus:
 
 ============================  ======================================================
 our event                     Clawdbot event

@@ -60,8 +60,8 @@ def outbox_id(event_id: str, subscription_id: str) -> str:
 
 
 def payload_bytes(event: Event) -> bytes:
-    """Compact JSON, non-ASCII as UTF-8: orjson's own form (about 15 times faster than the
-    standard library's here), the standard library's for what orjson refuses."""
+    """Compact JSON, non-ASCII as UTF-8: orjson's own form, the standard library's for what
+    orjson refuses."""
     return jsontext.encode(event.to_payload())
 
 
@@ -276,7 +276,7 @@ class Outbox:
 
     def start(self) -> None:
         self._running = True
-        # Kept: asking asyncio for the running loop costs a system call on Python 3.11.
+        # Kept for the lanes, which would otherwise ask asyncio for it on every delivery.
         self._loop = asyncio.get_running_loop()
         self._poller = self._loop.create_task(self._poll(), name="outbox-poller")
 

@@ -84,9 +84,8 @@ def make_app(runtime: Runtime) -> web.Application:
 
 
 #: Net allocations between young collections (Python's default: 700). Each one walks every
-#: young object still alive, which under load is every delivery in flight (its task,
-#: coroutines, records): at 700 that was about 6 % of an outgoing delivery's instructions.
-#: Garbage in reference cycles, which only the collector frees, is rare here and small.
+#: delivery in flight, so the default spends a measurable share of the time there
+#: (``bench/README.md``); garbage in reference cycles is rare here and small.
 YOUNG_COLLECTION_EVERY = 10_000
 
 

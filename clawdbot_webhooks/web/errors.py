@@ -1,5 +1,5 @@
 """Errors answered in JSON: every refusal of this server has a status code and a body of
-``{"ok": false, "error": "..."}`` (DESIGN §5), aiohttp's own included."""
+``{"ok": false, "error": "..."}``, aiohttp's own included."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> w
 def json_errors(handler: Handler) -> Handler:
     """Wraps a route's handler so that aiohttp's own errors (a body over the size limit, say)
     are answered in JSON like ours. A decorator on the routes that need it rather than a
-    middleware: a middleware would cost every webhook two more layers of calls."""
+    middleware, which every webhook would pass through."""
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:

@@ -163,8 +163,8 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
     """Strict JSON (no NaN/Infinity), refusing nesting deeper than ``max_depth``: such a
     payload is an attack on whatever walks it recursively later (templates, plugins).
 
-    orjson parses (several times faster than the standard library, on every request); what
-    it refuses goes to the standard library, which has the last word and the clearer error.
+    orjson parses first; what it refuses goes to the standard library, which has the last
+    word and the clearer error.
     A text with 20 digits in a row goes to the standard library directly: orjson turns an
     integer beyond 64 bits into a float, losing its digits. Numbers that overflow
     to infinity and lone surrogates are refused: nothing downstream could hold them."""

@@ -17,7 +17,7 @@ from marshmallow import Schema, fields
 #: The event types on the bus, in the order the documentation lists them.
 EVENT_TYPES = ("message_received", "agent_response", "session_started", "session_ended", "error")
 
-# Where each event type keeps its own part in the outgoing payload (DESIGN §6).
+# Where each event type keeps its own part in the outgoing payload.
 _PAYLOAD_KEY = {"message_received": "message", "agent_response": "response"}
 
 #: Returned by ``on_incoming`` to skip a delivery's action.

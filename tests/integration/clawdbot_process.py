@@ -1,4 +1,4 @@
-"""A real Clawdbot gateway in a child process (DESIGN §7 "Running a real gateway for tests").
+"""A real Clawdbot gateway in a child process.
 
 The install comes from ``scripts/ensure-clawdbot``; each gateway gets a scratch ``HOME`` with
 ``.clawdbot/clawdbot.json``, a free loopback port and its own token, and is stopped by its PID.
