@@ -317,7 +317,7 @@ class Pipeline:
         handler = spec.handler
         attempt = record.attempts + 1
         if payload is None:
-            payload = parse_content(record.body, record.content_type)
+            payload = spec.presented(parse_content(record.body, record.content_type))
         delivery = record.as_delivery(payload)
         event = self._sessions.begin(record.session, handler.id, spec.persistent, record.id)
         if event is not None:

@@ -15,6 +15,8 @@ from clawdbot_webhooks_hookspecs import Delivery, Handler
 from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from clawdbot_webhooks.forms import form_of
+
 #: Names the runtime puts into every template context; payload keys never replace them.
 RESERVED = frozenset({"event", "headers", "query", "hook", "delivery"})
 
@@ -142,6 +144,9 @@ def context_for(delivery: Delivery, handler: Handler) -> dict[str, Any]:
         for key, value in payload.items():
             if isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key):
                 context[key] = value
+    form = form_of(delivery.body, delivery.content_type)
+    if form is not None:  # the fields as sent, also when `event` is the JSON one of them held
+        context["form"] = form
     context.update(
         event=payload,
         headers=dict(delivery.headers),

@@ -69,32 +69,68 @@ def sample_payload(hook: str) -> bytes:
     help="JSON body from FILE, or - for stdin (default: a small sample).",
 )
 @click.option("--url", default=None, help="Send here (default: the configured listener).")
+@click.option(
+    "--content-type",
+    default=None,
+    help="Of --payload (default: application/json).",
+)
+@click.option(
+    "--signing-key",
+    type=click.File("r"),
+    default=None,
+    help="Private key FILE for schemes only the provider can sign (discord: hex Ed25519 seed; "
+    "google-oidc: PEM whose public key is in the configured jwks file).",
+)
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 def send_test(
-    config_path: str | None, hook: str, payload: IO[bytes] | None, url: str | None, timeout: float
+    config_path: str | None,
+    hook: str,
+    payload: IO[bytes] | None,
+    url: str | None,
+    content_type: str | None,
+    signing_key: IO[str] | None,
+    timeout: float,
 ) -> None:
     """POST a signed sample request to HOOK on a running server; print the answer.
 
-    Signs it the way the handler verifies (shared secret, bearer, github, standard-webhooks,
-    stripe, slack, hmac). Exits 0 on a 2xx answer, 1 otherwise.
+    Signs it the way the handler verifies (every built-in scheme, and a plugin's that can
+    sign), and shapes the sample as the provider sends it. Exits 0 on a 2xx answer, 1
+    otherwise.
     """
-    settings, plugins = load_or_exit(config_path)
+    settings, _ = load_or_exit(config_path)
     spec = settings.routes.get(hook.strip("/"))
     if spec is None:
         known = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
         raise click.UsageError(f"no handler {hook!r} (handlers: {known})")
-    body = payload.read() if payload is not None else sample_payload(spec.handler.id)
+    now = int(time.time())
+    verifier: Any = spec.verify.verifier if spec.verify is not None else None
+    body, mime = b"", content_type or "application/json"
+    sample = getattr(verifier, "sample", None)
+    if payload is not None:
+        body = payload.read()
+    elif sample is not None:
+        body, mime = sample(json.loads(sample_payload(spec.handler.id)), now)
+    else:
+        body = sample_payload(spec.handler.id)
     signed: dict[str, str] = {}
     if spec.verify is not None:
         kind = spec.verify.type
-        sign = getattr(plugins.registries.verifiers[kind], "sign", None)
+        sign = getattr(verifier, "sign", None)
         if sign is None:
             click.echo(f"Error: send-test cannot sign for verifier {kind!r}", err=True)
             sys.exit(2)
-        signed = sign(body, spec.verify.options, int(time.time()))
+        options = dict(spec.verify.options)
+        if signing_key is not None:
+            options["signingKey"] = signing_key.read().strip()
+        try:
+            signed = sign(body, options, now)
+        except ValueError as exc:
+            hint = "" if signing_key is not None else " (--signing-key FILE)"
+            click.echo(f"Error: cannot sign for verifier {kind!r}: {exc}{hint}", err=True)
+            sys.exit(2)
     target = url or default_url(settings, spec)
     request = urllib.request.Request(target, data=body, method="POST")
-    request.add_header("Content-Type", "application/json")
+    request.add_header("Content-Type", mime)
     request.add_header("User-Agent", f"clawdbot-webhooks-send-test/{__version__}")
     for name, value in signed.items():
         request.add_header(name, value)

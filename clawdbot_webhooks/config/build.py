@@ -302,6 +302,9 @@ def _credential_headers(
         names.add(base["secretHeader"].lower())
     if verify is not None and verify.type == "shared-secret":
         names.add(str(verify.options.get("header") or DEFAULT_SECRET_HEADER).lower())
+    if verify is not None:
+        # Schemes whose sender puts the secret itself in a header of its own (GitLab, Telegram).
+        names.update(h.lower() for h in getattr(verify.verifier, "credential_headers", ()))
     return frozenset(names)
 
 
@@ -339,7 +342,7 @@ def _build_verify(
         except ValidationError as exc:
             errors.extend(flatten_errors(exc.messages, f"{path}.verify"))
             return None
-    return VerifySpec(type=name, options=options)
+    return VerifySpec(type=name, options=options, verifier=verifier)
 
 
 def _build_outgoing(

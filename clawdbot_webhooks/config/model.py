@@ -130,6 +130,8 @@ class VerifySpec:
 
     type: str
     options: Mapping[str, Any] = field(repr=False)
+    #: The registered verifier itself, for its optional ``handshake`` and ``present``.
+    verifier: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,13 @@ class HandlerSpec:
     rate_limit: RateLimit | None = None
     max_concurrent: int | None = None
     max_pending: int | None = None
+
+    def presented(self, payload: Any) -> Any:
+        """The payload as templates and actions see it: the verifier's ``present`` applied."""
+        present = None if self.verify is None else getattr(self.verify.verifier, "present", None)
+        if present is None or self.verify is None:
+            return payload
+        return present(payload, self.verify.options)
 
     @functools.cached_property
     def persistent(self) -> bool:

@@ -2,21 +2,23 @@
 
 A request goes: method (405) → client address (403) → per-address rate limit (429) → route
 (404) → authentication-failure throttle (429) → body within the limit and the read timeout
-(413/408) → authentication (401) → content type and parsing (415/400) → handler rate limit and
-``maxPending`` (429) → duplicate check (200) → stored durably (503 when that fails) → 202, and
-the pipeline takes it from there. The handler's limit comes after authentication so that
-nobody without the secret can use up a sender's allowance.
+(413/408) → authentication (401) → a provider's handshake, answered at once (200) → content
+type and parsing (415/400) → handler rate limit and ``maxPending`` (429) → duplicate check
+(200) → stored durably (503 when that fails) → 202, and the pipeline takes it from there.
+The handler's limit comes after authentication so that nobody without the secret can use up
+a sender's allowance.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from typing import Any
 
 from aiohttp import web
-from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, new_id
+from clawdbot_webhooks_hookspecs import Handshake, SignedRequest, VerificationError, new_id
 
 from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.config import HandlerSpec
@@ -45,14 +47,17 @@ def _too_many(seconds: float, message: str) -> Rejected:
     return Rejected(429, message, {"Retry-After": retry_after(seconds)})
 
 
-def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, ip: str) -> str:
-    """Authenticate; returns the sender's delivery id when the scheme carries one.
+async def _verify(
+    spec: HandlerSpec, request: web.Request, body: bytes, ip: str
+) -> tuple[str, Handshake | None]:
+    """Authenticate; returns the sender's delivery id when the scheme carries one, and the
+    verifier's answer when the request is a handshake rather than a delivery.
 
     ``spec.verify`` names the verifier and holds its loaded options; the config puts the
     shared secret there when a handler has no ``verify`` of its own."""
     if spec.verify is None:
-        return ""
-    name, options = spec.verify.type, spec.verify.options
+        return "", None
+    options, verifier = spec.verify.options, spec.verify.verifier
     signed = SignedRequest(
         method=request.method,
         path=request.path,
@@ -62,9 +67,13 @@ def _verify(rt: Runtime, spec: HandlerSpec, request: web.Request, body: bytes, i
         now=time.time(),
     )
     try:
-        return rt.plugins.registries.verifiers[name].verify(signed, options) or ""
+        sender_id = verifier.verify(signed, options)
+        if inspect.isawaitable(sender_id):  # a scheme that may have to fetch its keys
+            sender_id = await sender_id
     except VerificationError as exc:
         raise Rejected(401, str(exc)) from exc
+    handshake = getattr(verifier, "handshake", None)
+    return sender_id or "", None if handshake is None else handshake(signed, options)
 
 
 async def receive(request: web.Request) -> web.StreamResponse:
@@ -114,12 +123,14 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
         raise _too_many(wait, "too many failed authentication attempts from this address")
     body = await read_body(request, incoming.max_body_bytes, incoming.read_timeout)
     try:
-        sender_id = _verify(rt, spec, request, body, ip)
+        sender_id, handshake = await _verify(spec, request, body, ip)
     except Rejected:
         limits.auth_failed(ip)
         raise
+    if handshake is not None:  # the provider checking the endpoint: no delivery to store
+        return web.json_response(handshake.body, status=handshake.status)
     raw_type = request.headers.get("Content-Type", "")
-    payload = parse_content(body, raw_type, max_depth=incoming.max_json_depth)
+    payload = spec.presented(parse_content(body, raw_type, max_depth=incoming.max_json_depth))
     wait = limits.handler(spec.handler.id)
     if wait:
         raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")

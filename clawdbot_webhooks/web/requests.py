@@ -13,10 +13,11 @@ from array import array
 from collections.abc import Iterable, Mapping
 from itertools import accumulate
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
+
+from clawdbot_webhooks.forms import FORM_TYPE, parse_form
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -202,7 +203,8 @@ def _as_text(text: str | bytes) -> str:
 def parse_body(
     body: bytes, content_type: str, charset: str | None, *, max_depth: int | None = None
 ) -> Any:
-    """The payload as templates see it: JSON as it is, forms as a dict, text as a string."""
+    """The payload as templates see it: JSON as it is (also when wrapped in a form's only field
+    ``payload``), other forms as a dict, text as a string."""
     mime = content_type.lower()
     if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
         if not body.strip():
@@ -217,23 +219,18 @@ def parse_body(
             raise Rejected(400, f"unknown charset {charset!r}") from exc
         except ValueError as exc:
             raise Rejected(400, f"invalid JSON: {exc}") from exc
-    if mime == "application/x-www-form-urlencoded":
+    if mime == FORM_TYPE:
         try:
             text = body.decode(charset or "utf-8")
         except (UnicodeDecodeError, LookupError) as exc:
             raise Rejected(400, f"form body is not valid {charset or 'utf-8'}") from exc
-        form: dict[str, Any] = {}
-        for key, value in parse_qsl(text, keep_blank_values=True):
-            if key in form:  # repeated keys become lists, as forms send them
-                previous = form[key]
-                form[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-            else:
-                form[key] = value
-        # A form with one `payload` field of JSON is how GitHub and Slack send form hooks.
+        form = parse_form(text)
+        # A form whose one field `payload` is JSON is how GitHub and Slack send JSON as a form:
+        # it is presented as that JSON, as if sent so (the raw form stays in `form`).
         if set(form) == {"payload"} and isinstance(form["payload"], str):
-            # Not JSON (or nested too deeply): it stays the text it was.
+            # Not JSON (or nested too deeply): it stays the form it was.
             with contextlib.suppress(ValueError):
-                form = {"payload": _json(form["payload"], max_depth)}
+                return _json(form["payload"], max_depth)
         return form
     if mime.startswith("text/"):
         try:

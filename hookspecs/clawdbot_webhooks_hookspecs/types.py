@@ -328,6 +328,19 @@ class SignedRequest:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a verifier answers a sender's handshake with, at once and instead of a delivery:
+    nothing is stored and no action runs. ``body`` is sent as JSON with ``status``. Since 1.3.
+
+    Providers check an endpoint before they deliver to it: Slack's ``url_verification`` wants
+    its ``challenge`` back, a Discord ``PING`` wants ``{"type": 1}``.
+    """
+
+    body: Any
+    status: int = 200
+
+
 @runtime_checkable
 class Verifier(Protocol):
     """An incoming authentication scheme.
@@ -336,9 +349,30 @@ class Verifier(Protocol):
     (``webhook-id``, ``X-GitHub-Delivery`` …) so duplicates are recognised.
 
     Optional: ``def sign(body, options, now) -> dict[str, str]``, the headers a sender would add
-    to ``body`` at Unix time ``now``; ``clawdbot-webhooks send-test`` uses it.
+    to ``body`` at Unix time ``now``; ``clawdbot-webhooks send-test`` uses it. ``options`` may
+    then also hold ``signingKey``: the private key given to ``send-test --signing-key``, for
+    schemes whose senders sign with a key the receiver never holds (since 1.3).
+
+    Optional: ``def sample(payload, now) -> tuple[bytes, str]``, ``send-test``'s sample
+    ``payload`` (a dict) as its provider would send it: the body and its content type (a
+    form for Twilio, a Pub/Sub envelope …; since 1.3).
+
+    Optional: ``credential_headers``, names of request headers that carry the secret itself;
+    they are never stored with a delivery (since 1.3).
+
+    ``verify`` may also be a coroutine function, for schemes that fetch keys (since 1.3).
+
+    Optional: ``def handshake(request, options) -> Handshake | None``, called only after
+    ``verify`` accepted the request: a ``Handshake`` is answered at once and the request goes
+    no further (since 1.3).
+
+    Optional: ``def present(payload, options) -> Any``, the payload as templates and actions
+    see it (an envelope unwrapped, say). It is applied again on every attempt, so it must
+    depend on nothing but its arguments (since 1.3).
     """
 
     schema: type[Schema]
 
-    def verify(self, request: SignedRequest, options: Mapping[str, Any]) -> str | None: ...
+    def verify(
+        self, request: SignedRequest, options: Mapping[str, Any]
+    ) -> str | Awaitable[str | None] | None: ...

@@ -32,25 +32,40 @@ from clawdbot_webhooks.builtin.verifiers.common import (
     check_timestamp,
     matches_any,
 )
+from clawdbot_webhooks.builtin.verifiers.discord import Discord
 from clawdbot_webhooks.builtin.verifiers.generic_hmac import GenericHMAC
 from clawdbot_webhooks.builtin.verifiers.github import GitHub
-from clawdbot_webhooks.builtin.verifiers.secret import Bearer, SharedSecret
+from clawdbot_webhooks.builtin.verifiers.google import GoogleOIDC
+from clawdbot_webhooks.builtin.verifiers.linear import Linear
+from clawdbot_webhooks.builtin.verifiers.secret import Basic, Bearer, GitLab, SharedSecret, Telegram
+from clawdbot_webhooks.builtin.verifiers.sentry import Sentry
+from clawdbot_webhooks.builtin.verifiers.shopify import Shopify
 from clawdbot_webhooks.builtin.verifiers.slack import Slack
 from clawdbot_webhooks.builtin.verifiers.standard import StandardWebhooks
 from clawdbot_webhooks.builtin.verifiers.stripe import Stripe
+from clawdbot_webhooks.builtin.verifiers.twilio import Twilio
 
 __all__ = [
     "DEFAULT_TOLERANCE",
     "MAX_SIGNATURES",
+    "Basic",
     "Bearer",
+    "Discord",
     "GenericHMAC",
     "GitHub",
+    "GitLab",
+    "GoogleOIDC",
+    "Linear",
     "SecretsSchema",
+    "Sentry",
     "SharedSecret",
+    "Shopify",
     "Slack",
     "StandardWebhooks",
     "Stripe",
+    "Telegram",
     "TimedSchema",
+    "Twilio",
     "any_equal",
     "bearer_token",
     "check_timestamp",
@@ -68,3 +83,12 @@ def register_verifiers(register: Callable[[str, Any], None]) -> None:
     register("stripe", Stripe())
     register("slack", Slack())
     register("hmac", GenericHMAC())
+    register("gitlab", GitLab())
+    register("shopify", Shopify())
+    register("twilio", Twilio())
+    register("discord", Discord())
+    register("linear", Linear())
+    register("sentry", Sentry())
+    register("telegram", Telegram())
+    register("basic", Basic())
+    register("google-oidc", GoogleOIDC())

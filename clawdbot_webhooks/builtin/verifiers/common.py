@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import importlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ from marshmallow import (
 
 #: Five minutes either way, what Standard Webhooks, Stripe and Slack all recommend.
 DEFAULT_TOLERANCE = 300.0
+JSON_TYPE = "application/json"
 #: More candidate signatures than this in one header is an attack, not key rotation.
 MAX_SIGNATURES = 16
 _DIGITS = re.compile(r"[0-9]{1,15}")
@@ -104,14 +106,35 @@ def check_timestamp(value: str, request: SignedRequest, tolerance: float, header
     return value
 
 
-def json_field(body: bytes, key: str) -> str | None:
-    """A top-level string field of a JSON body, or None when there is none."""
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    value = document.get(key) if isinstance(document, dict) else None
+    return document if isinstance(document, dict) else None
+
+
+def json_field(body: bytes, key: str) -> str | None:
+    """A top-level string (or integer) field of a JSON body, as text, or None."""
+    document = json_object(body)
+    value = None if document is None else document.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     return value if isinstance(value, str) and value else None
+
+
+def require_module(module: str, extra: str, field: str) -> None:
+    """Refuse the options at load (``field`` names the key path) when a scheme's library is
+    not installed, naming the pip extra that brings it."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ValidationError(
+            f"needs the {module.partition('.')[0]} package: "
+            f"pip install 'clawdbot-webhooks[{extra}]'",
+            field,
+        ) from None
 
 
 # ------------------------------------------------------------------------------- schemas

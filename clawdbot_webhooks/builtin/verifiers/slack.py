@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
+from clawdbot_webhooks_hookspecs import Handshake, SignedRequest, VerificationError
 
 from clawdbot_webhooks.builtin.verifiers.common import (
     DEFAULT_TOLERANCE,
@@ -15,6 +15,7 @@ from clawdbot_webhooks.builtin.verifiers.common import (
     first_secret,
     hmac_digest,
     json_field,
+    json_object,
     required_header,
     secrets_of,
 )
@@ -22,7 +23,8 @@ from clawdbot_webhooks.builtin.verifiers.common import (
 
 class Slack:
     """``X-Slack-Signature: v0=<hex HMAC-SHA256 of "v0:timestamp:body">`` with
-    ``X-Slack-Request-Timestamp``; the delivery id is the Events API ``event_id``."""
+    ``X-Slack-Request-Timestamp``; the delivery id is the Events API ``event_id``. A signed
+    ``url_verification`` (Slack checking the Events API URL) is answered with its challenge."""
 
     class schema(TimedSchema):
         pass
@@ -44,6 +46,14 @@ class Slack:
     @staticmethod
     def _signature(secret: str, stamp: str, body: bytes) -> str:
         return "v0=" + hmac_digest("sha256", secret.encode(), f"v0:{stamp}:".encode() + body).hex()
+
+    def handshake(self, request: SignedRequest, options: Mapping[str, Any]) -> Handshake | None:
+        if b"url_verification" not in request.body:  # most requests: no need to parse
+            return None
+        document = json_object(request.body)
+        if document is None or document.get("type") != "url_verification":
+            return None
+        return Handshake({"challenge": document.get("challenge")})
 
     def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
         return {

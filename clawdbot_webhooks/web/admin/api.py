@@ -125,7 +125,7 @@ def rendered_templates(rt: Runtime, record: IncomingRecord) -> dict[str, str]:
     spec = rt.settings.routes.get(record.hook_id)
     if spec is None or not spec.templates:
         return {}
-    payload = _parsed(record.body, record.content_type)
+    payload = spec.presented(_parsed(record.body, record.content_type))
     context = context_for(record.as_delivery(payload), spec.handler)
     out: dict[str, str] = {}
     for path, template in spec.templates.items():
