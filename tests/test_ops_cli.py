@@ -47,6 +47,17 @@ HANDLERS = [
             "timestampHeader": "X-Timestamp",
         },
     ),
+    handler("gitlab", {"type": "gitlab", "secret": "gitlab-token-value"}),
+    handler("shopify", {"type": "shopify", "secret": "shopify-client-secret"}),
+    handler(
+        "twilio",
+        {"type": "twilio", "secret": "twilio-auth-token", "url": "https://example.com/sms"},
+        template="{{Body}}",
+    ),
+    handler("linear", {"type": "linear", "secret": "linear-signing-secret"}),
+    handler("sentry", {"type": "sentry", "secret": "sentry-client-secret"}),
+    handler("telegram", {"type": "telegram", "secret": "telegram-secret-token"}),
+    handler("basic", {"type": "basic", "username": "alertmanager", "password": "pw"}),
     handler("open"),
 ]
 
@@ -75,6 +86,7 @@ async def test_send_test_is_accepted(served, hook: str) -> None:
     await srv.idle()
     delivery = await srv.runtime.store.get_incoming(answer["id"])
     assert delivery is not None and delivery.status == "done"
+    assert delivery.last_error is None
 
 
 async def test_send_test_payload_from_stdin_and_wrong_secret(served, tmp_path: Path) -> None:
@@ -94,7 +106,8 @@ async def test_send_test_payload_from_stdin_and_wrong_secret(served, tmp_path: P
 
     # The same hook configured with another secret: the server refuses, the exit code says so.
     wrong = json.loads(config.read_text())
-    wrong["webhooks"]["handlers"][2]["verify"]["secret"] = "not-the-secret"
+    github = next(h for h in wrong["webhooks"]["handlers"] if h["id"] == "github")
+    github["verify"]["secret"] = "not-the-secret"
     other = write_config(tmp_path / "wrong.json5", wrong["webhooks"])
     result = await invoke("send-test", "github", "--config", str(other), "--url", url)
     assert result.exit_code == 1
@@ -151,3 +164,61 @@ async def test_deliveries_tail_follows_live(served) -> None:
         if child.returncode is None:
             child.kill()
             await child.wait()
+
+
+async def test_send_test_signs_with_a_private_key_for_discord_and_google(
+    start_server, state_dir: Path, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+    from nacl.signing import SigningKey
+
+    seed = SigningKey.generate()
+    (tmp_path / "discord.key").write_text(seed.encode().hex())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1"}]}))
+    pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "google.pem").write_bytes(pem)
+    hooks = [
+        handler(
+            "discord",
+            {"type": "discord", "publicKey": seed.verify_key.encode().hex()},
+            template="{{data.name}}",
+        ),
+        handler(
+            "gmail",
+            {
+                "type": "google-oidc",
+                "audience": "https://example.com/gmail",
+                "email": "push@p.iam.gserviceaccount.com",
+                "jwks": str(tmp_path / "jwks.json"),
+            },
+            template="{{message.data.message}}",
+        ),
+    ]
+    webhooks = {"stateDir": str(state_dir), "handlers": hooks}
+    srv = await start_server(webhooks)
+    config = write_config(tmp_path / "config.json5", webhooks)
+    for hook, key in (("discord", "discord.key"), ("gmail", "google.pem")):
+        url = f"{srv.base}/webhook/{hook}"
+        args = ["send-test", hook, "--config", str(config), "--url", url]
+        result = await invoke(*args, "--signing-key", str(tmp_path / key))
+        assert result.exit_code == 0, result.output
+        assert f"POST {url} -> 202" in result.output
+        # without the key it cannot sign, and says what it needs
+        result = await invoke(*args)
+        assert result.exit_code == 2
+        assert "--signing-key" in result.output and "private key" in result.output
+    # a key that is not the configured one is refused by the server
+    (tmp_path / "other.key").write_text(SigningKey.generate().encode().hex())
+    url = f"{srv.base}/webhook/discord"
+    args = ["send-test", "discord", "--config", str(config), "--url", url]
+    result = await invoke(*args, "--signing-key", str(tmp_path / "other.key"))
+    assert result.exit_code == 1 and "-> 401" in result.output
+    await srv.idle()
+    texts = [m["text"] for m in srv.messages()]
+    assert "test" in texts and "clawdbot-webhooks send-test" in texts

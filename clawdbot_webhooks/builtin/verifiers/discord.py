@@ -27,13 +27,13 @@ from clawdbot_webhooks.builtin.verifiers.common import (
 PING = 1
 
 
-def _hex_key(text: str, size: int, what: str) -> bytes:
+def _hex_key(text: str, size: int) -> bytes:
     try:
         key = bytes.fromhex(text.strip())
     except ValueError:
-        raise ValueError(f"{what} is not hex") from None
+        raise ValueError("not hex") from None
     if len(key) != size:
-        raise ValueError(f"{what} must be {size} bytes ({size * 2} hex digits)")
+        raise ValueError(f"must be {size} bytes ({size * 2} hex digits)")
     return key
 
 
@@ -41,7 +41,7 @@ def _hex_key(text: str, size: int, what: str) -> bytes:
 def _public_key(text: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    return Ed25519PublicKey.from_public_bytes(_hex_key(text, 32, "publicKey"))
+    return Ed25519PublicKey.from_public_bytes(_hex_key(text, 32))
 
 
 class Discord:
@@ -93,9 +93,9 @@ class Discord:
             "X-Signature-Timestamp",
         )
         try:
-            signature = _hex_key(given, 64, "X-Signature-Ed25519")
+            signature = _hex_key(given, 64)
         except ValueError as exc:
-            raise VerificationError(str(exc)) from None
+            raise VerificationError(f"X-Signature-Ed25519: {exc}") from None
         signed = stamp.encode() + request.body
         ok = False
         for key in self._keys(options):  # every key tried: the time says nothing
@@ -122,7 +122,11 @@ class Discord:
         text = options.get("signingKey")
         if not text:
             raise ValueError("discord requests are signed with Discord's private key: pass one")
-        key = Ed25519PrivateKey.from_private_bytes(_hex_key(text, 32, "the signing key"))
+        try:
+            seed = _hex_key(text, 32)
+        except ValueError as exc:
+            raise ValueError(f"the signing key (an Ed25519 seed): {exc}") from None
+        key = Ed25519PrivateKey.from_private_bytes(seed)
         signature = key.sign(str(now).encode() + body)
         return {"X-Signature-Ed25519": signature.hex(), "X-Signature-Timestamp": str(now)}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
 from marshmallow import fields
@@ -21,6 +21,19 @@ from clawdbot_webhooks.builtin.verifiers.common import (
 )
 from clawdbot_webhooks.forms import FORM_TYPE
 
+_ALGORITHMS = {"HMAC_SHA1": "sha1", "HMAC_SHA256": "sha256"}
+
+
+def _with_and_without_port(url: str) -> list[str]:
+    """The URL as configured, with its default port and without: Twilio signs either (its own
+    validator tries both)."""
+    parts = urlsplit(url)
+    if parts.port is not None:
+        host = parts.netloc.rpartition(":")[0]
+        return [url, urlunsplit(parts._replace(netloc=host))]
+    port = 443 if parts.scheme == "https" else 80
+    return [url, urlunsplit(parts._replace(netloc=f"{parts.netloc}:{port}"))]
+
 
 class Twilio:
     """Options: ``secret`` (the auth token) and ``url``, the public URL configured at Twilio,
@@ -32,8 +45,13 @@ class Twilio:
 
     def verify(self, request: SignedRequest, options: Mapping[str, Any]) -> str | None:
         given = required_header(request, "X-Twilio-Signature").strip()
+        algorithm = self._algorithm(request)
         params = self._params(request)
-        expected = (self._digest(s, options["url"], params).encode() for s in secrets_of(options))
+        expected = (
+            self._digest(s, url, params, algorithm).encode()
+            for s in secrets_of(options)
+            for url in _with_and_without_port(options["url"])
+        )
         if not any_equal([given.encode("utf-8", "replace")], expected):
             raise VerificationError("X-Twilio-Signature does not match the URL and parameters")
         return request.headers.get("i-twilio-idempotency-token") or None
@@ -46,10 +64,27 @@ class Twilio:
         return parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True)
 
     @staticmethod
-    def _digest(secret: str, url: str, params: list[tuple[str, str]]) -> str:
+    def _algorithm(request: SignedRequest) -> str:
+        """HMAC-SHA1 (the auth token's), or what ``X-Twilio-Webhooks-Signature-Settings``
+        names for a shared key's signatures (``algorithm=HMAC_SHA256``)."""
+        settings = request.headers.get("x-twilio-webhooks-signature-settings") or ""
+        for part in settings.split(","):
+            name, _, value = part.partition("=")
+            if name.strip() == "algorithm" and value.strip():
+                algorithm = _ALGORITHMS.get(value.strip().upper())
+                if algorithm is None:
+                    raise VerificationError(f"unsupported signature algorithm {value.strip()!r}")
+                return algorithm
+        return "sha1"
+
+    @staticmethod
+    def _digest(
+        secret: str, url: str, params: list[tuple[str, str]], algorithm: str = "sha1"
+    ) -> str:
         # As Twilio's own validator: names sorted, a repeated name's values sorted too.
         signed = url + "".join(f"{k}{v}" for k, v in sorted(set(params)))
-        return base64.b64encode(hmac_digest("sha1", secret.encode(), signed.encode())).decode()
+        digest = hmac_digest(algorithm, secret.encode(), signed.encode())
+        return base64.b64encode(digest).decode()
 
     def sign(self, body: bytes, options: Mapping[str, Any], now: int) -> dict[str, str]:
         params = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
