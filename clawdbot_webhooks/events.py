@@ -8,39 +8,21 @@ in the background, each isolated, so a slow or broken plugin never holds anythin
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pluggy
-from clawdbot_webhooks_hookspecs import Event
+from clawdbot_webhooks_hookspecs import Event, derived_event_id, derived_id
 
 from clawdbot_webhooks.plugins.calls import HookCalls, result_of
 
 log = logging.getLogger(__name__)
 
+__all__ = ["EventBus", "Subscriber", "derived_event_id", "derived_id"]
+
 Subscriber = Callable[[Event], Awaitable[None]]
-
-
-def derived_id(prefix: str, *parts: str) -> str:
-    """``prefix_`` and 26 characters that depend on ``parts`` alone, so that a re-run after a
-    crash repeats the id and receivers can deduplicate by it.
-
-    When the first part is an id of the same shape (``new_id``'s, or one derived from it), the
-    new id starts with its first 10 characters, the creation time: ids then sort as their
-    causes do, and a store's index of them grows at its end rather than at a random page for
-    every row."""
-    tail = parts[0].partition("_")[2]
-    head = tail[:10] if len(tail) == 26 else ""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-    return f"{prefix}_{head}{digest[: 26 - len(head)]}"
-
-
-def derived_event_id(*parts: str) -> str:
-    """An event id derived from what caused it (see ``derived_id``)."""
-    return derived_id("evt", *parts)
 
 
 class EventBus:

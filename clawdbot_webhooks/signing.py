@@ -1,40 +1,17 @@
-"""Standard Webhooks signatures (https://www.standardwebhooks.com), shared by outgoing signing
-and the incoming ``standard-webhooks`` verifier so both compute exactly the same thing."""
+"""Outgoing Standard Webhooks signatures (https://www.standardwebhooks.com). The computation is
+the plugin API's (``clawdbot_webhooks_hookspecs.signing``), which the incoming
+``standard-webhooks`` verifier uses too, so both compute exactly the same thing."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
+from clawdbot_webhooks_hookspecs.signing import (
+    SECRET_PREFIX,
+    decode_secret,
+    sign_standard,
+    standard_signature,
+)
 
-SECRET_PREFIX = "whsec_"
-
-
-def decode_secret(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret (the prefix is optional).
-
-    Padding may be left out, as the reference libraries allow; anything that is not base64
-    raises ``ValueError`` (the message never contains the secret).
-    """
-    text = secret.removeprefix(SECRET_PREFIX).strip()
-    text += "=" * (-len(text) % 4)
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not a base64 secret (expected whsec_<base64>)") from None
-    if not key:
-        raise ValueError("the secret is empty")
-    return key
-
-
-def sign_standard(secret: str, msg_id: str, timestamp: int | str, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256 of "msg_id.timestamp.body">`` keyed by the decoded secret."""
-    return _signature(decode_secret(secret), msg_id, timestamp, body)
-
-
-def _signature(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.digest(key, signed, "sha256")).decode()
+__all__ = ["SECRET_PREFIX", "StandardSigner", "decode_secret", "sign_standard"]
 
 
 class StandardSigner:
@@ -53,5 +30,5 @@ class StandardSigner:
         return {
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": _signature(self._key, msg_id, timestamp, body),
+            "webhook-signature": standard_signature(self._key, msg_id, timestamp, body),
         }

@@ -31,7 +31,6 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from clawdbot_webhooks_hookspecs import PROJECT_NAME
 
-from clawdbot_webhooks.builtin.local_gateway import read_log
 from clawdbot_webhooks.config import build_settings, plugin_selection
 from clawdbot_webhooks.plugins import PluginSelection, PluginSet, load_plugins
 from clawdbot_webhooks.runtime import Runtime
@@ -125,8 +124,10 @@ class Served:
         raise AssertionError(f"deliveries still pending after {timeout:.1f}s")
 
     def messages(self) -> list[dict[str, Any]]:
-        """What the ``local`` gateway logged: messages sent and the echo agent's answers."""
-        return read_log(self.runtime.settings.state_dir)
+        """What the ``local`` gateway logged: messages sent and the echo agent's answers
+        (nothing with another gateway)."""
+        logged = getattr(self.runtime.gateway, "messages", None)
+        return list(logged()) if callable(logged) else []
 
 
 @contextlib.asynccontextmanager

@@ -15,8 +15,12 @@ import pytest
 from aiohttp import WSMsgType, web
 from clawdbot_webhooks_hookspecs import Event, GatewayEnv, GatewayError
 
-from clawdbot_webhooks.builtin.clawdbot_gateway import ClawdbotGateway
-from clawdbot_webhooks.gateway_client import ClientOptions, GatewayClient, HandshakeRejected
+from clawdbot_webhooks.builtin.clawdbot.client import (
+    ClientOptions,
+    GatewayClient,
+    HandshakeRejected,
+)
+from clawdbot_webhooks.builtin.clawdbot.gateway import ClawdbotGateway
 
 Handler = Callable[[web.WebSocketResponse, dict[str, Any], int], Awaitable[None]]
 

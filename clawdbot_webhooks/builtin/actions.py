@@ -18,11 +18,10 @@ from clawdbot_webhooks_hookspecs import (
     ReplyTarget,
     SupportsWake,
     Template,
+    derived_event_id,
     hookimpl,
 )
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
-
-from clawdbot_webhooks.events import derived_event_id
 
 
 class _Target(Schema):

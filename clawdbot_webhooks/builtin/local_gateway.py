@@ -19,7 +19,7 @@ from typing import Any
 
 from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError, ReplyTarget, hookimpl
 
-from clawdbot_webhooks.store.sqlite_writer import SQLiteWriter
+from clawdbot_webhooks.builtin.sqlite_log import LogWriter
 
 LOG_FILE = "local-gateway.sqlite3"
 
@@ -54,15 +54,15 @@ def echo_reply(agent_id: str, message: str, turn: int) -> str:
 class LocalGateway:
     def __init__(self, path: Path) -> None:
         self.path = path
-        # The same group commit as the main store: many agent runs share one transaction.
-        self._db = SQLiteWriter(path, _SCHEMA)
+        # Group commit, as the main store has: many agent runs share one transaction.
+        self._db = LogWriter(path, _SCHEMA)
         self._open = False
 
     async def start(self) -> None:
         if not self._open:
             await self._db.open()
             self._open = True
-            await self._db._do(_add_options_column)
+            await self._db.run(_add_options_column)
 
     async def close(self) -> None:
         if self._open:
@@ -74,12 +74,16 @@ class LocalGateway:
         """Always, once started: it is a file beside the store (``/readyz`` reads this)."""
         return self._open
 
+    def messages(self) -> list[dict[str, Any]]:
+        """Everything logged so far, oldest first (``clawdbot_webhooks.testing`` reads this)."""
+        return _read(self.path)
+
     async def probe(self) -> str:
         return f"local gateway (message log {self.path})"
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         await self.start()
-        return await self._db._do(fn)
+        return await self._db.run(fn)
 
     async def send_message(
         self, *, channel: str, peer: str, text: str, session: str, idempotency_key: str
@@ -256,7 +260,10 @@ def _add_options_column(conn: sqlite3.Connection) -> None:
 
 def read_log(state_dir: Path) -> list[dict[str, Any]]:
     """Every message the local gateway logged, oldest first."""
-    path = state_dir / LOG_FILE
+    return _read(Path(state_dir) / LOG_FILE)
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -275,6 +282,14 @@ def create(options: Mapping[str, Any], env: GatewayEnv) -> LocalGateway:
 @hookimpl
 def register_gateways(register: Callable[[str, Any], None]) -> None:
     register("local", create)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    # Imported here: the command module reads the log through this one.
+    from clawdbot_webhooks.builtin.local_messages import messages
+
+    cli.add_command(messages)
 
 
 __all__ = ["LocalGateway", "create", "echo_reply", "read_log", "run_options"]

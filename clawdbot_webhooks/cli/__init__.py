@@ -11,9 +11,9 @@ from dataclasses import asdict
 import click
 
 from clawdbot_webhooks import __version__
+from clawdbot_webhooks.cli.plugin_commands import PluginCommandsGroup, command_env
 from clawdbot_webhooks.cli.support import (
     config_option,
-    format_time,
     json_option,
     load_or_exit,
     print_table,
@@ -31,10 +31,13 @@ def _logging(level: str) -> None:
     )
 
 
-@click.group()
+@click.group(cls=PluginCommandsGroup)
 @click.version_option(__version__, prog_name="clawdbot-webhooks")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Webhooks for Clawdbot: incoming hooks become actions, events go out to URLs."""
+    # Plugins' commands (register_commands) find the config through it.
+    ctx.obj = command_env()
 
 
 @main.command()
@@ -170,35 +173,6 @@ def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
         rows.append(
             (info.name, info.distribution or "-", info.version or "-", state, registers or "-")
         )
-    print_table(rows)
-
-
-@main.command()
-@config_option
-@json_option
-@click.option("--session", default=None, help="Only this session.")
-def messages(config_path: str | None, as_json: bool, session: str | None) -> None:
-    """The local gateway's message log: what send_message sent, what the echo agent said,
-    the replies delivered to chats and the wakes."""
-    from clawdbot_webhooks.builtin.local_gateway import read_log
-
-    settings, _ = load_or_exit(config_path)
-    log = [m for m in read_log(settings.state_dir) if session is None or m["session"] == session]
-    if as_json:
-        click.echo(json.dumps(log, indent=2, ensure_ascii=False))
-        return
-    if not log:
-        click.echo("No messages yet.")
-        return
-    rows = [("TIME", "KIND", "SESSION", "TO/AGENT", "TEXT")]
-    for m in log:
-        if m["kind"] == "sent":
-            who = f"{m['channel']}:{m['peer']}"
-        elif m["kind"] == "wake":
-            who = f"main ({json.loads(m['options'] or '{}').get('mode', 'now')})"
-        else:
-            who = m["agent_id"]
-        rows.append((format_time(m["at"]), m["kind"], m["session"], who or "-", m["text"]))
     print_table(rows)
 
 

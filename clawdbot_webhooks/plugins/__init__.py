@@ -36,6 +36,9 @@ KINDS = {
     "register_gateways": "gateways",
 }
 
+#: The hooks that are not registration hooks, as ``plugins --all`` lists them.
+OTHER_HOOKS = ("on_incoming", "on_event", "register_commands")
+
 T = TypeVar("T")
 
 
@@ -252,7 +255,9 @@ def _dist_of(plugin: object) -> tuple[str | None, str | None]:
 
 def _hooks_of(plugin: object) -> list[str]:
     return sorted(
-        name for name in dir(plugin) if name in KINDS or name in ("on_incoming", "on_event")
+        name
+        for name in dir(plugin)
+        if name in KINDS or name in ("on_incoming", "on_event", "register_commands")
     )
 
 

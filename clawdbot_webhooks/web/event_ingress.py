@@ -27,9 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from clawdbot_webhooks_hookspecs import Event, utc_timestamp
+from clawdbot_webhooks_hookspecs import Event, bearer_token, matches_any, utc_timestamp
 
-from clawdbot_webhooks.builtin.verifiers import bearer_token, matches_any
 from clawdbot_webhooks.events import derived_event_id
 from clawdbot_webhooks.web.errors import error
 from clawdbot_webhooks.web.keys import RUNTIME

@@ -6,7 +6,10 @@ the hook specifications and the data types a plugin sees.
 
 from __future__ import annotations
 
+from .ids import derived_event_id, derived_id
 from .markers import PROJECT_NAME, hookimpl, hookspec
+from .secrets import bearer_token, matches_any
+from .signing import decode_secret, sign_standard
 from .types import (
     DROP,
     EVENT_TYPES,
@@ -14,6 +17,7 @@ from .types import (
     ActionContext,
     ActionError,
     AgentReply,
+    CommandEnv,
     Delivery,
     Event,
     Gateway,
@@ -44,6 +48,7 @@ __all__ = [
     "ActionContext",
     "ActionError",
     "AgentReply",
+    "CommandEnv",
     "Delivery",
     "Event",
     "Gateway",
@@ -62,8 +67,14 @@ __all__ = [
     "Transport",
     "VerificationError",
     "Verifier",
+    "bearer_token",
+    "decode_secret",
+    "derived_event_id",
+    "derived_id",
     "hookimpl",
     "hookspec",
+    "matches_any",
     "new_id",
+    "sign_standard",
     "utc_timestamp",
 ]

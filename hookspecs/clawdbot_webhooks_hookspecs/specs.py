@@ -77,3 +77,13 @@ def on_event(event: Event) -> Awaitable[None] | None:
     :return: ``None``, or an awaitable the runtime awaits; an error in it is logged with the
         plugin's name and never reaches other subscribers.
     """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add subcommands to the ``clawdbot-webhooks`` command. Since 1.4.
+
+    :param cli: the command's ``click.Group``: ``@cli.command()`` adds one. A command finds a
+        ``CommandEnv`` with ``click.get_current_context().find_object(CommandEnv)``, which
+        reads the config the way every other command does.
+    """

@@ -376,3 +376,18 @@ class Verifier(Protocol):
     def verify(
         self, request: SignedRequest, options: Mapping[str, Any]
     ) -> str | Awaitable[str | None] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEnv:
+    """What a plugin's command (``register_commands``) finds as click's context object. Since 1.4.
+
+    Each function takes the command's ``--config`` value (``None``: the default config file)
+    and loads and validates that config as every command does, exiting with status 2 and the
+    config's errors when it is wrong.
+    """
+
+    #: ``state_dir(config_path)``: the runtime's state directory.
+    state_dir: Callable[[str | None], str]
+    #: ``settings(config_path, plugin)``: ``webhooks.plugins.settings.<plugin>``.
+    settings: Callable[[str | None, str], Mapping[str, Any]]

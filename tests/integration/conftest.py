@@ -25,7 +25,7 @@ from clawdbot_process import (
 )
 from model_stub import ModelStub
 
-from clawdbot_webhooks.gateway_client import GatewayClient
+from clawdbot_webhooks.builtin.clawdbot.client import GatewayClient
 
 
 def wait_ready(gateway: ClawdbotProcess, timeout: float = 60.0) -> None:

@@ -24,7 +24,7 @@ from clawdbot_process import (
 from clawdbot_webhooks_hookspecs import Event, GatewayError, hookimpl
 from model_stub import ModelStub
 
-from clawdbot_webhooks.gateway_client import GatewayClient
+from clawdbot_webhooks.builtin.clawdbot.client import GatewayClient
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import hookimpl
+from clawdbot_webhooks_hookspecs import bearer_token, hookimpl, matches_any
 
 from clawdbot_webhooks.builtin.verifiers.common import (
     DEFAULT_TOLERANCE,
@@ -28,9 +28,7 @@ from clawdbot_webhooks.builtin.verifiers.common import (
     SecretsSchema,
     TimedSchema,
     any_equal,
-    bearer_token,
     check_timestamp,
-    matches_any,
 )
 from clawdbot_webhooks.builtin.verifiers.discord import Discord
 from clawdbot_webhooks.builtin.verifiers.generic_hmac import GenericHMAC

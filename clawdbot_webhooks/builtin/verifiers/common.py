@@ -3,7 +3,6 @@ window, reading headers, and the ``secret``/``secrets`` option schemas."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import importlib
@@ -13,6 +12,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
+
+# Kept here for the verifiers that import them from this module; they are the plugin API's.
+from clawdbot_webhooks_hookspecs import bearer_token as bearer_token
+from clawdbot_webhooks_hookspecs import matches_any as matches_any
 from marshmallow import (
     RAISE,
     Schema,
@@ -57,29 +60,6 @@ def any_equal(given: Iterable[bytes], expected: Iterable[bytes]) -> bool:
         for have in candidates:
             ok |= hmac.compare_digest(have, want)
     return ok
-
-
-@functools.lru_cache(maxsize=256)
-def _digest(secret: str) -> bytes:
-    """A configured secret's hash, computed once (the configured secrets are few)."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
-
-
-def matches_any(given: str, secrets: list[str]) -> bool:
-    """A plain secret against every configured one. Both sides are hashed first so the
-    comparison takes the same time whatever the lengths."""
-    digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
-    ok = False
-    for secret in secrets:  # no early exit: the time says nothing about which one matched
-        ok |= hmac.compare_digest(digest, _digest(secret))
-    return ok
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` value, or None."""
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 def hmac_digest(algorithm: str, key: bytes, message: bytes) -> bytes:

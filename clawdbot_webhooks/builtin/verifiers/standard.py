@@ -6,7 +6,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
+from clawdbot_webhooks_hookspecs import (
+    SignedRequest,
+    VerificationError,
+    decode_secret,
+    sign_standard,
+)
 from marshmallow import ValidationError, validates_schema
 
 from clawdbot_webhooks.builtin.verifiers.common import (
@@ -19,7 +24,6 @@ from clawdbot_webhooks.builtin.verifiers.common import (
     required_header,
     secrets_of,
 )
-from clawdbot_webhooks.signing import decode_secret, sign_standard
 
 
 class StandardWebhooks:

@@ -15,8 +15,8 @@ import hmac
 import time
 
 from aiohttp import web
+from clawdbot_webhooks_hookspecs import bearer_token
 
-from clawdbot_webhooks.builtin.verifiers import bearer_token
 from clawdbot_webhooks.logs import Redactor
 
 COOKIE = "clawdbot_admin"

@@ -30,6 +30,7 @@ from clawdbot_webhooks_hookspecs import (
     Event,
     PluginEnv,
     Template,
+    derived_event_id,
     hookimpl,
 )
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -255,14 +256,13 @@ class Digest:
             session=session,
             idempotency_key=idempotency_key,
         )
-        digest = hashlib.sha256(f"{idempotency_key}\x1fagent_response".encode())
         await env.publish(
             Event(
                 "agent_response",
                 {"text": reply.text, "agentId": reply.agent_id, "runId": reply.run_id},
                 session=session,
                 causation=idempotency_key,
-                id="evt_" + digest.hexdigest()[:26],
+                id=derived_event_id(idempotency_key, "agent_response"),
             )
         )
 

@@ -12,11 +12,10 @@ The ``github_notify`` action needs no template: it reads the event name from the
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import ActionContext, Event, hookimpl
+from clawdbot_webhooks_hookspecs import ActionContext, Event, derived_event_id, hookimpl
 from marshmallow import Schema, ValidationError, fields, validates_schema
 
 from .summaries import actor, link, one_line, repo_name, short_sha, summary
@@ -80,14 +79,13 @@ class GithubNotify:
             idempotency_key=ctx.idempotency_key,
         )
         # A stable id: a re-run after a crash publishes the same event, which receivers drop.
-        digest = hashlib.sha256(f"{ctx.delivery.id}\x1fgithub\x1f{reply.run_id}".encode())
         await ctx.publish(
             Event(
                 "agent_response",
                 {"text": reply.text, "agentId": reply.agent_id, "runId": reply.run_id},
                 session=ctx.session,
                 causation=ctx.delivery.id,
-                id="evt_" + digest.hexdigest()[:26],
+                id=derived_event_id(ctx.delivery.id, "github", reply.run_id),
             )
         )
         return {"event": name, "text": text, "runId": reply.run_id}

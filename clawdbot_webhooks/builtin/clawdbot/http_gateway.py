@@ -33,7 +33,7 @@ from clawdbot_webhooks_hookspecs import (
 )
 from marshmallow import Schema, fields, validate
 
-from clawdbot_webhooks.gateway_client import connect_failure
+from clawdbot_webhooks.builtin.clawdbot.client import connect_failure
 
 #: Answers worth trying again; any other non-2xx answer is final.
 RETRYABLE = frozenset({408, 425, 429}) | frozenset(range(500, 600))

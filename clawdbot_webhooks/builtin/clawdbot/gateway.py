@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 from clawdbot_webhooks_hookspecs import (
@@ -33,12 +34,12 @@ from clawdbot_webhooks_hookspecs import (
     GatewayEnv,
     GatewayError,
     ReplyTarget,
+    derived_event_id,
     hookimpl,
 )
 from marshmallow import Schema, fields, validate
 
-from clawdbot_webhooks.events import derived_event_id
-from clawdbot_webhooks.gateway_client import ClientOptions, GatewayClient
+from clawdbot_webhooks.builtin.clawdbot.client import ClientOptions, GatewayClient
 
 DEFAULT_URL = "ws://127.0.0.1:18789"
 #: How many of our own runs are remembered for mapping their late events.
@@ -145,8 +146,6 @@ class ClawdbotGateway:
         self.url: str = self.options["url"]
         self.env = env
         self.all_events = self.options["events"] == "all"
-        from clawdbot_webhooks import __version__
-
         self.client = GatewayClient(
             self.url,
             self.options["token"],
@@ -159,7 +158,7 @@ class ClawdbotGateway:
                 reconnect_initial=self.options["reconnectDelay"],
                 reconnect_max=self.options["reconnectMaxDelay"],
                 heartbeat=self.options["heartbeat"] or None,
-                client_version=__version__,
+                client_version=_own_version(),
             ),
         )
         self._ours: OrderedDict[str, _Run] = OrderedDict()
@@ -329,6 +328,14 @@ class ClawdbotGateway:
                 id=derived_event_id("clawdbot", run_id, kind),
             )
         )
+
+
+def _own_version() -> str:
+    """This plugin's version as Clawdbot sees the client: its distribution's."""
+    try:
+        return metadata.version("clawdbot-webhooks")
+    except metadata.PackageNotFoundError:
+        return "0"
 
 
 def create(options: Mapping[str, Any], env: GatewayEnv) -> ClawdbotGateway:

@@ -1,0 +1,30 @@
+"""Checking a plain shared secret or bearer token the way the runtime does. Since 1.4."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(secret: str) -> bytes:
+    """A configured secret's hash, computed once (the configured secrets are few)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+def matches_any(given: str, secrets: list[str]) -> bool:
+    """A plain secret against every configured one. Both sides are hashed first so the
+    comparison takes the same time whatever the lengths."""
+    digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+    ok = False
+    for secret in secrets:  # no early exit: the time says nothing about which one matched
+        ok |= hmac.compare_digest(digest, _digest(secret))
+    return ok
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
