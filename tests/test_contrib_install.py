@@ -247,3 +247,158 @@ def test_pip_install_makes_plugins_usable(fresh: tuple[Path, Path], tmp_path: Pa
         "webhooks.handlers[1].action: action 'digest' is provided by plugin 'digest', "
         "which is disabled in webhooks.plugins.disabled"
     ) in checked.stderr + checked.stdout
+
+
+CONTRACT_PLUGIN = '''
+"""Every form of hook implementation pluggy documents, as a third party would write them."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from clawdbot_webhooks_hookspecs import Template, hookimpl
+from marshmallow import Schema, fields
+
+TIMINGS: list[float] = []
+EVENTS: list[int] = []
+
+
+def _mark(delivery, mark):
+    text = delivery.payload["text"] + mark
+    return dataclasses.replace(delivery, payload={**delivery.payload, "text": text})
+
+
+class Report:
+    class schema(Schema):
+        template = Template(required=True)
+        peer = fields.String(load_default="dev")
+
+    async def run(self, ctx):
+        text = f"{ctx.options['template']} timed={len(TIMINGS)} events={len(EVENTS) > 0}"
+        await ctx.gateway.send_message(channel="c", peer=ctx.options["peer"], text=text,
+                                       session=ctx.session, idempotency_key=ctx.idempotency_key)
+        return {"text": text}
+
+
+class First:
+    @hookimpl(tryfirst=True)
+    def on_incoming(self, delivery):
+        return _mark(delivery, "F")
+
+
+class Last:
+    @hookimpl(trylast=True)
+    def on_incoming(self, delivery, handler):
+        return _mark(delivery, "L" if handler.action == "report" else "?")
+
+
+class Timer:
+    @hookimpl(wrapper=True)
+    def on_incoming(self):
+        started = time.monotonic()
+        try:
+            return (yield)
+        finally:
+            TIMINGS.append(time.monotonic() - started)
+
+
+@hookimpl
+def on_incoming(delivery):
+    return _mark(delivery, "M")
+
+
+@hookimpl
+def on_event():
+    EVENTS.append(1)
+
+
+@hookimpl
+def register_actions(register):
+    register("report", Report())
+
+
+# Entry points may name objects: pluggy registers these instances.
+first, last, timer = First(), Last(), Timer()
+'''
+
+CONTRACT_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=77"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "clawdbot-webhooks-contract"
+version = "0.2.0"
+requires-python = ">=3.11"
+dependencies = ["clawdbot-webhooks-hookspecs>=1.3,<2", "marshmallow>=3.20"]
+
+[project.entry-points.clawdbot_webhooks]
+contract = "cw_contract"
+contract-first = "cw_contract:first"
+contract-last = "cw_contract:last"
+contract-timer = "cw_contract:timer"
+
+[tool.setuptools]
+py-modules = ["cw_contract"]
+"""
+
+
+def test_every_documented_form_of_hook_works_installed(
+    fresh: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """on_incoming(delivery) without handler, on_event() without arguments, tryfirst and
+    trylast, a wrapper=True timer around the chain and an action with a marshmallow schema,
+    from a package installed with pip into a fresh virtualenv."""
+    venv, wheels = fresh
+    source = tmp_path / "contract"
+    source.mkdir()
+    (source / "cw_contract.py").write_text(CONTRACT_PLUGIN)
+    (source / "pyproject.toml").write_text(CONTRACT_PYPROJECT)
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+        "-w", wheels, source)  # fmt: skip
+    run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index",
+        "--find-links", wheels, "clawdbot-webhooks-contract")  # fmt: skip
+    state = tmp_path / "state"
+    config = write(
+        tmp_path / "config.json",
+        {
+            "stateDir": str(state),
+            "handlers": [{"id": "r", "action": "report", "template": "{{ text }}"}],
+        },
+    )
+    listing = plugins_json(venv, config)
+    assert listing["contract"]["registers"] == {"actions": ["report"]}
+    assert {"contract-first", "contract-last", "contract-timer"} <= set(listing)
+    assert run(venv / "bin" / "clawdbot-webhooks", "check", "--config", config).returncode == 0
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [venv / "bin" / "clawdbot-webhooks", "serve", "--config", config, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "serve died"
+                time.sleep(0.05)
+        assert post(f"http://127.0.0.1:{port}/webhook/r", {"text": "hi"}) == 202
+        texts: list[str] = []
+        while not texts and time.monotonic() < deadline:
+            texts = (
+                [m["text"] for m in read_log(state) if m["kind"] == "sent"]
+                if state.exists()
+                else []
+            )
+            time.sleep(0.05)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    # tryfirst, then the plain one, then trylast, each seeing what the one before returned;
+    # the wrapper finished timing the chain before the action ran; on_event() was called.
+    assert texts == ["hiFML timed=1 events=True"], (tmp_path / "serve.log").read_text()[-2000:]
