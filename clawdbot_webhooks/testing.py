@@ -21,22 +21,22 @@ import contextlib
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
-from clawdbot_webhooks_hookspecs import PROJECT_NAME
+from clawdbot_webhooks_hookspecs import PROJECT_NAME, derived_event_id, derived_id
 
-from clawdbot_webhooks.config import build_settings, plugin_selection
-from clawdbot_webhooks.plugins import PluginSelection, PluginSet, load_plugins
+from clawdbot_webhooks.config import ConfigError, build_settings, plugin_selection
+from clawdbot_webhooks.plugins import PluginError, PluginSelection, PluginSet, load_plugins
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.app import make_app
 
-__all__ = ["Served", "plugin_set_with", "serve"]
+__all__ = ["Conformance", "Served", "assert_plugin_conforms", "plugin_set_with", "serve"]
 
 InlinePlugin = tuple[str, object] | object
 
@@ -165,3 +165,187 @@ async def serve(
         finally:
             await session.close()
             await server.close()
+
+
+@dataclass
+class Conformance:
+    """What ``assert_plugin_conforms`` checked: the plugins it loaded and, per registered name,
+    how its exercise ended."""
+
+    plugins: list[str]
+    registers: dict[str, list[str]]
+    actions: dict[str, str] = field(default_factory=dict)
+    transports: dict[str, str] = field(default_factory=dict)
+    verifiers: dict[str, str] = field(default_factory=dict)
+
+
+def _plugins_of(plugin: str | InlinePlugin) -> tuple[list[str], list[InlinePlugin]]:
+    """(plugin names, inline plugins): a distribution name means its installed entry points."""
+    if isinstance(plugin, str):
+        try:
+            dist = metadata.distribution(plugin)
+        except metadata.PackageNotFoundError:
+            raise AssertionError(f"distribution {plugin!r} is not installed") from None
+        names = [ep.name for ep in dist.entry_points if ep.group == PROJECT_NAME]
+        if not names:
+            raise AssertionError(f"distribution {plugin!r} has no {PROJECT_NAME!r} entry point")
+        return names, []
+    named = _named([plugin])
+    return [name for name, _ in named], list(named)
+
+
+async def assert_plugin_conforms(
+    plugin: str | InlinePlugin,
+    *,
+    actions: Mapping[str, Mapping[str, Any]] | None = None,
+    payload: Any = None,
+    transports: Mapping[str, str] | None = None,
+    verifiers: Mapping[str, Mapping[str, Any]] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    state_dir: str | Path | None = None,
+) -> Conformance:
+    """Check a plugin the way the runtime will use it, in the plugin's own test suite.
+
+    ``plugin`` is an installed distribution's name (its entry points load as the runtime
+    loads them), or a module / object / ``(name, plugin)`` pair registered inline. The plugin
+    must load (imports, hook names, every registration valid); then, on a served runtime, each
+    action it registers runs once on ``payload`` with the handler options ``actions[name]``
+    (default: none) and must end done or dropped; each transport sends one outgoing delivery
+    to ``transports[name]`` (default: ``<scheme>:conformance``) and must deliver it; each
+    verifier must refuse a request without credentials and, when it can ``sign``, accept a
+    signed one and refuse it once the body changed, with the options ``verifiers[name]``.
+    ``settings`` become ``webhooks.plugins.settings.<plugin>``. Raises ``AssertionError``
+    saying what failed; returns what was checked.
+    """
+    names, inline = _plugins_of(plugin)
+    try:
+        loaded = plugin_set_with(*inline)
+    except PluginError as exc:
+        raise AssertionError(f"the plugin does not load: {exc}") from exc
+    for name in names:
+        info = loaded.infos.get(name)
+        if info is None or not info.enabled:
+            raise AssertionError(
+                f"plugin {name!r} did not load ({info.reason if info else 'absent'})"
+            )
+    registers: dict[str, list[str]] = {}
+    for name in names:
+        for kind, registered in loaded.infos[name].registers.items():
+            registers.setdefault(kind, []).extend(registered)
+    report = Conformance(names, registers)
+    actions, transports, verifiers = actions or {}, transports or {}, verifiers or {}
+    handlers: list[dict[str, Any]] = []
+    for i, name in enumerate(registers.get("actions", [])):
+        handlers.append(
+            {
+                "id": f"action-{i}",
+                "action": name,
+                "retry": {"maxAttempts": 1},
+                **actions.get(name, {}),
+            }
+        )
+    outgoing = []
+    for i, name in enumerate(registers.get("transports", [])):
+        schemes = sorted(getattr(loaded.registries.transports[name], "schemes", None) or [name])
+        outgoing.append(
+            {
+                "id": f"transport-{i}",
+                "transport": name,
+                "url": transports.get(name, f"{schemes[0]}:conformance"),
+                "events": ["message_received"],
+                "retry": {"maxAttempts": 1},
+            }
+        )
+    trigger = {
+        "action": "send_message",
+        "template": "conformance",
+        "target": {"channel": "conformance", "peer": "conformance"},
+    }
+    if outgoing:
+        handlers.append({"id": "transports", **trigger})
+    for i, name in enumerate(registers.get("verifiers", [])):
+        handlers.append(
+            {"id": f"verifier-{i}", "verify": {"type": name, **verifiers.get(name, {})}, **trigger}
+        )
+    config: dict[str, Any] = {"handlers": handlers, "outgoing": outgoing}
+    if settings is not None:
+        config["plugins"] = {"settings": {name: dict(settings) for name in names}}
+    body = payload if payload is not None else {"text": "conformance"}
+    try:
+        server = serve(config, inline, state_dir=state_dir)
+        served = await server.__aenter__()
+    except ConfigError as exc:
+        raise AssertionError(
+            "the handlers built for the plugin's registrations do not load (give their "
+            "options): " + "; ".join(exc.errors)
+        ) from exc
+    try:
+        await _exercise(served, loaded, registers, body, report)
+    finally:
+        await server.__aexit__(None, None, None)
+    return report
+
+
+async def _exercise(
+    srv: Served, loaded: PluginSet, registers: dict[str, list[str]], body: Any, report: Conformance
+) -> None:
+    store = srv.runtime.store
+    for i, name in enumerate(registers.get("actions", [])):
+        status, answer = await srv.post(f"action-{i}", body)
+        if status != 202:
+            raise AssertionError(f"action {name!r}: the delivery was answered {status}: {answer}")
+        await srv.idle()
+        record = await store.get_incoming(answer["id"])
+        assert record is not None
+        if record.status not in ("done", "dropped"):
+            raise AssertionError(f"action {name!r} failed: {record.last_error}")
+        report.actions[name] = record.status
+    if registers.get("transports"):
+        status, answer = await srv.post("transports", body)
+        if status != 202:
+            raise AssertionError(f"the delivery that feeds the transports was answered {status}")
+        await srv.idle()
+        event_id = derived_event_id(answer["id"], "message_received")
+        for i, name in enumerate(registers["transports"]):
+            out_id = derived_id("out", event_id, f"transport-{i}")
+            report.transports[name] = await _outgoing_outcome(srv, out_id, name)
+    for i, name in enumerate(registers.get("verifiers", [])):
+        verifier = loaded.registries.verifiers[name]
+        hook = f"verifier-{i}"
+        raw = json.dumps(body).encode()
+        status, _ = await srv.post(hook, raw=raw)
+        if status != 401:
+            raise AssertionError(
+                f"verifier {name!r} accepted a request without credentials ({status})"
+            )
+        sign = getattr(verifier, "sign", None)
+        if callable(sign):
+            spec = srv.runtime.settings.routes[hook]
+            options = spec.verify.options if spec.verify is not None else {}
+            headers = dict(sign(raw, options, int(time.time())))
+            status, answer = await srv.post(hook, raw=raw, headers=headers)
+            if status != 202:
+                raise AssertionError(
+                    f"verifier {name!r} refused what its own sign() signed ({status}: {answer})"
+                )
+            status, _ = await srv.post(hook, raw=raw + b" ", headers=headers)
+            if status != 401:
+                raise AssertionError(
+                    f"verifier {name!r} accepted a body changed after signing ({status})"
+                )
+            report.verifiers[name] = "refuses unsigned and changed requests, accepts signed ones"
+        else:
+            report.verifiers[name] = "refuses unsigned requests"
+    await srv.idle()
+
+
+async def _outgoing_outcome(srv: Served, out_id: str, name: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = await srv.runtime.store.get_outgoing(out_id)
+        if record is not None and record.status == "done":
+            return "done"
+        if record is not None and record.status == "dead":
+            raise AssertionError(f"transport {name!r} failed: {record.last_error}")
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"transport {name!r} did not deliver within {timeout:.0f}s")

@@ -243,3 +243,15 @@ async def test_options_are_checked(tmp_path: Path, extra: dict[str, Any], error:
         async with serve({"handlers": [handler(**extra)]}, [PLUGIN], state_dir=tmp_path):
             pass
     assert any(error in e for e in caught.value.errors), caught.value.errors
+
+
+async def test_conforms(tmp_path: Path) -> None:
+    from clawdbot_webhooks.testing import assert_plugin_conforms
+
+    checked = await assert_plugin_conforms(
+        ("digest", clawdbot_webhooks_digest),
+        actions={"digest": {"template": "{{ text }}", "target": {"channel": "c", "peer": "p"}}},
+        settings={"directory": str(tmp_path / "digest")},
+        state_dir=tmp_path / "state",
+    )
+    assert checked.actions == {"digest": "done"}

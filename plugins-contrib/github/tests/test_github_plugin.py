@@ -223,3 +223,22 @@ async def test_preset_wants_exactly_one_destination(tmp_path: Path) -> None:
         async with serve(config, [PLUGIN], state_dir=tmp_path / "state"):
             pass
     assert any("set exactly one of target or agentId" in e for e in caught.value.errors)
+
+
+async def test_conforms(tmp_path: Path) -> None:
+    from clawdbot_webhooks.testing import assert_plugin_conforms
+
+    push = {
+        "ref": "refs/heads/main",
+        "commits": [{"message": "Fix it"}],
+        "repository": {"full_name": "octo/hello"},
+        "sender": {"login": "alice"},
+    }
+    checked = await assert_plugin_conforms(
+        ("github", clawdbot_webhooks_github),
+        actions={"github_notify": {"target": {"channel": "c", "peer": "dev"}}},
+        payload=push,
+        state_dir=tmp_path,
+    )
+    assert checked.actions == {"github_notify": "done"}
+    assert "github_summary" in checked.registers["filters"]

@@ -152,3 +152,17 @@ def test_event_payload_round_trips(tmp_path: Path) -> None:
     response = asyncio.run(JsonlTransport().send(req))
     assert response.status == 200
     assert lines(target)[0]["body"] == event.to_payload()
+
+
+async def test_conforms(tmp_path: Path) -> None:
+    from clawdbot_webhooks.testing import assert_plugin_conforms
+
+    target = tmp_path / "out" / "events.jsonl"
+    checked = await assert_plugin_conforms(
+        ("jsonl", clawdbot_webhooks_jsonl),
+        transports={"jsonl": target.as_uri()},
+        state_dir=tmp_path / "state",
+    )
+    assert checked.transports == {"jsonl": "done"}
+    [line] = [json.loads(text) for text in target.read_text().splitlines()]
+    assert line["body"]["type"] == "message_received"
