@@ -10,7 +10,7 @@ import pytest
 from clawdbot_process import FAST_RETRY, ClawdbotProcess, gateway_options
 from model_stub import ModelStub
 
-from clawdbot_webhooks.gateway_client import GatewayClient
+from clawdbot_webhooks.builtin.clawdbot.client import GatewayClient
 
 pytestmark = pytest.mark.slow
 
