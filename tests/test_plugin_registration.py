@@ -165,3 +165,28 @@ def test_a_registration_mistake_is_one_line_and_exit_2(
     )
     result = CliRunner().invoke(main, ["check", "--config", str(config)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        (
+            "@hookimpl\ndef on_incoming(delivery, extra):\n    return None\n",
+            "on_incoming(delivery, extra) Argument(s) {'extra'} are declared in the hookimpl",
+        ),
+        (
+            "@hookimpl(wrapper=True)\ndef on_event(event):\n    return None\n",
+            "Declared as wrapper=True or hookwrapper=True but function is not a generator",
+        ),
+    ],
+)
+def test_a_hook_pluggy_refuses_is_one_line_and_exit_2(
+    source: str, words: str, fake_distribution, tmp_path: Path
+) -> None:
+    fake_distribution("clawdbot-webhooks-sloppy", "0.1", "cw_sloppy", HEAD + source, "sloppy")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"webhooks": {"stateDir": str(tmp_path / "state")}}))
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    assert result.exit_code == 2
+    [line] = result.output.splitlines()
+    assert line.startswith("Plugin error: plugin 'sloppy': ") and words in line

@@ -19,9 +19,9 @@ from typing import Any
 
 from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError, ReplyTarget, hookimpl
 
+from clawdbot_webhooks.builtin.local_log import LOG_FILE, read_log, read_path
+from clawdbot_webhooks.builtin.local_messages import messages
 from clawdbot_webhooks.builtin.sqlite_log import LogWriter
-
-LOG_FILE = "local-gateway.sqlite3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -76,7 +76,7 @@ class LocalGateway:
 
     def messages(self) -> list[dict[str, Any]]:
         """Everything logged so far, oldest first (``clawdbot_webhooks.testing`` reads this)."""
-        return _read(self.path)
+        return read_path(self.path)
 
     async def probe(self) -> str:
         return f"local gateway (message log {self.path})"
@@ -258,23 +258,6 @@ def _add_options_column(conn: sqlite3.Connection) -> None:
         conn.execute(_ADD_OPTIONS)
 
 
-def read_log(state_dir: Path) -> list[dict[str, Any]]:
-    """Every message the local gateway logged, oldest first."""
-    return _read(Path(state_dir) / LOG_FILE)
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM messages ORDER BY n").fetchall()
-        return [dict(r) for r in rows]
-    finally:
-        conn.close()
-
-
 def create(options: Mapping[str, Any], env: GatewayEnv) -> LocalGateway:
     return LocalGateway(Path(env.state_dir) / LOG_FILE)
 
@@ -286,10 +269,7 @@ def register_gateways(register: Callable[[str, Any], None]) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    # Imported here: the command module reads the log through this one.
-    from clawdbot_webhooks.builtin.local_messages import messages
-
     cli.add_command(messages)
 
 
-__all__ = ["LocalGateway", "create", "echo_reply", "read_log", "run_options"]
+__all__ = ["LOG_FILE", "LocalGateway", "create", "echo_reply", "read_log", "run_options"]

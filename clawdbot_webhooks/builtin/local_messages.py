@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from clawdbot_webhooks_hookspecs import CommandEnv
 
-from clawdbot_webhooks.builtin.local_gateway import read_log
+from clawdbot_webhooks.builtin.local_log import read_log
 
 
 @click.command()

@@ -242,6 +242,15 @@ def _collect(pm: pluggy.PluginManager, registries: Registries) -> dict[str, dict
     return registered
 
 
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Register one plugin; pluggy's refusal (an argument the specification does not have, a
+    wrapper that is not a generator) becomes one line naming the plugin."""
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r}: {exc}".replace("\n", " ")) from exc
+
+
 def _dist_of(plugin: object) -> tuple[str | None, str | None]:
     module = getattr(plugin, "__name__", "") or type(plugin).__module__
     top = module.split(".")[0]
@@ -299,7 +308,7 @@ def load_plugins(
             plugin = ep.load()
         except Exception as exc:
             raise PluginError(f"plugin {ep.name!r} ({dist}) failed to import: {exc!r}") from exc
-        pm.register(plugin, name=ep.name)
+        _register(pm, plugin, ep.name)
         infos[ep.name] = PluginInfo(
             ep.name, dist, version, builtin, True, "built in" if builtin else "installed"
         )
@@ -309,7 +318,7 @@ def load_plugins(
             infos[name] = PluginInfo(name, None, None, False, False, reason)
             off.append((name, plugin, False))
             continue
-        pm.register(plugin, name=name)
+        _register(pm, plugin, name)
         dist, version = _dist_of(plugin)
         infos[name] = PluginInfo(name, dist, version, False, True, "registered inline")
 
