@@ -19,9 +19,10 @@ from clawdbot_webhooks.builtin.verifiers.common import (
     required_header,
     secrets_of,
 )
-from clawdbot_webhooks.forms import FORM_TYPE
 
 _ALGORITHMS = {"HMAC_SHA1": "sha1", "HMAC_SHA256": "sha256"}
+#: Twilio posts forms; a plugin keeps the constant rather than import the runtime's.
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def _with_and_without_port(url: str) -> list[str]:
