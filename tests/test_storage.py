@@ -464,3 +464,93 @@ async def test_failed_incoming_attempts_are_numbered_on_across_replays(
         assert all(a.latency_ms == 2.5 and a.status is None for a in history)
     finally:
         await store.close()
+
+
+async def test_dead_letter_and_inspection_queries_answer_alike_on_both_backends(
+    tmp_path: Path, storage: dict[str, Any] | None
+) -> None:
+    """The queries both backends share: dead letters by age, revive, requeue, purges (their
+    attempts and large bodies go with them), counts, per-endpoint latest errors, throughput."""
+    from clawdbot_webhooks.store import INLINE_BODY_BYTES, Attempt
+
+    url = f"sqlite:///{tmp_path / 's.sqlite3'}" if storage is None else storage["url"]
+    store = open_store(url, schema=None if storage is None else storage["schema"])
+    await store.open()
+    try:
+        records = [_incoming(n) for n in range(4)]
+        records[1].body = b"x" * (INLINE_BODY_BYTES + 1)  # kept apart from its row on SQLite
+        for n, record in enumerate(records):
+            record.received_at = 1000.0 + n
+            assert await store.add_incoming(record, 30)
+        failed = Attempt("dlv_1", 0, 1100.0, 500, 1.0, "no", "old error")
+        await store.finish_incoming("dlv_0", "done", attempts=1)
+        await store.finish_incoming("dlv_1", "dead", attempts=2, error="dead 1", failed=failed)
+        await store.finish_incoming("dlv_2", "dead", attempts=1, error="dead 2")
+        await store.finish_incoming("dlv_3", "pending", attempts=1, retry_at=time.time() + 600)
+        outgoing = [outgoing_record(n) for n in range(2)]
+        assert await store.add_outgoing(outgoing, 30) == ["out_0", "out_1"]
+        await store.finish_outgoing_many(
+            [
+                OutgoingOutcome(
+                    "out_0",
+                    "dead",
+                    1,
+                    "gone",
+                    attempt=Attempt("out_0", 0, 1.0, 410, 1.0, "", "gone"),
+                ),
+                OutgoingOutcome(
+                    "out_1",
+                    "dead",
+                    1,
+                    "late",
+                    attempt=Attempt("out_1", 0, 2.0, 503, 1.0, "", "late"),
+                ),
+            ]
+        )
+
+        assert [d.id for d in await store.dead_letters()] == ["dlv_1", "dlv_2", "out_0", "out_1"]
+        assert [d.id for d in await store.dead_letters(since=1001.5)] == ["dlv_2", "out_0", "out_1"]
+        counts = await store.queue_counts()
+        assert (counts["incoming_waiting"], counts["incoming_dead"]) == (1, 2)
+        assert (counts["outgoing_waiting"], counts["outgoing_dead"]) == (0, 2)
+
+        stats = {(s["kind"], s["target"]): s for s in await store.delivery_stats(0)}
+        assert stats[("incoming", "h")]["statuses"] == {"done": 1, "dead": 2, "pending": 1}
+        assert stats[("outgoing", "sub")]["attempts"] == 2
+        assert stats[("outgoing", "sub")]["succeeded"] == 0
+        assert stats[("outgoing", "sub")]["last_error"] == "late"  # the later of the two
+        finished = await store.throughput(time.time() - 60, 3600)
+        assert {(r["kind"], r["status"], r["count"]) for r in finished} == {
+            ("incoming", "done", 1),
+            ("incoming", "dead", 2),
+            ("outgoing", "dead", 2),
+        }
+        assert all(r["at"] % 3600 == 0 for r in finished)
+        bucket = time.time() / 1.7  # rows finished by now are 70 % into their second bucket
+        assert {r["at"] for r in await store.throughput(0, bucket)} == {bucket}
+
+        # Each id revived once, in the order asked; ids that are not dead letters are skipped.
+        assert await store.revive(["out_1", "dlv_2", "out_1", "dlv_0", "nope"]) == [
+            "out_1",
+            "dlv_2",
+        ]
+        revived = await store.get_outgoing("out_1")
+        assert revived is not None and revived.status == "pending"
+        assert await store.requeue("dlv_0", "incoming")
+        assert not await store.requeue("dlv_0", "incoming")  # pending already
+        assert not await store.requeue("dlv_0", "outgoing")  # not an outgoing delivery
+
+        assert await store.purge_dead_ids(["dlv_1", "dlv_3", "out_0"]) == 2  # dlv_3 is pending
+        assert await store.get_incoming("dlv_1") is None
+        assert await store.attempts("dlv_1") == [] and await store.attempts("out_0") == []
+        if storage is None:
+            conn = sqlite3.connect(tmp_path / "s.sqlite3")
+            assert conn.execute("SELECT COUNT(*) FROM inbox_bodies").fetchone() == (0,)
+            conn.close()
+        assert await store.get_incoming("dlv_3") is not None
+        await store.finish_incoming("dlv_3", "dead", attempts=2, error="dead 3")
+        assert await store.purge_dead(before=1003.0) == 0  # dlv_3 came in at 1003
+        assert await store.purge_dead() == 1
+        assert await store.dead_letters() == []
+    finally:
+        await store.close()
