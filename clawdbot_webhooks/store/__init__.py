@@ -1,11 +1,15 @@
 """Durable storage: the inbox of incoming deliveries, the outbox of outgoing ones, their
 attempts and dead letters.
 
-``Store`` (``protocol``) is the interface the rest of the runtime uses; ``open_store`` picks
-the backend from ``storage.url``: SQLite (``sqlite``, one process) or PostgreSQL
-(``postgres``, several processes sharing one queue). Each backend versions its schema with
-numbered migrations (``sqlite_schema``, ``postgres_schema``) applied at start-up. The
-records both return are in ``records``; the queries they share in ``rows`` and ``queries``.
+``Store`` (``protocol``) is the interface the rest of the runtime uses, and ``records`` the
+data it passes; ``open_store`` picks the backend from ``storage.url``: SQLite (``sqlite``
+over ``sqlite_writer``, one process) or PostgreSQL (``postgres`` over ``postgres_pool`` and
+``postgres_batches``, several processes sharing one queue). Each versions its schema with
+numbered migrations (``sqlite_schema``, ``postgres_schema``) applied at start-up. What both
+write and read alike is written once: columns and rows in ``rows``, the queries in
+``queries`` (parametrised by a ``Dialect``), the methods made of them in ``shared``.
+``maintenance`` runs the store's background loops, ``dedup`` names a delivery for replay
+protection.
 """
 
 from __future__ import annotations

@@ -39,12 +39,7 @@ from clawdbot_webhooks.store.postgres_pool import PostgresPool, lock_key, number
 from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
 from clawdbot_webhooks.store.postgres_schema import migrate as upgrade_schema
 from clawdbot_webhooks.store.queries import Dialect, Statement
-from clawdbot_webhooks.store.records import (
-    Attempt,
-    IncomingRecord,
-    OutgoingOutcome,
-    OutgoingRecord,
-)
+from clawdbot_webhooks.store.records import Attempt, IncomingRecord, OutgoingOutcome, OutgoingRecord
 from clawdbot_webhooks.store.rows import (
     FINISH_OUTGOING,
     INBOX_COLUMNS,

@@ -14,12 +14,8 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from clawdbot_webhooks.store.records import (
-    DeliveryQuery,
-)
-from clawdbot_webhooks.store.rows import (
-    KIND_COLUMNS,
-)
+from clawdbot_webhooks.store.records import DeliveryQuery
+from clawdbot_webhooks.store.rows import KIND_COLUMNS
 from clawdbot_webhooks.store.schema import Migration, SchemaStatus
 
 T = TypeVar("T")
@@ -201,44 +197,20 @@ def delivery_stats(since: float) -> Query[list[dict[str, Any]]]:
         )
         stats.statuses(kind, rows)
     outgoing_attempts = "attempts a JOIN outbox o ON o.id=a.delivery_id"
-    stats.attempts(
-        (
-            yield (
-                "SELECT o.subscription_id, COUNT(*), "
-                "COUNT(CASE WHEN a.status BETWEEN 200 AND 299 THEN 1 END) "
-                f"FROM {outgoing_attempts} WHERE a.at>=? GROUP BY 1",
-                (since,),
-            )
-        )
+    rows = yield (
+        "SELECT o.subscription_id, COUNT(*), "
+        "COUNT(CASE WHEN a.status BETWEEN 200 AND 299 THEN 1 END) "
+        f"FROM {outgoing_attempts} WHERE a.at>=? GROUP BY 1",
+        (since,),
     )
-    stats.last_errors(
-        "outgoing",
-        (
-            yield (
-                _latest(
-                    "o.subscription_id",
-                    "a.error",
-                    "a.at",
-                    f"{outgoing_attempts} WHERE a.error IS NOT NULL",
-                ),
-                (),
-            )
-        ),
-    )
-    stats.last_errors(
-        "incoming",
-        (
-            yield (
-                _latest(
-                    "hook_id",
-                    "last_error",
-                    "COALESCE(finished_at, received_at)",
-                    "inbox WHERE last_error IS NOT NULL",
-                ),
-                (),
-            )
-        ),
-    )
+    stats.attempts(rows)
+    failed = f"{outgoing_attempts} WHERE a.error IS NOT NULL"
+    rows = yield (_latest("o.subscription_id", "a.error", "a.at", failed), ())
+    stats.last_errors("outgoing", rows)
+    finished_at = "COALESCE(finished_at, received_at)"
+    failed = "inbox WHERE last_error IS NOT NULL"
+    rows = yield (_latest("hook_id", "last_error", finished_at, failed), ())
+    stats.last_errors("incoming", rows)
     return stats.result()
 
 

@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 
 class SharedQueries:
-    """The store methods both backends answer with the queries above. A backend names its
+    """The store methods both backends answer with the shared queries. A backend names its
     ``dialect`` and ``migrations`` and runs a query with ``_query`` (``atomic``: in one
     transaction, where that is a choice)."""
 

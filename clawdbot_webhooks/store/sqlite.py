@@ -14,12 +14,7 @@ from typing import Any, TypeVar
 
 from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.store.queries import Dialect, Query
-from clawdbot_webhooks.store.records import (
-    Attempt,
-    IncomingRecord,
-    OutgoingOutcome,
-    OutgoingRecord,
-)
+from clawdbot_webhooks.store.records import Attempt, IncomingRecord, OutgoingOutcome, OutgoingRecord
 from clawdbot_webhooks.store.rows import (
     FINISH_OUTGOING,
     INBOX_COLUMNS,
