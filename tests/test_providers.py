@@ -497,6 +497,30 @@ async def test_google_oidc_against_a_jwks_file(issuer: Issuer, jwks_file: Path) 
     assert await verify_async(anyone, other, body) == "2070443601311540"
 
 
+async def test_google_oidc_jwks_file_changed_after_load(issuer: Issuer, jwks_file: Path) -> None:
+    options = loaded("google-oidc", audience=AUDIENCE, jwks=str(jwks_file))
+    headers = {"Authorization": f"Bearer {issuer.token()}"}
+    body = pubsub_push({})
+    # read when first needed: a key added to the file before then counts
+    rotated = Issuer("key-2")
+    keys = json.loads(jwks_file.read_text())["keys"]
+    jwks_file.write_text(json.dumps({"keys": [*keys, rotated.jwk]}))
+    rotated_headers = {"Authorization": f"Bearer {rotated.token()}"}
+    assert await verify_async(options, rotated_headers, body) == "2070443601311540"
+    # broken or removed later: the keys read before stay in use, nothing fails with a 500
+    jwks_file.write_text("{")
+    assert await verify_async(options, headers, body) == "2070443601311540"
+    jwks_file.unlink()
+    assert await verify_async(options, headers, body) == "2070443601311540"
+    # a handler whose file is gone before its first request refuses with 401
+    other = jwks_file.with_name("other.json")
+    other.write_text(json.dumps({"keys": [issuer.jwk]}))
+    fresh = loaded("google-oidc", audience=AUDIENCE, jwks=str(other))
+    other.unlink()
+    with pytest.raises(VerificationError, match="signing keys unavailable"):
+        await VERIFIERS["google-oidc"].verify(request(headers, body), fresh)
+
+
 async def test_google_oidc_keys_from_a_url(
     issuer: Issuer, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -78,9 +78,15 @@ class _Keys:
 
     async def get(self, kid: str | None) -> dict[str, Any]:
         if not _is_url(self.source):
-            stat = os.stat(self.source)
-            if (stat.st_mtime_ns, stat.st_size) != self.stamp:
-                self.keys, self.stamp = _read_file(self.source), (stat.st_mtime_ns, stat.st_size)
+            try:
+                stat = os.stat(self.source)
+                if (stat.st_mtime_ns, stat.st_size) != self.stamp:
+                    self.keys = _read_file(self.source)
+                    self.stamp = (stat.st_mtime_ns, stat.st_size)
+            except (OSError, ValueError) as exc:
+                # removed or broken since the config loaded: the keys read before stay in use
+                if not self.keys:
+                    raise VerificationError(f"signing keys unavailable: {exc}") from None
             return self.keys
         now = time.monotonic()
         unknown = kid is not None and kid not in self.keys
