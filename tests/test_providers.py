@@ -56,7 +56,9 @@ def loaded(scheme: str, **options: Any) -> dict[str, Any]:
     return result
 
 
-def request(headers: Mapping[str, str], body: bytes, now: float = NOW) -> SignedRequest:
+def request(
+    headers: Mapping[str, str], body: bytes, now: float = NOW, query_string: str = ""
+) -> SignedRequest:
     return SignedRequest(
         method="POST",
         path="/webhook/x",
@@ -64,6 +66,7 @@ def request(headers: Mapping[str, str], body: bytes, now: float = NOW) -> Signed
         body=body,
         client_ip="127.0.0.1",
         now=now,
+        query_string=query_string,
     )
 
 
@@ -319,6 +322,30 @@ def test_twilio_signed_by_twilios_request_validator() -> None:
     assert RequestValidator(TWILIO_TOKEN).validate(
         TWILIO_URL, TWILIO_SMS, signed["X-Twilio-Signature"]
     )
+
+
+def test_twilio_json_body_signed_through_body_sha256() -> None:
+    # Twilio's JSON deliveries: the body's SHA-256 in the URL, the URL signed alone
+    body = json.dumps({"sid": "EX123", "status": "completed"}).encode()
+    query = "source=twilio&bodySHA256=" + hashlib.sha256(body).hexdigest()
+    called = TWILIO_URL.split("?")[0] + "?" + query
+    validator = RequestValidator(TWILIO_TOKEN)
+    headers = {
+        "X-Twilio-Signature": validator.compute_signature(called, {}),
+        "Content-Type": "application/json",
+    }
+    assert validator.validate(called, body.decode(), headers["X-Twilio-Signature"])
+    options = loaded("twilio", secret=TWILIO_TOKEN, url=TWILIO_URL)
+    verifier = VERIFIERS["twilio"]
+    assert verifier.verify(request(headers, body, query_string=query), options) is None
+    with pytest.raises(VerificationError, match="bodySHA256 does not match"):
+        verifier.verify(request(headers, body + b" ", query_string=query), options)
+    with pytest.raises(VerificationError, match="needs bodySHA256"):
+        verifier.verify(request(headers, body, query_string="source=twilio"), options)
+    # a hash swapped for that of another body breaks the signature
+    other = "source=twilio&bodySHA256=" + hashlib.sha256(b"{}").hexdigest()
+    with pytest.raises(VerificationError, match="does not match the URL"):
+        verifier.verify(request(headers, b"{}", query_string=other), options)
 
 
 def test_twilio_repeated_parameters_sort_as_twilio_does() -> None:
@@ -940,3 +967,25 @@ async def test_every_preset_over_http(start_server, issuer: Issuer, jwks_file: P
         for row in rows:
             record = await srv.runtime.store.get_incoming(row.id)
             assert record is not None and header not in record.headers, hook
+
+
+async def test_twilio_json_delivery_over_http(start_server) -> None:
+    # Twilio calls the configured URL with bodySHA256 added: the query string reaches the check
+    url = "https://hooks.example.com/webhook/events"
+    verify = {"type": "twilio", "secret": TWILIO_TOKEN, "url": url}
+    srv = await start_server({"handlers": [_hook("events", verify, "{{ sid }} {{ status }}")]})
+    body = json.dumps({"sid": "EX123", "status": "completed"}).encode()
+    query = "bodySHA256=" + hashlib.sha256(body).hexdigest()
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(f"{url}?{query}", {})
+    headers = {"X-Twilio-Signature": signature, "Content-Type": "application/json"}
+    async with srv.session.post(
+        f"{srv.base}/webhook/events?{query}", data=body, headers=headers
+    ) as response:
+        assert response.status == 202, await response.text()
+    async with srv.session.post(
+        f"{srv.base}/webhook/events?{query}", data=body + b" ", headers=headers
+    ) as response:
+        assert response.status == 401
+        assert "bodySHA256" in (await response.json())["error"]
+    await srv.idle()
+    assert [m["text"] for m in srv.messages()] == ["EX123 completed"]

@@ -65,6 +65,7 @@ async def _verify(
         body=body,
         client_ip=ip,
         now=time.time(),
+        query_string=request.query_string,
     )
     try:
         sender_id = verifier.verify(signed, options)

@@ -326,6 +326,8 @@ class SignedRequest:
     body: bytes
     client_ip: str
     now: float
+    #: The query string as sent, without the ``?`` (since 1.5).
+    query_string: str = ""
 
 
 @dataclass(frozen=True, slots=True)

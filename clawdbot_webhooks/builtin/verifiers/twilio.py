@@ -4,9 +4,10 @@ by the form's parameters sorted by name (each name then its value), keyed by the
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
 from marshmallow import fields
@@ -36,10 +37,19 @@ def _with_and_without_port(url: str) -> list[str]:
     return [url, urlunsplit(parts._replace(netloc=f"{parts.netloc}:{port}"))]
 
 
+def _called_url(configured: str, query_string: str) -> str:
+    """The URL Twilio signed: the configured one, with the query string the request carries
+    (Twilio adds ``bodySHA256`` to it for bodies that are not forms)."""
+    if not query_string:
+        return configured
+    return urlunsplit(urlsplit(configured)._replace(query=query_string))
+
+
 class Twilio:
-    """Options: ``secret`` (the auth token) and ``url``, the public URL configured at Twilio,
-    exactly as Twilio calls it (behind a proxy the server cannot know it). The delivery id is
-    ``I-Twilio-Idempotency-Token``, the same on Twilio's retries."""
+    """Options: ``secret`` (the auth token) and ``url``, the public URL configured at Twilio
+    (behind a proxy the server cannot know it); the query string is the one the request
+    carries. The delivery id is ``I-Twilio-Idempotency-Token``, the same on Twilio's
+    retries."""
 
     class schema(SecretsSchema):
         url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
@@ -48,14 +58,30 @@ class Twilio:
         given = required_header(request, "X-Twilio-Signature").strip()
         algorithm = self._algorithm(request)
         params = self._params(request)
+        url = _called_url(options["url"], request.query_string)
+        if not params:
+            self._check_body_hash(request)
         expected = (
-            self._digest(s, url, params, algorithm).encode()
+            self._digest(s, candidate, params, algorithm).encode()
             for s in secrets_of(options)
-            for url in _with_and_without_port(options["url"])
+            for candidate in _with_and_without_port(url)
         )
         if not any_equal([given.encode("utf-8", "replace")], expected):
             raise VerificationError("X-Twilio-Signature does not match the URL and parameters")
         return request.headers.get("i-twilio-idempotency-token") or None
+
+    @staticmethod
+    def _check_body_hash(request: SignedRequest) -> None:
+        """A body that is not a form is signed through the URL: its hex SHA-256 travels in the
+        ``bodySHA256`` query parameter, which the signature covers."""
+        sent = parse_qs(request.query_string).get("bodySHA256")
+        if not request.body and not sent:
+            return
+        if not sent:
+            raise VerificationError("a body that is not a form needs bodySHA256 in the URL")
+        digest = hashlib.sha256(request.body).hexdigest().encode()
+        if not any_equal([sent[0].strip().lower().encode("utf-8", "replace")], [digest]):
+            raise VerificationError("bodySHA256 does not match the body")
 
     @staticmethod
     def _params(request: SignedRequest) -> list[tuple[str, str]]:
