@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 
 import click
+from clawdbot_webhooks_hookspecs import GatewayError
 
 from clawdbot_webhooks import __version__
 from clawdbot_webhooks.cli.plugin_commands import PluginCommandsGroup, command_env
@@ -105,7 +106,19 @@ def serve(
     from clawdbot_webhooks.store import StoreUnavailable
 
     try:
-        run(Runtime(settings, plugins), host, port, loop)
+        runtime = Runtime(settings, plugins)
+    except GatewayError as exc:
+        click.echo(f"Error: gateway {settings.gateway['type']!r}: {exc}", err=True)
+        sys.exit(2)
+    sources = getattr(runtime.gateway, "sources", None)
+    if sources:
+        from clawdbot_webhooks.builtin.clawdbot_config import describe
+
+        logging.getLogger("clawdbot_webhooks").info(
+            "gateway %s: %s", settings.gateway["type"], describe(sources)
+        )
+    try:
+        run(runtime, host, port, loop)
     except StoreUnavailable as exc:
         # One line, which URL (password redacted) and why: the store says both.
         click.echo(f"Error: storage unavailable: {exc}", err=True)

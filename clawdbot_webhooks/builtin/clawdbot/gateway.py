@@ -40,6 +40,7 @@ from clawdbot_webhooks_hookspecs import (
 from marshmallow import Schema, fields, validate
 
 from clawdbot_webhooks.builtin.clawdbot.client import ClientOptions, GatewayClient
+from clawdbot_webhooks.builtin.clawdbot_config import ClawdbotConfigError, describe, discover
 
 DEFAULT_URL = "ws://127.0.0.1:18789"
 #: How many of our own runs are remembered for mapping their late events.
@@ -47,8 +48,10 @@ REMEMBERED_RUNS = 4096
 
 
 class ClawdbotGatewaySchema(Schema):
+    # Left out: read from Clawdbot's own config (gateway.bind/port/tls, gateway.auth.token).
     url = fields.String(
-        load_default=DEFAULT_URL,
+        load_default=None,
+        allow_none=True,
         validate=validate.Regexp(r"^wss?://", error="must be a ws:// or wss:// URL"),
     )
     token = fields.String(load_default=None, allow_none=True)
@@ -142,8 +145,14 @@ def message_text(message: Any) -> str:
 
 class ClawdbotGateway:
     def __init__(self, options: Mapping[str, Any], env: GatewayEnv) -> None:
-        self.options = dict(ClawdbotGatewaySchema().load(dict(options)))
-        self.url: str = self.options["url"]
+        loaded = ClawdbotGatewaySchema().load(dict(options))
+        try:
+            self.options, self.sources = discover(
+                loaded, {"url": "ws_url", "token": "gateway_token"}
+            )
+        except ClawdbotConfigError as exc:
+            raise GatewayError(f"reading Clawdbot's config: {exc}") from None
+        self.url: str = self.options["url"] or DEFAULT_URL
         self.env = env
         self.all_events = self.options["events"] == "all"
         self.client = GatewayClient(
@@ -181,7 +190,7 @@ class ClawdbotGateway:
             parts.append(f"server {version}")
         if main:
             parts.append(f"main session {main}")
-        return f"Clawdbot gateway at {self.url} ({', '.join(parts)})"
+        return f"Clawdbot gateway at {self.url} ({', '.join(parts)}); {describe(self.sources)}"
 
     # ------------------------------------------------------------------ actions
 

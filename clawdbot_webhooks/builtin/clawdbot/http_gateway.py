@@ -31,26 +31,60 @@ from clawdbot_webhooks_hookspecs import (
     ReplyTarget,
     hookimpl,
 )
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from clawdbot_webhooks.builtin.clawdbot.client import connect_failure
+from clawdbot_webhooks.builtin.clawdbot_config import (
+    ClawdbotConfig,
+    ClawdbotConfigError,
+    describe,
+    discover,
+)
 
 #: Answers worth trying again; any other non-2xx answer is final.
 RETRYABLE = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 
 
 class ClawdbotHttpGatewaySchema(Schema):
+    # Left out: read from Clawdbot's own config (gateway.bind/port/tls, hooks.token/path).
     url = fields.Url(
-        load_default="http://127.0.0.1:18789", schemes={"http", "https"}, require_tld=False
+        load_default=None, allow_none=True, schemes={"http", "https"}, require_tld=False
     )
-    token = fields.String(required=True)
-    path = fields.String(load_default="/hooks", validate=validate.Regexp(r"^(/[^/?#]+)+$"))
+    token = fields.String(load_default=None, allow_none=True)
+    path = fields.String(
+        load_default=None, allow_none=True, validate=validate.Regexp(r"^(/[^/?#]+)+$")
+    )
     timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.001))
+
+    @validates_schema
+    def _token_somewhere(self, data: dict[str, Any], **kwargs: Any) -> None:
+        # Refused by `check` already, not at the first delivery.
+        if data.get("token"):
+            return
+        try:
+            found = ClawdbotConfig.load().hooks_token()
+        except ClawdbotConfigError as exc:
+            raise ValidationError(f"not set, and Clawdbot's config: {exc}", "token") from None
+        if found is None:
+            raise ValidationError("not set here nor as hooks.token in Clawdbot's config", "token")
 
 
 class ClawdbotHttpGateway:
     def __init__(self, options: Mapping[str, Any], env: GatewayEnv) -> None:
-        self.options = dict(ClawdbotHttpGatewaySchema().load(dict(options)))
+        loaded = ClawdbotHttpGatewaySchema().load(dict(options))
+        try:
+            self.options, self.sources = discover(
+                loaded, {"url": "http_url", "token": "hooks_token", "path": "hooks_path"}
+            )
+        except ClawdbotConfigError as exc:
+            raise GatewayError(f"reading Clawdbot's config: {exc}") from None
+        if not self.options["token"]:
+            raise GatewayError(
+                "no token for Clawdbot's HTTP hooks: set gateway.token here or hooks.token "
+                "in Clawdbot's config"
+            )
+        self.options["url"] = self.options["url"] or "http://127.0.0.1:18789"
+        self.options["path"] = self.options["path"] or "/hooks"
         self.base = self.options["url"].rstrip("/") + self.options["path"]
         self.env = env
         self._http: aiohttp.ClientSession | None = None
@@ -112,7 +146,7 @@ class ClawdbotHttpGateway:
                 raise
         finally:
             await self.close()
-        return f"Clawdbot HTTP hooks at {self.base} (token accepted)"
+        return f"Clawdbot HTTP hooks at {self.base} (token accepted); {describe(self.sources)}"
 
     async def run_agent(
         self,
