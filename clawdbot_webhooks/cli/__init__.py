@@ -199,6 +199,9 @@ from clawdbot_webhooks.cli.ops import deliveries, send_test  # noqa: E402
 main.add_command(deliveries)
 main.add_command(send_test)
 main.add_command(db)
+from clawdbot_webhooks.cli.init import init  # noqa: E402
+
+main.add_command(init)
 
 
 if __name__ == "__main__":  # pragma: no cover
