@@ -91,7 +91,15 @@ class Redactor(logging.Filter):
         super().__init__()
         # Longest first, so a secret containing another is masked whole.
         ordered = sorted(set(secrets), key=len, reverse=True)
+        self._secrets = ordered
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def extend(self, secrets: Iterable[str]) -> None:
+        """Mask these too (a reloaded config's secrets); the ones known stay masked."""
+        known = set(self._secrets) | set(secrets)
+        if len(known) != len(self._secrets):
+            self._secrets = sorted(known, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, self._secrets)))
 
     def redact(self, text: str) -> str:
         return text if self._pattern is None else self._pattern.sub(MASK, text)

@@ -173,10 +173,35 @@ class Pipeline:
                 )
                 await asyncio.wait(pending, timeout=1)
 
+    def update(self, settings: Settings) -> None:
+        """Take a reloaded config: deliveries that start from now on use its handlers and
+        limits; the running ones finish with the handler and slots they started with."""
+        if settings.incoming.concurrency != self.settings.incoming.concurrency:
+            self._slots = Slots(settings.incoming.concurrency)
+            self._max_held = settings.incoming.concurrency * 4
+        old = {s.handler.id: s.max_concurrent for s in self.settings.handlers}
+        self._handler_slots = {
+            spec.handler.id: (
+                self._handler_slots[spec.handler.id]
+                if old.get(spec.handler.id) == spec.max_concurrent
+                and spec.handler.id in self._handler_slots
+                else Slots(spec.max_concurrent)
+            )
+            for spec in settings.handlers
+            if spec.max_concurrent
+        }
+        self.settings = settings
+
     # -- intake
 
     async def accept(
-        self, record: IncomingRecord, payload: Any, *, sync: bool, dedup_since: float
+        self,
+        record: IncomingRecord,
+        payload: Any,
+        *,
+        sync: bool,
+        dedup_since: float,
+        spec: HandlerSpec | None = None,
     ) -> tuple[bool, asyncio.Future[Any] | None]:
         """Store a new delivery durably, then run it now or leave it to the poller.
 
@@ -185,6 +210,8 @@ class Pipeline:
         backlog, in arrival order, so a long burst costs disk, not memory. A ``sync`` one
         always runs now: its caller waits, and open connections bound how many do.
         Returns whether it was stored (False: a duplicate) and, for ``sync``, its result.
+        ``spec``: the handler it was accepted for, which it runs with even if a config reload
+        changes or removes that handler meanwhile.
         """
         run_now = not self._closing and (
             sync or (not self._backlog and len(self._tasks) + self._reserved < self._max_held)
@@ -204,10 +231,15 @@ class Pipeline:
             self._deferring -= deferred
         if not stored or not run_now:
             return stored, None
-        return True, self.submit(record, payload, wait=sync)
+        return True, self.submit(record, payload, wait=sync, spec=spec)
 
     def submit(
-        self, record: IncomingRecord, payload: Any = None, *, wait: bool = False
+        self,
+        record: IncomingRecord,
+        payload: Any = None,
+        *,
+        wait: bool = False,
+        spec: HandlerSpec | None = None,
     ) -> asyncio.Future[Any] | None:
         """Run a freshly stored (already leased) delivery; with ``wait``, a future of its
         result. While closing nothing starts: the stored delivery runs at the next start."""
@@ -217,7 +249,7 @@ class Pipeline:
         if wait:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters[record.id] = waiter
-        self._spawn(record, payload)
+        self._spawn(record, payload, spec)
         return waiter
 
     @property
@@ -233,11 +265,13 @@ class Pipeline:
         """Deliveries of this handler running or waiting for a slot in this process."""
         return self._in_flight[hook_id]
 
-    def _spawn(self, record: IncomingRecord, payload: Any = None) -> None:
+    def _spawn(
+        self, record: IncomingRecord, payload: Any = None, spec: HandlerSpec | None = None
+    ) -> None:
         self._running.add(record.id)
         self._in_flight[record.hook_id] += 1
         assert self._loop is not None  # set by start(); nothing is accepted before it
-        self._tasks.add(self._loop.create_task(self._run(record, payload)))
+        self._tasks.add(self._loop.create_task(self._run(record, payload, spec)))
 
     async def _poll(self) -> None:
         """Pick up stored work that is due: retries, and work left by a stopped process."""
@@ -277,8 +311,14 @@ class Pipeline:
 
     # -- running one delivery
 
-    async def _run(self, record: IncomingRecord, payload: Any) -> None:
-        spec = self.settings.routes.get(record.hook_id)
+    async def _run(
+        self, record: IncomingRecord, payload: Any, spec: HandlerSpec | None = None
+    ) -> None:
+        if spec is None:
+            spec = self.settings.routes.get(record.hook_id)
+        # The slots it takes from are the ones it gives back to, whatever a reload puts in
+        # their place meanwhile.
+        slots = self._slots
         try:
             if spec is None:
                 await self._dead(
@@ -290,15 +330,15 @@ class Pipeline:
                 # hold a shared slot.
                 turn = self._sessions.turn(record.session, spec.persistent)
                 handler_slot = self._handler_slots.get(spec.handler.id) or contextlib.nullcontext()
-                async with turn, handler_slot, self._slots:
+                async with turn, handler_slot, slots:
                     await self._attempt(record, spec, payload)
             else:  # the common case: an ephemeral session, no cap of its own
-                if not self._slots.take():
-                    await self._slots.wait()
+                if not slots.take():
+                    await slots.wait()
                 try:
                     await self._attempt(record, spec, payload)
                 finally:
-                    self._slots.give()
+                    slots.give()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the store failed: the lease expires and it runs again

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from clawdbot_webhooks_hookspecs import Event, Gateway, GatewayEnv
@@ -22,6 +23,9 @@ from clawdbot_webhooks.plugins.lifecycle import close_objects, start_objects
 from clawdbot_webhooks.sessions import Sessions
 from clawdbot_webhooks.store import Store, open_store
 from clawdbot_webhooks.store.maintenance import forget_forever, renew_forever, retain_forever
+
+if TYPE_CHECKING:
+    from clawdbot_webhooks.reload import Reloader
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,8 @@ class Runtime:
         self._upkeep: list[asyncio.Task[None]] = []
         self.http: aiohttp.ClientSession | None = None
         self.accepting = False
+        #: Set by the server: follows the config file (``reload.Reloader``).
+        self.reloader: Reloader | None = None
 
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,10 @@ class Sessions:
         self._idle = idle_timeout
         self._live: dict[str, _Live] = {}
 
+    def set_idle_timeout(self, seconds: float) -> None:
+        """A reloaded config's ``sessions.idleTimeout``, for the timers started from now."""
+        self._idle = seconds
+
     def turn(self, session: str, persistent: bool) -> AbstractAsyncContextManager[Any]:
         """Runs in one persistent session take turns, in the order they asked (asyncio locks
         are FIFO). An ephemeral session belongs to one delivery: nothing to take turns with."""

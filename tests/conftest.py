@@ -330,7 +330,7 @@ class ServerProcess:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         assert self.log is not None
         out = self.log.open("ab")
         self.proc = subprocess.Popen(

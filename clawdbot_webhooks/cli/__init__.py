@@ -108,14 +108,14 @@ def serve(
     try:
         runtime = Runtime(settings, plugins)
     except GatewayError as exc:
-        click.echo(f"Error: gateway {settings.gateway['type']!r}: {exc}", err=True)
+        click.echo(f"Error: gateway {settings.gateway.type!r}: {exc}", err=True)
         sys.exit(2)
     sources = getattr(runtime.gateway, "sources", None)
     if sources:
         from clawdbot_webhooks.builtin.clawdbot_config import describe
 
         logging.getLogger("clawdbot_webhooks").info(
-            "gateway %s: %s", settings.gateway["type"], describe(sources)
+            "gateway %s: %s", settings.gateway.type, describe(sources)
         )
     try:
         run(runtime, host, port, loop)

@@ -85,6 +85,10 @@ class Breakers:
         self._subs = list(subscriptions)
         self._by_url: dict[str, CircuitBreaker] = {}
 
+    def update(self, subscriptions: Iterable[Subscription]) -> None:
+        """A reloaded config's subscriptions; an endpoint's breaker keeps its state."""
+        self._subs = list(subscriptions)
+
     def of(self, sub: Subscription) -> CircuitBreaker:
         breaker = self._by_url.get(sub.url)
         if breaker is None:

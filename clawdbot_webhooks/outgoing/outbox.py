@@ -189,6 +189,8 @@ class Outbox:
         self._signers = {s.id: StandardSigner(s.secret) for s in subscriptions if s.secret}
         self._slots = {s.id: asyncio.Semaphore(s.concurrency) for s in subscriptions}
         self.breakers = Breakers(subscriptions) if breakers is None else breakers
+        #: Subscriptions a reload removed, for the rows recorded before it.
+        self._retired: dict[str, Subscription] = {}
         self._lanes: dict[tuple[str, str], deque[OutgoingRecord]] = {}
         self._held: dict[str, int] = {}
         self._known: set[str] = set()
@@ -202,6 +204,27 @@ class Outbox:
         self._closing = False
         self.lease = lease
         self._on_attempt = on_attempt
+
+    def update(self, subscriptions: Sequence[Subscription]) -> None:
+        """Take a reloaded config's subscriptions. Rows already being worked keep the
+        subscription they started with; a subscription's concurrency slots are kept while its
+        limit is unchanged (and a removed one's stay for the rows still holding them)."""
+        slots = dict(self._slots)
+        for sub in subscriptions:
+            old = self._subs.get(sub.id)
+            if old is None or old.concurrency != sub.concurrency:
+                slots[sub.id] = asyncio.Semaphore(sub.concurrency)
+        self._signers = {s.id: StandardSigner(s.secret) for s in subscriptions if s.secret}
+        self._slots = slots
+        self._by_type = {kind: [s for s in subscriptions if s.wants(kind)] for kind in EVENT_TYPES}
+        new = {s.id: s for s in subscriptions}
+        # Rows recorded for a removed subscription before the reload are still delivered.
+        self._retired.update({k: v for k, v in self._subs.items() if k not in new})
+        for key in new:
+            self._retired.pop(key, None)
+        self._subs = new
+        self.breakers.update(subscriptions)
+        self.wake()  # rows of a subscription added back may be waiting
 
     # -- the durable subscriber
 
@@ -356,7 +379,7 @@ class Outbox:
 
     async def _deliver(self, rec: OutgoingRecord) -> None:
         """Attempt one row until it is delivered or dead, waiting out its retries here."""
-        sub = self._subs.get(rec.subscription_id)
+        sub = self._subs.get(rec.subscription_id) or self._retired.get(rec.subscription_id)
         if sub is None:
             await self._dead(rec, "subscription is no longer configured", None)
             return

@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from clawdbot_webhooks.config import Settings
 from clawdbot_webhooks.logs import quiet_malformed_requests
 from clawdbot_webhooks.metrics import CONTENT_TYPE
+from clawdbot_webhooks.reload import Reloader
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.errors import add_no_route, json_errors
 from clawdbot_webhooks.web.keys import LIMITS, RUNTIME
@@ -56,9 +58,18 @@ def make_app(runtime: Runtime) -> web.Application:
         incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers)
     )
 
+    def applied(settings: Settings) -> None:
+        app[LIMITS].configure(
+            settings.incoming, ((h.handler.id, h.rate_limit) for h in settings.handlers)
+        )
+
+    reloader = runtime.reloader = Reloader(runtime, applied)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await runtime.start()
+        reloader.start()
         yield
+        await reloader.stop()
         await runtime.stop()
 
     async def stop_accepting(app: web.Application) -> None:

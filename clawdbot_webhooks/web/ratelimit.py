@@ -117,6 +117,21 @@ class Limits:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
+        self.configure(incoming, handler_limits)
+
+    def configure(
+        self,
+        incoming: IncomingSettings,
+        handler_limits: Iterable[tuple[str, RateLimit | None]],
+    ) -> None:
+        """(Re)build the limits from settings; a reload that leaves them as they were keeps
+        the buckets' state."""
+        handler_limits = list(handler_limits)
+        source = (incoming.rate_limit_per_ip, incoming.auth_failures, handler_limits)
+        if source == getattr(self, "source", None):
+            return
+        self.source = source
+        clock = self.clock
         per_ip = incoming.rate_limit_per_ip
         self.per_ip = BucketsByKey(per_ip) if per_ip else None
         failures = incoming.auth_failures

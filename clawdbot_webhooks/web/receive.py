@@ -160,6 +160,7 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
             payload,
             sync=spec.handler.mode == "sync",
             dedup_since=record.received_at - window,
+            spec=spec,
         )
         original = None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
     except StoreUnavailable as exc:

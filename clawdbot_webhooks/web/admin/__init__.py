@@ -50,6 +50,7 @@ API_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/api/handlers", api.list_handlers),
     ("GET", "/admin/api/subscriptions", api.list_subscriptions),
     ("GET", "/admin/api/plugins", api.list_plugins),
+    ("GET", "/admin/api/config", api.config_status),
     ("GET", "/admin/api/stats/endpoints", api.stats_endpoints),
     ("GET", "/admin/api/stats/throughput", api.stats_throughput),
 ]

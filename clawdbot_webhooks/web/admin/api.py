@@ -427,3 +427,11 @@ async def stats_throughput(request: web.Request) -> web.Response:
     start = (now - window) // bucket * bucket
     rows = await rt.store.throughput(start, bucket)
     return web.json_response({"start": start, "end": now, "bucket": bucket, "items": rows})
+
+
+async def config_status(request: web.Request) -> web.Response:
+    """The config file being followed and its reloads (applied, refused, the last one)."""
+    rt = runtime_of(request)
+    if rt.reloader is None:
+        return web.json_response({"source": rt.settings.source, "watching": False})
+    return web.json_response(rt.reloader.state.view(rt.settings.source))

@@ -202,6 +202,13 @@ def spec() -> dict[str, Any]:
                     "responses": {"200": _json(_items({"type": "object"})), **_ERRORS},
                 }
             },
+            "/admin/api/config": {
+                "get": {
+                    "summary": "The config file followed and its live reloads",
+                    "operationId": "config_status",
+                    "responses": {"200": _json({"type": "object"}), **_ERRORS},
+                }
+            },
             "/admin/api/stats/endpoints": {
                 "get": {
                     "summary": "Per hook and subscription: statuses, success rate, last error",
