@@ -46,7 +46,7 @@ def test_writes_a_private_valid_starter_with_fresh_secrets(home: Path) -> None:
     assert "clawdbot-webhooks serve" in result.output
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     settings, _ = load_settings(str(path))
-    assert settings.gateway["type"] == "local"  # no Clawdbot here
+    assert settings.gateway.type == "local"  # no Clawdbot here
     assert [h.handler.id for h in settings.handlers] == ["hello"]
     first = json5.loads(path.read_text())["webhooks"]
     assert len(first["incoming"]["secret"]) >= 40 and len(first["admin"]["token"]) >= 40
@@ -78,7 +78,7 @@ def test_beside_clawdbot_the_gateway_is_discovered_and_its_file_untouched(home: 
     assert "gw-token" not in result.output
     written = home / ".clawdbot" / "webhooks.json5"
     settings, _ = load_settings(str(written))
-    assert settings.gateway["type"] == "clawdbot"
+    assert settings.gateway.type == "clawdbot"
     assert "url" not in json5.loads(written.read_text())["webhooks"]["gateway"]
     assert clawdbot.read_bytes() == before
 
