@@ -12,9 +12,9 @@ from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.config import ConfigError, find_config, load_settings
 
 FIVE_MISTAKES = """
-// a whole clawdbot.json: only `webhooks` is read
+// only `webhooks` is read
 {
-  agents: { list: [{ id: "main" }] },
+  notes: "anything else in the file is left alone",
   webhooks: {
     incoming: { port: "not-a-port", allowedIPs: ["10.0.0.0/8", "not-an-ip"] },
     handlers: [
@@ -29,7 +29,7 @@ FIVE_MISTAKES = """
 
 
 def test_five_mistakes_are_all_reported_with_key_paths(tmp_path: Path) -> None:
-    path = tmp_path / "clawdbot.json"
+    path = tmp_path / "webhooks.json5"
     path.write_text(FIVE_MISTAKES)
     result = CliRunner().invoke(main, ["check", "--config", str(path)])
     assert result.exit_code == 2
@@ -136,19 +136,74 @@ def test_unknown_keys_and_bad_json5(tmp_path: Path) -> None:
 def test_search_order(tmp_path: Path, monkeypatch) -> None:
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("CLAWDBOT_WEBHOOKS_CONFIG", raising=False)
+    for var in ("CLAWDBOT_WEBHOOKS_CONFIG", "CLAWDBOT_STATE_DIR", "OPENCLAW_STATE_DIR"):
+        monkeypatch.delenv(var, raising=False)
     assert find_config(None) is None
-    openclaw = home / ".openclaw" / "openclaw.json"
-    openclaw.parent.mkdir(parents=True)
+    # Clawdbot's own files are never ours, wherever they are.
+    for own in (home / ".clawdbot" / "clawdbot.json", home / ".openclaw" / "openclaw.json"):
+        own.parent.mkdir(parents=True)
+        own.write_text("{gateway: {port: 18789}}")
+    assert find_config(None) is None
+    openclaw = home / ".openclaw" / "webhooks.json5"
     openclaw.write_text("{webhooks: {}}")
     assert find_config(None) == openclaw
-    clawdbot = home / ".clawdbot" / "clawdbot.json"
-    clawdbot.parent.mkdir(parents=True)
+    clawdbot = home / ".clawdbot" / "webhooks.json5"
     clawdbot.write_text("{webhooks: {}}")
     assert find_config(None) == clawdbot
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "webhooks.json5").write_text("{webhooks: {}}")
+    monkeypatch.setenv("CLAWDBOT_STATE_DIR", str(state))
+    assert find_config(None) == state / "webhooks.json5"
     monkeypatch.setenv("CLAWDBOT_WEBHOOKS_CONFIG", str(tmp_path / "env.json5"))
     assert find_config(None) == tmp_path / "env.json5"
     assert find_config(str(tmp_path / "explicit.json5")) == tmp_path / "explicit.json5"
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("clawdbot.json", "{gateway: {port: 18789}, webhooks: {}}"),
+        ("openclaw.json", "{}"),
+        ("my-clawdbot.json5", '{agents: {list: []}, gateway: {mode: "local"}}'),
+    ],
+)
+def test_clawdbots_own_file_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch, name: str, text: str
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CLAWDBOT_STATE_DIR", raising=False)
+    path = tmp_path / name
+    path.write_text(text)
+    for command in (["check"], ["serve"], ["dlq", "list"]):
+        result = CliRunner().invoke(main, [*command, "--config", str(path)])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.output
+        assert lines[0].startswith(f"Error: {path} is Clawdbot's own config")
+        assert f"ours belongs in {tmp_path / '.clawdbot' / 'webhooks.json5'}" in lines[0]
+    assert path.read_text() == text
+
+
+def test_read_only_commands_do_not_need_the_secrets_they_do_not_use(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("NOT_EXPORTED_HERE", raising=False)
+    path = tmp_path / "webhooks.json5"
+    path.write_text(
+        '{webhooks: {stateDir: "state", incoming: {secret: "${NOT_EXPORTED_HERE}"},'
+        ' handlers: [{id: "h", action: "run_agent", agentId: "a", template: "x",'
+        ' verify: {type: "github", secret: "${NOT_EXPORTED_HERE}"}}]}}'
+    )
+    for command in (["messages"], ["dlq", "list"], ["deliveries", "list"], ["db", "status"]):
+        result = CliRunner().invoke(main, [*command, "--config", str(path)])
+        assert result.exit_code == 0, (command, result.output)
+    # What does use them still says which is missing.
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "webhooks.incoming.secret: environment variable NOT_EXPORTED_HERE is not set" in (
+        result.output
+    )
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:

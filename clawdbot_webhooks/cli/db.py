@@ -23,7 +23,7 @@ def _status(config_path: str | None, migrate: bool) -> SchemaStatus:
         return await store.schema_status()
 
     try:
-        return with_store(config_path, work, migrate=migrate)
+        return with_store(config_path, work, migrate=migrate, store_only=True)
     except StoreUnavailable as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

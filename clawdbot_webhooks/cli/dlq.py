@@ -80,7 +80,7 @@ def list_(config_path: str | None, as_json: bool, since: float | None) -> None:
     async def work(settings: Settings, plugins: PluginSet, store: Store) -> list[DeadLetter]:
         return await store.dead_letters(since)
 
-    letters = with_store(config_path, work)
+    letters = with_store(config_path, work, store_only=True)
     if as_json:
         click.echo(json.dumps([_letter(d) for d in letters], indent=2, ensure_ascii=False))
         return
@@ -135,7 +135,7 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
             "history": await _history(store, inc.id),
         }
 
-    found = with_store(config_path, work)
+    found = with_store(config_path, work, store_only=True)
     if found is None:
         click.echo(f"No delivery {delivery_id!r}.", err=True)
         sys.exit(1)

@@ -200,7 +200,7 @@ def list_(
         rows.sort(key=lambda s: s.created_at, reverse=True)
         return rows[:limit]
 
-    rows = with_store(config_path, work)
+    rows = with_store(config_path, work, store_only=True)
     if as_json:
         click.echo(json.dumps([_row(s) for s in rows], indent=2, ensure_ascii=False))
         return
@@ -249,4 +249,4 @@ def tail(config_path: str | None, as_json: bool, since: float | None) -> None:
             await asyncio.sleep(TAIL_POLL)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it ends
-        with_store(config_path, work)
+        with_store(config_path, work, store_only=True)

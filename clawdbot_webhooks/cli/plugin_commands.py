@@ -23,7 +23,8 @@ from clawdbot_webhooks.plugins.calls import HookCalls, result_of
 
 def command_env() -> CommandEnv:
     def state_dir(config_path: str | None) -> str:
-        settings, _ = load_or_exit(config_path)
+        # Only where the state is: a secret the config names need not be set for this.
+        settings, _ = load_or_exit(config_path, store_only=True)
         return str(settings.state_dir)
 
     def settings(config_path: str | None, plugin: str) -> Mapping[str, Any]:

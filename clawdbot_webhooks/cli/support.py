@@ -14,7 +14,13 @@ from typing import TypeVar
 
 import click
 
-from clawdbot_webhooks.config import ConfigError, Settings, load_settings
+from clawdbot_webhooks.config import (
+    STORE_KEYS,
+    ClawdbotsOwnFile,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 from clawdbot_webhooks.plugins import PluginError, PluginSet
 from clawdbot_webhooks.store import Store, open_store
 
@@ -25,16 +31,23 @@ config_option = click.option(
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Config file (JSON5). Default: $CLAWDBOT_WEBHOOKS_CONFIG, ~/.clawdbot/clawdbot.json, "
-    "~/.openclaw/openclaw.json.",
+    help="Config file (JSON5). Default: $CLAWDBOT_WEBHOOKS_CONFIG, ~/.clawdbot/webhooks.json5, "
+    "~/.openclaw/webhooks.json5 (the directories follow $CLAWDBOT_STATE_DIR, "
+    "$OPENCLAW_STATE_DIR).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def load_or_exit(config_path: str | None) -> tuple[Settings, PluginSet]:
-    """The validated config and its plugins; on errors, print them all and exit 2."""
+def load_or_exit(
+    config_path: str | None, *, store_only: bool = False
+) -> tuple[Settings, PluginSet]:
+    """The validated config and its plugins; on errors, print them all and exit 2. With
+    ``store_only``, just what opening the store takes (``STORE_KEYS``)."""
     try:
-        return load_settings(config_path)
+        return load_settings(config_path, only=STORE_KEYS if store_only else None)
+    except ClawdbotsOwnFile as exc:
+        click.echo(f"Error: {exc.errors[0]}", err=True)
+        sys.exit(2)
     except ConfigError as exc:
         where = f" in {exc.source}" if exc.source else ""
         click.echo(f"Config errors{where}:", err=True)
@@ -51,9 +64,11 @@ def with_store(
     work: Callable[[Settings, PluginSet, Store], Awaitable[T]],
     *,
     migrate: bool = True,
+    store_only: bool = False,
 ) -> T:
-    """Run ``work`` with the configured store open (a small pool: one command, one user)."""
-    settings, plugins = load_or_exit(config_path)
+    """Run ``work`` with the configured store open (a small pool: one command, one user).
+    ``store_only``: a command that only reads the store loads only what that takes."""
+    settings, plugins = load_or_exit(config_path, store_only=store_only)
 
     async def run() -> T:
         store = open_store(

@@ -7,9 +7,8 @@ from __future__ import annotations
 from clawdbot_webhooks.config.build import build_settings
 from clawdbot_webhooks.config.errors import ConfigError, flatten_errors
 from clawdbot_webhooks.config.load import (
-    CONFIG_ENV,
-    DEFAULT_PATHS,
-    find_config,
+    STORE_KEYS,
+    ClawdbotsOwnFile,
     load_settings,
     plugin_selection,
     read_raw,
@@ -32,14 +31,16 @@ from clawdbot_webhooks.config.model import (
     Subscription,
     VerifySpec,
 )
+from clawdbot_webhooks.config.paths import CONFIG_ENV, default_path, find_config, search_paths
 from clawdbot_webhooks.config.schema import parse_age
 
 __all__ = [
     "CONFIG_ENV",
     "CREDENTIAL_HEADERS",
-    "DEFAULT_PATHS",
+    "STORE_KEYS",
     "AdminSettings",
     "AuthFailures",
+    "ClawdbotsOwnFile",
     "ConfigError",
     "EventIngress",
     "GatewaySettings",
@@ -55,10 +56,12 @@ __all__ = [
     "Subscription",
     "VerifySpec",
     "build_settings",
+    "default_path",
     "find_config",
     "flatten_errors",
     "load_settings",
     "parse_age",
     "plugin_selection",
     "read_raw",
+    "search_paths",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +15,22 @@ import json5
 from clawdbot_webhooks.config.build import build_settings
 from clawdbot_webhooks.config.errors import ConfigError
 from clawdbot_webhooks.config.model import Settings
+from clawdbot_webhooks.config.paths import clawdbots_own, find_config
 from clawdbot_webhooks.plugins import PluginSelection, PluginSet, load_plugins
 
-CONFIG_ENV = "CLAWDBOT_WEBHOOKS_CONFIG"
-DEFAULT_PATHS = ("~/.clawdbot/clawdbot.json", "~/.openclaw/openclaw.json")
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: What commands that only read the store need of the file: nothing else is substituted or
+#: checked for them, so a secret they do not use may be missing from their environment.
+STORE_KEYS = ("storage", "stateDir", "plugins")
 
 
-def find_config(explicit: str | None) -> Path | None:
-    """The config file: ``--config``, then ``$CLAWDBOT_WEBHOOKS_CONFIG``, then the defaults."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env).expanduser()
-    for candidate in DEFAULT_PATHS:
-        path = Path(candidate).expanduser()
-        if path.exists():
-            return path
-    return None
+class ClawdbotsOwnFile(ConfigError):
+    """Given Clawdbot's own config file instead of ours."""
 
 
-def read_raw(path: Path | None) -> dict[str, Any]:
-    """The ``webhooks`` object of a JSON5 file, with ``${VAR}`` substituted."""
+def read_raw(path: Path | None, only: Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``webhooks`` object of a JSON5 file, with ``${VAR}`` substituted; with ``only``,
+    just those keys of it."""
     if path is None:
         return {}
     try:
@@ -55,11 +48,16 @@ def read_raw(path: Path | None) -> dict[str, Any]:
             raise ConfigError([f"{path}: not valid JSON5: {exc}"]) from exc
     if not isinstance(document, dict):
         raise ConfigError([f"{path}: the top level must be an object"])
+    why = clawdbots_own(path, document)
+    if why is not None:
+        raise ClawdbotsOwnFile([why], str(path))
     section = document.get("webhooks")
     if section is None:
         raise ConfigError(["webhooks: missing (only the 'webhooks' key of the file is read)"])
     if not isinstance(section, dict):
         raise ConfigError(["webhooks: must be an object"])
+    if only is not None:
+        section = {k: v for k, v in section.items() if k in only}
     errors: list[str] = []
     substituted: dict[str, Any] = _substitute(section, "webhooks", errors)
     if errors:
@@ -98,10 +96,13 @@ def plugin_selection(raw: Mapping[str, Any]) -> PluginSelection:
     )
 
 
-def load_settings(config: str | None, plugins_for: Any = None) -> tuple[Settings, PluginSet]:
-    """Find, read and validate the config, loading the plugins it selects."""
+def load_settings(
+    config: str | None, plugins_for: Any = None, only: Sequence[str] | None = None
+) -> tuple[Settings, PluginSet]:
+    """Find, read and validate the config, loading the plugins it selects; with ``only``,
+    just those keys (``STORE_KEYS``: what reading the store takes), the rest as defaults."""
     path = find_config(config)
-    raw = read_raw(path)
+    raw = read_raw(path, only)
     extra = plugins_for or ()
     plugin_set = load_plugins(plugin_selection(raw), extra)
     return build_settings(raw, plugin_set, str(path) if path else None), plugin_set
