@@ -142,8 +142,10 @@ class ClawdbotProcess:
         )
         (home / ".clawdbot" / "clawdbot.json").write_text(json.dumps(config, indent=2))
 
-    def start(self, timeout: float = 90.0) -> None:
-        self.write_config()
+    def start(self, timeout: float = 90.0, *, write: bool = True) -> None:
+        """Start the gateway; ``write=False`` keeps the config file as it is (a restart)."""
+        if write:
+            self.write_config()
         home = self.scratch / "home"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
