@@ -4,8 +4,10 @@ happens when the chosen one is missing), and the garbage collector's settings.""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -61,3 +63,31 @@ def test_the_collector_leaves_startup_objects_alone_and_young_ones_longer() -> N
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "webhooks.json5"
+    config.write_text(f'{{webhooks: {{stateDir: "{tmp_path / "state"}"}}}}')
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        # A process of its own: serve tunes the garbage collector of the process it runs in.
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clawdbot_webhooks",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert f"Error: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 
@@ -122,6 +124,13 @@ def serve(
     except StoreUnavailable as exc:
         # One line, which URL (password redacted) and why: the store says both.
         click.echo(f"Error: storage unavailable: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        # The listener could not bind: a port in use is the usual first-day mistake.
+        reason = os.strerror(exc.errno)
+        click.echo(f"Error: cannot listen on {host}:{port}: {reason} (try --port)", err=True)
         sys.exit(1)
 
 
