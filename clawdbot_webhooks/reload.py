@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -34,7 +34,23 @@ from clawdbot_webhooks.config import (
 from clawdbot_webhooks.logs import Redactor, collect_secrets
 
 if TYPE_CHECKING:
-    from clawdbot_webhooks.runtime import Runtime
+    from clawdbot_webhooks.metrics import Metrics
+    from clawdbot_webhooks.outgoing.outbox import Outbox
+    from clawdbot_webhooks.pipeline import Pipeline
+    from clawdbot_webhooks.plugins import PluginSet
+    from clawdbot_webhooks.sessions import Sessions
+
+
+class Runtime(Protocol):
+    """What a reload changes in the running server (``runtime.Runtime`` has it)."""
+
+    settings: Settings
+    plugins: PluginSet
+    pipeline: Pipeline
+    outbox: Outbox
+    sessions: Sessions
+    metrics: Metrics
+
 
 log = logging.getLogger("clawdbot_webhooks.reload")
 
