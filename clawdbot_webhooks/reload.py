@@ -178,6 +178,7 @@ class Reloader:
         self._seen = _signature(self.path) if self.path else None
         self._task: asyncio.Task[None] | None = None
         self._signal = False
+        self._signalled: set[asyncio.Task[ReloadState]] = set()
         runtime.metrics.registry.register(ReloadCollector(self.state))
 
     def start(self) -> None:
@@ -201,7 +202,10 @@ class Reloader:
 
     def _on_signal(self) -> None:
         log.info("SIGHUP: reloading %s", self.path)
-        asyncio.get_running_loop().create_task(self.reload("signal"))
+        # Held until done: the loop keeps only a weak reference to a task.
+        task = asyncio.get_running_loop().create_task(self.reload("signal"))
+        self._signalled.add(task)
+        task.add_done_callback(self._signalled.discard)
 
     async def _watch(self) -> None:
         assert self.path is not None
