@@ -25,7 +25,7 @@ from clawdbot_process import ClawdbotProcess, free_port
 from conftest import wait_ready
 from model_stub import ModelStub
 
-from clawdbot_webhooks.gateway_client import GatewayClient
+from clawdbot_webhooks.builtin.clawdbot.client import GatewayClient
 
 pytestmark = pytest.mark.slow
 
