@@ -114,11 +114,8 @@ def serve(
         sys.exit(2)
     sources = getattr(runtime.gateway, "sources", None)
     if sources:
-        from clawdbot_webhooks.builtin.clawdbot_config import describe
-
-        logging.getLogger("clawdbot_webhooks").info(
-            "gateway %s: %s", settings.gateway.type, describe(sources)
-        )
+        where = "; ".join(f"{key} from {origin}" for key, origin in sources.items())
+        logging.getLogger("clawdbot_webhooks").info("gateway %s: %s", settings.gateway.type, where)
     try:
         run(runtime, host, port, loop)
     except StoreUnavailable as exc:

@@ -17,12 +17,7 @@ from pathlib import Path
 
 import click
 
-from clawdbot_webhooks.builtin.clawdbot_config import (
-    ClawdbotConfigError,
-    describe,
-    discover,
-    find_clawdbot_config,
-)
+from clawdbot_webhooks.config.clawdbot_home import find_clawdbot_config
 from clawdbot_webhooks.config.paths import CONFIG_ENV, default_path
 
 BRIDGE_ID = "clawdbot-event-bridge"
@@ -74,17 +69,11 @@ def _gateway() -> tuple[str, str, str]:
             '    // Beside Clawdbot, use { type: "clawdbot" } (docs/clawdbot.md).',
             "gateway: local (no Clawdbot config found)",
         )
-    try:
-        options, sources = discover(
-            {"url": None, "token": None}, {"url": "ws_url", "token": "gateway_token"}
-        )
-        where = f"{options['url']}; {describe(sources)}"
-    except ClawdbotConfigError as exc:
-        where = f"not readable yet: {exc}"
     return (
         '{ type: "clawdbot" }',
         f"// Clawdbot's URL and token are read from {found} (read-only) at start-up.",
-        f"gateway: clawdbot at {where}",
+        f"gateway: clawdbot (URL and token read from {found} at each start; "
+        "check --probe says which)",
     )
 
 

@@ -138,7 +138,7 @@ async def test_init_check_serve_and_the_bridge_beside_a_real_clawdbot(
     made = beside.run("init", "--port", str(beside.port))
     assert made.returncode == 0, made.stderr
     assert f"Wrote {beside.ours}" in made.stdout
-    assert f"gateway: clawdbot at ws://127.0.0.1:{gateway.port}" in made.stdout
+    assert f"gateway: clawdbot (URL and token read from {beside.theirs}" in made.stdout
     assert gateway.token not in made.stdout + made.stderr
     assert beside.config()["gateway"] == {"type": "clawdbot"}
     refused = beside.run("init")
