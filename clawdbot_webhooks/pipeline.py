@@ -33,6 +33,7 @@ from clawdbot_webhooks.config import HandlerSpec, Settings
 from clawdbot_webhooks.dead_letters import dead_letter, error_event
 from clawdbot_webhooks.events import EventBus, derived_event_id
 from clawdbot_webhooks.plugins.calls import HookCalls, call_on_incoming
+from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import Sessions
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
 from clawdbot_webhooks.templates import context_for
@@ -325,6 +326,9 @@ class Pipeline:
                     record, f"handler {record.hook_id!r} is no longer configured", None
                 )
                 return
+            if spec.persistent and not record.session:
+                await self._unkeyed(record, spec, payload)
+                return
             if spec.persistent or spec.max_concurrent:
                 # The session's turn, then the handler's own cap: waiting for either must not
                 # hold a shared slot.
@@ -352,6 +356,22 @@ class Pipeline:
             self._in_flight[record.hook_id] -= 1
             if self._backlog:
                 self.wake()  # a place is free: the poller takes the next stored one
+
+    async def _unkeyed(self, record: IncomingRecord, spec: HandlerSpec, payload: Any) -> None:
+        """A persistent delivery stored without a session: its key had no value. Rendered
+        again (the key may have been fixed before a replay), else a dead letter saying why."""
+        if payload is None:
+            payload = parse_content(record.body, record.content_type)
+        try:
+            record.session = render_session_key(spec, record.as_delivery(payload))
+        except SessionKeyError as exc:
+            attempt = record.attempts + 1
+            failure = ActionError(str(exc), retry=False)
+            await self._failed(record, spec, attempt, failure, time.monotonic())
+            return
+        handler_slot = self._handler_slots.get(spec.handler.id) or contextlib.nullcontext()
+        async with self._sessions.turn(record.session, True), handler_slot, self._slots:
+            await self._attempt(record, spec, payload)
 
     async def _attempt(self, record: IncomingRecord, spec: HandlerSpec, payload: Any) -> None:
         handler = spec.handler

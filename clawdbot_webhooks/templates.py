@@ -87,6 +87,15 @@ def make_environment(
     return env
 
 
+def required_part(value: Any) -> Any:
+    """``finalize`` for a template whose every ``{{ ... }}`` must have a value (a session
+    key): a blank one is as missing as an absent one, so ``ops-{{ alert.team }}`` with
+    ``team: ""`` is not ``ops-`` either."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError("a value in it is empty")
+    return value
+
+
 def _unsafe_names(tree: nodes.Node) -> list[str]:
     found: list[str] = []
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name, nodes.Filter)):

@@ -126,6 +126,49 @@ async def test_persistent_session_reused_and_ends_when_idle(start_server, record
     assert ended.session == "alerts-ops" and ended.data["reason"] == "idle"
 
 
+async def test_a_session_key_without_a_value_is_a_dead_letter_not_a_shared_session(
+    start_server, recorder
+) -> None:
+    config = {
+        "handlers": [
+            {
+                "id": "alerts",
+                "action": "run_agent",
+                "agentId": "oncall",
+                "template": "{{ alert.name }}",
+                "sessionMode": "persistent",
+                "sessionKey": "ops-{{ alert.team }}",
+            },
+        ],
+    }
+    srv = await start_server(config, plugins=[("recorder", recorder)])
+    status, missing = await srv.post("alerts", {"alert": {"name": "CPU"}})
+    assert status == 202 and missing["session"] == ""
+    status, blank = await srv.post("alerts", {"alert": {"name": "CPU", "team": " "}})
+    assert status == 202
+    status, keyed = await srv.post("alerts", {"alert": {"name": "CPU", "team": "db"}})
+    assert status == 202 and keyed["session"] == "ops-db"
+    await srv.idle()
+    store = srv.runtime.store
+    dead = await store.get_incoming(missing["id"])
+    assert dead is not None and dead.status == "dead" and dead.attempts == 1
+    assert dead.last_error == (
+        "sessionKey of handler 'alerts' has no value for this delivery: "
+        "'dict object' has no attribute 'team'"
+    )
+    [attempt] = await store.attempts(missing["id"])
+    assert attempt.error == dead.last_error
+    blank_dead = await store.get_incoming(blank["id"])
+    assert blank_dead is not None and blank_dead.status == "dead"
+    assert blank_dead.last_error == (
+        "sessionKey of handler 'alerts' has no value for this delivery: a value in it is empty"
+    )
+    done = await store.get_incoming(keyed["id"])
+    assert done is not None and done.status == "done"
+    # Only the keyed delivery ran its action.
+    assert [e.session for e in recorder.of("agent_response")] == ["ops-db"]
+
+
 async def test_forward_passes_body_and_retries_until_the_sink_heals(
     start_server, make_sink
 ) -> None:

@@ -9,6 +9,7 @@ compilation. Every error names its key path, e.g.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -38,7 +39,12 @@ from clawdbot_webhooks.config.schema import (
 )
 from clawdbot_webhooks.plugins import PluginSet
 from clawdbot_webhooks.retry import RetryPolicy
-from clawdbot_webhooks.templates import TemplateError, compile_template, make_environment
+from clawdbot_webhooks.templates import (
+    TemplateError,
+    compile_template,
+    make_environment,
+    required_part,
+)
 
 DEFAULT_SECRET_HEADER = "X-Webhook-Secret"
 
@@ -60,6 +66,11 @@ def build_settings(raw: dict[str, Any], plugins: PluginSet, source: str | None) 
         storage_url = f"sqlite:///{_resolve(storage_url[len('sqlite:///') :], base)}"
     elif not storage_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         errors.append("webhooks.storage.url: expected sqlite:///PATH or postgresql://...")
+    elif not _driver_installed("asyncpg"):
+        errors.append(
+            "webhooks.storage.url: PostgreSQL needs the asyncpg driver, which is not "
+            "installed: pip install 'clawdbot-webhooks[postgres]'"
+        )
 
     env = make_environment(
         {n: f for n, f in plugins.registries.filters.items()},
@@ -169,6 +180,14 @@ def _template_paths(schema: Schema, prefix: tuple[str, ...] = ()) -> Iterator[tu
 _NO_FILTER = re.compile(r"No filter named '([^']+)'")
 
 
+def _driver_installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found, not imported: that costs start-up time)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _compile(
     env: ImmutableSandboxedEnvironment, source: str, plugins: PluginSet
 ) -> jinja2.Template:
@@ -260,7 +279,9 @@ def _build_handlers(
         session_key = None
         if base is not None and base["sessionKey"]:
             try:
-                session_key = _compile(env, base["sessionKey"], plugins)
+                # Strict whatever strictTemplates says: see ``session_keys``.
+                strict = env.overlay(undefined=jinja2.StrictUndefined, finalize=required_part)
+                session_key = _compile(strict, base["sessionKey"], plugins)
             except TemplateError as exc:
                 errors.append(f"{path}.sessionKey: {exc}")
                 base = None

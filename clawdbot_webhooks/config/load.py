@@ -31,8 +31,20 @@ class ClawdbotsOwnFile(ConfigError):
 def read_raw(path: Path | None, only: Sequence[str] | None = None) -> dict[str, Any]:
     """The ``webhooks`` object of a JSON5 file, with ``${VAR}`` substituted; with ``only``,
     just those keys of it."""
+    raw, missing = read_raw_lenient(path, only)
+    if missing:
+        raise ConfigError(missing)
+    return raw
+
+
+def read_raw_lenient(
+    path: Path | None, only: Sequence[str] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """``read_raw``, with a variable that is not set read as empty and named in the errors
+    returned beside the section: the rest of the file is still checked, so one run of
+    ``check`` shows every mistake."""
     if path is None:
-        return {}
+        return {}, []
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -60,9 +72,7 @@ def read_raw(path: Path | None, only: Sequence[str] | None = None) -> dict[str, 
         section = {k: v for k, v in section.items() if k in only}
     errors: list[str] = []
     substituted: dict[str, Any] = _substitute(section, "webhooks", errors)
-    if errors:
-        raise ConfigError(errors)
-    return substituted
+    return substituted, errors
 
 
 def _substitute(value: Any, path: str, errors: list[str]) -> Any:
@@ -102,7 +112,14 @@ def load_settings(
     """Find, read and validate the config, loading the plugins it selects; with ``only``,
     just those keys (``STORE_KEYS``: what reading the store takes), the rest as defaults."""
     path = find_config(config)
-    raw = read_raw(path, only)
+    raw, missing = read_raw_lenient(path, only)
     extra = plugins_for or ()
     plugin_set = load_plugins(plugin_selection(raw), extra)
-    return build_settings(raw, plugin_set, str(path) if path else None), plugin_set
+    source = str(path) if path else None
+    try:
+        settings = build_settings(raw, plugin_set, source)
+    except ConfigError as exc:
+        raise ConfigError([*missing, *exc.errors], source) from exc
+    if missing:
+        raise ConfigError(missing, source)
+    return settings, plugin_set

@@ -65,6 +65,7 @@ class IncomingSettings:
     dedup_window: float
     read_timeout: float
     max_json_depth: int
+    store_timeout: float
     rate_limit_per_ip: RateLimit | None
     auth_failures: AuthFailures | None
     event_ingress: EventIngress | None

@@ -145,6 +145,9 @@ class IncomingSchema(Section):
     retry = fields.Nested(RetrySchema, load_default=defaults(RetrySchema))
     dedupWindow = fields.Float(load_default=7 * 86_400.0, validate=validate.Range(min=0))
     readTimeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.001))
+    #: How long a delivery may take to be stored before the sender is answered 503: well
+    #: inside the 10 s after which the common senders give up and send it again.
+    storeTimeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.001, max=300))
     maxJsonDepth = fields.Integer(load_default=64, validate=validate.Range(min=1, max=500))
     rateLimitPerIP = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
     # Absent means off: an absent key has always loaded as an empty, falsy section, although
@@ -294,6 +297,14 @@ class RetentionSchema(Section):
     delivered = Age(load_default=7 * 86400.0)
 
 
+def _not_reserved(name: str) -> bool:
+    """PostgreSQL keeps ``pg_*`` names and ``information_schema`` for itself: creating the
+    schema would fail at start-up, after ``check`` had said the config was fine."""
+    if name.startswith("pg_") or name == "information_schema":
+        raise ValidationError(f"{name!r} is reserved by PostgreSQL for system schemas")
+    return True
+
+
 class StorageSchema(Section):
     model = StorageSettings
 
@@ -307,7 +318,10 @@ class StorageSchema(Section):
     leaseSeconds = fields.Float(load_default=30.0, validate=validate.Range(min=0.2))
     retention = fields.Nested(RetentionSchema, load_default=defaults(RetentionSchema))
     #: PostgreSQL: the schema the tables live in (created when missing); default: the URL's.
-    schema = fields.String(load_default=None, validate=validate.Regexp(r"^[A-Za-z_]\w{0,62}$"))
+    schema = fields.String(
+        load_default=None,
+        validate=[validate.Regexp(r"^[A-Za-z_]\w{0,62}$"), _not_reserved],
+    )
     #: PostgreSQL: connections this process keeps at most.
     poolSize = fields.Integer(load_default=10, validate=validate.Range(min=1, max=200))
 

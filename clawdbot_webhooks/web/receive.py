@@ -24,10 +24,10 @@ from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.config import HandlerSpec
 from clawdbot_webhooks.metrics import UNKNOWN_HOOK
 from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import ephemeral_session
 from clawdbot_webhooks.store import IncomingRecord, StoreUnavailable
 from clawdbot_webhooks.store.dedup import dedup_key
-from clawdbot_webhooks.templates import context_for
 from clawdbot_webhooks.web.errors import error
 from clawdbot_webhooks.web.keys import LIMITS, RUNTIME
 from clawdbot_webhooks.web.ratelimit import retry_after
@@ -183,13 +183,14 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
 
 
 def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str:
+    """The delivery's session; empty when its ``sessionKey`` has no value for it: stored all
+    the same, it becomes a dead letter saying why (a sender cannot fix its payload from a
+    400 the way an operator can fix a key and replay)."""
     if not spec.persistent or spec.session_key is None:
         return ephemeral_session()
     try:
-        context = context_for(record.as_delivery(payload), spec.handler)
-        key = str(spec.session_key.render(context)).strip()
-    except Exception as exc:
-        raise Rejected(400, f"sessionKey template failed for this payload: {exc}") from exc
-    if not key:
-        raise Rejected(400, "sessionKey template rendered empty for this payload")
-    return key
+        return render_session_key(spec, record.as_delivery(payload))
+    except SessionKeyError:
+        return ""
+
+
