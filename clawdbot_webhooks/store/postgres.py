@@ -95,6 +95,13 @@ _FINISH_INCOMING = (
 
 T = TypeVar("T")
 
+#: A write that changes nothing but is a write all the same (a row rewritten with its own
+#: values, committed): it fails where any write would.
+_PROBE_WRITE = (
+    "UPDATE schema_migrations SET applied_at=applied_at "
+    "WHERE version=(SELECT MAX(version) FROM schema_migrations)"
+)
+
 #: The shared statements, their placeholders numbered for asyncpg.
 _RECORD_ATTEMPT = numbered(RECORD_ATTEMPT)
 _FINISH_OUTGOING = numbered(FINISH_OUTGOING)
@@ -302,6 +309,12 @@ class PostgresStore(PostgresPool, SharedQueries):
                     "WHERE status='pending' AND lease_owner=$1",
                     self.owner,
                 )
+
+        await self._run(op)
+
+    async def probe_write(self) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(_PROBE_WRITE)
 
         await self._run(op)
 

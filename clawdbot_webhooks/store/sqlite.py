@@ -27,7 +27,7 @@ from clawdbot_webhooks.store.rows import (
     outgoing_record,
 )
 from clawdbot_webhooks.store.shared import SharedQueries
-from clawdbot_webhooks.store.sqlite_schema import SQLITE_MIGRATIONS
+from clawdbot_webhooks.store.sqlite_schema import PROBE_WRITE, SQLITE_MIGRATIONS
 from clawdbot_webhooks.store.sqlite_schema import migrate as upgrade_schema
 from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, execute_all
 
@@ -240,6 +240,12 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE inbox SET lease_until=0 WHERE status='pending'")
             conn.execute("UPDATE outbox SET lease_until=0 WHERE status='pending'")
+
+        await self._do(op)
+
+    async def probe_write(self) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(PROBE_WRITE)
 
         await self._do(op)
 

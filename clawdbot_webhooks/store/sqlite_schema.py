@@ -102,7 +102,17 @@ SQLITE_MIGRATIONS = [
         "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE status = 'pending';\n"
         "CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (created_at) WHERE status = 'dead';",
     ),
+    # ``/readyz`` after a failed write asks for a write of a delivery's size: on a full disk
+    # a one-page write still fits in the space the failed one left in the WAL file.
+    Migration(
+        6,
+        "a row for readiness probes to write",
+        "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, filler BLOB NOT NULL);",
+    ),
 ]
+
+#: The probe's write: 64 KB rewritten and committed.
+PROBE_WRITE = "INSERT OR REPLACE INTO write_probe VALUES (1, zeroblob(65536))"
 
 MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "

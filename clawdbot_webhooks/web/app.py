@@ -16,7 +16,8 @@ from clawdbot_webhooks.metrics import CONTENT_TYPE
 from clawdbot_webhooks.reload import Reloader
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.errors import add_no_route, json_errors
-from clawdbot_webhooks.web.keys import LIMITS, RUNTIME
+from clawdbot_webhooks.web.keys import LIMITS, OUTAGE, RUNTIME
+from clawdbot_webhooks.web.outage import StoreOutage, describe, within
 from clawdbot_webhooks.web.ratelimit import Limits
 from clawdbot_webhooks.web.receive import receive
 
@@ -28,15 +29,31 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 when the store and the gateway answer, within ``incoming.storeTimeout``. After a
+    failed write the store must take a write, not just answer a read: a full disk or a lock
+    held from outside leaves reads working while every webhook is refused."""
     rt = request.app[RUNTIME]
+    outage = request.app[OUTAGE]
+    bound = rt.settings.incoming.store_timeout
     checks: dict[str, str] = {}
     try:
-        await rt.store.count_incoming("pending")
+        if outage.down:
+            await within(rt.store.probe_write(), bound)
+            outage.succeeded()
+        else:
+            await within(rt.store.count_incoming("pending"), bound)
         checks["store"] = "ok"
+    except TimeoutError:
+        checks["store"] = f"unavailable: no answer within {bound:g}s"
     except Exception as exc:
-        checks["store"] = f"unavailable: {exc}"
-    ok, detail = await rt.gateway_health.check()
-    checks["gateway"] = "ok" if ok else detail
+        checks["store"] = f"unavailable: {describe(exc)}"
+    if outage.down and checks["store"] == "ok":
+        checks["store"] = f"unavailable: {outage.reason}"
+    try:
+        ok, detail = await within(rt.gateway_health.check(), bound)
+        checks["gateway"] = "ok" if ok else detail
+    except TimeoutError:
+        checks["gateway"] = f"no answer within {bound:g}s"
     ready = rt.accepting and all(v == "ok" for v in checks.values())
     return web.json_response({"ok": ready, "checks": checks}, status=200 if ready else 503)
 
@@ -54,6 +71,7 @@ def make_app(runtime: Runtime) -> web.Application:
     quiet_malformed_requests()
     app = web.Application(client_max_size=incoming.max_body_bytes + 1)
     app[RUNTIME] = runtime
+    app[OUTAGE] = StoreOutage()
     app[LIMITS] = Limits(
         incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers)
     )

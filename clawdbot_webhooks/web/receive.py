@@ -26,10 +26,11 @@ from clawdbot_webhooks.metrics import UNKNOWN_HOOK
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import ephemeral_session
-from clawdbot_webhooks.store import IncomingRecord, StoreUnavailable
+from clawdbot_webhooks.store import IncomingRecord
 from clawdbot_webhooks.store.dedup import dedup_key
 from clawdbot_webhooks.web.errors import error
-from clawdbot_webhooks.web.keys import LIMITS, RUNTIME
+from clawdbot_webhooks.web.keys import LIMITS, OUTAGE, RUNTIME
+from clawdbot_webhooks.web.outage import RETRY_AFTER, describe, within
 from clawdbot_webhooks.web.ratelimit import retry_after
 from clawdbot_webhooks.web.requests import (
     Rejected,
@@ -154,20 +155,38 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
         dedup_key=dedup,
     )
     record.session = _session_for(spec, record, payload)
+    outage = request.app[OUTAGE]
     try:
-        stored, waiter = await rt.pipeline.accept(
-            record,
-            payload,
-            sync=spec.handler.mode == "sync",
-            dedup_since=record.received_at - window,
-            spec=spec,
-        )
-        original = None if stored else await rt.store.find_duplicate(spec.handler.id, dedup or "")
-    except StoreUnavailable as exc:
-        log.error("delivery to %s refused: %s", spec.handler.id, exc)
+        # Within the deadline, or the sender gives up first and sends it again. A write that
+        # commits after the 503 leaves the delivery stored: it runs once (its lease runs out,
+        # the poller takes it), and a retry with the same delivery id is a duplicate.
+        # (The insert is awaited as a future, which lets go at once when cancelled.)
+        deadline = asyncio.get_running_loop().time() + incoming.store_timeout
+        async with asyncio.timeout_at(deadline):
+            stored, waiter = await rt.pipeline.accept(
+                record,
+                payload,
+                sync=spec.handler.mode == "sync",
+                dedup_since=record.received_at - window,
+                spec=spec,
+            )
+        original = None
+        if not stored:
+            left = deadline - asyncio.get_running_loop().time()
+            original = await within(rt.store.find_duplicate(spec.handler.id, dedup or ""), left)
+    except TimeoutError as exc:
+        outage.failed(f"no answer within {incoming.store_timeout:g}s")
         raise Rejected(
-            503, "storage unavailable; nothing was accepted", {"Retry-After": "5"}
+            503,
+            f"storage did not answer within {incoming.store_timeout:g}s; nothing was accepted",
+            {"Retry-After": str(RETRY_AFTER)},
         ) from exc
+    except Exception as exc:  # whatever the driver raised: the contract does not depend on it
+        outage.failed(describe(exc))
+        raise Rejected(
+            503, "storage unavailable; nothing was accepted", {"Retry-After": str(RETRY_AFTER)}
+        ) from exc
+    outage.succeeded()
     if not stored:
         return web.json_response({"ok": True, "duplicate": True, "id": original}, status=200)
     answer: dict[str, Any] = {"ok": True, "id": record.id, "session": record.session}
@@ -192,5 +211,3 @@ def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str
         return render_session_key(spec, record.as_delivery(payload))
     except SessionKeyError:
         return ""
-
-
