@@ -54,8 +54,10 @@ def test_postgres_without_its_driver_is_one_line_naming_the_extra(tmp_path: Path
         assert done.returncode == 2, done.stderr
         assert _errors(done.stderr) == [NO_DRIVER]
         assert "Traceback" not in done.stderr and "listening" not in done.stderr
-    # With the driver the same file passes.
+    # With the driver the same file passes; SQLite never needs it.
     assert _cli("check", "--config", str(config)).returncode == 0
+    sqlite = write_config(tmp_path / "s.json", {"storage": {"url": f"sqlite:///{tmp_path}/x.db"}})
+    assert _cli("check", "--config", str(sqlite), without_asyncpg=True).returncode == 0
 
 
 def test_missing_variables_are_reported_with_every_other_error(tmp_path: Path, monkeypatch) -> None:

@@ -66,7 +66,9 @@ def build_settings(raw: dict[str, Any], plugins: PluginSet, source: str | None) 
         storage_url = f"sqlite:///{_resolve(storage_url[len('sqlite:///') :], base)}"
     elif not storage_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         errors.append("webhooks.storage.url: expected sqlite:///PATH or postgresql://...")
-    elif not _driver_installed("asyncpg"):
+    elif storage_url.startswith(("postgresql://", "postgres://")) and not _driver_installed(
+        "asyncpg"
+    ):
         errors.append(
             "webhooks.storage.url: PostgreSQL needs the asyncpg driver, which is not "
             "installed: pip install 'clawdbot-webhooks[postgres]'"
