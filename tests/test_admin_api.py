@@ -168,6 +168,9 @@ async def test_replay_dead_letters_and_purge(start_server, make_sink) -> None:
 
     await until(delivered)
     assert len(sink.received) > before
+    status, shown = await call(srv, "GET", f"/admin/api/outgoing/{out_id}")
+    # One attempt before the replay (ONCE), one after: both counted, as the history lists.
+    assert len(shown["history"]) == 2 and shown["attempts"] == 2
     status, body = await call(srv, "POST", f"/admin/api/dead-letters/{out_id}/replay")
     assert status == 404
 

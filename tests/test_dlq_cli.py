@@ -100,6 +100,7 @@ async def test_dead_letter_error_event_and_replay(
     history = json.loads((await cli("dlq", "show", row_id, "--json", "--config", str(path))).output)
     assert history["status"] == "done"
     assert [a["status"] for a in history["history"]] == [500, 500, 500, 200]
+    assert history["attempts"] == 4  # every attempt in the history, the replay's included
 
     again = await cli("dlq", "replay", row_id, "--config", str(path))
     assert again.exit_code == 1  # not dead any more

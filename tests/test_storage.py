@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.outgoing.outbox import outbox_id
-from clawdbot_webhooks.store import IncomingRecord, OutgoingOutcome, open_store
+from clawdbot_webhooks.store import DeliveryQuery, IncomingRecord, OutgoingOutcome, open_store
 from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
 from tests.conftest import POSTGRES_URL, outgoing_record, with_storage, write_config
 
@@ -461,6 +461,11 @@ async def test_failed_incoming_attempts_are_numbered_on_across_replays(
                 assert await store.revive([record.id]) == [record.id]
         history = await store.attempts(record.id)
         assert [(a.number, a.error) for a in history] == [(1, "first run"), (2, "replayed")]
+        # What is shown counts both rounds, though the row's count started over.
+        [letter] = await store.dead_letters()
+        assert letter.attempts == 2
+        [listed] = await store.list_deliveries("incoming", DeliveryQuery(limit=5))
+        assert listed.attempts == 2
         assert all(a.latency_ms == 2.5 and a.status is None for a in history)
     finally:
         await store.close()

@@ -26,7 +26,7 @@ from clawdbot_webhooks.config import Settings
 from clawdbot_webhooks.events import EventBus
 from clawdbot_webhooks.outgoing.outbox import Outbox
 from clawdbot_webhooks.plugins import PluginSet
-from clawdbot_webhooks.store import DeadLetter, Store
+from clawdbot_webhooks.store import DeadLetter, Store, attempts_made
 
 T = TypeVar("T")
 
@@ -104,6 +104,7 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
     async def work(settings: Settings, plugins: PluginSet, store: Store) -> dict[str, Any] | None:
         out = await store.get_outgoing(delivery_id)
         if out is not None:
+            history = await _history(store, out.id)
             return {
                 "id": out.id,
                 "kind": "outgoing",
@@ -112,27 +113,28 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
                 "type": out.event_type,
                 "session": out.session,
                 "status": out.status,
-                "attempts": out.attempts,
+                "attempts": attempts_made("outgoing", out.status, out.attempts, len(history)),
                 "created_at": out.created_at,
                 "error": out.last_error,
                 "payload": out.payload.decode("utf-8", "replace"),
-                "history": await _history(store, out.id),
+                "history": history,
             }
         inc = await store.get_incoming(delivery_id)
         if inc is None:
             return None
+        history = await _history(store, inc.id)
         return {
             "id": inc.id,
             "kind": "incoming",
             "hook": inc.hook_id,
             "session": inc.session,
             "status": inc.status,
-            "attempts": inc.attempts,
+            "attempts": attempts_made("incoming", inc.status, inc.attempts, len(history)),
             "created_at": inc.received_at,
             "error": inc.last_error,
             "payload": inc.body.decode("utf-8", "replace"),
             # The attempts that failed (a success is the delivery's status and result).
-            "history": await _history(store, inc.id),
+            "history": history,
         }
 
     found = with_store(config_path, work, store_only=True)

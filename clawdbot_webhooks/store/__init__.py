@@ -25,6 +25,7 @@ from clawdbot_webhooks.store.records import (
     IncomingRecord,
     OutgoingOutcome,
     OutgoingRecord,
+    attempts_made,
 )
 from clawdbot_webhooks.store.schema import Migration, SchemaStatus
 from clawdbot_webhooks.store.sqlite import INLINE_BODY_BYTES, SQLiteStore
@@ -43,6 +44,7 @@ __all__ = [
     "SchemaStatus",
     "Store",
     "StoreUnavailable",
+    "attempts_made",
     "open_store",
     "redact_url",
 ]

@@ -228,8 +228,9 @@ def throughput(d: Dialect, since: float, bucket: float) -> Query[list[dict[str, 
     return found
 
 
-def delivery_listing(kind: str, query: DeliveryQuery) -> tuple[str, list[Any]]:
-    """The SQL (``?`` placeholders) and arguments of ``list_deliveries``, for every backend."""
+def delivery_listing(kind: str, query: DeliveryQuery, greatest: str) -> tuple[str, list[Any]]:
+    """The SQL (``?`` placeholders) and arguments of ``list_deliveries``, for every backend
+    (``greatest``: the dialect's larger-of-two function)."""
     table, target, created = KIND_COLUMNS[kind]
     where: list[str] = []
     args: list[Any] = []
@@ -258,13 +259,26 @@ def delivery_listing(kind: str, query: DeliveryQuery) -> tuple[str, list[Any]]:
     if query.finished_after is not None:
         order = "finished_at, id"
     event = "event_type" if kind == "outgoing" else "NULL"
+    made = attempts_made(greatest, table)
     sql = (
-        f"SELECT id, {target}, status, attempts, {created}, finished_at, next_attempt_at, "
+        f"SELECT id, {target}, status, {made}, {created}, finished_at, next_attempt_at, "
         f"last_error, session, {event} FROM {table}"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY {order} LIMIT ?"
     )
     return sql, [*args, query.limit]
+
+
+def attempts_made(greatest: str, table: str) -> str:
+    """The attempts a delivery of ``table`` has had, replays included, as an SQL expression.
+
+    The row's ``attempts`` counts the current round only (a replay starts the retry budget
+    over); the history keeps every outgoing attempt and every failed incoming one, numbered on
+    across replays, so an incoming delivery that succeeded had one more than its history."""
+    history = f"(SELECT COUNT(*) FROM attempts h WHERE h.delivery_id = {table}.id)"
+    if table == "inbox":
+        history += " + CASE WHEN status IN ('done', 'dropped') THEN 1 ELSE 0 END"
+    return f"{greatest}(attempts, {history})"
 
 
 class EndpointStats:

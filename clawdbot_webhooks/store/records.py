@@ -140,3 +140,12 @@ class DeliveryQuery:
     #: Only deliveries finished after this time, oldest finished first (``deliveries tail``).
     finished_after: float | None = None
     limit: int = 50
+
+
+def attempts_made(kind: str, status: str, counted: int, history: int) -> int:
+    """The attempts a delivery has had, replays included: its row counts the current round
+    only (a replay starts the retry budget over), its history every outgoing attempt and every
+    failed incoming one, so an incoming delivery that succeeded had one more than that.
+    ``queries.attempts_made`` says the same in SQL."""
+    succeeded = kind == "incoming" and status in ("done", "dropped")
+    return max(counted, history + succeeded)

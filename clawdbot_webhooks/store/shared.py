@@ -10,6 +10,7 @@ from clawdbot_webhooks.store.queries import (
     Dialect,
     Query,
     Statement,
+    attempts_made,
     delivery_listing,
     delivery_stats,
     fetch,
@@ -128,11 +129,13 @@ class SharedQueries:
 
     async def dead_letters(self, since: float | None = None) -> list[DeadLetter]:
         lower = since or 0.0
+        incoming = attempts_made(self.dialect.greatest, "inbox")
+        outgoing = attempts_made(self.dialect.greatest, "outbox")
         rows = await self._query(
             fetch(
-                "SELECT id, 'incoming', hook_id, received_at, attempts, last_error FROM inbox "
-                "WHERE status='dead' AND received_at>=? UNION ALL "
-                "SELECT id, 'outgoing', subscription_id, created_at, attempts, last_error "
+                f"SELECT id, 'incoming', hook_id, received_at, {incoming}, last_error "
+                "FROM inbox WHERE status='dead' AND received_at>=? UNION ALL "
+                f"SELECT id, 'outgoing', subscription_id, created_at, {outgoing}, last_error "
                 "FROM outbox WHERE status='dead' AND created_at>=? ORDER BY 4",
                 lower,
                 lower,
@@ -162,7 +165,7 @@ class SharedQueries:
     async def list_deliveries(self, kind: str, query: DeliveryQuery) -> list[DeliverySummary]:
         """Deliveries of one direction, newest first, without their bodies. ``query.cursor``
         is ``(created_at, id)`` of the last row of the previous page."""
-        sql, args = delivery_listing(kind, query)
+        sql, args = delivery_listing(kind, query, self.dialect.greatest)
         return [DeliverySummary(kind, *row) for row in await self._query(fetch(sql, *args))]
 
     async def delivery_stats(self, since: float) -> list[dict[str, Any]]:

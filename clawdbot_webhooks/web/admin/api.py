@@ -15,7 +15,13 @@ from aiohttp import web
 from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.credentials import mask_url
 from clawdbot_webhooks.runtime import Runtime
-from clawdbot_webhooks.store import DeliveryQuery, DeliverySummary, IncomingRecord, OutgoingRecord
+from clawdbot_webhooks.store import (
+    DeliveryQuery,
+    DeliverySummary,
+    IncomingRecord,
+    OutgoingRecord,
+    attempts_made,
+)
 from clawdbot_webhooks.templates import context_for
 from clawdbot_webhooks.web.requests import parse_content
 
@@ -137,12 +143,13 @@ def rendered_templates(rt: Runtime, record: IncomingRecord) -> dict[str, str]:
 
 
 async def incoming_view(rt: Runtime, r: IncomingRecord) -> dict[str, Any]:
+    history = await rt.store.attempts(r.id)
     return {
         "kind": "incoming",
         "id": r.id,
         "hook": r.hook_id,
         "status": r.status,
-        "attempts": r.attempts,
+        "attempts": attempts_made("incoming", r.status, r.attempts, len(history)),
         "created_at": r.received_at,
         "next_attempt_at": r.next_attempt_at,
         "last_error": r.last_error,
@@ -155,12 +162,13 @@ async def incoming_view(rt: Runtime, r: IncomingRecord) -> dict[str, Any]:
         "payload_json": _parsed(r.body, r.content_type),
         "result": r.result,
         "rendered": rendered_templates(rt, r),
-        "history": [asdict(a) for a in await rt.store.attempts(r.id)],
+        "history": [asdict(a) for a in history],
     }
 
 
 async def outgoing_view(rt: Runtime, r: OutgoingRecord) -> dict[str, Any]:
     sub = next((s for s in rt.settings.outgoing if s.id == r.subscription_id), None)
+    history = await rt.store.attempts(r.id)
     return {
         "kind": "outgoing",
         "id": r.id,
@@ -169,13 +177,13 @@ async def outgoing_view(rt: Runtime, r: OutgoingRecord) -> dict[str, Any]:
         "event_id": r.event_id,
         "event_type": r.event_type,
         "status": r.status,
-        "attempts": r.attempts,
+        "attempts": attempts_made("outgoing", r.status, r.attempts, len(history)),
         "created_at": r.created_at,
         "next_attempt_at": r.next_attempt_at,
         "last_error": r.last_error,
         "session": r.session,
         "payload": _text(r.payload),
-        "history": [asdict(a) for a in await rt.store.attempts(r.id)],
+        "history": [asdict(a) for a in history],
     }
 
 
