@@ -199,7 +199,19 @@ class Metrics:
             ["subscription"],
             BUCKETS,
         )
-        for tally in (self.requests, self.actions, self.outgoing, self.outgoing_latency):
+        self.content_policy = Tally(
+            "clawdbot_webhooks_content_policy_matches",
+            "Text bound for an agent that matched a content-policy pattern class, by hook, "
+            "pattern and the policy's mode (log, quarantine, block).",
+            ["hook", "pattern", "mode"],
+        )
+        for tally in (
+            self.requests,
+            self.actions,
+            self.outgoing,
+            self.outgoing_latency,
+            self.content_policy,
+        ):
             self.registry.register(tally)
         self.counts: dict[str, int] = {}
         self._counted_at = -STORE_TTL
@@ -213,6 +225,9 @@ class Metrics:
 
     def request(self, hook: str, code: int) -> None:
         self.requests.inc(hook, str(code))
+
+    def content_policy_match(self, hook: str, pattern: str, mode: str) -> None:
+        self.content_policy.inc(hook, pattern, mode)
 
     def action(self, hook: str, outcome: str, seconds: float) -> None:
         self.actions.observe(seconds, hook, outcome)

@@ -36,7 +36,7 @@ from clawdbot_webhooks.plugins.calls import HookCalls, call_on_incoming
 from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import Sessions
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
-from clawdbot_webhooks.templates import context_for
+from clawdbot_webhooks.templates import context_for, trusted_context
 from clawdbot_webhooks.web.requests import parse_content
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,11 @@ class Pipeline:
         sessions: Sessions,
         *,
         on_action: Callable[[str, str, float], None] = _untimed,
+        on_policy_match: Callable[[str, str, str], None] | None = None,
     ) -> None:
-        """``on_action(hook, outcome, seconds)`` times each action (``Metrics.action``)."""
+        """``on_action(hook, outcome, seconds)`` times each action (``Metrics.action``);
+        ``on_policy_match(hook, pattern, mode)`` counts content-policy matches
+        (``Metrics.content_policy_match``)."""
         self.settings = settings
         self._pm = pm
         self._on_incoming = HookCalls(pm, "on_incoming")
@@ -148,6 +151,8 @@ class Pipeline:
         self._closing = False
         self.lease = settings.storage.lease_seconds
         self._on_action = on_action
+        self._on_policy_match = on_policy_match
+        self._screens: dict[str, Callable[[str], str]] = {}
 
     # -- lifecycle
 
@@ -480,6 +485,8 @@ class Pipeline:
             http=self._http,
             publish=self._bus.publish,
             logger=spec.logger,
+            sender=spec.sender,
+            screen=self._screen(spec),
         )
         return await spec.action.run(ctx)
 
@@ -491,7 +498,9 @@ class Pipeline:
         context = context_for(delivery, spec.handler)
         for path, template in spec.templates.items():
             try:
-                text = template.render(context)
+                # The operator's instructions are trusted: no payload text may reach them.
+                trusted = path == ("instructions",)
+                text = template.render(trusted_context(context) if trusted else context)
             except Exception as exc:  # strict undefined, a filter's error, the sandbox
                 raise ActionError(f"template {'.'.join(path)}: {exc}", retry=False) from exc
             # Copy only the mappings along the path: the handler's options stay untouched.
@@ -534,6 +543,16 @@ class Pipeline:
 
         await dead_letter(self._bus, error_event(record.id, record.session, n, data), mark_dead)
         self._settle(record.id, ActionError(reason, retry=False))
+
+    def _screen(self, spec: HandlerSpec) -> Callable[[str], str] | None:
+        """The handler's content policy as ``ActionContext.screen``, made once per handler."""
+        screen = self._screens.get(spec.handler.id)
+        if screen is None and spec.screen is not None:
+            policy = spec.screen
+            screen = self._screens[spec.handler.id] = lambda text: policy.screen(
+                text, self._on_policy_match
+            )
+        return screen
 
     def _observe(self, hook: str, outcome: str, started: float) -> None:
         self._on_action(hook, outcome, time.monotonic() - started)

@@ -84,6 +84,7 @@ class Runtime:
             self.bus,
             self.sessions,
             on_action=self.metrics.action,
+            on_policy_match=self.metrics.content_policy_match,
         )
         self._upkeep: list[asyncio.Task[None]] = []
         self.http: aiohttp.ClientSession | None = None

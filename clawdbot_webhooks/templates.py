@@ -170,3 +170,13 @@ def context_for(delivery: Delivery, handler: Handler) -> dict[str, Any]:
         },
     )
     return context
+
+
+def trusted_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trusted template (a handler's ``instructions``) sees of a delivery's context: the
+    hook and the delivery's ids, none of the sender's text (payload, headers, query)."""
+    delivery = context["delivery"]
+    return {
+        "hook": context["hook"],
+        "delivery": {"id": delivery["id"], "session": delivery["session"]},
+    }

@@ -130,6 +130,15 @@ class Served:
         return list(logged()) if callable(logged) else []
 
 
+def _make_public(raw: dict[str, Any]) -> None:
+    incoming = raw.get("incoming")
+    if isinstance(incoming, dict) and incoming.get("secret"):
+        return
+    for handler in raw.get("handlers") or []:
+        if isinstance(handler, dict) and not handler.get("secret") and "verify" not in handler:
+            handler["verify"] = {"type": "none"}
+
+
 @contextlib.asynccontextmanager
 async def serve(
     webhooks: dict[str, Any],
@@ -138,12 +147,15 @@ async def serve(
     state_dir: str | Path | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    public: bool = True,
 ) -> AsyncIterator[Served]:
     """Start a real server on ``host`` (a free port) from a ``webhooks`` config dict.
 
     ``stateDir`` defaults to ``state_dir``, or a temporary directory removed afterwards. The
     config goes through the same validation as a config file, so a mistake raises
-    ``ConfigError`` with key paths.
+    ``ConfigError`` with key paths. With ``public`` (the default) a handler with no
+    authentication at all is made public (``verify: {type: "none"}``): a test of an action has
+    no sender to authenticate. ``public=False`` takes the config exactly as given.
     """
     with contextlib.ExitStack() as stack:
         if state_dir is None and "stateDir" not in webhooks:
@@ -152,6 +164,8 @@ async def serve(
         if state_dir is not None:
             webhooks = {"stateDir": str(state_dir), **webhooks}
         raw = json.loads(json.dumps(webhooks))
+        if public:
+            _make_public(raw)
         plugin_set = plugin_set_with(*plugins, selection=plugin_selection(raw))
         # Relative paths in the config resolve beside the state directory, as they would
         # beside a config file kept next to it.

@@ -21,6 +21,9 @@ from clawdbot_webhooks.config import ConfigError, load_settings
 from clawdbot_webhooks.web.admin.api import replay
 
 TWO_TRIES = {"maxAttempts": 2, "initialDelay": 0.01, "jitter": False}
+#: These tests are about how run options travel: the text goes as rendered (the boundary
+#: around payload text has tests of its own, in test_untrusted.py).
+RAW = {"allowUnsafeExternalContent": True}
 
 
 def _of(log: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -170,12 +173,13 @@ async def test_undeliverable_reply_is_a_dead_letter_and_the_agent_ran_once(
 async def test_wake_queues_the_rendered_text(start_server) -> None:
     config = {
         "handlers": [
-            {"id": "ci", "action": "wake", "template": "CI failed on {{ branch }}"},
+            {"id": "ci", "action": "wake", "template": "CI failed on {{ branch }}", **RAW},
             {
                 "id": "later",
                 "action": "wake",
                 "template": "digest: {{ n }} new issues",
                 "wakeMode": "next-heartbeat",
+                **RAW,
             },
             {"id": "empty", "action": "wake", "template": "{{ missing }}"},
         ]
@@ -250,19 +254,20 @@ class Provides:
 
 async def test_plugin_gateways_get_the_options_through_the_protocol(start_server) -> None:
     handlers = [
-        {"id": "plain", "action": "run_agent", "agentId": "a", "template": "p"},
+        {"id": "plain", "action": "run_agent", "agentId": "a", "template": "p", **RAW},
         {
             "id": "rich",
             "action": "run_agent",
             "agentId": "a",
             "template": "r",
+            **RAW,
             "deliver": {"channel": "discord", "to": "dev"},
             "thinking": "high",
             "timeout": 30,
             "label": "l",
             "retry": TWO_TRIES,
         },
-        {"id": "wake", "action": "wake", "template": "w", "retry": TWO_TRIES},
+        {"id": "wake", "action": "wake", "template": "w", "retry": TWO_TRIES, **RAW},
     ]
     new = NewGateway()
     srv = await start_server(
@@ -287,8 +292,8 @@ async def test_plugin_gateways_get_the_options_through_the_protocol(start_server
 async def test_a_gateway_from_before_the_options_keeps_working(tmp_path: Path, start_server):
     old = OldGateway()
     handlers = [
-        {"id": "plain", "action": "run_agent", "agentId": "a", "template": "p"},
-        {"id": "wake", "action": "wake", "template": "w", "retry": TWO_TRIES},
+        {"id": "plain", "action": "run_agent", "agentId": "a", "template": "p", **RAW},
+        {"id": "wake", "action": "wake", "template": "w", "retry": TWO_TRIES, **RAW},
     ]
     srv = await start_server(
         {"handlers": handlers, "gateway": {"type": "plugged"}}, plugins=[("g", Provides(old))]
@@ -308,7 +313,7 @@ async def test_clawdbot_http_gateway_maps_the_options_onto_the_agent_hook(
     start_server, make_sink
 ) -> None:
     hooks = await make_sink(default=202)
-    base = {"action": "run_agent", "agentId": "main", "template": "t"}
+    base = {"action": "run_agent", "agentId": "main", "template": "t", **RAW}
     handlers = [
         {"id": "plain", **base},
         {
@@ -320,7 +325,7 @@ async def test_clawdbot_http_gateway_maps_the_options_onto_the_agent_hook(
         },
         {"id": "last", **base, "deliver": {"channel": "last"}},
         {"id": "thread", **base, "deliver": {"channel": "slack", "to": "#c", "threadId": "1"}},
-        {"id": "wake", "action": "wake", "template": "up", "wakeMode": "next-heartbeat"},
+        {"id": "wake", "action": "wake", "template": "up", "wakeMode": "next-heartbeat", **RAW},
     ]
     gateway = {"type": "clawdbot-http", "url": f"http://127.0.0.1:{hooks.port}", "token": "t"}
     srv = await start_server({"handlers": handlers, "gateway": gateway})

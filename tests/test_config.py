@@ -16,7 +16,7 @@ FIVE_MISTAKES = """
 {
   notes: "anything else in the file is left alone",
   webhooks: {
-    incoming: { port: "not-a-port", allowedIPs: ["10.0.0.0/8", "not-an-ip"] },
+    incoming: { port: "not-a-port", allowedIPs: ["10.0.0.0/8", "not-an-ip"], secret: "s" },
     handlers: [
       { id: "ok", action: "send_message", target: { channel: "c", peer: "p" }, template: "x" },
       { id: "agent", action: "run_agent", template: "hi" },                    // no agentId
@@ -51,7 +51,13 @@ def test_a_template_error_is_reported_beside_other_option_errors() -> None:
 
     raw = {
         "handlers": [
-            {"id": "t", "action": "send_message", "target": {"channel": "c"}, "template": "{{ a"}
+            {
+                "id": "t",
+                "action": "send_message",
+                "target": {"channel": "c"},
+                "template": "{{ a",
+                "secret": "s",
+            }
         ]
     }
     with pytest.raises(ConfigError) as caught:
@@ -115,7 +121,7 @@ def test_unknown_keys_and_bad_json5(tmp_path: Path) -> None:
     path = tmp_path / "c.json5"
     path.write_text(
         '{webhooks: {incomming: {}, handlers: [{id: "a", action: "run_agent", '
-        'agentId: "x", template: "t", agentid: "typo"}]}}'
+        'agentId: "x", template: "t", agentid: "typo", secret: "s"}]}}'
     )
     with pytest.raises(ConfigError) as caught:
         load_settings(str(path))

@@ -66,11 +66,18 @@ def gated_env(tmp_path: Path) -> dict[str, str]:
     return {"EFFECTS_DB": str(tmp_path / "effects.db"), "GATE_FILE": str(tmp_path / "gate")}
 
 
+PUBLIC = {"type": "none"}
 CONFIG = {
     "incoming": {"concurrency": 8},
     "handlers": [
-        {"id": "slow", "action": "custom", "function": "hookfns:gated"},
-        {"id": "agent", "action": "run_agent", "agentId": "main", "template": "n={{ n }}"},
+        {"id": "slow", "action": "custom", "function": "hookfns:gated", "verify": PUBLIC},
+        {
+            "id": "agent",
+            "action": "run_agent",
+            "agentId": "main",
+            "template": "n={{ n }}",
+            "verify": PUBLIC,
+        },
     ],
 }
 

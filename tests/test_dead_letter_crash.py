@@ -93,7 +93,14 @@ async def test_incoming_dead_letter_survives_kill_9_between_event_and_mark(
     errors = await make_sink()
     proc = server_process(
         {
-            "handlers": [{"id": "fails", "action": "custom", "function": "hookfns:fail"}],
+            "handlers": [
+                {
+                    "id": "fails",
+                    "action": "custom",
+                    "function": "hookfns:fail",
+                    "verify": {"type": "none"},
+                }
+            ],
             "outgoing": [{"id": "errors", "url": errors.url, "events": ["error"]}],
         },
         env={"PAUSE_KIND": "incoming", "PAUSE_MARKER": str(marker)},
@@ -131,7 +138,13 @@ async def test_outgoing_dead_letter_survives_kill_9_between_event_and_mark(
     proc = server_process(
         {
             "handlers": [
-                {"id": "agent", "action": "run_agent", "agentId": "main", "template": "{{ n }}"}
+                {
+                    "id": "agent",
+                    "action": "run_agent",
+                    "agentId": "main",
+                    "template": "{{ n }}",
+                    "verify": {"type": "none"},
+                }
             ],
             "outgoing": [
                 {"id": "gone", "url": gone.url, "events": ["agent_response"]},

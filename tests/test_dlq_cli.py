@@ -170,7 +170,15 @@ async def test_an_incoming_dead_letter_shows_its_failed_attempts_and_purges_them
     retry = {"maxAttempts": 2, "initialDelay": 0.05, "jitter": False}
     config = {
         "stateDir": str(state_dir),
-        "handlers": [{"id": "relay", "action": "forward", "url": sink.url, "retry": retry}],
+        "handlers": [
+            {
+                "id": "relay",
+                "action": "forward",
+                "url": sink.url,
+                "retry": retry,
+                "verify": {"type": "none"},
+            }
+        ],
     }
     path = write_config(tmp_path / "cli.json5", with_storage(config, storage))
     srv = await start_server({k: v for k, v in config.items() if k != "stateDir"})

@@ -58,7 +58,7 @@ HANDLERS = [
     handler("sentry", {"type": "sentry", "secret": "sentry-client-secret"}),
     handler("telegram", {"type": "telegram", "secret": "telegram-secret-token"}),
     handler("basic", {"type": "basic", "username": "alertmanager", "password": "pw"}),
-    handler("open"),
+    handler("open", {"type": "none"}),
 ]
 
 
@@ -220,5 +220,5 @@ async def test_send_test_signs_with_a_private_key_for_discord_and_google(
     result = await invoke(*args, "--signing-key", str(tmp_path / "other.key"))
     assert result.exit_code == 1 and "-> 401" in result.output
     await srv.idle()
-    texts = [m["text"] for m in srv.messages()]
-    assert "test" in texts and "clawdbot-webhooks send-test" in texts
+    replies = [m["text"] for m in srv.messages() if m["kind"] == "reply"]
+    assert "[a #1] test" in replies and "[a #1] clawdbot-webhooks send-test" in replies

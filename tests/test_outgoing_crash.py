@@ -46,7 +46,13 @@ async def test_kill_9_with_1000_pending_then_each_event_exactly_once(
     proc = server_process(
         {
             "handlers": [
-                {"id": "agent", "action": "run_agent", "agentId": "main", "template": "{{ n }}"}
+                {
+                    "id": "agent",
+                    "action": "run_agent",
+                    "agentId": "main",
+                    "template": "{{ n }}",
+                    "verify": {"type": "none"},
+                }
             ],
             "outgoing": [
                 {

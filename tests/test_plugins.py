@@ -38,7 +38,13 @@ SHOUT = """
         register("sparkle", lambda value: f"*{value}*")
 """
 
-HANDLER = {"id": "s", "action": "shout", "template": "{{ word | sparkle }}", "times": 2}
+HANDLER = {
+    "id": "s",
+    "action": "shout",
+    "template": "{{ word | sparkle }}",
+    "times": 2,
+    "verify": {"type": "none"},
+}
 
 
 def write(tmp_path: Path, webhooks: dict) -> str:
@@ -92,6 +98,7 @@ def test_filter_of_a_disabled_plugin_is_an_unknown_filter(fake_distribution) -> 
                 "id": "m",
                 "action": "send_message",
                 "template": "{{ x | sparkle }}",
+                "verify": {"type": "none"},
                 "target": {"channel": "c", "peer": "p"},
             }
         ]

@@ -112,6 +112,25 @@ async def test_repeated_auth_failures_are_throttled(start_server) -> None:
     assert "right" not in body["error"]
 
 
+async def test_auth_failure_throttle_is_on_without_any_config(start_server) -> None:
+    # The documented default, {max: 20, window: 60}, with no authFailures key at all.
+    srv = await start_server({"incoming": {"secret": "right"}, "handlers": [_hook()]})
+    answers = [await _post(srv, "h", {}, {"X-Webhook-Secret": f"guess{n}"}) for n in range(25)]
+    assert [a[0] for a in answers] == [401] * 20 + [429] * 5
+    for status, after, body in answers[20:]:
+        _assert_429(status, body)
+        assert after is not None and 1 <= int(after) <= 60
+    assert await srv.runtime.store.count_incoming() == 0
+
+
+async def test_auth_failure_throttle_can_be_switched_off(start_server) -> None:
+    srv = await start_server(
+        {"incoming": {"secret": "right", "authFailures": None}, "handlers": [_hook()]}
+    )
+    statuses = {(await _post(srv, "h", {}, {"X-Webhook-Secret": "x"}))[0] for _ in range(25)}
+    assert statuses == {401}
+
+
 GATE: dict[str, Any] = {}
 
 

@@ -25,6 +25,8 @@ from tests.conftest import POSTGRES_URL, free_port, write_config
 
 #: These tests are about sharing a store between processes: PostgreSQL only.
 BACKENDS = ["postgres"]
+#: Handlers of the serve processes below are public on purpose: the tests post without a secret.
+PUBLIC = {"type": "none"}
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +110,9 @@ async def test_two_processes_share_intake_dedup_and_run_each_action_once(
 ) -> None:
     config = {
         "incoming": {"concurrency": 32},
-        "handlers": [{"id": "fx", "action": "custom", "function": "hookfns:effect"}],
+        "handlers": [
+            {"id": "fx", "action": "custom", "function": "hookfns:effect", "verify": PUBLIC}
+        ],
     }
     a, b = (server_process(config, env=effects_env) for _ in range(2))
     await start_all(a, b)
@@ -157,7 +161,9 @@ async def test_sigkill_under_load_the_survivor_finishes_every_acknowledged_deliv
     env = {**effects_env, "GATE_FILE": str(gate)}
     config = {
         "incoming": {"concurrency": 64},
-        "handlers": [{"id": "fx", "action": "custom", "function": "hookfns:effect"}],
+        "handlers": [
+            {"id": "fx", "action": "custom", "function": "hookfns:effect", "verify": PUBLIC}
+        ],
         # Short, so the takeover comes soon; long enough that a loaded machine's stall does
         # not let one process take the other's live work.
         "storage": {**storage, "leaseSeconds": 3.0},
@@ -200,7 +206,13 @@ async def test_outgoing_per_session_order_across_two_processes(
     sink = await make_sink(script=list(answers))
     config = {
         "handlers": [
-            {"id": "emit", "action": "custom", "function": "hookfns:emit", "mode": "sync"}
+            {
+                "id": "emit",
+                "action": "custom",
+                "function": "hookfns:emit",
+                "mode": "sync",
+                "verify": PUBLIC,
+            }
         ],
         "outgoing": [
             {
@@ -335,8 +347,8 @@ async def test_database_away_then_back_503_then_accepting_without_restart(
     await srv.idle()
     async with srv.session.get(f"{srv.base}/readyz") as resp:
         assert resp.status == 200
-    prompts = [m["text"] for m in srv.messages() if m["kind"] == "prompt"]
-    assert prompts == ["1", "3"]  # the refused one was never half-accepted
+    replies = [m["text"] for m in srv.messages() if m["kind"] == "reply"]
+    assert replies == ["[main #1] 1", "[main #1] 3"]  # the refused one was never half-accepted
     await proxy.cut()
     await proxy.start()  # let the server's shutdown reach the database
 

@@ -15,6 +15,7 @@ def handler(template: str, **extra: object) -> dict[str, object]:
         "action": "send_message",
         "target": {"channel": "c", "peer": "p"},
         "template": template,
+        "verify": {"type": "none"},
         **extra,
     }
 

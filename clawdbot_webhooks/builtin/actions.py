@@ -14,12 +14,15 @@ import aiohttp
 from clawdbot_webhooks_hookspecs import (
     ActionContext,
     ActionError,
+    AgentPromptSchema,
     Event,
     ReplyTarget,
     SupportsWake,
     Template,
     derived_event_id,
+    agent_prompt,
     hookimpl,
+    prompt_agent,
 )
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -106,9 +109,13 @@ def run_options(options: Any) -> dict[str, Any]:
 
 class RunAgent:
     """Prompt agent ``agentId`` with the rendered ``template``; its reply is an
-    ``agent_response`` event, and with ``deliver`` also a message to that chat."""
+    ``agent_response`` event, and with ``deliver`` also a message to that chat.
 
-    class schema(Schema):
+    The template's text comes from the payload: it goes inside the untrusted-content boundary
+    (unless ``allowUnsafeExternalContent``); ``instructions``, the operator's own words, stay
+    outside it."""
+
+    class schema(AgentPromptSchema):
         agentId = fields.String(required=True, validate=validate.Length(min=1))
         template = Template(required=True)
         deliver = fields.Nested(_Deliver, load_default=None)
@@ -119,12 +126,8 @@ class RunAgent:
 
     async def run(self, ctx: ActionContext) -> Any:
         agent_id = ctx.options["agentId"]
-        reply = await ctx.gateway.run_agent(
-            agent_id=agent_id,
-            message=ctx.options["template"],
-            session=ctx.session,
-            idempotency_key=ctx.idempotency_key,
-            **run_options(ctx.options),
+        reply = await prompt_agent(
+            ctx, agent_id=agent_id, text=ctx.options["template"], **run_options(ctx.options)
         )
         await ctx.publish(
             Event(
@@ -139,10 +142,12 @@ class RunAgent:
 
 
 def wake_text(ctx: ActionContext) -> str:
-    """The text a ``wake`` queues: the rendered template. The one place where the wake text
-    is taken from the delivery, so it is where untrusted payload text gets its boundary."""
-    text: str = ctx.options["template"]
-    return text
+    """The text a ``wake`` queues: the rendered template inside the untrusted-content
+    boundary (the content policy applied first), the handler's ``instructions`` before it: a
+    wake has no system-prompt channel of its own."""
+    text = agent_prompt(ctx, ctx.options["template"])
+    instructions = ctx.options.get("instructions")
+    return f"{instructions}\n\n{text}" if instructions else text
 
 
 class Wake:
@@ -153,7 +158,7 @@ class Wake:
     ``async``/``sync``.
     """
 
-    class schema(Schema):
+    class schema(AgentPromptSchema):
         template = Template(required=True)
         wakeMode = fields.String(
             load_default="now", validate=validate.OneOf(["now", "next-heartbeat"])
@@ -165,10 +170,10 @@ class Wake:
             raise ActionError(
                 f"the gateway ({type(gateway).__name__}) cannot wake a session", retry=False
             )
-        text = wake_text(ctx)
-        if not text.strip():
+        if not ctx.options["template"].strip():
             # Clawdbot refuses an empty wake; trying again would render the same.
             raise ActionError("wake: the template rendered no text", retry=False)
+        text = wake_text(ctx)
         mode = ctx.options["wakeMode"]
         answer = await gateway.wake(text, mode)
         return {"mode": mode, **dict(answer)}

@@ -2,10 +2,11 @@
 
 ``send_message`` appends to a local message log and ``run_agent`` is answered by a
 deterministic echo agent; a run with ``deliver`` also logs its reply as a message sent to that
-channel and peer, and ``wake`` logs the system event it would queue. Like Clawdbot, it
-deduplicates on the idempotency key: the same key again returns the first answer and logs
-nothing new, so a re-run after a crash has one effect. The log is an SQLite file in the state
-directory; ``clawdbot-webhooks messages`` prints it.
+channel and peer, and ``wake`` logs the system event it would queue; a run's ``instructions``
+are logged before its message. Like Clawdbot, it deduplicates on the idempotency key: the same
+key again returns the first answer and logs nothing new, so a re-run after a crash has one
+effect. The log is an SQLite file in the state directory; ``clawdbot-webhooks messages``
+prints it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import AgentReply, GatewayEnv, GatewayError, ReplyTarget, hookimpl
+from clawdbot_webhooks_hookspecs import (
+    BOUNDARY_END,
+    BOUNDARY_START,
+    AgentReply,
+    GatewayEnv,
+    GatewayError,
+    ReplyTarget,
+    hookimpl,
+)
 
 from clawdbot_webhooks.builtin.local_log import LOG_FILE, read_log, read_path
 from clawdbot_webhooks.builtin.local_messages import messages
@@ -47,8 +56,20 @@ _ADD_OPTIONS = "ALTER TABLE messages ADD COLUMN options TEXT"
 
 
 def echo_reply(agent_id: str, message: str, turn: int) -> str:
-    """The echo agent's deterministic answer; ``turn`` counts prompts in the session."""
-    return f"[{agent_id} #{turn}] {message}"
+    """The echo agent's deterministic answer; ``turn`` counts prompts in the session. It
+    repeats what it was asked about: of a wrapped prompt, the content inside the boundary
+    (without the notice, the instructions and the source lines)."""
+    return f"[{agent_id} #{turn}] {_content_of(message)}"
+
+
+def _content_of(message: str) -> str:
+    start = message.find(BOUNDARY_START)
+    end = message.rfind(BOUNDARY_END)
+    if start < 0 or end < start:
+        return message
+    inside = message[start + len(BOUNDARY_START) : end].strip("\n")
+    _, sep, content = inside.partition("\n---\n")
+    return content if sep else inside
 
 
 class LocalGateway:
@@ -115,7 +136,12 @@ class LocalGateway:
         thinking: str | None = None,
         timeout: int | None = None,
         label: str | None = None,
+        instructions: str | None = None,
     ) -> AgentReply:
+        if instructions:
+            # No system prompt here: the operator's words come first in the prompt, as a
+            # gateway without a system-prompt channel sends them.
+            message = f"{instructions}\n\n{message}"
         recorded = run_options(deliver=deliver, thinking=thinking, timeout=timeout, label=label)
 
         def op(conn: sqlite3.Connection) -> AgentReply | str:

@@ -105,6 +105,13 @@ def serve(
         redact_url(settings.storage.url),
         loop_name(loop),
     )
+    public = sorted(
+        h.handler.id for h in settings.handlers if h.verify is not None and h.verify.type == "none"
+    )
+    if public:
+        logging.getLogger("clawdbot_webhooks").warning(
+            "public handlers (verify: none, anyone may post to them): %s", ", ".join(public)
+        )
     from clawdbot_webhooks.store import StoreUnavailable
 
     try:

@@ -37,6 +37,7 @@ from clawdbot_webhooks.config.schema import (
     TopSchema,
     shared,
 )
+from clawdbot_webhooks.content_policy import DEFAULT_MODE, ContentPolicy, compile_patterns
 from clawdbot_webhooks.plugins import PluginSet
 from clawdbot_webhooks.retry import RetryPolicy
 from clawdbot_webhooks.templates import (
@@ -234,6 +235,8 @@ def _build_handlers(
     errors: list[str],
 ) -> list[HandlerSpec | None]:
     common = set(shared(HandlerSchema).fields)
+    #: Pattern classes compiled once for all handlers.
+    compiled: dict[str, list[re.Pattern[str]]] = {}
     specs: list[HandlerSpec | None] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -288,6 +291,11 @@ def _build_handlers(
                 errors.append(f"{path}.sessionKey: {exc}")
                 base = None
         verify = _build_verify(item, base, incoming, plugins, path, errors)
+        policy = (
+            _build_policy(base, incoming, plugins, path, errors, compiled)
+            if base is not None
+            else None
+        )
         if base is None or options is None or action is None or not base["enabled"]:
             continue
         route = (base["path"] or base["id"]).lstrip("/")
@@ -312,8 +320,55 @@ def _build_handlers(
             rate_limit=base["rateLimit"],
             max_concurrent=base["maxConcurrent"],
             max_pending=base["maxPending"],
+            screen=policy,
         )
     return specs
+
+
+def _build_policy(
+    base: Mapping[str, Any],
+    incoming: IncomingSettings,
+    plugins: PluginSet,
+    path: str,
+    errors: list[str],
+    compiled: dict[str, list[re.Pattern[str]]],
+) -> ContentPolicy:
+    """The handler's content policy: its own ``contentPolicy`` keys, else
+    ``incoming.contentPolicy``'s, else mode log with every registered pattern class."""
+    own = base["contentPolicy"] or {}
+    default = incoming.content_policy or {}
+    mode = own.get("mode") or default.get("mode") or DEFAULT_MODE
+    if own.get("patterns") is not None:
+        entries, where = own["patterns"], f"{path}.contentPolicy.patterns"
+    elif default.get("patterns") is not None:
+        entries, where = default["patterns"], "webhooks.incoming.contentPolicy.patterns"
+    else:
+        entries, where = plugins.registries.content_patterns.names(), ""
+    registry = plugins.registries.content_patterns
+    # Classes defined in incoming.contentPolicy can be named by every handler.
+    shared_classes = {
+        e["name"]: e["pattern"] for e in default.get("patterns") or () if isinstance(e, dict)
+    }
+    patterns: dict[str, list[re.Pattern[str]]] = {}
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            if entry not in compiled:
+                item = registry.get(entry) or shared_classes.get(entry)
+                if item is None:
+                    known = ", ".join([*registry.names(), *shared_classes]) or "none"
+                    errors.append(f"{where}[{i}]: unknown pattern class {entry!r} (known: {known})")
+                    continue
+                try:
+                    compiled[entry] = compile_patterns(item)
+                except ValueError:
+                    continue  # a shared class with a bad pattern: reported where it is defined
+            patterns[entry] = compiled[entry]
+            continue
+        try:
+            patterns[entry["name"]] = compile_patterns(entry["pattern"])
+        except ValueError as exc:
+            errors.append(f"{where}[{i}].pattern: {exc}")
+    return ContentPolicy(base["id"], mode, patterns)
 
 
 def _credential_headers(
@@ -346,6 +401,12 @@ def _build_verify(
         if base is None:
             return None
         secret = base["secret"] or incoming.secret
+        if not secret and base["enabled"]:
+            # An open endpoint must be asked for, never the result of a forgotten secret.
+            errors.append(
+                f"{path}: handler {base['id']!r} has no authentication: set its secret, "
+                'incoming.secret or a verify scheme (verify: {type: "none"} makes it public)'
+            )
         if not secret:
             return None
         header = base["secretHeader"] or incoming.secret_header or DEFAULT_SECRET_HEADER

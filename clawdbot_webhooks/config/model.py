@@ -69,6 +69,8 @@ class IncomingSettings:
     rate_limit_per_ip: RateLimit | None
     auth_failures: AuthFailures | None
     event_ingress: EventIngress | None
+    #: ``{mode, patterns}`` as loaded (None: the built-in default, mode log, every class).
+    content_policy: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,15 @@ class HandlerSpec:
     rate_limit: RateLimit | None = None
     max_concurrent: int | None = None
     max_pending: int | None = None
+    #: The content policy for text bound for an agent (``content_policy.ContentPolicy``).
+    screen: Any = None
+
+    @functools.cached_property
+    def sender(self) -> str:
+        """What its verifier vouches for, shown inside the untrusted-content boundary."""
+        if self.verify is None or self.verify.type == "none":
+            return "not verified (public endpoint)"
+        return f"verified by {self.verify.type}"
 
     def presented(self, payload: Any) -> Any:
         """The payload as templates and actions see it: the verifier's ``present`` applied."""

@@ -35,6 +35,7 @@ from clawdbot_webhooks.config.model import (
     SessionsSettings,
     StorageSettings,
 )
+from clawdbot_webhooks.content_policy import MODES as CONTENT_POLICY_MODES
 from clawdbot_webhooks.retry import BACKOFF_KINDS, RetryPolicy
 from clawdbot_webhooks.signing import decode_secret
 
@@ -127,6 +128,34 @@ class EventIngressSchema(Section):
     token = fields.String(required=True, validate=validate.Length(min=1))
 
 
+class ContentPatternField(fields.Field[Any]):
+    """A pattern class's name (built-in or a plugin's), or ``{name, pattern}``: a class of the
+    config's own, ``pattern`` a regular expression or a list of them."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and value:
+            return value
+        if (
+            isinstance(value, dict)
+            and set(value) == {"name", "pattern"}
+            and isinstance(value["name"], str)
+            and re.fullmatch(r"[A-Za-z0-9._-]+", value["name"])
+        ):
+            return {"name": value["name"], "pattern": value["pattern"]}
+        raise ValidationError(
+            "expected the name of a pattern class or {name, pattern} (a regular expression "
+            "or a list of them)"
+        )
+
+
+class ContentPolicySchema(Strict):
+    """What happens to text bound for an agent that matches known injection phrasing."""
+
+    mode = fields.String(load_default=None, validate=validate.OneOf(CONTENT_POLICY_MODES))
+    #: None: every registered pattern class.
+    patterns = fields.List(ContentPatternField(), load_default=None)
+
+
 class IncomingSchema(Section):
     model = IncomingSettings
 
@@ -150,10 +179,12 @@ class IncomingSchema(Section):
     storeTimeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.001, max=300))
     maxJsonDepth = fields.Integer(load_default=64, validate=validate.Range(min=1, max=500))
     rateLimitPerIP = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
-    # Absent means off: an absent key has always loaded as an empty, falsy section, although
-    # the README documents {max: 20, window: 60} as the default.
-    authFailures = fields.Nested(AuthFailuresSchema, load_default=None, allow_none=True)
+    # On by default, {max: 20, window: 60}, as documented; null switches it off.
+    authFailures = fields.Nested(
+        AuthFailuresSchema, load_default=defaults(AuthFailuresSchema), allow_none=True
+    )
     eventIngress = fields.Nested(EventIngressSchema, load_default=None, allow_none=True)
+    contentPolicy = fields.Nested(ContentPolicySchema, load_default=None)
 
 
 class AdminSchema(Section):
@@ -207,6 +238,8 @@ class HandlerSchema(Schema):
     rateLimit = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
     maxConcurrent = fields.Integer(load_default=None, validate=validate.Range(min=1))
     maxPending = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    # Default: incoming.contentPolicy, key by key.
+    contentPolicy = fields.Nested(ContentPolicySchema, load_default=None)
 
     @validates_schema
     def _persistent_needs_key(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -34,6 +34,7 @@ KINDS = {
     "register_transports": "transports",
     "register_verifiers": "verifiers",
     "register_gateways": "gateways",
+    "register_content_patterns": "content_patterns",
 }
 
 #: The hooks that are not registration hooks, as ``plugins --all`` lists them.
@@ -87,6 +88,7 @@ class Registries:
     transports: Registry[Any] = field(default_factory=lambda: Registry("transports"))
     verifiers: Registry[Any] = field(default_factory=lambda: Registry("verifiers"))
     gateways: Registry[Any] = field(default_factory=lambda: Registry("gateways"))
+    content_patterns: Registry[Any] = field(default_factory=lambda: Registry("content_patterns"))
 
     def of(self, kind: str) -> Registry[Any]:
         registry: Registry[Any] = getattr(self, kind)

@@ -19,6 +19,7 @@ SINGULAR = {
     "transports": "transport",
     "verifiers": "verifier",
     "gateways": "gateway",
+    "content_patterns": "content pattern",
 }
 
 
@@ -57,6 +58,13 @@ def problem(kind: str, name: object, item: object) -> str | None:
     elif kind == "filters":
         if not callable(item):
             return "is not callable"
+    elif kind == "content_patterns":
+        from clawdbot_webhooks.content_policy import compile_patterns
+
+        try:
+            compile_patterns(item)
+        except ValueError as exc:
+            return str(exc)
     elif kind == "gateways":
         if not callable(item):
             return "is not a callable factory (factory(options, env) -> Gateway)"

@@ -39,14 +39,30 @@ from .types import (
     new_id,
     utc_timestamp,
 )
+from .untrusted import (
+    BOUNDARY_END,
+    BOUNDARY_START,
+    SECURITY_NOTICE,
+    AgentPromptSchema,
+    agent_prompt,
+    fold_markers,
+    neutralize_markers,
+    prompt_agent,
+    takes_instructions,
+    wrap_untrusted,
+)
 
 __all__ = [
+    "BOUNDARY_END",
+    "BOUNDARY_START",
     "DROP",
     "EVENT_TYPES",
     "PROJECT_NAME",
+    "SECURITY_NOTICE",
     "Action",
     "ActionContext",
     "ActionError",
+    "AgentPromptSchema",
     "AgentReply",
     "CommandEnv",
     "Delivery",
@@ -76,5 +92,11 @@ __all__ = [
     "matches_any",
     "new_id",
     "sign_standard",
+    "agent_prompt",
+    "fold_markers",
+    "neutralize_markers",
+    "prompt_agent",
+    "takes_instructions",
     "utc_timestamp",
+    "wrap_untrusted",
 ]

@@ -58,6 +58,17 @@ def register_gateways(register: Callable[[str, GatewayFactory], None]) -> None:
 
 
 @hookspec
+def register_content_patterns(register: Callable[[str, Any], None]) -> None:
+    """Register pattern classes for the content policy: ``register(name, patterns)``.
+    Since 1.6.
+
+    :param register: call it once per class; ``patterns`` is a regular expression (text,
+        matched case-insensitively, or compiled) or a list of them. Handlers' ``contentPolicy``
+        uses every registered class unless its ``patterns`` names some.
+    """
+
+
+@hookspec
 def on_incoming(delivery: Delivery, handler: Handler) -> Delivery | object | None:
     """Called for every accepted incoming delivery, just before its action runs.
 

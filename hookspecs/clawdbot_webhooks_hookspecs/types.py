@@ -192,6 +192,7 @@ class Gateway(Protocol):
         thinking: str | None = None,
         timeout: int | None = None,
         label: str | None = None,
+        instructions: str | None = None,
     ) -> AgentReply:
         """Run the agent on ``message`` and answer its reply.
 
@@ -200,7 +201,10 @@ class Gateway(Protocol):
         ``deliver`` where the reply is sent besides being returned (a reply that cannot be
         delivered is a failure of the run); ``thinking`` the thinking level (``off``,
         ``minimal``, ``low``, ``medium``, ``high``, ``xhigh``); ``timeout`` the run's limit in
-        seconds; ``label`` a label for the run's session.
+        seconds; ``label`` a label for the run's session. Since 1.6, ``instructions``: the
+        operator's trusted words for this run (a handler's ``instructions``), sent through the
+        gateway's system-prompt channel where it has one, else put before the message
+        (``takes_instructions(gateway)`` tells whether a gateway accepts them).
         """
         ...
 
@@ -244,6 +248,14 @@ class ActionContext:
     #: ``await ctx.publish(event)``: returns once the event's outgoing deliveries are stored.
     publish: Callable[[Event], Awaitable[None]]
     logger: logging.Logger
+    #: Who the handler's verifier says sent the delivery (``"verified: github"``, or
+    #: ``"not verified (public endpoint)"``); shown inside the untrusted-content boundary.
+    #: Since 1.6.
+    sender: str | None = None
+    #: The handler's content policy for text bound for an agent: returns the text (spans
+    #: quarantined) or raises ``ActionError`` to block it. ``agent_prompt`` applies it.
+    #: Since 1.6.
+    screen: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

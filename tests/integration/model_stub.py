@@ -1,7 +1,8 @@
 """A small OpenAI-compatible chat-completions server that streams (SSE), for a real Clawdbot.
 
 Clawdbot always calls its model with ``stream: true``. The reply is derived from the prompt
-(``STUB[<n>] <last user text>``, ``n`` = the number of user turns in the conversation), and
+(``STUB[<n>] <last user text>``, ``n`` = the number of user turns in the conversation; of a
+prompt in the untrusted-content boundary, the text inside it), and
 every request's messages are recorded, so tests can check conversation history and count how
 often each prompt was run. It runs in its own thread with its own event loop, so one instance
 serves a whole test session whatever loop each test uses.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from clawdbot_webhooks_hookspecs import BOUNDARY_END, BOUNDARY_START
 
 
 def text_of(content: Any) -> str:
@@ -31,9 +33,21 @@ def text_of(content: Any) -> str:
     return ""
 
 
+def content_of(prompt: str) -> str:
+    """Of a prompt wrapped in the untrusted-content boundary, the content inside it (without
+    the source lines); any other prompt as it is."""
+    start = prompt.find(BOUNDARY_START)
+    end = prompt.rfind(BOUNDARY_END)
+    if start < 0 or end < start:
+        return prompt
+    inside = prompt[start + len(BOUNDARY_START) : end].strip("\n")
+    _, sep, content = inside.partition("\n---\n")
+    return content if sep else inside
+
+
 def stub_reply(messages: list[dict[str, Any]]) -> str:
     users = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
-    last = users[-1].strip() if users else ""
+    last = content_of(users[-1]).strip() if users else ""
     return f"STUB[{len(users)}] {last}"
 
 
@@ -57,6 +71,14 @@ class ModelStub:
     def calls(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.requests)
+
+    def system_prompts(self) -> list[str]:
+        """The system message of every completed call, in order."""
+        return [
+            "\n".join(text_of(m.get("content")) for m in c["messages"] if m.get("role") == "system")
+            for c in self.calls()
+            if c["completed"]
+        ]
 
     def prompts(self) -> list[str]:
         """The last user message of every completed call, in order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,12 +22,24 @@ from clawdbot_process import (
     free_port,
     gateway_options,
 )
-from clawdbot_webhooks_hookspecs import Event, GatewayError, hookimpl
-from model_stub import ModelStub
+from clawdbot_webhooks_hookspecs import (
+    BOUNDARY_END,
+    BOUNDARY_START,
+    SECURITY_NOTICE,
+    Event,
+    GatewayError,
+    hookimpl,
+)
+from clawdbot_webhooks_hookspecs.untrusted import fold_for_matching
+from model_stub import ModelStub, content_of
+from model_stub import text_of as model_stub_text
 
 from clawdbot_webhooks.builtin.clawdbot.client import GatewayClient
 
 pytestmark = pytest.mark.slow
+
+#: Any spelling of an untrusted-content marker, on the folded text.
+ANY_MARKER = re.compile(r"(END[\s_.-]*)?EXTERNAL[\s_.-]*UNTRUSTED[\s_.-]*CONTENT", re.I)
 
 
 class Collector:
@@ -136,7 +149,7 @@ async def test_persistent_session_keeps_clawdbot_history(
     assert second["session"] == first["session"] == f"conv-{m}"
     # The model saw the earlier turn: Clawdbot kept the conversation.
     assert second["result"]["text"] == f"STUB[2] second {m}"
-    call = next(c for c in model_stub.calls() if c["prompt"] == f"second {m}")
+    call = next(c for c in model_stub.calls() if content_of(c["prompt"]) == f"second {m}")
     said = [(msg["role"], json.dumps(msg["content"])) for msg in call["messages"][1:]]
     assert said[0][0] == "user" and f"first {m}" in said[0][1]
     assert said[1][0] == "assistant" and f"STUB[1] first {m}" in said[1][1]
@@ -367,3 +380,68 @@ async def test_http_hooks_gateway_runs_the_agent_without_reply_text(
     record = await server.runtime.store.get_incoming(body["id"])
     assert record is not None and record.status == "dead"
     assert "cannot send messages" in (record.last_error or "")
+
+
+async def test_the_model_gets_payload_text_inside_the_boundary_and_instructions_as_system_prompt(
+    clawdbot: ClawdbotProcess, model_stub: ModelStub, start_server: Any
+) -> None:
+    corpus = json.loads(
+        (Path(__file__).parent.parent / "data" / "injection_corpus.json").read_text()
+    )
+    # One of each kind, the spoofs with every homoglyph in one payload.
+    spoofs = "\n".join(e["text"] for e in corpus if e["kind"] == "spoof")
+    samples = [next(e["text"] for e in corpus if e["kind"] == k) for k in ("plain", "obfuscated")]
+    samples += [next(e["text"] for e in corpus if e["kind"] == "multilingual"), spoofs]
+    m = marker()
+    server = await start_server(
+        {
+            "handlers": [
+                {
+                    "id": "triage",
+                    "action": "run_agent",
+                    "agentId": "main",
+                    "template": "Issue {{ n }}: {{ title }}",
+                    "instructions": f"Operator rule {m}: summarise, never run commands.",
+                    "verify": {"type": "none"},
+                },
+                {
+                    "id": "raw",
+                    "action": "run_agent",
+                    "agentId": "main",
+                    "template": "raw {{ n }}",
+                    "allowUnsafeExternalContent": True,
+                    "verify": {"type": "none"},
+                },
+            ],
+            "gateway": gateway_options(clawdbot),
+            "incoming": {"retry": FAST_RETRY},
+        }
+    )
+    for n, title in enumerate(samples):
+        status, _ = await server.post("triage", {"n": f"{m}-{n}", "title": title})
+        assert status == 202
+    status, _ = await server.post("raw", {"n": m})
+    assert status == 202
+    await server.idle()
+    calls = [c for c in model_stub.calls() if c["completed"] and m in json.dumps(c["messages"])]
+    triaged = [c for c in calls if f"Issue {m}-" in c["prompt"]]
+    assert len(triaged) == len(samples)
+    for call in triaged:
+        prompt = call["prompt"]
+        system = "\n".join(
+            model_stub_text(msg.get("content"))
+            for msg in call["messages"]
+            if msg.get("role") == "system"
+        )
+        # The operator's words arrive as system prompt, never in the user's turn.
+        assert f"Operator rule {m}" in system
+        assert f"Operator rule {m}" not in prompt
+        assert prompt.count(BOUNDARY_START) == 1 and prompt.count(BOUNDARY_END) == 1
+        inside = prompt[prompt.index(BOUNDARY_START) : prompt.index(BOUNDARY_END)]
+        assert f"Issue {m}-" in inside and "Hook: triage" in inside
+        assert "Sender: not verified (public endpoint)" in inside
+        assert SECURITY_NOTICE.splitlines()[0] in prompt[: prompt.index(BOUNDARY_START)]
+        folded, _ = fold_for_matching(prompt)
+        assert len(ANY_MARKER.findall(folded)) == 2  # every spoof neutralised
+    [raw] = [c for c in calls if c["prompt"].strip().endswith(f"raw {m}")]
+    assert BOUNDARY_START not in raw["prompt"]

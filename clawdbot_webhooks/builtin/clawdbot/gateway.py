@@ -3,7 +3,8 @@
 ``run_agent`` is an ``agent`` request (``idempotencyKey`` = the delivery id, so a retry or a
 re-send after a reconnect never starts a second run; the handler's run options become its
 ``deliver``/``channel``/``to``/``threadId``/``accountId``, ``thinking``, ``timeout`` and
-``label``), ``send_message`` a ``send`` request and ``wake`` a ``wake`` request.
+``label``, its ``instructions`` ``extraSystemPrompt``), ``send_message`` a ``send`` request and
+``wake`` a ``wake`` request.
 Clawdbot's run events become events on our bus:
 
 ============================  ======================================================
@@ -211,6 +212,7 @@ class ClawdbotGateway:
         thinking: str | None = None,
         timeout: int | None = None,
         label: str | None = None,
+        instructions: str | None = None,
     ) -> AgentReply:
         # Remembered before sending: the run's first events can beat the "accepted" answer.
         self._remember(self._ours, idempotency_key, _Run(session, agent_id, idempotency_key))
@@ -223,6 +225,9 @@ class ClawdbotGateway:
             "idempotencyKey": idempotency_key,
             **agent_run_params(deliver=deliver, thinking=thinking, timeout=timeout, label=label),
         }
+        if instructions:
+            # The operator's words go to the system prompt, apart from the payload's text.
+            params["extraSystemPrompt"] = instructions
         # A handler's own timeout bounds its runs on Clawdbot's side; the answer may take the
         # request timeout longer to come back (the reply is delivered after the run).
         wait = self.options["agentTimeout"]

@@ -8,6 +8,7 @@ gets ``202 {"ok": true, "runId"}``. Its limits, plainly:
 - the ``runId`` it answers is not the one Clawdbot's WebSocket events use; a run can only be
   correlated with them by its session key (Clawdbot stores it as ``agent:main:<key>``);
 - no idempotency key: a retried delivery whose first POST was accepted runs the agent again;
+- no system-prompt field: a handler's ``instructions`` go before the message;
 - no ``send_message`` (there is no HTTP hook that sends text as it is), and no events;
 - ``deliver`` is passed on (``channel``, ``to``), but the hook has answered before the reply
   exists: a reply Clawdbot cannot deliver is logged by Clawdbot, never reported here. The hook
@@ -159,7 +160,10 @@ class ClawdbotHttpGateway:
         thinking: str | None = None,
         timeout: int | None = None,
         label: str | None = None,
+        instructions: str | None = None,
     ) -> AgentReply:
+        if instructions:  # the hook has no system-prompt field: before the message
+            message = f"{instructions}\n\n{message}"
         body: dict[str, Any] = {
             "message": message,
             "name": agent_id,

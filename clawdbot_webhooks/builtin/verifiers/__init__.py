@@ -35,6 +35,7 @@ from clawdbot_webhooks.builtin.verifiers.generic_hmac import GenericHMAC
 from clawdbot_webhooks.builtin.verifiers.github import GitHub
 from clawdbot_webhooks.builtin.verifiers.google import GoogleOIDC
 from clawdbot_webhooks.builtin.verifiers.linear import Linear
+from clawdbot_webhooks.builtin.verifiers.public import Public
 from clawdbot_webhooks.builtin.verifiers.secret import Basic, Bearer, GitLab, SharedSecret, Telegram
 from clawdbot_webhooks.builtin.verifiers.sentry import Sentry
 from clawdbot_webhooks.builtin.verifiers.shopify import Shopify
@@ -54,6 +55,7 @@ __all__ = [
     "GitLab",
     "GoogleOIDC",
     "Linear",
+    "Public",
     "SecretsSchema",
     "Sentry",
     "SharedSecret",
@@ -74,6 +76,7 @@ __all__ = [
 
 @hookimpl
 def register_verifiers(register: Callable[[str, Any], None]) -> None:
+    register("none", Public())
     register("shared-secret", SharedSecret())
     register("bearer", Bearer())
     register("github", GitHub())

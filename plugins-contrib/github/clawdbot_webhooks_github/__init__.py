@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import ActionContext, Event, derived_event_id, hookimpl
+from clawdbot_webhooks_hookspecs import (
+    ActionContext,
+    AgentPromptSchema,
+    Event,
+    derived_event_id,
+    hookimpl,
+    prompt_agent,
+)
 from marshmallow import Schema, ValidationError, fields, validates_schema
 
 from .summaries import actor, link, one_line, repo_name, short_sha, summary
@@ -41,10 +48,12 @@ class GithubNotify:
     """Send a one-line summary of each GitHub event to ``target``, or prompt ``agentId``.
 
     ``events`` limits it to some event names (others finish without sending anything);
-    ``link`` (default true) appends the event's page; ``prefix`` goes in front.
+    ``link`` (default true) appends the event's page; ``prefix`` goes in front. The summary
+    quotes the event (titles, names): an agent gets it inside the untrusted-content boundary,
+    with the handler's ``instructions`` outside it, as ``run_agent`` does.
     """
 
-    class schema(Schema):
+    class schema(AgentPromptSchema):
         target = fields.Nested(_Target, load_default=None)
         agentId = fields.String(load_default=None)
         events = fields.List(fields.String(), load_default=None)
@@ -72,12 +81,7 @@ class GithubNotify:
                 idempotency_key=ctx.idempotency_key,
             )
             return {"event": name, "text": text, "sent": dict(sent)}
-        reply = await ctx.gateway.run_agent(
-            agent_id=ctx.options["agentId"],
-            message=text,
-            session=ctx.session,
-            idempotency_key=ctx.idempotency_key,
-        )
+        reply = await prompt_agent(ctx, agent_id=ctx.options["agentId"], text=text)
         # A stable id: a re-run after a crash publishes the same event, which receivers drop.
         await ctx.publish(
             Event(
