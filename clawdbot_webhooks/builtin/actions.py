@@ -19,8 +19,8 @@ from clawdbot_webhooks_hookspecs import (
     ReplyTarget,
     SupportsWake,
     Template,
-    derived_event_id,
     agent_prompt,
+    derived_event_id,
     hookimpl,
     prompt_agent,
 )
