@@ -365,7 +365,14 @@ def test_every_documented_form_of_hook_works_installed(
         tmp_path / "config.json",
         {
             "stateDir": str(state),
-            "handlers": [{"id": "r", "action": "report", "template": "{{ text }}"}],
+            "handlers": [
+                {
+                    "id": "r",
+                    "action": "report",
+                    "template": "{{ text }}",
+                    "verify": {"type": "none"},
+                }
+            ],
         },
     )
     listing = plugins_json(venv, config)
