@@ -152,7 +152,7 @@ class Pipeline:
         self.lease = settings.storage.lease_seconds
         self._on_action = on_action
         self._on_policy_match = on_policy_match
-        self._screens: dict[str, Callable[[str], str]] = {}
+        self._screens: dict[str, tuple[Any, Callable[[str], str]]] = {}
 
     # -- lifecycle
 
@@ -545,14 +545,18 @@ class Pipeline:
         self._settle(record.id, ActionError(reason, retry=False))
 
     def _screen(self, spec: HandlerSpec) -> Callable[[str], str] | None:
-        """The handler's content policy as ``ActionContext.screen``, made once per handler."""
-        screen = self._screens.get(spec.handler.id)
-        if screen is None and spec.screen is not None:
-            policy = spec.screen
-            screen = self._screens[spec.handler.id] = lambda text: policy.screen(
-                text, self._on_policy_match
+        """The handler's content policy as ``ActionContext.screen``, made once per policy (a
+        reloaded config brings new policies, and with them new screens)."""
+        policy = spec.screen
+        if policy is None:
+            return None
+        made = self._screens.get(spec.handler.id)
+        if made is None or made[0] is not policy:
+            made = self._screens[spec.handler.id] = (
+                policy,
+                lambda text: policy.screen(text, self._on_policy_match),
             )
-        return screen
+        return made[1]
 
     def _observe(self, hook: str, outcome: str, started: float) -> None:
         self._on_action(hook, outcome, time.monotonic() - started)

@@ -21,6 +21,10 @@ pytestmark = pytest.mark.slow
 ADMIN = "reload-admin-token-0123456789"
 
 
+#: The serve process's handlers are public on purpose: the test posts without a secret.
+PUBLIC = {"type": "none"}
+
+
 def handlers(version: str, *extra: str) -> list[dict[str, Any]]:
     made = [
         {
@@ -28,10 +32,17 @@ def handlers(version: str, *extra: str) -> list[dict[str, Any]]:
             "action": "run_agent",
             "agentId": "main",
             "template": f"{version} {{{{ n }}}}",
+            "verify": PUBLIC,
         }
     ]
     made += [
-        {"id": hook, "action": "run_agent", "agentId": "main", "template": f"{hook} {{{{ n }}}}"}
+        {
+            "id": hook,
+            "action": "run_agent",
+            "agentId": "main",
+            "template": f"{hook} {{{{ n }}}}",
+            "verify": PUBLIC,
+        }
         for hook in extra
     ]
     return made

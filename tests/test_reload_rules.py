@@ -12,7 +12,13 @@ from clawdbot_webhooks.plugins import load_plugins
 from clawdbot_webhooks.reload import merged, restart_needed
 
 PLUGINS = load_plugins()
-HANDLER = {"id": "h", "action": "run_agent", "agentId": "main", "template": "{{ x }}"}
+HANDLER = {
+    "id": "h",
+    "action": "run_agent",
+    "agentId": "main",
+    "template": "{{ x }}",
+    "verify": {"type": "none"},
+}
 
 
 def settings(**webhooks: Any) -> Settings:
