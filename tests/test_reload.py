@@ -96,6 +96,9 @@ async def test_reload_under_load_loses_and_fails_nothing(
                 if status == 202:
                     accepted.append(body["session"])
                 n += 1
+                # A steady rate, not as fast as intake goes: intake outruns the agent runs on
+                # two cores, and a growing backlog would only delay the replies checked here.
+                await asyncio.sleep(0.01)
 
         async def reloads() -> dict[str, Any]:
             async with client.get(f"{proc.base}/admin/api/config", headers=auth) as resp:
