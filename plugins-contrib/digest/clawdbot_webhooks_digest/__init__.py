@@ -32,6 +32,7 @@ from clawdbot_webhooks_hookspecs import (
     Template,
     derived_event_id,
     hookimpl,
+    wrap_untrusted,
 )
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -72,6 +73,7 @@ class Digest:
         agentId = fields.String(load_default=None)
         title = fields.String(load_default="{count} deliveries to {hook}")
         directory = fields.String(load_default=None)
+        allowUnsafeExternalContent = fields.Boolean(load_default=False)
 
         @validates_schema
         def _one_destination(self, data: Mapping[str, Any], **_: Any) -> None:
@@ -162,6 +164,7 @@ class Digest:
             "window": options["window"],
             "maxItems": options["maxItems"],
             "session": ctx.session if persistent else None,
+            "allowUnsafeExternalContent": options["allowUnsafeExternalContent"],
         }
         now = time.time()
         # Items are listed in the order their webhooks arrived, not the order their actions
@@ -250,6 +253,12 @@ class Digest:
             )
             env.logger.info("digest %s: sent %d items", bucket.key, len(items))
             return
+        # The summary quotes payload text: an agent gets it inside the untrusted-content
+        # boundary, as run_agent gives a single delivery's.
+        if not spec.get("allowUnsafeExternalContent"):
+            text = wrap_untrusted(
+                text, {"Source": "webhook digest", "Hook": spec["hook"], "Digest": idempotency_key}
+            )
         reply = await env.gateway.run_agent(
             agent_id=spec["agentId"],
             message=text,
