@@ -203,6 +203,21 @@ def quiet_malformed_requests() -> None:
     server_log.addFilter(MalformedRequests())
 
 
+class TextFormatter(logging.Formatter):
+    """One line per record: newlines and carriage returns inside the message (a response
+    body, a payload's text) are escaped, so a record cannot pass for two, nor forge one. A
+    traceback still follows on lines of its own."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ONE_LINE)
+
+
+_ONE_LINE = str.maketrans({"\n": "\\n", "\r": "\\r"})
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -227,7 +242,7 @@ class JsonFormatter(logging.Formatter):
 def configure(fmt: str, level: str, secrets: Iterable[str] = ()) -> logging.Handler:
     """Send the root logger's records to stderr as text or JSON lines, secrets redacted."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(Redactor(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -294,3 +294,20 @@ async def test_a_flood_of_malformed_requests_is_a_few_lines_and_a_count(
         "refused a malformed HTTP request from 127.0.0.1: Invalid character in Content-Length"
         " (40 more were refused and not logged since the last such line)"
     )
+
+
+def test_a_text_record_is_one_line_whatever_its_message_holds() -> None:
+    from clawdbot_webhooks.logs import TextFormatter
+
+    record = logging.LogRecord(
+        "x",
+        logging.ERROR,
+        __file__,
+        1,
+        "sink answered %s: %s",
+        (500, "oops\nfake WARN line\r\n"),
+        None,
+    )
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line
+    assert line.endswith("x: sink answered 500: oops\\nfake WARN line\\r\\n")
