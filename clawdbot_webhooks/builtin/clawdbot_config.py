@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import json5
+from clawdbot_webhooks_hookspecs import find_clawdbot_config
 
 DEFAULT_PORT = 18789
 DEFAULT_HOOKS_PATH = "/hooks"
@@ -27,37 +28,6 @@ _NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 class ClawdbotConfigError(Exception):
     """Clawdbot's config exists but a value we need cannot be read from it."""
-
-
-def _user_path(text: str) -> Path:
-    return Path(text.strip()).expanduser().resolve()
-
-
-def state_dirs(env: Mapping[str, str] | None = None) -> list[Path]:
-    """Clawdbot's state directory, then OpenClaw's (where each keeps its config)."""
-    env = os.environ if env is None else env
-    dirs = []
-    for var, default in (
-        ("CLAWDBOT_STATE_DIR", "~/.clawdbot"),
-        ("OPENCLAW_STATE_DIR", "~/.openclaw"),
-    ):
-        given = env.get(var, "").strip()
-        dirs.append(_user_path(given) if given else Path(default).expanduser())
-    return dirs
-
-
-def find_clawdbot_config(env: Mapping[str, str] | None = None) -> Path | None:
-    """Clawdbot's config file, if there is one."""
-    env = os.environ if env is None else env
-    clawdbot_dir, openclaw_dir = state_dirs(env)
-    given = env.get("CLAWDBOT_CONFIG_PATH", "").strip()
-    candidates = [_user_path(given)] if given else []
-    candidates.append(clawdbot_dir / "clawdbot.json")
-    given = env.get("OPENCLAW_CONFIG_PATH", "").strip()
-    if given:
-        candidates.append(_user_path(given))
-    candidates.append(openclaw_dir / "openclaw.json")
-    return next((path for path in candidates if path.is_file()), None)
 
 
 def substitute(value: str, env: Mapping[str, str], where: str) -> str:

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from clawdbot_webhooks_hookspecs import find_clawdbot_config
 
-from clawdbot_webhooks.config.clawdbot_home import find_clawdbot_config
 from clawdbot_webhooks.config.paths import CONFIG_ENV, default_path
 
 BRIDGE_ID = "clawdbot-event-bridge"

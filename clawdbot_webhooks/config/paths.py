@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clawdbot_webhooks.config.clawdbot_home import find_clawdbot_config, state_dirs
+from clawdbot_webhooks_hookspecs import find_clawdbot_config, state_dirs
 
 CONFIG_ENV = "CLAWDBOT_WEBHOOKS_CONFIG"
 FILE_NAME = "webhooks.json5"

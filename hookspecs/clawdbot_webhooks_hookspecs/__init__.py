@@ -6,6 +6,7 @@ the hook specifications and the data types a plugin sees.
 
 from __future__ import annotations
 
+from .clawdbot_home import find_clawdbot_config, state_dirs
 from .ids import derived_event_id, derived_id
 from .markers import PROJECT_NAME, hookimpl, hookspec
 from .secrets import bearer_token, matches_any
@@ -88,6 +89,7 @@ __all__ = [
     "decode_secret",
     "derived_event_id",
     "derived_id",
+    "find_clawdbot_config",
     "fold_markers",
     "hookimpl",
     "hookspec",
@@ -96,6 +98,7 @@ __all__ = [
     "new_id",
     "prompt_agent",
     "sign_standard",
+    "state_dirs",
     "takes_instructions",
     "utc_timestamp",
     "wrap_untrusted",

@@ -1,6 +1,6 @@
 """Where Clawdbot (or OpenClaw) keeps its state and its config file, as Clawdbot itself
-resolves them. Only paths: the file is never written, and what is read from it for the
-gateways is the ``clawdbot`` gateway plugin's business (``builtin/clawdbot_config.py``)."""
+resolves them (since 1.7). Only paths: the runtime looks for its own file beside Clawdbot's,
+and a gateway plugin reads what it needs from Clawdbot's file, which nobody here writes."""
 
 from __future__ import annotations
 
