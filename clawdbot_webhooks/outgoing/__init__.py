@@ -1,0 +1,1 @@
+"""Outgoing webhooks: the durable outbox, its dispatcher and the circuit breakers."""
