@@ -457,3 +457,30 @@ def test_messages_lists_deliveries_and_wakes(tmp_path: Path) -> None:
         ["sent", "s", "slack:#dev", "[a", "#1]", "m"],
         ["wake", "main", "main", "(next-heartbeat)", "w"],
     ]
+
+
+def test_messages_shows_a_wrapped_prompt_on_one_row(tmp_path: Path) -> None:
+    from clawdbot_webhooks_hookspecs import wrap_untrusted
+
+    state = tmp_path / "state"
+    state.mkdir()
+    prompt = wrap_untrusted("alert: disk\nfull", {"Source": "webhook", "Hook": "h"})
+
+    async def fill() -> None:
+        gateway = LocalGateway(state / "local-gateway.sqlite3")
+        await gateway.start()
+        try:
+            await gateway.run_agent(agent_id="a", message=prompt, session="s", idempotency_key="k")
+        finally:
+            await gateway.close()
+
+    asyncio.run(fill())
+    config = tmp_path / "c.json5"
+    config.write_text(f'{{webhooks: {{stateDir: "{state}"}}}}')
+    table = CliRunner().invoke(main, ["messages", "--config", str(config)])
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert len(lines) == 3  # heading, prompt, reply
+    assert lines[1].endswith("prompt  s        a         [untrusted] alert: disk ⏎ full")
+    whole = CliRunner().invoke(main, ["messages", "--json", "--config", str(config)])
+    assert json.loads(whole.output)[0]["text"] == prompt

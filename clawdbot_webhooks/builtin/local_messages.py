@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from clawdbot_webhooks_hookspecs import CommandEnv
+from clawdbot_webhooks_hookspecs import BOUNDARY_END, BOUNDARY_START, CommandEnv
 
 from clawdbot_webhooks.builtin.local_log import read_log
 
@@ -46,8 +46,17 @@ def messages(config_path: str | None, as_json: bool, session: str | None) -> Non
         else:
             who = m["agent_id"]
         at = datetime.fromtimestamp(m["at"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-        rows.append((at, m["kind"], m["session"], who or "-", m["text"]))
+        rows.append((at, m["kind"], m["session"], who or "-", _one_line(m["text"])))
     _print_table(rows)
+
+
+def _one_line(text: str) -> str:
+    """A row per message: a prompt wrapped in the untrusted-content boundary is shown as the
+    content inside it, marked so (``--json`` has the whole text); other newlines as ⏎."""
+    if BOUNDARY_START in text and BOUNDARY_END in text:
+        inside = text.split(BOUNDARY_START, 1)[1].rsplit(BOUNDARY_END, 1)[0]
+        text = "[untrusted] " + inside.split("\n---\n", 1)[-1].strip()
+    return text.replace("\r\n", "\n").replace("\n", " ⏎ ")
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

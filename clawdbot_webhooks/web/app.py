@@ -146,7 +146,7 @@ def serve(
         port=port,
         access_log=None,
         shutdown_timeout=runtime.settings.incoming.shutdown_timeout,
-        print=lambda text: log.info("%s", text.strip()),
+        print=lambda text: log.info("%s", " ".join(text.split())),
         handle_signals=True,
         loop=loop,
     )
