@@ -62,6 +62,13 @@ def any_equal(given: Iterable[bytes], expected: Iterable[bytes]) -> bool:
     return ok
 
 
+def require_match(given: str, expected: Iterable[str], header: str) -> None:
+    """Refuse the request unless ``given`` (the signature in ``header``) equals one of the
+    ``expected`` ones, each compared as ``any_equal`` compares: one per rotated secret."""
+    if not any_equal([given.encode("utf-8", "replace")], (e.encode() for e in expected)):
+        raise VerificationError(f"{header} does not match the body")
+
+
 def hmac_digest(algorithm: str, key: bytes, message: bytes) -> bytes:
     return hmac.digest(key, message, ALGORITHMS[algorithm])
 

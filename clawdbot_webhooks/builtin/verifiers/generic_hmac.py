@@ -14,10 +14,10 @@ from clawdbot_webhooks.builtin.verifiers.common import (
     ALGORITHMS,
     DEFAULT_TOLERANCE,
     TimedSchema,
-    any_equal,
     check_timestamp,
     first_secret,
     hmac_digest,
+    require_match,
     required_header,
     secrets_of,
 )
@@ -72,12 +72,8 @@ class GenericHMAC:
             tolerance = float(options.get("tolerance", DEFAULT_TOLERANCE))
             stamp = check_timestamp(required_header(request, name), request, tolerance, name)
         hexed = options.get("encoding", "hex") == "hex"
-        expected = (
-            self._digest(options, s, stamp, request.body).encode() for s in secrets_of(options)
-        )
-        given = value.lower() if hexed else value
-        if not any_equal([given.encode("utf-8", "replace")], expected):
-            raise VerificationError(f"{header} does not match the body")
+        expected = (self._digest(options, s, stamp, request.body) for s in secrets_of(options))
+        require_match(value.lower() if hexed else value, expected, header)
         id_header = options.get("idHeader")
         return (request.headers.get(id_header.lower()) or None) if id_header else None
 

@@ -11,9 +11,9 @@ from marshmallow import fields, validate
 
 from clawdbot_webhooks.builtin.verifiers.common import (
     SecretsSchema,
-    any_equal,
     first_secret,
     hmac_digest,
+    require_match,
     required_header,
     secrets_of,
 )
@@ -32,9 +32,8 @@ class GitHub:
         scheme, _, digest = given.partition("=")
         if scheme.lower() != "sha256" or not digest:
             raise VerificationError(f"{header} must look like sha256=<hex>")
-        expected = (self._digest(s, request.body).encode() for s in secrets_of(options))
-        if not any_equal([digest.strip().lower().encode("utf-8", "replace")], expected):
-            raise VerificationError(f"{header} does not match the body")
+        expected = (self._digest(s, request.body) for s in secrets_of(options))
+        require_match(digest.strip().lower(), expected, header)
         return request.headers.get("x-github-delivery") or None
 
     @staticmethod

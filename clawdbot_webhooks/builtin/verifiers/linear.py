@@ -14,10 +14,10 @@ from marshmallow import fields, validate
 from clawdbot_webhooks.builtin.verifiers.common import (
     JSON_TYPE,
     SecretsSchema,
-    any_equal,
     first_secret,
     hmac_digest,
     json_object,
+    require_match,
     required_header,
     secrets_of,
 )
@@ -37,9 +37,8 @@ class Linear:
 
     def verify(self, request: SignedRequest, options: Mapping[str, Any]) -> str | None:
         given = required_header(request, "Linear-Signature").strip().lower()
-        expected = (self._digest(s, request.body).encode() for s in secrets_of(options))
-        if not any_equal([given.encode("utf-8", "replace")], expected):
-            raise VerificationError("Linear-Signature does not match the body")
+        expected = (self._digest(s, request.body) for s in secrets_of(options))
+        require_match(given, expected, "Linear-Signature")
         document = json_object(request.body) or {}
         stamp = document.get("webhookTimestamp")
         if not isinstance(stamp, int | float) or isinstance(stamp, bool):

@@ -7,13 +7,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
+from clawdbot_webhooks_hookspecs import SignedRequest
 
 from clawdbot_webhooks.builtin.verifiers.common import (
     SecretsSchema,
-    any_equal,
     first_secret,
     hmac_digest,
+    require_match,
     required_header,
     secrets_of,
 )
@@ -28,9 +28,8 @@ class Sentry:
 
     def verify(self, request: SignedRequest, options: Mapping[str, Any]) -> str | None:
         given = required_header(request, "Sentry-Hook-Signature").strip().lower()
-        expected = (self._digest(s, request.body).encode() for s in secrets_of(options))
-        if not any_equal([given.encode("utf-8", "replace")], expected):
-            raise VerificationError("Sentry-Hook-Signature does not match the body")
+        expected = (self._digest(s, request.body) for s in secrets_of(options))
+        require_match(given, expected, "Sentry-Hook-Signature")
         return request.headers.get("request-id") or None
 
     @staticmethod
