@@ -410,3 +410,28 @@ def test_every_documented_form_of_hook_works_installed(
     # tryfirst, then the plain one, then trylast, each seeing what the one before returned;
     # the wrapper finished timing the chain before the action ran; on_event() was called.
     assert texts == ["hiFML timed=1 events=True"], (tmp_path / "serve.log").read_text()[-2000:]
+
+
+def test_init_bridge_finds_the_plugin_shipped_in_the_wheel(
+    fresh: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`init --bridge` installed from a wheel, outside any checkout: the event-bridge plugin
+    it hands to Clawdbot's CLI is the copy inside the installed package, complete."""
+    venv, _ = fresh
+    calls = tmp_path / "calls"
+    cli = tmp_path / "recording-clawdbot"
+    cli.write_text(f"import sys\nopen({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n")
+    config = tmp_path / "webhooks.json5"
+    done = run(
+        venv / "bin" / "clawdbot-webhooks", "init", "--bridge", "--config", config,
+        "--clawdbot", f"{venv / 'bin' / 'python'} {cli}", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    install = calls.read_text().splitlines()[0]
+    assert install.startswith("plugins install ")
+    source = Path(install.removeprefix("plugins install "))
+    assert source.name == "clawdbot-event-bridge"
+    assert str(venv) in str(source), "the plugin must come from the installed package"
+    assert {"index.js", "clawdbot.plugin.json", "package.json"} <= {
+        p.name for p in source.iterdir()
+    }

@@ -21,8 +21,8 @@ from clawdbot_webhooks_hookspecs import find_clawdbot_config
 from clawdbot_webhooks.config.paths import CONFIG_ENV, default_path
 
 BRIDGE_ID = "clawdbot-event-bridge"
-#: Where the plugin is in a checkout (and in an editable install).
-BRIDGE_SOURCE = Path(__file__).resolve().parents[2] / "plugins-contrib" / BRIDGE_ID
+#: The plugin ships inside the package, so a wheel install has it too.
+BRIDGE_SOURCE = Path(__file__).resolve().parents[1] / BRIDGE_ID
 CLI_ENV = "CLAWDBOT_CLI"
 
 TEMPLATE = """\
@@ -173,7 +173,7 @@ def install_bridge(
     "--bridge-source",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="The plugin's directory. Default: plugins-contrib/clawdbot-event-bridge.",
+    help="The plugin's directory. Default: the copy installed with this package.",
 )
 def init(
     config_path: str | None,

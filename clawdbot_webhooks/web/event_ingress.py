@@ -1,7 +1,7 @@
 """``POST /events/ingest``: events from inside Clawdbot, sent by the event-bridge plugin.
 
 Clawdbot's in-process plugin hooks see more than its WebSocket (inbound channel messages
-above all). The bridge (plugins-contrib/clawdbot-event-bridge) POSTs each hook call as
+above all). The bridge (clawdbot_webhooks/clawdbot-event-bridge) POSTs each hook call as
 ``{id, hook, timestamp, event, context}`` with ``Authorization: Bearer <token>``
 (``incoming.eventIngress.token``); this maps it onto our bus:
 

@@ -18,7 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE = ROOT / "scripts" / "ensure-clawdbot"
-BRIDGE = ROOT / "plugins-contrib" / "clawdbot-event-bridge"
+BRIDGE = ROOT / "clawdbot_webhooks" / "clawdbot-event-bridge"
 #: The bearer token the bridge plugin in the shared gateway sends to our ingress.
 INGRESS_TOKEN = os.urandom(12).hex()
 
