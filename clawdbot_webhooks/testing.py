@@ -29,12 +29,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 from clawdbot_webhooks_hookspecs import PROJECT_NAME, derived_event_id, derived_id
 
 from clawdbot_webhooks.config import ConfigError, build_settings, plugin_selection
 from clawdbot_webhooks.plugins import PluginError, PluginSelection, PluginSet, load_plugins
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.app import make_app
+from clawdbot_webhooks.web.server import AppRunner
 
 __all__ = ["Conformance", "Served", "assert_plugin_conforms", "plugin_set_with", "serve"]
 
@@ -130,6 +132,14 @@ class Served:
         return list(logged()) if callable(logged) else []
 
 
+class _TestServer(TestServer):
+    """aiohttp's ``TestServer`` on the runner ``serve`` uses (JSON answers to malformed
+    requests)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return AppRunner(self.app, **kwargs)
+
+
 def _make_public(raw: dict[str, Any]) -> None:
     incoming = raw.get("incoming")
     if isinstance(incoming, dict) and incoming.get("secret"):
@@ -171,7 +181,7 @@ async def serve(
         # beside a config file kept next to it.
         source = str(Path(raw["stateDir"]).parent / "config.json5")
         runtime = Runtime(build_settings(raw, plugin_set, source), plugin_set)
-        server = TestServer(make_app(runtime), host=host, port=port)
+        server = _TestServer(make_app(runtime), host=host, port=port)
         await server.start_server()
         session = aiohttp.ClientSession()
         try:

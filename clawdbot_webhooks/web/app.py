@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from clawdbot_webhooks.web.keys import LIMITS, OUTAGE, RUNTIME
 from clawdbot_webhooks.web.outage import StoreOutage, describe, within
 from clawdbot_webhooks.web.ratelimit import Limits
 from clawdbot_webhooks.web.receive import receive
+from clawdbot_webhooks.web.server import AppRunner
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +139,44 @@ def serve(
     runtime: Runtime, host: str, port: int, loop: asyncio.AbstractEventLoop | None = None
 ) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully; on ``loop`` when given (the CLI
-    passes one of ``eventloop``'s choosing), else on a new asyncio loop."""
-    app = make_app(runtime)
+    passes one of ``eventloop``'s choosing), else on a new asyncio loop. What
+    ``web.run_app`` does, on the runner whose connections answer malformed requests in JSON
+    (``web.server``)."""
+    loop = loop or asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_run(make_app(runtime), runtime, host, port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not main.done():
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main)
+        finally:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+
+async def _run(app: web.Application, runtime: Runtime, host: str, port: int) -> None:
     app.on_startup.append(_tune_collector)
-    web.run_app(
+    runner = AppRunner(
         app,
-        host=host,
-        port=port,
         access_log=None,
-        shutdown_timeout=runtime.settings.incoming.shutdown_timeout,
-        print=lambda text: log.info("%s", " ".join(text.split())),
         handle_signals=True,
-        loop=loop,
+        shutdown_timeout=runtime.settings.incoming.shutdown_timeout,
     )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("Running on %s", ", ".join(sorted(str(s.name) for s in runner.sites)))
+        while True:
+            await asyncio.sleep(3600)
+    finally:
+        await runner.cleanup()

@@ -20,6 +20,7 @@ from clawdbot_webhooks.web.admin.auth import AUTH, REDACTOR, AdminAuth
 from clawdbot_webhooks.web.admin.dashboard import add_routes as add_dashboard_routes
 from clawdbot_webhooks.web.admin.openapi import spec
 from clawdbot_webhooks.web.errors import add_no_route, json_errors
+from clawdbot_webhooks.web.server import AppRunner
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,7 +108,7 @@ def setup_admin(app: web.Application, runtime: Runtime) -> None:
     listener = app[ADMIN_LISTENER] = AdminListener(admin.host, port)
 
     async def run(app: web.Application) -> AsyncIterator[None]:
-        runner = web.AppRunner(admin_app, access_log=None)
+        runner = AppRunner(admin_app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, listener.host, listener.port).start()
         listener.port = int(runner.addresses[0][1])
