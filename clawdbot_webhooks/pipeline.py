@@ -37,6 +37,7 @@ from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import Sessions
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
 from clawdbot_webhooks.templates import context_for, trusted_context
+from clawdbot_webhooks.web.outage import StoreOutage, describe
 from clawdbot_webhooks.web.requests import parse_content
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,11 @@ class Pipeline:
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        #: The poller's store outage: logged when it starts and when it ends, not each second.
+        self.inbox_outage = StoreOutage(
+            started="could not read the inbox: %s; trying again every second",
+            ended="the inbox can be read again after %.1fs; %d reads failed meanwhile",
+        )
         #: The loop it runs on, kept from ``start`` rather than asked for on every delivery.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[str] = set()
@@ -299,8 +305,10 @@ class Pipeline:
                             self._backlog = False  # the store holds nothing more that is due
                 # With a backlog, the next claim comes when a place frees up (``wake``).
                 due = None if self._backlog else await self._store.next_incoming_due()
-            except Exception:
-                log.exception("could not read the inbox; trying again")
+                self.inbox_outage.succeeded()
+            except Exception as exc:
+                self.inbox_outage.failed(describe(exc))
+                log.debug("could not read the inbox", exc_info=True)
                 due = None
             if raced:
                 wait = 0.0  # claim again soon, until no delivery races the claim

@@ -142,7 +142,12 @@ async def test_sqlite_locked_from_outside(start_server, caplog) -> None:
         await outage(srv, lock, unlock, NO_ANSWER)
     finally:
         outside.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "clawdbot_webhooks.storage"]
+    # The webhook endpoint's lines (a poller held up by the lock for long says so its own way).
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "clawdbot_webhooks.storage" and r.getMessage().startswith("storage ")
+    ]
     assert lines[0] == (
         "storage unavailable: no answer within 1s; webhooks are answered 503 until a write succeeds"
     )
@@ -363,3 +368,57 @@ async def test_readyz_is_503_after_a_failed_write_until_a_write_succeeds(
         filler.unlink()
         status, ready = await readyz(srv)  # the probe write succeeds
         assert (status, ready["checks"]["store"]) == (200, "ok")
+
+
+#: Where the pollers and the outages they meet are logged (the maintenance loops, which try
+#: the store now and then, not every second, are not the subject here).
+POLLER_LOGGERS = {
+    "clawdbot_webhooks.storage",
+    "clawdbot_webhooks.pipeline",
+    "clawdbot_webhooks.outgoing.outbox",
+}
+
+
+async def test_the_pollers_log_a_storage_outage_when_it_starts_and_when_it_ends(
+    start_server, caplog
+) -> None:
+    """The inbox and outbox pollers try the store every second: an outage is two lines each
+    (its start, and its end with how many reads failed), not a traceback a second."""
+    caplog.set_level(logging.INFO)
+    async with database() as (name, admin):
+        srv = await start_server(config({"url": url_for(name)}))
+        inbox = srv.runtime.pipeline.inbox_outage
+        outbox = srv.runtime.outbox.outbox_outage
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname=$1", name
+        )
+
+        async def failed_three_times() -> bool:
+            return inbox.refused >= 3 and outbox.refused >= 3
+
+        await eventually(failed_three_times)
+        inbox_failed, outbox_failed = inbox.refused, outbox.refused
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+        async def read_again() -> bool:
+            return not inbox.down and not outbox.down
+
+        await eventually(read_again)
+        await srv.server.close()
+    lines = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name in POLLER_LOGGERS and r.levelno >= logging.INFO
+    ]
+    assert len(lines) == 4, lines
+    assert sorted(level for level, _ in lines) == ["ERROR", "ERROR", "WARNING", "WARNING"]
+    for table, failed in (("inbox", inbox_failed), ("outbox", outbox_failed)):
+        started = [m for _, m in lines if m.startswith(f"could not read the {table}: ")]
+        assert len(started) == 1 and started[0].endswith("; trying again every second")
+        [ended] = [m for _, m in lines if m.startswith(f"the {table} can be read again after ")]
+        # The reads counted when the database came back, and any that failed before the
+        # first one got through.
+        assert int(ended.split("s; ")[1].split()[0]) >= failed
+        assert ended.endswith(" reads failed meanwhile")
+    assert not any(r.exc_info for r in caplog.records if r.name in POLLER_LOGGERS)

@@ -35,6 +35,7 @@ from clawdbot_webhooks.events import EventBus, derived_id
 from clawdbot_webhooks.outgoing.breaker import Breakers
 from clawdbot_webhooks.signing import StandardSigner
 from clawdbot_webhooks.store import Attempt, OutgoingOutcome, OutgoingRecord, Store
+from clawdbot_webhooks.web.outage import StoreOutage, describe
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,11 @@ class Outbox:
         self._sending: set[asyncio.Task[Any]] = set()
         self._finisher = _Finisher(store)
         self._poller: asyncio.Task[None] | None = None
+        #: The poller's store outage: logged when it starts and when it ends, not each second.
+        self.outbox_outage = StoreOutage(
+            started="could not read the outbox: %s; trying again every second",
+            ended="the outbox can be read again after %.1fs; %d reads failed meanwhile",
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._running = False
@@ -553,8 +559,10 @@ class Outbox:
                     await asyncio.sleep(0)
                     continue
                 due = await self._store.next_outgoing_due()
-            except Exception:
-                log.exception("could not read the outbox; trying again")
+                self.outbox_outage.succeeded()
+            except Exception as exc:
+                self.outbox_outage.failed(describe(exc))
+                log.debug("could not read the outbox", exc_info=True)
                 due = None
             wait = POLL_SECONDS if due is None else min(POLL_SECONDS, due - time.time())
             self._wake.clear()

@@ -24,11 +24,26 @@ log = logging.getLogger("clawdbot_webhooks.storage")
 RETRY_AFTER = 5
 
 
-class StoreOutage:
-    """Whether the last store write failed, since when, and how many were refused since."""
+#: What the webhook endpoint logs when an outage starts (the reason) and when it ends (how
+#: long it lasted, how many deliveries were refused).
+STARTED = "storage unavailable: %s; webhooks are answered 503 until a write succeeds"
+ENDED = "storage available again after %.1fs; %d deliveries were answered 503 meanwhile"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+
+class StoreOutage:
+    """Whether the last store write failed, since when, and how many were refused since.
+    ``started`` and ``ended`` are the two lines an outage logs (the inbox poller, which
+    refuses nothing but tries again every second, says so in its own words)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        started: str = STARTED,
+        ended: str = ENDED,
+    ) -> None:
         self.clock = clock
+        self.started, self.ended = started, ended
         self.since: float | None = None
         self.refused = 0
         self.reason = ""
@@ -41,10 +56,7 @@ class StoreOutage:
         """A write failed (``refused``: a delivery was answered 503 for it)."""
         if self.since is None:
             self.since, self.refused, self.reason = self.clock(), 0, reason
-            log.error(
-                "storage unavailable: %s; webhooks are answered 503 until a write succeeds",
-                reason,
-            )
+            log.error(self.started, reason)
         self.refused += refused
 
     def succeeded(self) -> None:
@@ -52,11 +64,7 @@ class StoreOutage:
         if self.since is None:
             return
         lasted = self.clock() - self.since
-        log.warning(
-            "storage available again after %.1fs; %d deliveries were answered 503 meanwhile",
-            lasted,
-            self.refused,
-        )
+        log.warning(self.ended, lasted, self.refused)
         self.since, self.refused, self.reason = None, 0, ""
 
 
