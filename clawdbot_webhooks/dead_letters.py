@@ -16,8 +16,20 @@ from typing import Any
 from clawdbot_webhooks_hookspecs import Event
 
 from clawdbot_webhooks.events import EventBus, derived_event_id
+from clawdbot_webhooks.store import Store, attempts_made
 
 log = logging.getLogger(__name__)
+
+
+async def attempts_in_all(
+    store: Store, kind: str, delivery_id: str, this_round: int, recording: bool
+) -> int:
+    """The attempts a delivery dying now has had in every round, replays included: the
+    number the admin API shows once the dead mark (with the attempt that failed, when
+    ``recording``) is stored. The ``error`` event's id counts them too, so the event of a
+    replay that dies again is a new one, and one published again after a crash the same."""
+    history = len(await store.attempts(delivery_id)) + recording
+    return attempts_made(kind, "dead", this_round, history)
 
 
 def error_event(

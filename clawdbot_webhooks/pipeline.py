@@ -30,7 +30,7 @@ from clawdbot_webhooks_hookspecs import (
 )
 
 from clawdbot_webhooks.config import HandlerSpec, Settings
-from clawdbot_webhooks.dead_letters import dead_letter, error_event
+from clawdbot_webhooks.dead_letters import attempts_in_all, dead_letter, error_event
 from clawdbot_webhooks.events import EventBus, derived_event_id
 from clawdbot_webhooks.plugins.calls import HookCalls, call_on_incoming
 from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
@@ -382,6 +382,8 @@ class Pipeline:
             failure = ActionError(str(exc), retry=False)
             await self._failed(record, spec, attempt, failure, time.monotonic())
             return
+        # Stored before it runs: the row, the admin API and a retry show the session it ran in.
+        await self._store.set_incoming_session(record.id, record.session)
         handler_slot = self._handler_slots.get(spec.handler.id) or contextlib.nullcontext()
         async with self._sessions.turn(record.session, True), handler_slot, self._slots:
             await self._attempt(record, spec, payload)
@@ -528,11 +530,12 @@ class Pipeline:
         failed: Attempt | None = None,
     ) -> None:
         n = attempts if attempts is not None else record.attempts
+        total = await attempts_in_all(self._store, "incoming", record.id, n, failed is not None)
         log.error(
             "delivery %s to %s dead-lettered after %d attempts: %s",
             record.id,
             record.hook_id,
-            n,
+            total,
             reason,
             extra={"delivery": record.id, "hook": record.hook_id},
         )
@@ -540,7 +543,7 @@ class Pipeline:
             "kind": "incoming",
             "hook": record.hook_id,
             "delivery": record.id,
-            "attempts": n,
+            "attempts": total,
             "error": reason,
         }
 
@@ -549,7 +552,7 @@ class Pipeline:
                 record.id, "dead", attempts=n, error=reason, failed=failed
             )
 
-        await dead_letter(self._bus, error_event(record.id, record.session, n, data), mark_dead)
+        await dead_letter(self._bus, error_event(record.id, record.session, total, data), mark_dead)
         self._settle(record.id, ActionError(reason, retry=False))
 
     def _screen(self, spec: HandlerSpec) -> Callable[[str], str] | None:

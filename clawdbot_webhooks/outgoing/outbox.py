@@ -30,7 +30,7 @@ from clawdbot_webhooks_hookspecs import EVENT_TYPES, Event, OutgoingRequest, Out
 
 from clawdbot_webhooks import __version__, jsontext
 from clawdbot_webhooks.config import Subscription
-from clawdbot_webhooks.dead_letters import dead_letter, error_event
+from clawdbot_webhooks.dead_letters import attempts_in_all, dead_letter, error_event
 from clawdbot_webhooks.events import EventBus, derived_id
 from clawdbot_webhooks.outgoing.breaker import Breakers
 from clawdbot_webhooks.signing import StandardSigner
@@ -518,12 +518,16 @@ class Outbox:
         status: int | None,
         attempt: Attempt | None = None,
     ) -> None:
+        await self._finisher.drain()  # the earlier attempts in the history first
+        total = await attempts_in_all(
+            self._store, "outgoing", rec.id, rec.attempts, attempt is not None
+        )
         log.error(
             "delivery %s of event %s to %s dead-lettered after %d attempts: %s",
             rec.id,
             rec.event_id,
             rec.subscription_id,
-            rec.attempts,
+            total,
             reason,
             extra={"delivery": rec.id, "subscription": rec.subscription_id},
         )
@@ -533,7 +537,7 @@ class Outbox:
             "delivery": rec.id,
             "event": rec.event_id,
             "eventType": rec.event_type,
-            "attempts": rec.attempts,
+            "attempts": total,
             "status": status,
             "error": reason,
         }
@@ -543,7 +547,7 @@ class Outbox:
                 OutgoingOutcome(rec.id, "dead", rec.attempts, error=reason, attempt=attempt)
             )
 
-        event = error_event(rec.id, rec.session, rec.attempts, data)
+        event = error_event(rec.id, rec.session, total, data)
         await dead_letter(self._bus, event, mark_dead)
 
     async def _poll(self) -> None:

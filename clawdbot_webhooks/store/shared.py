@@ -73,6 +73,11 @@ class SharedQueries:
             rows = await self._query(fetch("SELECT COUNT(*) FROM inbox WHERE status=?", status))
         return int(rows[0][0])
 
+    async def set_incoming_session(self, delivery_id: str, session: str) -> None:
+        """Give a delivery the session its persistent key rendered to: it was stored without
+        one when the key rendered empty, and a replay after the key was fixed renders it."""
+        await self._query(fetch("UPDATE inbox SET session=? WHERE id=?", session, delivery_id))
+
     async def get_incoming(self, delivery_id: str) -> IncomingRecord | None:
         sql = f"SELECT {self.dialect.inbox_columns} FROM inbox WHERE id=?"
         rows = await self._query(fetch(sql, delivery_id))
