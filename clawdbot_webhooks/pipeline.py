@@ -441,9 +441,9 @@ class Pipeline:
         reason = _describe(exc)
         gives_up = not retry or spec.retry.gives_up_after(attempt)
         self._observe(record.hook_id, "dead" if gives_up else "retry", started)
-        failed = Attempt(
-            record.id, attempt, time.time(), None, 1000 * (time.monotonic() - started), None, reason
-        )
+        status, response = _answer(exc)
+        latency = 1000 * (time.monotonic() - started)
+        failed = Attempt(record.id, attempt, time.time(), status, latency, response, reason)
         if gives_up:
             await self._dead(record, reason, spec, attempts=attempt, failed=failed)
             return
@@ -580,6 +580,13 @@ class Pipeline:
             waiter.set_exception(outcome)
         else:
             waiter.set_result(outcome)
+
+
+def _answer(exc: BaseException) -> tuple[int | None, str | None]:
+    """The HTTP status and response text an action's failure carries (a forward's answer)."""
+    status, text = getattr(exc, "status", None), getattr(exc, "response", None)
+    ok = isinstance(status, int) and 100 <= status <= 599
+    return (status if ok else None), (text[:2048] if isinstance(text, str) else None)
 
 
 def _describe(exc: BaseException) -> str:

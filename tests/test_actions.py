@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import textwrap
 import time
@@ -237,7 +238,9 @@ async def test_forward_failure_is_recorded_after_last_attempt(
     history = await srv.runtime.store.attempts(body["id"])
     assert [a.number for a in history] == [1, 2]
     assert all("forward answered 502" in (a.error or "") for a in history)
-    assert all(a.status is None and a.latency_ms >= 0 for a in history)
+    # The receiver's answer is kept on each attempt, as an outgoing delivery's is.
+    assert [(a.status, a.response) for a in history] == [(502, "nope"), (502, "nope")]
+    assert all(a.latency_ms >= 0 for a in history)
     assert await srv.runtime.store.purge_dead_ids([body["id"]]) == 1
     assert await srv.runtime.store.attempts(body["id"]) == []
 
@@ -251,6 +254,22 @@ async def test_forward_client_error_is_not_retried(start_server, make_sink) -> N
     assert len(sink.received) == 1
     record = await srv.runtime.store.get_incoming(body["id"])
     assert record is not None and record.status == "dead"
+    [attempt] = await srv.runtime.store.attempts(body["id"])
+    assert attempt.status == 400 and "forward answered 400" in (attempt.error or "")
+
+
+async def test_forward_to_nobody_has_no_status(start_server) -> None:
+    with socket.socket() as sock:  # a port nothing listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/in"
+    once = {"maxAttempts": 1, "initialDelay": 0.05, "jitter": False}
+    config = {"handlers": [{"id": "relay", "action": "forward", "url": url, "retry": once}]}
+    srv = await start_server(config)
+    _, body = await srv.post("relay", {"a": 1})
+    await srv.idle()
+    [attempt] = await srv.runtime.store.attempts(body["id"])
+    assert attempt.status is None and attempt.response is None
+    assert "forward failed" in (attempt.error or "")
 
 
 def _write_module(tmp_path: Path, name: str, source: str) -> None:

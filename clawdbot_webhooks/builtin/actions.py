@@ -203,6 +203,16 @@ HOP_BY_HOP = frozenset(
 RETRYABLE = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 
 
+class ForwardAnswered(ActionError):
+    """A forward the receiver answered with a non-2xx status: the attempt history keeps the
+    status and the start of the response next to the error."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"forward answered {status}: {text[:200]}", retry=status in RETRYABLE)
+        self.status = status
+        self.response = text
+
+
 class Forward:
     """POST the original body, with its content type, to the configured ``url``.
 
@@ -238,7 +248,7 @@ class Forward:
         except aiohttp.ClientError as exc:
             raise ActionError(f"forward failed: {exc}") from exc
         if not 200 <= status < 300:
-            raise ActionError(f"forward answered {status}: {text[:200]}", retry=status in RETRYABLE)
+            raise ForwardAnswered(status, text)
         return {"status": status, "ms": round((time.monotonic() - started) * 1000, 1)}
 
 
