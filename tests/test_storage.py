@@ -168,6 +168,11 @@ async def test_endpoint_stats_and_listings(start_server, make_sink) -> None:
         0,
     )
     assert stats[("outgoing", "bad")]["last_error"]
+    # The latest success beside the latest error, so a recovered endpoint reads as such.
+    assert stats[("incoming", "ok")]["last_success_at"] >= since
+    assert stats[("incoming", "boom")]["last_success_at"] is None
+    assert stats[("outgoing", "good")]["last_success_at"] >= since
+    assert stats[("outgoing", "bad")]["last_success_at"] is None
     from clawdbot_webhooks.store import DeliveryQuery
 
     dead = await srv.runtime.store.list_deliveries("outgoing", DeliveryQuery(status="dead"))
@@ -176,6 +181,18 @@ async def test_endpoint_stats_and_listings(start_server, make_sink) -> None:
         "incoming", DeliveryQuery(search="dlv_", limit=10)
     )
     assert {d.target for d in found} == {"ok", "boom"}
+    # The search also finds words of the last error, and outgoing rows by event type.
+    found = await srv.runtime.store.list_deliveries(
+        "incoming", DeliveryQuery(search="answered 500", limit=10)
+    )
+    assert [d.target for d in found] == ["boom"]
+    found = await srv.runtime.store.list_deliveries(
+        "outgoing", DeliveryQuery(search="agent_resp", limit=10)
+    )
+    assert {d.target for d in found} == {"good", "bad"}
+    assert not await srv.runtime.store.list_deliveries(
+        "incoming", DeliveryQuery(search="no such text", limit=10)
+    )
 
 
 def test_ids_sort_by_creation_time_and_sessions_are_uuid4(monkeypatch) -> None:
@@ -524,6 +541,8 @@ async def test_dead_letter_and_inspection_queries_answer_alike_on_both_backends(
         assert stats[("outgoing", "sub")]["attempts"] == 2
         assert stats[("outgoing", "sub")]["succeeded"] == 0
         assert stats[("outgoing", "sub")]["last_error"] == "late"  # the later of the two
+        assert stats[("outgoing", "sub")]["last_success_at"] is None  # no 2xx attempt
+        assert stats[("incoming", "h")]["last_success_at"] is not None  # dlv_0 is done
         finished = await store.throughput(time.time() - 60, 3600)
         assert {(r["kind"], r["status"], r["count"]) for r in finished} == {
             ("incoming", "done", 1),

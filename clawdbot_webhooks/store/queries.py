@@ -211,6 +211,19 @@ def delivery_stats(since: float) -> Query[list[dict[str, Any]]]:
     failed = "inbox WHERE last_error IS NOT NULL"
     rows = yield (_latest("hook_id", "last_error", finished_at, failed), ())
     stats.last_errors("incoming", rows)
+    # The latest success, so that an error from before it reads as over.
+    rows = yield (
+        f"SELECT o.subscription_id, MAX(a.at) FROM {outgoing_attempts} "
+        "WHERE a.status BETWEEN 200 AND 299 GROUP BY 1",
+        (),
+    )
+    stats.last_successes("outgoing", rows)
+    rows = yield (
+        "SELECT hook_id, MAX(finished_at) FROM inbox WHERE status IN ('done', 'dropped') "
+        "GROUP BY 1",
+        (),
+    )
+    stats.last_successes("incoming", rows)
     return stats.result()
 
 
@@ -247,11 +260,14 @@ def delivery_listing(kind: str, query: DeliveryQuery, greatest: str) -> tuple[st
         where.append("finished_at>?")
         args.append(query.finished_after)
     if query.search:
-        # A substring of the id (or, outgoing, of the event id); LIKE's wildcards escaped.
+        # A substring of the id, the session key or the last error (or, outgoing, of the
+        # event id or type); LIKE's wildcards escaped.
         pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.search) + "%"
-        extra = " OR event_id LIKE ? ESCAPE '\\'" if kind == "outgoing" else ""
-        where.append(f"(id LIKE ? ESCAPE '\\'{extra})")
-        args.extend([pattern] * (2 if extra else 1))
+        columns = ["id", "session", "last_error"]
+        if kind == "outgoing":
+            columns += ["event_id", "event_type"]
+        where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + ")")
+        args.extend([pattern] * len(columns))
     if query.cursor is not None:
         where.append(f"({created}, id) < (?, ?)")
         args.extend(query.cursor)
@@ -300,6 +316,7 @@ class EndpointStats:
                 "succeeded": 0,
                 "last_error": None,
                 "last_error_at": None,
+                "last_success_at": None,
             },
         )
 
@@ -319,6 +336,11 @@ class EndpointStats:
         for target, error, at in rows:
             entry = self._entry(kind, target)
             entry["last_error"], entry["last_error_at"] = error, at
+
+    def last_successes(self, kind: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Rows of (target, at)."""
+        for target, at in rows:
+            self._entry(kind, target)["last_success_at"] = None if at is None else float(at)
 
     def result(self) -> list[dict[str, Any]]:
         return list(self._stats.values())

@@ -207,7 +207,7 @@ async def recent(rt: Runtime, limit: int) -> list[DeliverySummary]:
 
 async def endpoint_health(rt: Runtime, window: float = 86_400.0) -> dict[str, list[dict[str, Any]]]:
     """Per hook and subscription: deliveries by status in ``window``, success rate, last
-    error, and for subscriptions the circuit breaker."""
+    error and last success, and for subscriptions the circuit breaker."""
     stats = {
         (e["kind"], e["target"]): e for e in await rt.store.delivery_stats(time.time() - window)
     }
@@ -227,6 +227,7 @@ async def endpoint_health(rt: Runtime, window: float = 86_400.0) -> dict[str, li
             "attempt_success_rate": (succeeded / attempts) if attempts else None,
             "last_error": e.get("last_error"),
             "last_error_at": e.get("last_error_at"),
+            "last_success_at": e.get("last_success_at"),
             **more,
         }
 

@@ -40,7 +40,11 @@ _LIST_PARAMS = [
         {"type": "string", "enum": list(("pending", "done", "dropped", "dead"))},
     ),
     _param("since", "Created at or after: ISO 8601, epoch seconds or a duration (2h, 7d)."),
-    _param("q", "A substring of the delivery id (outgoing: also of the event id)."),
+    _param(
+        "q",
+        "A substring of the delivery id, session key or last error "
+        "(outgoing: also of the event id or type).",
+    ),
     _param(
         "limit", "Page size (1-500, default 50).", {"type": "integer", "minimum": 1, "maximum": 500}
     ),
@@ -211,7 +215,7 @@ def spec() -> dict[str, Any]:
             },
             "/admin/api/stats/endpoints": {
                 "get": {
-                    "summary": "Per hook and subscription: statuses, success rate, last error",
+                    "summary": "Per hook and subscription: statuses, rates, last error and success",
                     "operationId": "stats_endpoints",
                     "parameters": [
                         _param(
