@@ -195,16 +195,6 @@ async def find_delivery(rt: Runtime, delivery_id: str) -> dict[str, Any] | None:
     return None if inc is None else await incoming_view(rt, inc)
 
 
-async def recent(rt: Runtime, limit: int) -> list[DeliverySummary]:
-    """The latest deliveries of both directions, newest first."""
-    both = [
-        *await rt.store.list_deliveries("incoming", DeliveryQuery(limit=limit)),
-        *await rt.store.list_deliveries("outgoing", DeliveryQuery(limit=limit)),
-    ]
-    both.sort(key=lambda s: s.created_at, reverse=True)
-    return both[:limit]
-
-
 async def endpoint_health(rt: Runtime, window: float = 86_400.0) -> dict[str, list[dict[str, Any]]]:
     """Per hook and subscription: deliveries by status in ``window``, success rate, last
     error and last success, and for subscriptions the circuit breaker."""

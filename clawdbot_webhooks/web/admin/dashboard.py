@@ -1,6 +1,8 @@
-"""The delivery dashboard: server-rendered pages (Jinja2, autoescaped) and a little JavaScript
-for the Replay buttons and the throughput chart. A login form trades the admin token for an
-HttpOnly cookie (see ``auth``); the token never appears in a URL or in the browser's storage."""
+"""The delivery dashboard: server-rendered pages (Jinja2, autoescaped) and plain JavaScript
+that reads the admin API: the delivery list (filters kept in the URL, pages, live updates,
+bulk replay), the Replay buttons and the throughput chart. A login form trades the admin token
+for an HttpOnly cookie (see ``auth``); the token never appears in a URL or in the browser's
+storage."""
 
 from __future__ import annotations
 
@@ -17,7 +19,11 @@ from clawdbot_webhooks.web.admin import api
 from clawdbot_webhooks.web.admin.auth import AUTH, COOKIE, CSRF_VALUE, REDACTOR
 from clawdbot_webhooks.web.errors import json_errors
 
-STATIC = {"admin.js": "text/javascript", "admin.css": "text/css"}
+STATIC = {
+    "admin.js": "text/javascript",
+    "deliveries.js": "text/javascript",
+    "admin.css": "text/css",
+}
 #: Pages allow nothing from elsewhere, no inline script, and no framing.
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -27,7 +33,8 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-RECENT = 50
+#: The time ranges the filter offers (any value the API takes works in the URL too).
+SINCE = {"15m": "last 15 minutes", "1h": "last hour", "24h": "last 24 hours", "7d": "last 7 days"}
 
 
 def _when(epoch: float | None) -> str:
@@ -71,18 +78,45 @@ def _to_login() -> web.Response:
     return web.Response(status=303, headers={"Location": "/admin/login", **HEADERS})
 
 
+def _filters(request: web.Request) -> dict[str, str]:
+    """The list's filters as the URL gives them, for the form to show (the script reads the
+    form, so a linked or reloaded view lists the same)."""
+    query = request.query
+    kind = query.get("kind", "")
+    status = query.get("status", "")
+    return {
+        "kind": kind if kind in api.KINDS else "",
+        "status": status if status in api.STATUSES else "",
+        "target": query.get("target", "")[:200],
+        "since": query.get("since", "")[:40],
+        "q": query.get("q", "")[:200],
+    }
+
+
+def _recovered(row: dict[str, Any]) -> dict[str, Any]:
+    error_at, success_at = row.get("last_error_at"), row.get("last_success_at")
+    return {**row, "recovered": bool(error_at and success_at and success_at >= error_at)}
+
+
 async def index(request: web.Request) -> web.Response:
     if not _signed_in(request):
         return _to_login()
     rt = api.runtime_of(request)
     health = await api.endpoint_health(rt)
+    counts = await rt.store.queue_counts()
+    filters = _filters(request)
+    since = dict(SINCE)
+    if filters["since"] and filters["since"] not in since:
+        since[filters["since"]] = f"since {filters['since']}"
     return render(
         "index.html",
         redact=request.config_dict[REDACTOR].redact,
-        recent=await api.recent(rt, RECENT),
-        dead=list(reversed(await rt.store.dead_letters())),
-        handlers=health["handlers"],
-        subscriptions=health["subscriptions"],
+        filters=filters,
+        statuses=api.STATUSES,
+        since_choices=since,
+        dead_count=counts["incoming_dead"] + counts["outgoing_dead"],
+        handlers=[_recovered(h) for h in health["handlers"]],
+        subscriptions=[_recovered(s) for s in health["subscriptions"]],
         now=time.time(),
     )
 

@@ -1,24 +1,34 @@
-// The dashboard's only script: Replay buttons and the throughput chart. The admin token is
-// never seen here: requests carry the HttpOnly session cookie plus the anti-CSRF header.
+// The dashboard's shared script: API calls, Replay buttons and the throughput chart
+// (deliveries.js runs the overview's list). The admin token is never seen here: requests
+// carry the HttpOnly session cookie plus the anti-CSRF header.
 "use strict";
 
 const CSRF = document.body.dataset.csrf;
 
+// One admin API call; resolves to the JSON body, throws with the API's error message.
+async function api(path, options = {}) {
+  const init = { credentials: "same-origin", ...options };
+  if (init.method && init.method !== "GET") {
+    init.headers = { "X-Requested-With": CSRF, ...(init.headers || {}) };
+  }
+  const response = await fetch(path, init);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+// Replay buttons anywhere on a page: the list (deliveries.js) redraws itself from the API,
+// other pages reload to show the delivery pending again.
 async function replay(button) {
   button.disabled = true;
   button.textContent = "Replaying…";
   try {
-    const response = await fetch(button.dataset.replay, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "X-Requested-With": CSRF },
-    });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+    await api(button.dataset.replay, { method: "POST" });
     button.textContent = "Queued ✓";
     button.classList.add("done");
     button.title = "Pending again; the server delivers it now.";
-    setTimeout(() => window.location.reload(), 2000);
+    button.dispatchEvent(new CustomEvent("replayed", { bubbles: true }));
+    if (!button.closest("#delivery-list")) setTimeout(() => window.location.reload(), 2000);
   } catch (err) {
     button.textContent = "Failed";
     button.classList.add("failed");
@@ -37,11 +47,7 @@ function el(name, attrs, text) {
 }
 
 async function drawChart(svg) {
-  const response = await fetch("/admin/api/stats/throughput?window=3600&bucket=60", {
-    credentials: "same-origin",
-  });
-  if (!response.ok) return;
-  const data = await response.json();
+  const data = await api("/admin/api/stats/throughput?window=3600&bucket=60");
   const n = Math.max(1, Math.round((data.end - data.start) / data.bucket));
   const slots = Array.from({ length: n }, () => ({ done: 0, dead: 0, other: 0 }));
   for (const row of data.items) {
@@ -74,10 +80,18 @@ async function drawChart(svg) {
   svg.append(el("text", { x: W - 30, y: H - 4, class: "axis" }, "now"));
 }
 
+// UTC, as the server-rendered pages show times.
+function when(epoch) {
+  if (!epoch) return "-";
+  return new Date(epoch * 1000).toISOString().slice(0, 19).replace("T", " ");
+}
+
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-replay]");
+  if (button && !button.disabled) replay(button);
+});
+
 document.addEventListener("DOMContentLoaded", () => {
-  for (const button of document.querySelectorAll("button[data-replay]")) {
-    button.addEventListener("click", () => replay(button));
-  }
   const chart = document.getElementById("chart");
   if (chart) drawChart(chart).catch(() => {});
 });
