@@ -30,6 +30,19 @@ class ListBrowser(Browser):
     def not_reloaded(self) -> bool:
         return bool(self.driver.execute_script("return window.__notReloaded === true"))
 
+    def more(self) -> bool:
+        """Press "Load older" if it is there; False once there is nothing older."""
+        from selenium.webdriver.common.by import By
+
+        button = self.driver.find_element(By.ID, "load-more")
+        if not button.is_displayed():
+            return False
+        shown = len(self.listed())
+        self.press("load-more")
+        # A full last page has a next one that turns out empty: the button goes.
+        self.wait(lambda d: len(self.listed()) > shown or not button.is_displayed())
+        return True
+
     def statuses(self) -> set[str]:
         from selenium.webdriver.common.by import By
 
@@ -114,6 +127,13 @@ async def test_filters_search_live_and_bulk_replay(start_server, make_sink) -> N
         assert set(chats + relays) <= set(listed)
         assert listed.index(relays[2]) < listed.index(relays[0])  # newest first
 
+        # Pages: "Load older" goes on across both directions, each delivery once, in order.
+        await step(b.open, f"{base}/admin/?limit=4")
+        assert await step(b.listed) == listed[:4]
+        while await step(b.more):
+            pass
+        assert await step(b.listed) == listed
+
         # Status filter: only the dead ones, and the URL says so.
         await step(b.filter, status="dead")
         assert "status=dead" in b.driver.current_url
@@ -150,12 +170,14 @@ async def test_filters_search_live_and_bulk_replay(start_server, make_sink) -> N
         broken.default = 200
         await step(b.open, f"{base}/admin/?status=dead&target=hook:relay")
         assert set(await step(b.listed)) == set(relays)
+        assert "recovered" not in await step(b.text, "hook-relay")
         question = await step(b.bulk_question)
         assert question.startswith("Replay 3 dead letters matching this filter?")
         await step(b.press, "bulk-cancel")
         assert await step(b.text, "bulk-result") == "Nothing replayed."
         assert len(broken.received) == 3  # nothing sent by looking
         await step(b.filter, q=relays[0][-8:])
+        await step(b.mark)
         assert await step(b.bulk_question) == (
             "Replay 1 dead letter matching this filter? "
             "Each runs or is sent again from its first attempt."
@@ -174,6 +196,11 @@ async def test_filters_search_live_and_bulk_replay(start_server, make_sink) -> N
         await step(b.wait, lambda d: b.listed() == [])
         remaining = {d.id for d in await srv.runtime.store.dead_letters()}
         assert remaining == {relays[1], relays[2]}
+        # The hook's last error is now older than its last success: shown as recovered, and
+        # without a reload.
+        await step(b.wait, lambda d: "recovered" in b.text("hook-relay"))
+        assert "forward answered 500" in await step(b.text, "hook-relay")
+        assert await step(b.not_reloaded)
 
         # A phone's width: nothing scrolls sideways but the tables in their own boxes.
         await step(b.viewport, 375, 812, True)

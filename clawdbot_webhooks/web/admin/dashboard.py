@@ -84,12 +84,15 @@ def _filters(request: web.Request) -> dict[str, str]:
     query = request.query
     kind = query.get("kind", "")
     status = query.get("status", "")
+    limit = query.get("limit", "")
     return {
         "kind": kind if kind in api.KINDS else "",
         "status": status if status in api.STATUSES else "",
         "target": query.get("target", "")[:200],
         "since": query.get("since", "")[:40],
         "q": query.get("q", "")[:200],
+        # The page size, when the URL gives one: kept across a change of filter.
+        "limit": limit if limit.isdigit() and len(limit) <= 3 else "",
     }
 
 
@@ -127,7 +130,7 @@ async def delivery(request: web.Request) -> web.Response:
     rt = api.runtime_of(request)
     found = await api.find_delivery(rt, request.match_info["id"])
     if found is None:
-        return render("missing.html", status=404, id=request.match_info["id"])
+        return render("missing.html", status=404, message=f"No delivery {request.match_info['id']}")
     return render("delivery.html", redact=request.config_dict[REDACTOR].redact, d=found)
 
 

@@ -3,7 +3,11 @@
 // first page, and the bulk replay of the dead letters a filter shows. Uses admin.js.
 "use strict";
 
-const PAGE = 50;
+// Rows per page: 50, or the URL's ``limit`` (1-500).
+const PAGE = (() => {
+  const asked = Number(new URLSearchParams(window.location.search).get("limit"));
+  return Number.isInteger(asked) && asked >= 1 && asked <= 500 ? asked : 50;
+})();
 const POLL_MS = 4000;
 const BULK_PAGE = 500;
 const BULK_MAX = 10000;
@@ -218,6 +222,7 @@ async function loadMore() {
 // no longer matches the filter (a replayed dead letter under "dead") leaves. Rows further
 // down ("Load older") stay as they were.
 async function poll() {
+  const before = list.items.map((i) => i.id + signature(i)).join("\n");
   const page = await fetchPage(null);
   const fresh = new Map(page.items.map((i) => [i.id, i]));
   const oldest = page.items[page.items.length - 1];
@@ -236,13 +241,15 @@ async function poll() {
     if (!list.items.length) list.next = page.next;
   }
   render(new Set(added.map((i) => i.id)));
+  return list.items.map((i) => i.id + signature(i)).join("\n") !== before;
 }
 
 async function tick() {
   if (!list.live || list.busy || document.hidden) return;
   list.busy = true;
   try {
-    await poll();
+    // Something happened: the health tables and the chart follow.
+    if (await poll()) refreshOverview();
     setLive("on", `Live · updated ${when(Date.now() / 1000).slice(11)} UTC`);
   } catch (err) {
     setLive("error", `Update failed (${err.message}); retrying`);
@@ -262,6 +269,28 @@ function toggleLive() {
   } else {
     setLive("paused", "Paused: the list stays as it is");
   }
+}
+
+// The health tables and the dead-letter count as the server renders them now (one renderer
+// for both): swapped in unless the user is on a link inside them.
+async function refreshHealth() {
+  const response = await fetch("/admin/", { credentials: "same-origin" });
+  if (!response.ok || !response.url.endsWith("/admin/")) return;
+  const page = new DOMParser().parseFromString(await response.text(), "text/html");
+  for (const id of ["health", "dead-link"]) {
+    const now = document.getElementById(id);
+    const fresh = page.getElementById(id);
+    if (now && fresh && !now.contains(document.activeElement)) {
+      fresh.className = now.className; // the chip's "active" belongs to this page's filter
+      now.replaceWith(document.adoptNode(fresh));
+    }
+  }
+}
+
+function refreshOverview() {
+  const chart = document.getElementById("chart");
+  if (chart) drawChart(chart).catch(() => {});
+  refreshHealth().catch(() => {});
 }
 
 // Every id the filter shows (both directions, all pages), for the bulk replay.
@@ -349,6 +378,5 @@ document.addEventListener("DOMContentLoaded", () => {
     .then(() => setLive("on", `Live · updated ${when(Date.now() / 1000).slice(11)} UTC`))
     .catch((err) => setLive("error", `Could not load: ${err.message}`));
   list.timer = setInterval(tick, POLL_MS);
-  const chart = document.getElementById("chart");
-  if (chart) setInterval(() => list.live && !document.hidden && drawChart(chart).catch(() => {}), 30000);
+  setInterval(() => list.live && !document.hidden && refreshOverview(), 30000);
 });
