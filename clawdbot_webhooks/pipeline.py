@@ -37,7 +37,7 @@ from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import Sessions
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
 from clawdbot_webhooks.templates import context_for, trusted_context
-from clawdbot_webhooks.web.outage import StoreOutage, describe
+from clawdbot_webhooks.web.outage import describe, poller_outage
 from clawdbot_webhooks.web.requests import parse_content
 
 log = logging.getLogger(__name__)
@@ -136,11 +136,7 @@ class Pipeline:
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
-        #: The poller's store outage: logged when it starts and when it ends, not each second.
-        self.inbox_outage = StoreOutage(
-            started="could not read the inbox: %s; trying again every second",
-            ended="the inbox can be read again after %.1fs; %d reads failed meanwhile",
-        )
+        self.inbox_outage = poller_outage("inbox")
         #: The loop it runs on, kept from ``start`` rather than asked for on every delivery.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[str] = set()
@@ -167,9 +163,9 @@ class Pipeline:
         self._loop = asyncio.get_running_loop()
         self._poller = self._loop.create_task(self._poll(), name="inbox-poller")
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float) -> int:
         """Stop taking work, let running actions finish within ``timeout``, leave the rest
-        stored for the next start (their leases are released then)."""
+        stored for the next start (their leases are released then); returns how many."""
         self._closing = True
         if self._poller is not None:
             self._poller.cancel()
@@ -184,6 +180,8 @@ class Pipeline:
                     "%d actions did not finish in time; they run again at next start", len(pending)
                 )
                 await asyncio.wait(pending, timeout=1)
+            return len(pending)
+        return 0
 
     def update(self, settings: Settings) -> None:
         """Take a reloaded config: deliveries that start from now on use its handlers and

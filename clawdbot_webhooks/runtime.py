@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -42,6 +43,18 @@ def make_gateway(settings: Settings, plugins: PluginSet, emit: Callable[[Event],
     return gateway
 
 
+@dataclass
+class Drain:
+    """What stopping did: the deliveries that reached an outcome (done, dropped, dead) while
+    it ran, and those it left stored for the next start (an action or attempt that did not
+    finish in time, an incoming one whose attempt failed meanwhile and waits for its retry)."""
+
+    finished_incoming: int = 0
+    finished_outgoing: int = 0
+    left_incoming: int = 0
+    left_outgoing: int = 0
+
+
 class Runtime:
     """Every part is made here, each given what it uses; ``start`` opens and starts them
     (the HTTP client, which needs a running loop, is the one part made there)."""
@@ -73,7 +86,7 @@ class Runtime:
             plugins.registries.transports,
             lease=settings.storage.lease_seconds,
             breakers=self.breakers,
-            on_attempt=self.metrics.outgoing_attempt,
+            on_attempt=self._attempted,
         )
         self.bus.subscribe(self.outbox.record, wants=self.outbox.wants)
         self.pipeline = Pipeline(
@@ -83,12 +96,14 @@ class Runtime:
             self.gateway,
             self.bus,
             self.sessions,
-            on_action=self.metrics.action,
+            on_action=self._acted,
             on_policy_match=self.metrics.content_policy_match,
         )
         self._upkeep: list[asyncio.Task[None]] = []
         self.http: aiohttp.ClientSession | None = None
         self.accepting = False
+        #: Counted from the start of a shutdown (``begin_drain``) to its end.
+        self.drain: Drain | None = None
         #: Set by the server: follows the config file (``reload.Reloader``).
         self.reloader: Reloader | None = None
 
@@ -136,13 +151,40 @@ class Runtime:
     def _held(self) -> tuple[list[str], list[str]]:
         return self.pipeline.held_ids(), self.outbox.held_ids()
 
+    def _acted(self, hook: str, outcome: str, seconds: float) -> None:
+        self.metrics.action(hook, outcome, seconds)
+        if self.drain is not None:
+            if outcome == "retry":
+                self.drain.left_incoming += 1
+            else:
+                self.drain.finished_incoming += 1
+
+    def _attempted(self, subscription: str, outcome: str, seconds: float) -> None:
+        self.metrics.outgoing_attempt(subscription, outcome, seconds)
+        # A row waiting for its retry stays held: ``Outbox.stop`` counts it as left.
+        if self.drain is not None and outcome != "retry":
+            self.drain.finished_outgoing += 1
+
+    def begin_drain(self) -> None:
+        """Shutting down: no new webhooks; what is in flight gets ``shutdownTimeout``."""
+        self.accepting = False
+        self.drain = Drain()
+        log.info(
+            "stopping: no new webhooks; %d incoming and %d outgoing deliveries in flight "
+            "get up to %gs to finish",
+            len(self.pipeline.held_ids()),
+            len(self.outbox.held_ids()),
+            self.settings.incoming.shutdown_timeout,
+        )
+
     async def stop(self) -> None:
         self.accepting = False
-        await self.pipeline.stop(self.settings.incoming.shutdown_timeout)
+        drain = self.drain = self.drain or Drain()
+        drain.left_incoming += await self.pipeline.stop(self.settings.incoming.shutdown_timeout)
         await close_objects(self.plugins.registries, ("actions",))
         await self.bus.drain(timeout=5)
         # After the pipeline (whose last events it stores), before transports and store close.
-        await self.outbox.stop(self.settings.incoming.shutdown_timeout)
+        drain.left_outgoing += await self.outbox.stop(self.settings.incoming.shutdown_timeout)
         self.sessions.close()
         for task in self._upkeep:
             task.cancel()
@@ -153,3 +195,13 @@ class Runtime:
         if self.http is not None:
             await self.http.close()
         await self.store.close()
+        self.drain = None
+        log.info(
+            "stopped: %d deliveries finished while stopping (incoming %d, outgoing %d); left "
+            "stored for the next start: incoming %d, outgoing %d",
+            drain.finished_incoming + drain.finished_outgoing,
+            drain.finished_incoming,
+            drain.finished_outgoing,
+            drain.left_incoming,
+            drain.left_outgoing,
+        )

@@ -22,7 +22,7 @@ from clawdbot_webhooks.cli.support import (
     print_table,
 )
 from clawdbot_webhooks.config import ConfigError, find_config
-from clawdbot_webhooks.eventloop import CHOICES, LoopUnavailable, loop_factory, loop_name
+from clawdbot_webhooks.eventloop import CHOICES, LoopUnavailable, loop_factory
 from clawdbot_webhooks.plugins import PluginError, PluginSelection, load_plugins
 from clawdbot_webhooks.store import redact_url
 
@@ -94,17 +94,7 @@ def serve(
 
     host = host or settings.incoming.host
     port = settings.incoming.port if port is None else port
-    handlers = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
     loop = new_loop()
-    logging.getLogger("clawdbot_webhooks").info(
-        "listening on http://%s:%s%s/<hook-id> (handlers: %s; storage: %s; event loop: %s)",
-        host,
-        port,
-        settings.incoming.base_path,
-        handlers,
-        redact_url(settings.storage.url),
-        loop_name(loop),
-    )
     public = sorted(
         h.handler.id for h in settings.handlers if h.verify is not None and h.verify.type == "none"
     )

@@ -35,7 +35,7 @@ from clawdbot_webhooks.events import EventBus, derived_id
 from clawdbot_webhooks.outgoing.breaker import Breakers
 from clawdbot_webhooks.signing import StandardSigner
 from clawdbot_webhooks.store import Attempt, OutgoingOutcome, OutgoingRecord, Store
-from clawdbot_webhooks.web.outage import StoreOutage, describe
+from clawdbot_webhooks.web.outage import describe, poller_outage
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,7 @@ class Outbox:
         self._sending: set[asyncio.Task[Any]] = set()
         self._finisher = _Finisher(store)
         self._poller: asyncio.Task[None] | None = None
-        #: The poller's store outage: logged when it starts and when it ends, not each second.
-        self.outbox_outage = StoreOutage(
-            started="could not read the outbox: %s; trying again every second",
-            ended="the outbox can be read again after %.1fs; %d reads failed meanwhile",
-        )
+        self.outbox_outage = poller_outage("outbox")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._running = False
@@ -309,9 +305,10 @@ class Outbox:
         self._loop = asyncio.get_running_loop()
         self._poller = self._loop.create_task(self._poll(), name="outbox-poller")
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float) -> int:
         """Start nothing new; give attempts in flight up to ``timeout`` to finish; record
-        what finished and hand the rest back to the store for the next start."""
+        what finished and hand the rest back to the store for the next start (returns how
+        many)."""
         self._running = False
         self._closing = True
         if self._poller is not None:
@@ -327,12 +324,14 @@ class Outbox:
         if self._lane_tasks:
             await asyncio.wait(set(self._lane_tasks), timeout=1)
         await self._finisher.drain()
+        left = len(self._known)
         if self._known:
             with contextlib.suppress(Exception):
                 await self._store.release_outgoing(sorted(self._known))
         self._known.clear()
         self._lanes.clear()
         self._held.clear()
+        return left
 
     def wake(self) -> None:
         self._wake.set()

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from clawdbot_webhooks.config import Settings
+from clawdbot_webhooks.eventloop import loop_name
 from clawdbot_webhooks.logs import quiet_malformed_requests
 from clawdbot_webhooks.metrics import CONTENT_TYPE
 from clawdbot_webhooks.reload import Reloader
 from clawdbot_webhooks.runtime import Runtime
+from clawdbot_webhooks.web.announce import http_address, start_lines
 from clawdbot_webhooks.web.errors import add_no_route, json_errors
 from clawdbot_webhooks.web.keys import LIMITS, OUTAGE, RUNTIME
 from clawdbot_webhooks.web.outage import StoreOutage, describe, within
@@ -93,7 +95,7 @@ def make_app(runtime: Runtime) -> web.Application:
         await runtime.stop()
 
     async def stop_accepting(app: web.Application) -> None:
-        runtime.accepting = False
+        runtime.begin_drain()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(stop_accepting)
@@ -175,7 +177,10 @@ async def _run(app: web.Application, runtime: Runtime, host: str, port: int) -> 
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
-        log.info("Running on %s", ", ".join(sorted(str(s.name) for s in runner.sites)))
+        bound_host, bound_port = runner.addresses[0][:2]
+        listening = http_address(str(bound_host), int(bound_port))
+        for line in start_lines(runtime, app, listening, loop_name(asyncio.get_running_loop())):
+            log.info("%s", line)
         while True:
             await asyncio.sleep(3600)
     finally:

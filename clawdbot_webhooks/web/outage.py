@@ -68,6 +68,15 @@ class StoreOutage:
         self.since, self.refused, self.reason = None, 0, ""
 
 
+def poller_outage(table: str) -> StoreOutage:
+    """The outage of a poller that reads ``table`` every second: logged when it starts and
+    when it ends, not each second."""
+    return StoreOutage(
+        started=f"could not read the {table}: %s; trying again every second",
+        ended=f"the {table} can be read again after %.1fs; %d reads failed meanwhile",
+    )
+
+
 def describe(exc: BaseException) -> str:
     """One line for the log: the exception's type and the first line of its message."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
