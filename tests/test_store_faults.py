@@ -295,8 +295,8 @@ class PausingProxy:
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._connected, "127.0.0.1", port)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -385,27 +385,33 @@ async def test_the_pollers_log_a_storage_outage_when_it_starts_and_when_it_ends(
     """The inbox and outbox pollers try the store every second: an outage is two lines each
     (its start, and its end with how many reads failed), not a traceback a second."""
     caplog.set_level(logging.INFO)
-    async with database() as (name, admin):
-        srv = await start_server(config({"url": url_for(name)}))
+    async with database() as (name, _):
+        host_port = POSTGRES_URL.rpartition("@")[2].partition("/")[0]
+        host, _, port = host_port.partition(":")
+        proxy = PausingProxy(host, int(port or 5432))
+        proxy_port = await proxy.start()
+        srv = await start_server(config({"url": url_for(name, proxy_port)}))
         inbox = srv.runtime.pipeline.inbox_outage
         outbox = srv.runtime.outbox.outbox_outage
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname=$1", name
-        )
+        # The database's address stops answering: its connections are cut, new ones refused.
+        await proxy.close()
 
         async def failed_three_times() -> bool:
             return inbox.refused >= 3 and outbox.refused >= 3
 
         await eventually(failed_three_times)
         inbox_failed, outbox_failed = inbox.refused, outbox.refused
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        proxy = PausingProxy(host, int(port or 5432))
+        await proxy.start(proxy_port)
+        try:
 
-        async def read_again() -> bool:
-            return not inbox.down and not outbox.down
+            async def read_again() -> bool:
+                return not inbox.down and not outbox.down
 
-        await eventually(read_again)
-        await srv.server.close()
+            await eventually(read_again)
+            await srv.server.close()  # before the proxy its connections go through
+        finally:
+            await proxy.close()
     lines = [
         (r.levelname, r.getMessage())
         for r in caplog.records
