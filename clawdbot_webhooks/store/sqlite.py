@@ -177,7 +177,7 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
                 execute_all(conn, statements, params)
             return True
 
-        return self._do(Rows(statements, params, True, add_or_dedup))
+        return self._do(Rows(statements, params, True, add_or_dedup, on_loop=inline))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""
@@ -232,7 +232,10 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
         self, delivery_id: str, status: str, *, attempts: int, result: Any = None
     ) -> None:
         params = finish_params(delivery_id, status, attempts, result, None, None)
-        self._send(Rows(_FINISH_INCOMING, (params,)), f"the outcome of delivery {delivery_id}")
+        self._send(
+            Rows(_FINISH_INCOMING, (params,), on_loop=True),
+            f"the outcome of delivery {delivery_id}",
+        )
 
     async def release_leases(self) -> None:
         """Free every lease. Only right for a store one process owns (SQLite), at start-up."""

@@ -30,7 +30,8 @@ class Rows(NamedTuple):
     writer can run a run of them with one ``executemany`` per statement. ``result`` is what
     the caller gets.
     Should the batch fail, each request runs again alone; ``fallback`` then runs instead of the
-    statements when given (an insert that has to look at a conflict, say)."""
+    statements when given (an insert that has to look at a conflict, say). ``on_loop``: short
+    enough to be committed on the event loop's thread (``SQLiteWriter``)."""
 
     #: The statements (best a module constant: runs are found by comparing these) and the
     #: parameters of each.
@@ -38,6 +39,7 @@ class Rows(NamedTuple):
     params: tuple[Sequence[Any], ...]
     result: Any = None
     fallback: Callable[[sqlite3.Connection], Any] | None = None
+    on_loop: bool = False
 
     def run(self, conn: sqlite3.Connection) -> Any:
         if self.fallback is not None:
@@ -65,13 +67,22 @@ class Unwatched(NamedTuple):
 
 
 class SQLiteWriter:
-    """One SQLite connection (WAL) in one writer thread that group-commits queued requests.
+    """One SQLite connection (WAL) in one writer thread that group-commits queued requests,
+    and a second one on the event loop's thread for short writes (``Rows.on_loop``).
 
     ``await self._do(fn)`` runs ``fn(conn)`` in that thread; whatever requests are queued
     together share one transaction, and each future resolves only after its transaction is
     committed. The event loop is woken once per batch, not once per request. ``_do`` returns
     the future and queues at once, so a caller that need not wait for the commit can go on
     (and watch the future instead).
+
+    Short writes asked for in one turn of the event loop are committed together at its next
+    turn on the loop's own connection, with no thread in between, but only while the writer
+    thread has nothing to do (so writes commit in the order asked for) and only where a
+    commit does not wait for the disk (``synchronous`` NORMAL or OFF in WAL: a commit is then
+    as safe against a killed process as the writer's). That connection never waits for a
+    lock: when the file is busy, or anything fails, the batch goes to the writer thread,
+    which waits and reports as it always did. Checkpoints run in the writer thread.
     """
 
     #: How many queued requests one transaction takes at most.
@@ -87,6 +98,16 @@ class SQLiteWriter:
         #: does wait for, or ``LATER_SECONDS``: they then share its transaction.
         self._later: list[tuple[Request, Any]] = []
         self._later_timer: asyncio.TimerHandle | None = None
+        #: Writes for the loop's connection, committed at the loop's next turn.
+        self._tick: list[tuple[Request, Any]] = []
+        self._flush_due = False
+        #: The loop's connection; None where commits wait for the disk, or it cannot open.
+        self._fast: sqlite3.Connection | None = None
+        self._fast_commits = 0
+        #: Requests put into the queue (counted on the loop) and finished by the writer
+        #: thread (counted there): equal when the thread has nothing to do.
+        self._queued = 0
+        self._finished = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = True
@@ -106,6 +127,25 @@ class SQLiteWriter:
         )
         self._thread.start()
         await ready
+        if self.synchronous.upper() in LOOP_SYNCHRONOUS:
+            self._fast = self._connect_fast()
+
+    def _connect_fast(self) -> sqlite3.Connection | None:
+        """The loop's connection: never waits for a lock, never checkpoints."""
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.close()
+                return None
+            return conn
+        except sqlite3.Error as exc:
+            log.debug("writes stay in the writer thread: %r", exc)
+            return None
 
     async def close(self) -> None:
         if self._closed:
@@ -114,7 +154,12 @@ class SQLiteWriter:
         if self._later_timer is not None:
             self._later_timer.cancel()
             self._later_timer = None
-        self._release_later()
+        self._tick.extend(self._later)
+        self._later.clear()
+        self._hand_over()
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -140,7 +185,8 @@ class SQLiteWriter:
             if first is None:
                 break
             batch = [first]
-            while len(batch) < self.BATCH:
+            checkpoint = first[0] is _checkpoint
+            while len(batch) < self.BATCH and not checkpoint:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -149,7 +195,13 @@ class SQLiteWriter:
                     stop = True
                     break
                 batch.append(item)
-            outcomes = _apply(conn, batch)
+                checkpoint = item[0] is _checkpoint
+            if checkpoint:  # outside any transaction, after the writes queued before it
+                batch.pop()
+            outcomes = _apply(conn, batch) if batch else []
+            if checkpoint:
+                _checkpoint(conn)
+            self._finished += len(batch) + checkpoint
             # One wake-up of the event loop per batch, not one per request, and none for a
             # batch of writes nobody waits for that all went well.
             if any(error is not None or not isinstance(f, Unwatched) for f, _, error in outcomes):
@@ -179,9 +231,59 @@ class SQLiteWriter:
         self._release_later()
 
     def _release_later(self) -> None:
-        for item in self._later:
-            self._queue.put(item)
+        self._tick.extend(self._later)
         self._later.clear()
+        if self._fast is None:
+            self._hand_over()
+        elif not self._flush_due and self._tick:
+            self._flush_due = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _put(self, item: tuple[Request, Any]) -> None:
+        self._queued += 1
+        self._queue.put(item)
+
+    def _hand_over(self) -> None:
+        """What waits for the loop's connection goes to the writer thread, in order."""
+        for item in self._tick:
+            self._put(item)
+        self._tick.clear()
+
+    def _flush(self) -> None:
+        """The loop's turn: commit what this turn asked for, here or in the writer thread."""
+        self._flush_due = False
+        batch = self._tick
+        if not batch:
+            return
+        self._tick = []
+        conn = self._fast
+        if (
+            conn is None
+            or self._queued != self._finished
+            or not all(isinstance(r, Rows) and r.on_loop for r, _ in batch)
+            or not self._commit_here(conn, batch)
+        ):
+            for item in batch:
+                self._put(item)
+
+    def _commit_here(self, conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> bool:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            outcomes = _run_grouped(conn, batch)
+            conn.execute("COMMIT")
+        except Exception:  # busy, full, a conflict: the writer thread sorts it out
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._fast = None  # stuck in a transaction: no longer to be used
+            return False
+        self._fast_commits += 1
+        if self._fast_commits % CHECKPOINT_EVERY == 0:
+            self._put((_checkpoint, Unwatched("a checkpoint")))
+        _settle_all(outcomes)
+        return True
 
     def _do(self, fn: Callable[[sqlite3.Connection], T] | Rows) -> asyncio.Future[T]:
         if self._closed or self._loop is None:
@@ -189,9 +291,19 @@ class SQLiteWriter:
             future.set_exception(StoreUnavailable(f"{self.path.name} is closed"))
             return future
         future = self._loop.create_future()
-        if self._later:
-            self._release_later()
-        self._queue.put((fn, future))
+        if self._fast is not None and isinstance(fn, Rows) and fn.on_loop:
+            self._tick.extend(self._later)
+            self._later.clear()
+            self._tick.append((fn, future))
+            if not self._flush_due:
+                self._flush_due = True
+                self._loop.call_soon(self._flush)
+            return future
+        # Whatever was asked for before goes first.
+        self._tick.extend(self._later)
+        self._later.clear()
+        self._hand_over()
+        self._put((fn, future))
         return future
 
 
@@ -201,6 +313,19 @@ Outcome = tuple[Any, Any, BaseException | None]
 BUSY_SECONDS = 5.0
 #: How long a write nobody waits for is held back for one somebody waits for to go with.
 LATER_SECONDS = 0.05
+#: Where a commit on the event loop's thread does not wait for the disk.
+LOOP_SYNCHRONOUS = frozenset({"NORMAL", "OFF", "0", "1"})
+#: The loop's connection does not checkpoint: after this many of its commits the writer
+#: thread does (SQLite's own default is about every 1,000 pages written).
+CHECKPOINT_EVERY = 200
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database (the writer thread, between transactions)."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:
+        log.warning("checkpoint of the SQLite WAL failed: %r", exc)
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:
