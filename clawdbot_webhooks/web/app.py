@@ -18,8 +18,9 @@ from clawdbot_webhooks.metrics import CONTENT_TYPE
 from clawdbot_webhooks.reload import Reloader
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.announce import http_address, start_lines
+from clawdbot_webhooks.web.deadlines import Deadlines
 from clawdbot_webhooks.web.errors import add_no_route, json_errors
-from clawdbot_webhooks.web.keys import LIMITS, OUTAGE, RUNTIME
+from clawdbot_webhooks.web.keys import DEADLINES, LIMITS, OUTAGE, RUNTIME
 from clawdbot_webhooks.web.outage import StoreOutage, describe, within
 from clawdbot_webhooks.web.ratelimit import Limits
 from clawdbot_webhooks.web.receive import receive
@@ -76,6 +77,7 @@ def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=incoming.max_body_bytes + 1)
     app[RUNTIME] = runtime
     app[OUTAGE] = StoreOutage()
+    app[DEADLINES] = Deadlines()
     app[LIMITS] = Limits(
         incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers)
     )

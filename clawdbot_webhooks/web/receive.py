@@ -29,7 +29,7 @@ from clawdbot_webhooks.sessions import ephemeral_session
 from clawdbot_webhooks.store import IncomingRecord
 from clawdbot_webhooks.store.dedup import dedup_key
 from clawdbot_webhooks.web.errors import error
-from clawdbot_webhooks.web.keys import LIMITS, OUTAGE, RUNTIME
+from clawdbot_webhooks.web.keys import DEADLINES, LIMITS, OUTAGE, RUNTIME
 from clawdbot_webhooks.web.outage import RETRY_AFTER, describe, within
 from clawdbot_webhooks.web.ratelimit import retry_after
 from clawdbot_webhooks.web.requests import (
@@ -161,8 +161,9 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
         # commits after the 503 leaves the delivery stored: it runs once (its lease runs out,
         # the poller takes it), and a retry with the same delivery id is a duplicate.
         # (The insert is awaited as a future, which lets go at once when cancelled.)
-        deadline = asyncio.get_running_loop().time() + incoming.store_timeout
-        async with asyncio.timeout_at(deadline):
+        deadlines = request.app[DEADLINES]
+        deadline = deadlines.time() + incoming.store_timeout
+        async with deadlines.at(deadline):
             stored, waiter = await rt.pipeline.accept(
                 record,
                 payload,
@@ -172,7 +173,7 @@ async def _accept(rt: Runtime, spec: HandlerSpec, request: web.Request) -> web.R
             )
         original = None
         if not stored:
-            left = deadline - asyncio.get_running_loop().time()
+            left = deadline - deadlines.time()
             original = await within(rt.store.find_duplicate(spec.handler.id, dedup or ""), left)
     except TimeoutError as exc:
         outage.failed(f"no answer within {incoming.store_timeout:g}s")
