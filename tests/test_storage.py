@@ -459,6 +459,45 @@ async def test_outcomes_nobody_waits_for_are_written_before_close_or_their_failu
     assert records[0].id in caplog.text
 
 
+async def test_sqlite_writes_from_the_loop_and_the_writer_thread_land_in_the_order_asked(
+    tmp_path: Path,
+) -> None:
+    # Short writes are committed on the event loop's thread while the writer thread is idle;
+    # a write another connection's lock holds up waits in the writer thread instead, without
+    # holding up the loop, and the writes asked for after it land after it.
+    path = tmp_path / "order.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        first = _incoming(1)
+        assert await store.add_incoming(first, 30)
+        store.record_outcome(first.id, "done", attempts=1, result="one")
+        stored = await store.get_incoming(first.id)  # asked for after the outcome: sees it
+        assert stored is not None and (stored.status, stored.result) == ("done", "one")
+
+        outside = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        outside.execute("BEGIN IMMEDIATE")
+        try:
+            held = store.add_incoming(_incoming(2), 30)
+            store.record_outcome("dlv_2", "done", attempts=1, result="two")
+            later = store.add_incoming(_incoming(3), 30)
+            for _ in range(20):  # the loop keeps turning while the lock is held
+                await asyncio.sleep(0.01)
+            assert not asyncio.ensure_future(held).done()
+        finally:
+            outside.execute("ROLLBACK")
+            outside.close()
+        assert await held is True and await later is True
+        second = await store.get_incoming("dlv_2")
+        assert second is not None and (second.status, second.result) == ("done", "two")
+        third = await store.get_incoming("dlv_3")
+        assert third is not None and third.status == "pending"
+        # The file is free again: the loop commits again.
+        assert await store.add_incoming(_incoming(4), 30)
+    finally:
+        await store.close()
+
+
 async def test_failed_incoming_attempts_are_numbered_on_across_replays(
     storage, tmp_path: Path
 ) -> None:

@@ -52,11 +52,18 @@ def config(storage: dict[str, Any] | None = None) -> dict[str, Any]:
     return webhooks
 
 
-async def post(srv: Served, n: int, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+#: Bodies stored apart from their row (the writer thread stores them) and in it (committed
+#: on the event loop's thread while the writer thread is idle, else by the writer thread).
+PADS = pytest.mark.parametrize("pad", [4096, 100], ids=["body-apart", "body-inline"])
+
+
+async def post(
+    srv: Served, n: int, headers: dict[str, str] | None = None, pad: int = 4096
+) -> tuple[int, Any, Any]:
     """POST ``{"n": n}``; (status, JSON body, headers), answered within the deadline."""
     started = time.monotonic()
     async with srv.session.post(
-        f"{srv.base}/webhook/h", json={"n": n, "pad": "x" * 4096}, headers=headers
+        f"{srv.base}/webhook/h", json={"n": n, "pad": "x" * pad}, headers=headers
     ) as resp:
         body = await resp.json()
     assert time.monotonic() - started < STORE_TIMEOUT + SLACK
@@ -83,22 +90,23 @@ async def outage(
     break_store: Callable[[], Awaitable[None]],
     heal_store: Callable[[], Awaitable[None]],
     refusal: str,
+    pad: int = 4096,
 ) -> None:
     """The scenario every fault goes through."""
     acked: list[str] = []
-    status, body, _ = await post(srv, 1)
+    status, body, _ = await post(srv, 1, pad=pad)
     assert status == 202
     acked.append(body["id"])
     assert (await readyz(srv))[0] == 200
 
     await break_store()
-    status, body, headers = await post(srv, 2)
+    status, body, headers = await post(srv, 2, pad=pad)
     assert (status, body) == (503, {"ok": False, "error": refusal})
     assert headers["Retry-After"] == "5"
     status, ready = await readyz(srv)
     assert status == 503 and ready["ok"] is False
     assert ready["checks"]["store"].startswith("unavailable: ")
-    status, body, _ = await post(srv, 3)
+    status, body, _ = await post(srv, 3, pad=pad)
     assert (status, body["error"]) == (503, refusal)
 
     await heal_store()
@@ -107,7 +115,7 @@ async def outage(
         return (await readyz(srv))[0] == 200
 
     await eventually(ready_again)
-    status, body, _ = await post(srv, 4)
+    status, body, _ = await post(srv, 4, pad=pad)
     assert status == 202
     acked.append(body["id"])
 
@@ -126,7 +134,8 @@ async def outage(
 # ---------------------------------------------------------------------- SQLite
 
 
-async def test_sqlite_locked_from_outside(start_server, caplog) -> None:
+@PADS
+async def test_sqlite_locked_from_outside(start_server, caplog, pad: int) -> None:
     caplog.set_level(logging.WARNING, logger="clawdbot_webhooks.storage")
     srv = await start_server(config())
     path = srv.runtime.settings.storage.url[len("sqlite:///") :]
@@ -139,7 +148,7 @@ async def test_sqlite_locked_from_outside(start_server, caplog) -> None:
         await asyncio.to_thread(outside.execute, "ROLLBACK")
 
     try:
-        await outage(srv, lock, unlock, NO_ANSWER)
+        await outage(srv, lock, unlock, NO_ANSWER, pad)
     finally:
         outside.close()
     # The webhook endpoint's lines (a poller held up by the lock for long says so its own way).
@@ -223,7 +232,8 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-async def test_sqlite_on_a_full_filesystem(start_server, tmp_path: Path) -> None:
+@PADS
+async def test_sqlite_on_a_full_filesystem(start_server, tmp_path: Path, pad: int) -> None:
     with small_filesystem(tmp_path / "small") as small:
         srv = await start_server(config({"url": f"sqlite:///{small / 'webhooks.sqlite3'}"}))
         filler: list[Path] = []
@@ -234,7 +244,7 @@ async def test_sqlite_on_a_full_filesystem(start_server, tmp_path: Path) -> None
         async def space() -> None:
             filler.pop().unlink()
 
-        await outage(srv, full, space, REFUSED)
+        await outage(srv, full, space, REFUSED, pad)
 
 
 # ---------------------------------------------------------------------- PostgreSQL
