@@ -498,6 +498,23 @@ async def test_sqlite_writes_from_the_loop_and_the_writer_thread_land_in_the_ord
         await store.close()
 
 
+async def test_sqlite_wal_starts_over_while_the_loop_writes(tmp_path: Path) -> None:
+    # The loop's connection never checkpoints; the writer thread does, and makes the WAL
+    # start over rather than grow with every write.
+    path = tmp_path / "wal.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        for n in range(3000):  # a commit each, far more than one WAL's worth
+            assert await store.add_incoming(_incoming(n), 30)
+            store.record_outcome(f"dlv_{n}", "done", attempts=1)
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert wal < 8 * 1024 * 1024  # 3,000 commits of a few pages each would be 40 MB
+        assert await store.count_incoming("done") >= 2999
+    finally:
+        await store.close()
+
+
 async def test_failed_incoming_attempts_are_numbered_on_across_replays(
     storage, tmp_path: Path
 ) -> None:

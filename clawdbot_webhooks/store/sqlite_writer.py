@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import queue
@@ -104,6 +105,7 @@ class SQLiteWriter:
         #: The loop's connection; None where commits wait for the disk, or it cannot open.
         self._fast: sqlite3.Connection | None = None
         self._fast_commits = 0
+        self._checkpointing = False
         #: Requests put into the queue (counted on the loop) and finished by the writer
         #: thread (counted there): equal when the thread has nothing to do.
         self._queued = 0
@@ -185,8 +187,7 @@ class SQLiteWriter:
             if first is None:
                 break
             batch = [first]
-            checkpoint = first[0] is _checkpoint
-            while len(batch) < self.BATCH and not checkpoint:
+            while len(batch) < self.BATCH and not _is_checkpoint(batch[-1][0]):
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -195,13 +196,17 @@ class SQLiteWriter:
                     stop = True
                     break
                 batch.append(item)
-                checkpoint = item[0] is _checkpoint
-            if checkpoint:  # outside any transaction, after the writes queued before it
-                batch.pop()
+            # A checkpoint runs outside any transaction, after the writes queued before it.
+            step = batch.pop()[0] if _is_checkpoint(batch[-1][0]) else None
             outcomes = _apply(conn, batch) if batch else []
-            if checkpoint:
-                _checkpoint(conn)
-            self._finished += len(batch) + checkpoint
+            if step is _copy_wal:
+                _copy_wal(conn)
+                with contextlib.suppress(RuntimeError):  # the loop is closed: so are we
+                    loop.call_soon_threadsafe(self._after_copy)
+            elif step is _restart_wal:
+                _restart_wal(conn)
+            # The copy is not counted: the loop's connection goes on writing meanwhile.
+            self._finished += len(batch) + (step is _restart_wal)
             # One wake-up of the event loop per batch, not one per request, and none for a
             # batch of writes nobody waits for that all went well.
             if any(error is not None or not isinstance(f, Unwatched) for f, _, error in outcomes):
@@ -280,10 +285,17 @@ class SQLiteWriter:
                     self._fast = None  # stuck in a transaction: no longer to be used
             return False
         self._fast_commits += 1
-        if self._fast_commits % CHECKPOINT_EVERY == 0:
-            self._put((_checkpoint, Unwatched("a checkpoint")))
+        if self._fast_commits % CHECKPOINT_EVERY == 0 and not self._checkpointing:
+            self._checkpointing = True
+            self._queue.put((_copy_wal, Unwatched("a checkpoint")))  # not counted: see _run
         _settle_all(outcomes)
         return True
+
+    def _after_copy(self) -> None:
+        """After the copy, the rest: the loop's connection waits meanwhile (``_queued``)."""
+        self._checkpointing = False
+        if not self._closed:
+            self._put((_restart_wal, Unwatched("a checkpoint")))
 
     def _do(self, fn: Callable[[sqlite3.Connection], T] | Rows) -> asyncio.Future[T]:
         if self._closed or self._loop is None:
@@ -316,16 +328,42 @@ LATER_SECONDS = 0.05
 #: Where a commit on the event loop's thread does not wait for the disk.
 LOOP_SYNCHRONOUS = frozenset({"NORMAL", "OFF", "0", "1"})
 #: The loop's connection does not checkpoint: after this many of its commits the writer
-#: thread does (SQLite's own default is about every 1,000 pages written).
+#: thread does (``_copy_wal``, ``_restart_wal``; SQLite's own default is about every 1,000
+#: pages written).
 CHECKPOINT_EVERY = 200
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy the WAL into the database (the writer thread, between transactions)."""
+def _copy_wal(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database: the writer thread, between its transactions, while
+    the loop's connection goes on writing."""
     try:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     except sqlite3.Error as exc:
         log.warning("checkpoint of the SQLite WAL failed: %r", exc)
+
+
+def _restart_wal(conn: sqlite3.Connection) -> None:
+    """Copy what was written during ``_copy_wal``, nobody else writing, so that the WAL can
+    start over rather than grow. The first write after that syncs the WAL's new header (even
+    with synchronous NORMAL): it is made here, not on the event loop."""
+    try:
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy or frames != copied or frames <= 0:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version={version}")  # a write that changes nothing
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("checkpoint of the SQLite WAL failed: %r", exc)
+
+
+def _is_checkpoint(request: object) -> bool:
+    return request is _copy_wal or request is _restart_wal
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:
