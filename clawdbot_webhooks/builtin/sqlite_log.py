@@ -1,8 +1,9 @@
 """An SQLite file written by one thread, with group commit: operations that wait together share
 one transaction and one commit, so many agent runs at once cost one disk flush, not one each.
 
-Each operation runs in a savepoint of its own, so one that raises is undone alone and its
-error goes back to its caller only.
+An operation that raises is undone alone and its error goes back to its caller only: the
+batch is then run again with a savepoint per operation (only then: savepoints cost two
+statements per operation). The event loop is woken once per batch, not once per operation.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,7 +60,7 @@ class LogWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=5000")  # a reader (the messages command) may hold it
-        conn.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(self._schema)
         return conn
@@ -94,25 +96,59 @@ class LogWriter:
     def _commit(
         self, conn: sqlite3.Connection, batch: list[_Job], loop: asyncio.AbstractEventLoop
     ) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((future, fn(conn), None))
-                    conn.execute("RELEASE op")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, None, exc))
+            outcomes = [(future, fn(conn), None) for fn, future in batch]
             conn.execute("COMMIT")
-        except Exception as exc:  # the commit itself failed: nothing of the batch is stored
+        except Exception:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            outcomes = [(future, None, exc) for _, future in batch]
-        for future, value, error in outcomes:
-            loop.call_soon_threadsafe(_settle, future, value, error)
+            outcomes = _one_by_one(conn, batch)
+        loop.call_soon_threadsafe(_settle_all, outcomes)
+
+
+def _one_by_one(
+    conn: sqlite3.Connection, batch: list[_Job]
+) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    """The batch again, each operation in a savepoint: one that raises is undone alone."""
+    outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for fn, future in batch:
+            conn.execute("SAVEPOINT op")
+            try:
+                outcomes.append((future, fn(conn), None))
+                conn.execute("RELEASE op")
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((future, None, exc))
+        conn.execute("COMMIT")
+    except Exception as exc:  # the commit itself failed: nothing of the batch is stored
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        outcomes = [(future, None, exc) for _, future in batch]
+    return outcomes
+
+
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in outcomes:
+        _settle(future, value, error)
+
+
+def _switch_to_wal(conn: sqlite3.Connection, seconds: float = 5.0) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting out another process opening the same new file at
+    the same moment: SQLite answers "database is locked" at once there, without waiting."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

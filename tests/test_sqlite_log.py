@@ -1,0 +1,63 @@
+"""The local gateway's SQLite log: operations that raise are undone alone; the others of the
+batch commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from clawdbot_webhooks.builtin.sqlite_log import LogWriter
+
+
+async def test_an_operation_that_raises_is_undone_alone(tmp_path: Path) -> None:
+    log = LogWriter(tmp_path / "log.sqlite3", "CREATE TABLE IF NOT EXISTS t (n INTEGER UNIQUE);")
+    await log.open()
+    try:
+
+        def insert(n: int) -> object:
+            return lambda conn: conn.execute("INSERT INTO t VALUES (?)", (n,)).rowcount
+
+        def half_then_fail(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO t VALUES (100)")
+            conn.execute("INSERT INTO t VALUES (1)")  # taken: the whole operation is undone
+
+        # Asked for in one turn of the loop: they share a transaction when the writer is quick
+        # enough to find them queued together, and the outcome is the same when it is not.
+        futures = [log.run(insert(1)), log.run(half_then_fail), log.run(insert(2))]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert results[0] == 1 and results[2] == 1
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        rows = await log.run(lambda conn: conn.execute("SELECT n FROM t ORDER BY n").fetchall())
+        assert rows == [(1,), (2,)]
+    finally:
+        await log.close()
+
+
+def _open_at_once(path: Path, start: threading.Barrier, failures: list[BaseException]) -> None:
+    log = LogWriter(path, "CREATE TABLE IF NOT EXISTS t (n INTEGER);")
+    start.wait()
+    try:
+        log._connect().close()
+    except Exception as exc:
+        failures.append(exc)
+
+
+def test_logs_opening_one_new_file_at_once_all_get_it(tmp_path: Path) -> None:
+    # Processes starting together: SQLite refuses all but one switch to WAL at once.
+    for round_ in range(30):
+        path = tmp_path / f"shared-{round_}.sqlite3"
+        start = threading.Barrier(4)
+        failures: list[BaseException] = []
+        threads = [
+            threading.Thread(target=_open_at_once, args=(path, start, failures)) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
