@@ -46,12 +46,12 @@ def error_event(
 
 
 async def dead_letter(
-    bus: EventBus, event: Event, mark_dead: Callable[[], Awaitable[None]]
+    bus: EventBus, event: Event, mark_dead: Callable[[], Awaitable[None]], *, source: str
 ) -> None:
-    """Publish ``event``, then ``mark_dead()``. An event the store refuses is logged and the
-    delivery still marked: a dead letter stays visible in the queue either way."""
+    """Publish ``event`` (as ``source``), then ``mark_dead()``. An event the store refuses is
+    logged and the delivery still marked: a dead letter stays visible in the queue either way."""
     try:
-        await bus.publish(event)
+        await bus.publish(event, source=source)
     except Exception:
         log.exception(
             "the error event for dead delivery %s could not be published", event.causation

@@ -8,6 +8,7 @@ in the background, each isolated, so a slow or broken plugin never holds anythin
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,9 +21,16 @@ from clawdbot_webhooks.plugins.calls import HookCalls, result_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EventBus", "Subscriber", "derived_event_id", "derived_id"]
+__all__ = ["SOURCES", "EventBus", "Subscriber", "derived_event_id", "derived_id"]
 
-Subscriber = Callable[[Event], Awaitable[None]]
+#: A durable subscriber gets each event and who published it (``SOURCES``).
+Subscriber = Callable[[Event, str], Awaitable[None]]
+
+#: Who publishes events, as the stored events name them: ``webhook`` (the run of an incoming
+#: delivery: the pipeline, its action, its session), ``gateway`` (the Clawdbot gateway),
+#: ``bridge`` (the event ingress), ``outbox`` (an outgoing delivery that died), ``plugin``
+#: (a plugin object started with the runtime).
+SOURCES = ("webhook", "gateway", "bridge", "outbox", "plugin")
 
 
 class EventBus:
@@ -48,18 +56,28 @@ class EventBus:
         first, so nobody builds (ids, timestamps) what nobody reads."""
         return self._plugins_listen or any(wants(event_type) for wants in self._interest)
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, event: Event, *, source: str = "plugin") -> None:
+        """Hand ``event`` to the durable subscribers, then to the plugins; ``source`` says
+        who published it (one of ``SOURCES``; unsaid, a plugin)."""
         for subscriber in self._durable:
-            await subscriber(event)
+            await subscriber(event, source)
         self._notify_plugins(event)
 
-    def emit(self, event: Event) -> None:
-        """Publish from code that cannot await (a gateway's socket reader, a timer)."""
-        self._track(self._publish_logged(event))
+    def publisher(self, source: str) -> Callable[[Event], Awaitable[None]]:
+        """``publish`` for one source, shaped as plugins and actions are given it."""
+        return functools.partial(self.publish, source=source)
 
-    async def _publish_logged(self, event: Event) -> None:
+    def emit(self, event: Event, *, source: str = "plugin") -> None:
+        """Publish from code that cannot await (a gateway's socket reader, a timer)."""
+        self._track(self._publish_logged(event, source))
+
+    def emitter(self, source: str) -> Callable[[Event], None]:
+        """``emit`` for one source (a gateway is given it)."""
+        return functools.partial(self.emit, source=source)
+
+    async def _publish_logged(self, event: Event, source: str) -> None:
         try:
-            await self.publish(event)
+            await self.publish(event, source=source)
         except Exception:
             log.exception("event %s (%s) could not be published", event.id, event.type)
 

@@ -394,7 +394,7 @@ class Pipeline:
         delivery = record.as_delivery(payload)
         event = self._sessions.begin(record.session, handler.id, spec.persistent, record.id)
         if event is not None:
-            await self._bus.publish(event)
+            await self._bus.publish(event, source="webhook")
         started = time.monotonic()
         try:
             outcome = await self._act(delivery, spec)
@@ -404,7 +404,7 @@ class Pipeline:
             self._succeeded(record, spec, attempt, outcome, started)
         event = self._sessions.finish(record.session, record.id, spec.persistent)
         if event is not None:
-            await self._bus.publish(event)
+            await self._bus.publish(event, source="webhook")
 
     def _succeeded(
         self, record: IncomingRecord, spec: HandlerSpec, attempt: int, outcome: Any, started: float
@@ -481,7 +481,8 @@ class Pipeline:
                     session=delivery.session,
                     causation=delivery.id,
                     id=derived_event_id(delivery.id, "message_received"),
-                )
+                ),
+                source="webhook",
             )
         ctx = ActionContext(
             delivery=delivery,
@@ -491,7 +492,7 @@ class Pipeline:
             idempotency_key=delivery.id,
             gateway=self._gateway,
             http=self._http,
-            publish=self._bus.publish,
+            publish=self._bus.publisher("webhook"),
             logger=spec.logger,
             sender=spec.sender,
             screen=self._screen(spec),
@@ -550,7 +551,12 @@ class Pipeline:
                 record.id, "dead", attempts=n, error=reason, failed=failed
             )
 
-        await dead_letter(self._bus, error_event(record.id, record.session, total, data), mark_dead)
+        await dead_letter(
+            self._bus,
+            error_event(record.id, record.session, total, data),
+            mark_dead,
+            source="webhook",
+        )
         self._settle(record.id, ActionError(reason, retry=False))
 
     def _screen(self, spec: HandlerSpec) -> Callable[[str], str] | None:

@@ -70,7 +70,7 @@ class Runtime:
             pool_size=settings.storage.pool_size,
         )
         self.sessions = Sessions(self.bus, settings.sessions.idle_timeout)
-        self.gateway: Gateway = make_gateway(settings, plugins, self.bus.emit)
+        self.gateway: Gateway = make_gateway(settings, plugins, self.bus.emitter("gateway"))
         self.gateway_health = GatewayHealth(self.gateway)
         self.breakers = Breakers(settings.outgoing)
         self.metrics = Metrics(
@@ -88,7 +88,8 @@ class Runtime:
             breakers=self.breakers,
             on_attempt=self._attempted,
         )
-        self.bus.subscribe(self.outbox.record, wants=self.outbox.wants)
+        # Every event is stored, subscribed or not: the outbox wants them all.
+        self.bus.subscribe(self.outbox.record)
         self.pipeline = Pipeline(
             settings,
             plugins.pm,
@@ -124,7 +125,7 @@ class Runtime:
             state_dir=str(self.settings.state_dir),
             gateway=self.gateway,
             http=self.http,
-            publish=self.bus.publish,
+            publish=self.bus.publisher("plugin"),
         )
         self.pipeline.start(self.http)
         self._upkeep = [

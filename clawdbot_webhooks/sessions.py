@@ -103,7 +103,7 @@ class Sessions:
 
     def _idle_out(self, session: str, cause: str) -> None:
         if self._live.pop(session, None) is not None:
-            self._bus.emit(self._ended(session, cause, "idle"))
+            self._bus.emit(self._ended(session, cause, "idle"), source="webhook")
 
     def _started(self, session: str, hook_id: str, mode: str, cause: str) -> Event:
         return Event(

@@ -224,9 +224,9 @@ async def test_error_events_do_not_loop(start_server, make_sink) -> None:
     seen: list[Event] = []
     original = srv.runtime.outbox.record
 
-    async def spy(event: Event) -> None:
+    async def spy(event: Event, source: str) -> None:
         seen.append(event)
-        await original(event)
+        await original(event, source)
 
     srv.runtime.bus._durable[0] = spy
     await srv.runtime.bus.publish(Event("agent_response", {"text": "x"}, session="s"))

@@ -34,7 +34,7 @@ from clawdbot_webhooks.dead_letters import attempts_in_all, dead_letter, error_e
 from clawdbot_webhooks.events import EventBus, derived_id
 from clawdbot_webhooks.outgoing.breaker import Breakers
 from clawdbot_webhooks.signing import StandardSigner
-from clawdbot_webhooks.store import Attempt, OutgoingOutcome, OutgoingRecord, Store
+from clawdbot_webhooks.store import Attempt, EventRecord, OutgoingOutcome, OutgoingRecord, Store
 from clawdbot_webhooks.web.outage import describe, poller_outage
 
 log = logging.getLogger(__name__)
@@ -247,30 +247,38 @@ class Outbox:
             subs = [s for s in subs if s.id != failed]
         return subs
 
-    def wants(self, event_type: str) -> bool:
-        """Whether any subscription takes events of this type."""
-        subs = self._by_type.get(event_type)
-        if subs is None:
-            return any(s.wants(event_type) for s in self._subs.values())
-        return bool(subs)
-
-    async def record(self, event: Event) -> None:
+    async def record(self, event: Event, source: str) -> None:
+        """Store the event (published by ``source``) and one row per subscription that
+        takes it: together, in one transaction; an event nobody takes goes with the store's
+        next batch, unwaited."""
+        now = time.time()
+        payload = payload_bytes(event)
+        stored = EventRecord(
+            event.id,
+            event.type,
+            event.timestamp,
+            event.session,
+            event.causation,
+            source,
+            payload,
+            now,
+        )
         subs = self.targets(event)
         if not subs:
+            self._store.record_event(stored)
             return
-        now = time.time()
         records: list[OutgoingRecord] = []
         for sub in subs:
             status, error = "pending", None
             if sub.template is None:
-                body = payload_bytes(event)
+                body = payload
             else:
                 try:
                     body = render_template(sub, event)
                 except Exception as exc:
                     # Stored as a dead letter with the plain payload: visible, replayable
                     # once the template is fixed, never silently lost.
-                    body, status, error = payload_bytes(event), "dead", f"template failed: {exc}"
+                    body, status, error = payload, "dead", f"template failed: {exc}"
                     log.error(
                         "event %s for %s: %s",
                         event.id,
@@ -289,9 +297,11 @@ class Outbox:
                     created_at=now,
                     status=status,
                     last_error=error,
+                    causation=event.causation,
                 )
             )
-        added = set(await self._store.add_outgoing(records, self.lease if self._running else 0))
+        lease = self.lease if self._running else 0
+        added = set(await self._store.add_outgoing(records, lease, stored))
         if self._running:
             for rec in records:
                 if rec.id in added and rec.status == "pending":
@@ -547,7 +557,7 @@ class Outbox:
             )
 
         event = error_event(rec.id, rec.session, total, data)
-        await dead_letter(self._bus, event, mark_dead)
+        await dead_letter(self._bus, event, mark_dead, source="outbox")
 
     async def _poll(self) -> None:
         """Claim stored work that is due: retries and rows left by a stopped process."""

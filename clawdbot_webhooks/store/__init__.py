@@ -19,12 +19,16 @@ from pathlib import Path
 from clawdbot_webhooks.store.protocol import Store, StoreUnavailable, redact_url
 from clawdbot_webhooks.store.records import (
     Attempt,
+    CausedDelivery,
     DeadLetter,
     DeliveryQuery,
     DeliverySummary,
+    EventQuery,
+    EventRecord,
     IncomingRecord,
     OutgoingOutcome,
     OutgoingRecord,
+    TimelineItem,
     attempts_made,
 )
 from clawdbot_webhooks.store.schema import Migration, SchemaStatus
@@ -33,9 +37,12 @@ from clawdbot_webhooks.store.sqlite import INLINE_BODY_BYTES, SQLiteStore
 __all__ = [
     "INLINE_BODY_BYTES",
     "Attempt",
+    "CausedDelivery",
     "DeadLetter",
     "DeliveryQuery",
     "DeliverySummary",
+    "EventQuery",
+    "EventRecord",
     "IncomingRecord",
     "Migration",
     "OutgoingOutcome",
@@ -44,6 +51,7 @@ __all__ = [
     "SchemaStatus",
     "Store",
     "StoreUnavailable",
+    "TimelineItem",
     "attempts_made",
     "open_store",
     "redact_url",

@@ -39,8 +39,15 @@ from clawdbot_webhooks.store.postgres_pool import PostgresPool, lock_key, number
 from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
 from clawdbot_webhooks.store.postgres_schema import migrate as upgrade_schema
 from clawdbot_webhooks.store.queries import Dialect, Statement
-from clawdbot_webhooks.store.records import Attempt, IncomingRecord, OutgoingOutcome, OutgoingRecord
+from clawdbot_webhooks.store.records import (
+    Attempt,
+    EventRecord,
+    IncomingRecord,
+    OutgoingOutcome,
+    OutgoingRecord,
+)
 from clawdbot_webhooks.store.rows import (
+    EVENT_COLUMNS,
     FINISH_OUTGOING,
     INBOX_COLUMNS,
     OUTBOX_COLUMNS,
@@ -73,20 +80,27 @@ _ADD_INCOMING_MANY = (
 )
 _ADD_OUTGOING_MANY = (
     "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, payload, "
-    "created_at, status, attempts, next_attempt_at, last_error, lease_until, lease_owner) "
+    "created_at, status, attempts, next_attempt_at, last_error, causation, lease_until, "
+    "lease_owner) "
     "SELECT t.id, t.event_id, t.subscription_id, t.event_type, t.session, t.payload, "
-    "t.created_at, t.status, t.attempts, t.next_attempt_at, t.last_error, v.until, "
-    "CASE WHEN v.until > 0 THEN $13 END "
+    "t.created_at, t.status, t.attempts, t.next_attempt_at, t.last_error, t.causation, v.until, "
+    "CASE WHEN v.until > 0 THEN $14 END "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], "
-    "$7::float8[], $8::text[], $9::int[], $10::float8[], $11::text[]) WITH ORDINALITY "
-    "AS t(id, event_id, subscription_id, event_type, session, payload, created_at, status, "
-    "attempts, next_attempt_at, last_error, n) "
-    "CROSS JOIN LATERAL (SELECT CASE WHEN $12 > 0 AND t.status = 'pending' AND NOT EXISTS "
+    "$7::float8[], $8::text[], $9::int[], $10::float8[], $11::text[], $12::text[]) "
+    "WITH ORDINALITY AS t(id, event_id, subscription_id, event_type, session, payload, "
+    "created_at, status, attempts, next_attempt_at, last_error, causation, n) "
+    "CROSS JOIN LATERAL (SELECT CASE WHEN $13 > 0 AND t.status = 'pending' AND NOT EXISTS "
     "(SELECT 1 FROM outbox p WHERE p.status='pending' AND p.subscription_id=t.subscription_id "
-    "AND p.session=t.session AND (p.lease_owner IS DISTINCT FROM $13 OR p.lease_until<=$14)) "
-    "THEN $12 ELSE 0 END AS until) v "
+    "AND p.session=t.session AND (p.lease_owner IS DISTINCT FROM $14 OR p.lease_until<=$15)) "
+    "THEN $13 ELSE 0 END AS until) v "
     "ORDER BY t.n "  # ids (seq) in the order the rows were handed over: lanes keep their order
     "ON CONFLICT (id) DO NOTHING RETURNING id, lease_until > 0"
+)
+#: Published events, many in one statement.
+_ADD_EVENTS = (
+    f"INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[], "
+    "$3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::float8[]) "
+    "ON CONFLICT DO NOTHING"
 )
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, next_attempt_at=$5, "
@@ -146,9 +160,12 @@ class PostgresStore(PostgresPool, SharedQueries):
         self.migrate = migrate
         #: Who holds a lease: this process, so the heartbeat renews only its own.
         self.owner = f"{secrets.token_hex(6)}"
-        #: Outcomes nobody waits for (``record_outcome``): one round trip and one commit for
-        #: all that finished meanwhile, and no pool connection taken from the inserts for each.
-        self._outcomes = Batches(self._run, _finish_many)
+        #: Outcomes and events nobody waits for (``record_outcome``, ``record_event``): one
+        #: round trip and one commit for all that came meanwhile, and no pool connection taken
+        #: from the inserts for each.
+        self._outcomes: Batches[tuple[Any, ...] | EventRecord, None] = Batches(
+            self._run, _finish_many
+        )
         self._inserts = Batches(
             functools.partial(self._run, transaction=False), self._insert_incoming
         )
@@ -299,6 +316,10 @@ class PostgresStore(PostgresPool, SharedQueries):
         written = self._outcomes.submit(params)
         written.add_done_callback(functools.partial(_report_unwritten, delivery_id))
 
+    def record_event(self, event: EventRecord) -> None:
+        written = self._outcomes.submit(event)
+        written.add_done_callback(functools.partial(_report_unwritten_event, event.id))
+
     async def release_leases(self) -> None:
         """Free this process's leases (other processes' stay theirs)."""
 
@@ -320,26 +341,32 @@ class PostgresStore(PostgresPool, SharedQueries):
 
     # -- outbox
 
-    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> list[str]:
+    async def add_outgoing(
+        self, records: Sequence[OutgoingRecord], lease: float, event: EventRecord | None = None
+    ) -> list[str]:
         """Store deliveries; returns the ids that were new and, when ``lease`` > 0, are
         leased to this process. A new row is leased only when no earlier row of its lane is
         pending under someone else's lease (or none): otherwise it waits its turn and the
         process that holds the lane's head (or whoever claims next) takes it in order.
 
         Calls made while a transaction of them is on its way share the next one: one commit
-        for all the events published meanwhile, not one each."""
-        return await self._adds((records, lease))
+        for all the events published meanwhile, not one each. ``event``, the event the rows
+        deliver, is stored in the same transaction."""
+        return await self._adds((records, lease, event))
 
     async def _insert_outgoing(
-        self, batch: Sequence[tuple[Sequence[OutgoingRecord], float]], conn: asyncpg.Connection
+        self,
+        batch: Sequence[tuple[Sequence[OutgoingRecord], float, EventRecord | None]],
+        conn: asyncpg.Connection,
     ) -> list[list[str]]:
         now = time.time()
+        await _insert_events([e for _, _, e in batch if e is not None], conn)
         # One lock per lane, taken in order: creating rows of one (subscription, session)
         # is serialised across processes, different lanes do not wait for each other.
         lanes = sorted(
             {
                 self._lane_key(r.subscription_id, r.session)
-                for records, _ in batch
+                for records, _, _ in batch
                 for r in records
                 if r.session
             }
@@ -355,7 +382,7 @@ class PostgresStore(PostgresPool, SharedQueries):
         # not hold back later ones of their lane, and a row held back by another process's
         # row is followed by rows that that same row holds back.
         for lease, run in itertools.groupby(batch, key=lambda call: call[1]):
-            calls = [records for records, _ in run]
+            calls = [records for records, _, _ in run]
             rows = [r for records in calls for r in records]
             if not rows:
                 results.extend([] for _ in calls)
@@ -468,10 +495,26 @@ class PostgresStore(PostgresPool, SharedQueries):
         return ("SELECT pg_try_advisory_xact_lock(?)", (self._retention_lock_key,))
 
 
-async def _finish_many(batch: Sequence[tuple[Any, ...]], conn: asyncpg.Connection) -> list[None]:
+async def _finish_many(
+    batch: Sequence[tuple[Any, ...] | EventRecord], conn: asyncpg.Connection
+) -> list[None]:
+    outcomes = [params for params in batch if isinstance(params, tuple)]
     # Rows locked in id order, as the lease heartbeat locks them, so the two cannot deadlock.
-    await conn.executemany(_FINISH_INCOMING, sorted(batch, key=lambda params: params[-1]))
+    if outcomes:
+        await conn.executemany(_FINISH_INCOMING, sorted(outcomes, key=lambda params: params[-1]))
+    await _insert_events([e for e in batch if isinstance(e, EventRecord)], conn)
     return [None] * len(batch)
+
+
+async def _insert_events(events: Sequence[EventRecord], conn: asyncpg.Connection) -> None:
+    if events:
+        await conn.execute(_ADD_EVENTS, *zip(*(e.values() for e in events), strict=True))
+
+
+def _report_unwritten_event(event_id: str, written: asyncio.Future[None]) -> None:
+    exc = None if written.cancelled() else written.exception()
+    if exc is not None:
+        log.error("event %s could not be stored: %s", event_id, reason(exc))
 
 
 def _report_unwritten(delivery_id: str, written: asyncio.Future[None]) -> None:

@@ -73,6 +73,34 @@ CREATE TABLE attempts (
 CREATE INDEX attempts_at ON attempts (at);
 """,
     ),
+    # Every published event, subscribed or not, so a webhook can be followed to what it caused;
+    # an outgoing row names the delivery that caused its event. Rows stored before take it from
+    # their payload: the event's compact JSON ends with its causation (a template's body may
+    # not, and stays NULL).
+    Migration(
+        2,
+        "events, and the cause of outgoing deliveries",
+        r"""
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    session TEXT,
+    causation TEXT,
+    source TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX events_created ON events (created_at);
+CREATE INDEX events_causation ON events (causation) WHERE causation IS NOT NULL;
+CREATE INDEX events_session ON events (session, created_at) WHERE session IS NOT NULL;
+ALTER TABLE outbox ADD COLUMN causation TEXT;
+UPDATE outbox SET causation = substring(
+    convert_from(payload, 'UTF8') from '"causation":"([^"\\]*)"}$'
+) WHERE position('"causation":"' in convert_from(payload, 'UTF8')) > 0;
+CREATE INDEX outbox_causation ON outbox (causation) WHERE causation IS NOT NULL;
+""",
+    ),
 ]
 
 MIGRATIONS_TABLE = (

@@ -9,12 +9,16 @@ from typing import Any, Protocol
 
 from clawdbot_webhooks.store.records import (
     Attempt,
+    CausedDelivery,
     DeadLetter,
     DeliveryQuery,
     DeliverySummary,
+    EventQuery,
+    EventRecord,
     IncomingRecord,
     OutgoingOutcome,
     OutgoingRecord,
+    TimelineItem,
 )
 from clawdbot_webhooks.store.schema import SchemaStatus
 
@@ -79,7 +83,17 @@ class Store(Protocol):
         ...
 
     # outbox
-    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> list[str]: ...
+    async def add_outgoing(
+        self, records: Sequence[OutgoingRecord], lease: float, event: EventRecord | None = None
+    ) -> list[str]:
+        """Store these deliveries and ``event``, the event they deliver, in one transaction."""
+        ...
+
+    def record_event(self, event: EventRecord) -> None:
+        """Store an event no subscription takes, without waiting for the write: it goes with
+        the next batch (a failure is logged)."""
+        ...
+
     async def claim_outgoing(
         self, limit: int, lease: float, exclude: Sequence[str] = ()
     ) -> list[OutgoingRecord]: ...
@@ -110,6 +124,17 @@ class Store(Protocol):
     async def delivery_stats(self, since: float) -> list[dict[str, Any]]: ...
     async def throughput(self, since: float, bucket: float) -> list[dict[str, Any]]: ...
     async def requeue(self, delivery_id: str, kind: str) -> bool: ...
+
+    # events and what caused what
+    async def get_event(self, event_id: str) -> EventRecord | None: ...
+    async def list_events(self, query: EventQuery) -> list[EventRecord]: ...
+    async def events_caused_by(self, delivery_id: str) -> list[EventRecord]: ...
+    async def deliveries_of_events(
+        self, events: Sequence[EventRecord], ids: Sequence[str] = ()
+    ) -> list[CausedDelivery]: ...
+    async def session_timeline(
+        self, session: str, cursor: tuple[float, int, str] | None, limit: int
+    ) -> list[TimelineItem]: ...
 
 
 def redact_url(url: str) -> str:

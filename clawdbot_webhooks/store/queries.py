@@ -14,8 +14,8 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from clawdbot_webhooks.store.records import DeliveryQuery
-from clawdbot_webhooks.store.rows import KIND_COLUMNS
+from clawdbot_webhooks.store.records import CausedDelivery, DeliveryQuery, EventQuery
+from clawdbot_webhooks.store.rows import EVENT_COLUMNS, KIND_COLUMNS
 from clawdbot_webhooks.store.schema import Migration, SchemaStatus
 
 T = TypeVar("T")
@@ -117,12 +117,21 @@ _PRUNABLE = (
 )
 
 
-def prune_finished(d: Dialect, before: float, batch: int, lock: Statement | None) -> Query[int]:
-    """Up to ``batch`` rows of each table; -1 when ``lock`` (if any) is another's."""
+def prune_finished(
+    d: Dialect, before: float, batch: int, lock: Statement | None
+) -> Query[tuple[int, int]]:
+    """Up to ``batch`` rows of each table: (deliveries, events) deleted; (-1, 0) when
+    ``lock`` (if any) is another's. Events go when they are as old as the deliveries that go:
+    stored before ``before``."""
     if lock is not None:
         [(got,)] = yield lock
         if not got:
-            return -1
+            return -1, 0
+    events = yield (
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE created_at<? LIMIT ?) "
+        "RETURNING id",
+        (before, batch),
+    )
     n = 0
     for table, prunable in _PRUNABLE:
         rows = yield (
@@ -133,7 +142,7 @@ def prune_finished(d: Dialect, before: float, batch: int, lock: Statement | None
         ids = [r[0] for r in rows]
         yield from _forget(d, ids)
         n += len(ids)
-    return n
+    return n, len(events)
 
 
 def _pending_again(d: Dialect, table: str) -> str:
@@ -274,7 +283,7 @@ def delivery_listing(kind: str, query: DeliveryQuery, greatest: str) -> tuple[st
     order = f"{created} DESC, id DESC"
     if query.finished_after is not None:
         order = "finished_at, id"
-    event = "event_type" if kind == "outgoing" else "NULL"
+    event = "event_type, causation" if kind == "outgoing" else "NULL, NULL"
     made = attempts_made(greatest, table)
     sql = (
         f"SELECT id, {target}, status, {made}, {created}, finished_at, next_attempt_at, "
@@ -344,3 +353,84 @@ class EndpointStats:
 
     def result(self) -> list[dict[str, Any]]:
         return list(self._stats.values())
+
+
+# ---------------------------------------------------------------------------- the chain
+
+
+def event_listing(query: EventQuery) -> Statement:
+    """``list_events``: newest first; ``query.cursor`` is ``(created_at, id)`` of the last
+    event of the previous page."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (
+        ("type", query.type),
+        ("session", query.session),
+        ("causation", query.causation),
+    ):
+        if value is not None:
+            where.append(f"{column}=?")
+            args.append(value)
+    if query.since is not None:
+        where.append("created_at>=?")
+        args.append(query.since)
+    if query.cursor is not None:
+        where.append("(created_at, id) < (?, ?)")
+        args.extend(query.cursor)
+    sql = (
+        f"SELECT {EVENT_COLUMNS} FROM events"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY created_at DESC, id DESC LIMIT ?"
+    )
+    return sql, [*args, query.limit]
+
+
+def caused_deliveries(
+    d: Dialect, causations: list[str], event_ids: list[str], ids: list[str]
+) -> Query[list[CausedDelivery]]:
+    """The outgoing deliveries of these events: found by the cause they share (indexed) or,
+    for events nothing caused, by their derived row ids ``ids``; oldest first."""
+    made = attempts_made(d.greatest, "outbox")
+    columns = (
+        f"SELECT id, event_id, subscription_id, status, {made}, last_error, created_at, seq "
+        "FROM outbox WHERE "
+    )
+    rows: dict[str, Sequence[Any]] = {}
+    if causations:
+        found = yield (
+            columns + f"{d.in_ids.format('causation')} AND {d.in_ids.format('event_id')}",
+            (d.ids(causations), d.ids(event_ids)),
+        )
+        rows.update((r[0], r) for r in found)
+    if ids:
+        found = yield (columns + d.in_ids.format("id"), (d.ids(ids),))
+        rows.update((r[0], r) for r in found)
+    ordered = sorted(rows.values(), key=lambda r: r[-1])
+    return [CausedDelivery(*r[:-1]) for r in ordered]
+
+
+#: A session's timeline: every incoming delivery, event and outgoing delivery of it, as
+#: (kind, id, at, rank, target, status, attempts, last_error, type, causation, source,
+#: event_id). ``rank`` orders what happened at the same moment: the delivery, its event,
+#: the event's deliveries.
+def session_timeline(
+    d: Dialect, session: str, cursor: tuple[float, int, str] | None, limit: int
+) -> Statement:
+    incoming = attempts_made(d.greatest, "inbox")
+    outgoing = attempts_made(d.greatest, "outbox")
+    union = (
+        f"SELECT 'incoming' AS kind, id, received_at AS at, 0 AS rank, hook_id AS target, "
+        f"status, {incoming} AS attempts, last_error, NULL AS type, NULL AS causation, "
+        "NULL AS source, NULL AS event_id FROM inbox WHERE session=? UNION ALL "
+        "SELECT 'event', id, created_at, 1, NULL, NULL, NULL, NULL, type, causation, source, "
+        "NULL FROM events WHERE session=? UNION ALL "
+        f"SELECT 'outgoing', id, created_at, 2, subscription_id, status, {outgoing}, "
+        "last_error, event_type, causation, NULL, event_id FROM outbox WHERE session=?"
+    )
+    args: list[Any] = [session, session, session]
+    where = ""
+    if cursor is not None:
+        where = " WHERE (at, rank, id) > (?, ?, ?)"
+        args.extend(cursor)
+    sql = f"SELECT * FROM ({union}) timeline{where} ORDER BY at, rank, id LIMIT ?"
+    return sql, [*args, limit]

@@ -58,6 +58,9 @@ class OutgoingRecord:
     next_attempt_at: float = 0.0
     last_error: str | None = None
     seq: int = 0
+    #: The incoming delivery (or outgoing one, for an ``error`` about it) that caused its
+    #: event; None for events nothing caused and for rows stored before it was kept.
+    causation: str | None = None
 
     def values(self) -> tuple[Any, ...]:
         """Its columns as both stores insert them (``rows.OUTBOX_COLUMNS`` without ``seq``)."""
@@ -73,6 +76,7 @@ class OutgoingRecord:
             self.attempts,
             self.next_attempt_at,
             self.last_error,
+            self.causation,
         )
 
 
@@ -126,6 +130,75 @@ class DeliverySummary:
     last_error: str | None
     session: str | None
     event_type: str | None
+    #: Outgoing only: the delivery that caused its event.
+    causation: str | None = None
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """An event as the bus published it: ``payload`` is ``Event.to_payload()`` as JSON;
+    ``source`` says who published it (``webhook``, ``gateway``, ``bridge``, ``outbox``,
+    ``plugin``); ``created_at`` is when it was stored (epoch seconds)."""
+
+    id: str
+    type: str
+    timestamp: str
+    session: str | None
+    causation: str | None
+    source: str
+    payload: bytes
+    created_at: float
+
+    def values(self) -> tuple[Any, ...]:
+        """Its columns in the order of ``rows.EVENT_COLUMNS``."""
+        return (
+            self.id,
+            self.type,
+            self.timestamp,
+            self.session,
+            self.causation,
+            self.source,
+            self.payload,
+            self.created_at,
+        )
+
+
+@dataclass(slots=True)
+class EventQuery:
+    """Filters of ``list_events``: all optional but ``limit``; newest first."""
+
+    type: str | None = None
+    session: str | None = None
+    causation: str | None = None
+    since: float | None = None
+    cursor: tuple[float, str] | None = None
+    limit: int = 50
+
+
+@dataclass(slots=True)
+class CausedDelivery:
+    """An outgoing delivery of an event, as the chain of a webhook shows it."""
+
+    id: str
+    event_id: str
+    subscription_id: str
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: float
+
+
+@dataclass(slots=True)
+class TimelineItem:
+    """One row of a session's timeline: ``kind`` incoming, event or outgoing; ``at`` when it
+    was received, published or created; ``rank`` orders the three kinds at one moment;
+    ``fields`` its summary."""
+
+    kind: str
+    id: str
+    at: float
+    rank: int
+    fields: dict[str, Any]
 
 
 @dataclass(slots=True)

@@ -9,7 +9,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from clawdbot_webhooks.store.records import Attempt, IncomingRecord, OutgoingOutcome, OutgoingRecord
+from clawdbot_webhooks.store.records import (
+    Attempt,
+    EventRecord,
+    IncomingRecord,
+    OutgoingOutcome,
+    OutgoingRecord,
+)
 
 #: Per direction: its table, its target column, its creation-time column.
 KIND_COLUMNS = {
@@ -25,7 +31,14 @@ INBOX_COLUMNS = (
 #: An outbox row in the order of ``outgoing_record``.
 OUTBOX_COLUMNS = (
     "id, event_id, subscription_id, event_type, session, payload, created_at, status, "
-    "attempts, next_attempt_at, last_error, seq"
+    "attempts, next_attempt_at, last_error, seq, causation"
+)
+#: An events row in the order of ``EventRecord.values`` and ``event_record``.
+EVENT_COLUMNS = "id, type, timestamp, session, causation, source, payload, created_at"
+#: A published event; one published again (a re-run after a crash) is kept as it was.
+#: ``ON CONFLICT DO NOTHING`` is both SQLite's and PostgreSQL's.
+INSERT_EVENT = (
+    f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
 )
 
 #: A line of a delivery's history, numbered after its last one (numbers go on across replays).
@@ -122,7 +135,21 @@ def incoming_record(row: Sequence[Any]) -> IncomingRecord:
 
 def outgoing_record(row: Sequence[Any]) -> OutgoingRecord:
     """An outbox row (``OUTBOX_COLUMNS``) as its record."""
-    (id_, event_id, sub, etype, session, payload, created, status, attempts, due, error, seq) = row
+    (
+        id_,
+        event_id,
+        sub,
+        etype,
+        session,
+        payload,
+        created,
+        status,
+        attempts,
+        due,
+        error,
+        seq,
+        cause,
+    ) = row
     return OutgoingRecord(
         id_,
         event_id,
@@ -136,4 +163,13 @@ def outgoing_record(row: Sequence[Any]) -> OutgoingRecord:
         due,
         error,
         seq,
+        cause,
+    )
+
+
+def event_record(row: Sequence[Any]) -> EventRecord:
+    """An events row (``EVENT_COLUMNS``) as its record."""
+    id_, etype, timestamp, session, causation, source, payload, created = row
+    return EventRecord(
+        id_, etype, timestamp, session, causation, source, bytes(payload), float(created)
     )

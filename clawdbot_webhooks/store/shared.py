@@ -11,8 +11,10 @@ from clawdbot_webhooks.store.queries import (
     Query,
     Statement,
     attempts_made,
+    caused_deliveries,
     delivery_listing,
     delivery_stats,
+    event_listing,
     fetch,
     prune_finished,
     purge_dead,
@@ -21,17 +23,28 @@ from clawdbot_webhooks.store.queries import (
     requeue,
     revive,
     schema_status,
+    session_timeline,
     throughput,
 )
 from clawdbot_webhooks.store.records import (
     Attempt,
+    CausedDelivery,
     DeadLetter,
     DeliveryQuery,
     DeliverySummary,
+    EventQuery,
+    EventRecord,
     IncomingRecord,
     OutgoingRecord,
+    TimelineItem,
 )
-from clawdbot_webhooks.store.rows import OUTBOX_COLUMNS, incoming_record, outgoing_record
+from clawdbot_webhooks.store.rows import (
+    EVENT_COLUMNS,
+    OUTBOX_COLUMNS,
+    event_record,
+    incoming_record,
+    outgoing_record,
+)
 from clawdbot_webhooks.store.schema import Migration, SchemaStatus
 
 T = TypeVar("T")
@@ -116,18 +129,19 @@ class SharedQueries:
 
     async def prune_finished(self, before: float, batch: int = 5000) -> int:
         """Delete deliveries finished before ``before`` (incoming done or dropped and no
-        longer guarding a dedup key, outgoing done) with their attempts; dead letters stay.
+        longer guarding a dedup key, outgoing done) with their attempts, and the events
+        stored before it; dead letters stay.
         Returns how many deliveries were deleted. Where processes share the store, one at a
         time does it and the others skip."""
         total = 0
         while True:  # in batches, so one prune never holds the database for long
-            n = await self._query(
+            n, events = await self._query(
                 prune_finished(self.dialect, before, batch, self._retention_lock()), atomic=True
             )
             if n < 0:
                 return total
             total += n
-            if n < batch:
+            if n < batch and events < batch:
                 return total
 
     # -- dead letters
@@ -182,6 +196,57 @@ class SharedQueries:
         """Finished deliveries per ``bucket`` seconds since ``since``: each row is
         ``{"at", "kind", "status", "count"}`` (``at`` is the bucket's start)."""
         return await self._query(throughput(self.dialect, since, bucket))
+
+    # -- events and what caused what
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        rows = await self._query(fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE id=?", event_id))
+        return event_record(rows[0]) if rows else None
+
+    async def list_events(self, query: EventQuery) -> list[EventRecord]:
+        """Stored events, newest first (``EventQuery`` says which)."""
+        sql, args = event_listing(query)
+        return [event_record(r) for r in await self._query(fetch(sql, *args))]
+
+    async def events_caused_by(self, delivery_id: str) -> list[EventRecord]:
+        """The events whose causation is ``delivery_id``, in the order they were stored."""
+        rows = await self._query(
+            fetch(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE causation=? ORDER BY created_at, id",
+                delivery_id,
+            )
+        )
+        return [event_record(r) for r in rows]
+
+    async def deliveries_of_events(
+        self, events: Sequence[EventRecord], ids: Sequence[str] = ()
+    ) -> list[CausedDelivery]:
+        """The outgoing deliveries of ``events``, oldest first: those of caused events by
+        their cause; ``ids`` (the rows' derived ids) finds those of events nothing caused."""
+        causations = sorted({e.causation for e in events if e.causation})
+        query = caused_deliveries(self.dialect, causations, [e.id for e in events], list(ids))
+        return await self._query(query)
+
+    async def session_timeline(
+        self, session: str, cursor: tuple[float, int, str] | None, limit: int
+    ) -> list[TimelineItem]:
+        """A session's incoming deliveries, events and outgoing deliveries in time order;
+        ``cursor`` is ``(at, rank, id)`` of the last item of the previous page."""
+        sql, args = session_timeline(self.dialect, session, cursor, limit)
+        items = []
+        for row in await self._query(fetch(sql, *args)):
+            kind, id_, at, rank, target, status, attempts, error, etype, cause, source, evt = row
+            fields: dict[str, Any]
+            if kind == "incoming":
+                fields = {"hook": target, "status": status, "attempts": attempts}
+                fields["last_error"] = error
+            elif kind == "event":
+                fields = {"type": etype, "causation": cause, "source": source}
+            else:
+                fields = {"subscription": target, "status": status, "attempts": attempts}
+                fields.update(last_error=error, event_id=evt, event_type=etype, causation=cause)
+            items.append(TimelineItem(kind, id_, float(at), int(rank), fields))
+        return items
 
     async def requeue(self, delivery_id: str, kind: str) -> bool:
         """Make a finished delivery (done, dropped or dead) of ``kind`` (incoming, outgoing)

@@ -14,10 +14,17 @@ from typing import Any, TypeVar
 
 from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.store.queries import Dialect, Query
-from clawdbot_webhooks.store.records import Attempt, IncomingRecord, OutgoingOutcome, OutgoingRecord
+from clawdbot_webhooks.store.records import (
+    Attempt,
+    EventRecord,
+    IncomingRecord,
+    OutgoingOutcome,
+    OutgoingRecord,
+)
 from clawdbot_webhooks.store.rows import (
     FINISH_OUTGOING,
     INBOX_COLUMNS,
+    INSERT_EVENT,
     OUTBOX_COLUMNS,
     RECORD_ATTEMPT,
     attempt_params,
@@ -56,6 +63,12 @@ _INBOX_COLUMNS = INBOX_COLUMNS.replace(
     "COALESCE((SELECT b.body FROM inbox_bodies b WHERE b.id = inbox.id), inbox.body),",
     1,
 )
+_ADD_OUTGOING = (
+    "INSERT OR IGNORE INTO outbox (id, event_id, subscription_id, event_type, session, payload, "
+    "created_at, status, attempts, next_attempt_at, last_error, causation, lease_until) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_ADD_EVENT = (INSERT_EVENT,)
 _OUTBOX_COLUMNS_O = ", ".join(f"o.{c.strip()}" for c in OUTBOX_COLUMNS.split(","))
 
 SQLITE = Dialect(
@@ -237,6 +250,9 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
             f"the outcome of delivery {delivery_id}",
         )
 
+    def record_event(self, event: EventRecord) -> None:
+        self._send(Rows(_ADD_EVENT, (event.values(),)), f"event {event.id}")
+
     async def release_leases(self) -> None:
         """Free every lease. Only right for a store one process owns (SQLite), at start-up."""
 
@@ -254,8 +270,11 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
 
     # -- outbox
 
-    async def add_outgoing(self, records: Sequence[OutgoingRecord], lease: float) -> list[str]:
-        """Store deliveries (leased for ``lease`` seconds); returns the ids that were new.
+    async def add_outgoing(
+        self, records: Sequence[OutgoingRecord], lease: float, event: EventRecord | None = None
+    ) -> list[str]:
+        """Store deliveries (leased for ``lease`` seconds) and ``event``, the event they
+        deliver, in one transaction; returns the ids that were new.
 
         A row id that exists already is left as it is, so publishing an event again after a
         crash (same event id, same subscription) never makes a second delivery.
@@ -263,14 +282,11 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
 
         def op(conn: sqlite3.Connection) -> list[str]:
             until = time.time() + lease if lease > 0 else 0.0
+            if event is not None:
+                conn.execute(INSERT_EVENT, event.values())
             added: list[str] = []
             for r in records:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO outbox (id, event_id, subscription_id, event_type, "
-                    "session, payload, created_at, status, attempts, next_attempt_at, last_error, "
-                    "lease_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (*r.values(), until),
-                )
+                cur = conn.execute(_ADD_OUTGOING, (*r.values(), until))
                 if cur.rowcount:
                     added.append(r.id)
             return added

@@ -109,6 +109,33 @@ SQLITE_MIGRATIONS = [
         "a row for readiness probes to write",
         "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, filler BLOB NOT NULL);",
     ),
+    # Every published event, subscribed or not, so a webhook can be followed to what it caused;
+    # an outgoing row names the delivery that caused its event (taken from the payloads of the
+    # rows stored before, where the payload is the event's JSON rather than a template's body).
+    Migration(
+        7,
+        "events, and the cause of outgoing deliveries",
+        """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    session TEXT,
+    causation TEXT,
+    source TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
+CREATE INDEX IF NOT EXISTS events_causation ON events (causation) WHERE causation IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_session ON events (session, created_at)
+    WHERE session IS NOT NULL;
+ALTER TABLE outbox ADD COLUMN causation TEXT;
+UPDATE outbox SET causation = json_extract(CAST(payload AS TEXT), '$.causation')
+    WHERE json_valid(CAST(payload AS TEXT));
+CREATE INDEX IF NOT EXISTS outbox_causation ON outbox (causation) WHERE causation IS NOT NULL;
+""",
+    ),
 ]
 
 #: The probe's write: 64 KB rewritten and committed.

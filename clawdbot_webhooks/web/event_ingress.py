@@ -147,7 +147,7 @@ async def ingest(request: web.Request) -> web.Response:
     if event is None:
         return web.json_response({"ok": True, "published": False}, status=200)
     try:
-        await rt.bus.publish(event)
+        await rt.bus.publish(event, source="bridge")
     except Exception as exc:
         log.error("ingested event %s could not be published: %r", event.id, exc)
         return error(503, "event could not be stored; try again")
