@@ -17,6 +17,7 @@ from clawdbot_webhooks.logs import Redactor, collect_secrets
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.admin import api
 from clawdbot_webhooks.web.admin.auth import AUTH, REDACTOR, AdminAuth
+from clawdbot_webhooks.web.admin.chain import BadRequest
 from clawdbot_webhooks.web.admin.dashboard import add_routes as add_dashboard_routes
 from clawdbot_webhooks.web.admin.openapi import spec
 from clawdbot_webhooks.web.errors import add_no_route, json_errors
@@ -43,6 +44,10 @@ API_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/admin/api/outgoing", api.list_outgoing),
     ("GET", "/admin/api/outgoing/{id}", api.show_outgoing),
     ("POST", "/admin/api/outgoing/{id}/replay", api.replay_outgoing),
+    ("GET", "/admin/api/events", api.list_events),
+    ("GET", "/admin/api/events/{id}", api.show_event),
+    # Ids and keys arrive percent-decoded (a session key's ``:``, a ``/`` sent as %2F).
+    ("GET", "/admin/api/sessions/{key}", api.show_session),
     ("GET", "/admin/api/dead-letters", api.list_dead),
     ("DELETE", "/admin/api/dead-letters", api.purge_dead),
     ("POST", "/admin/api/dead-letters/replay", api.replay_dead),
@@ -66,7 +71,7 @@ def _guarded(handler: Handler) -> Handler:
             return denied
         try:
             response = await handler(request)
-        except api.BadRequest as exc:
+        except BadRequest as exc:
             return api.fail(400, str(exc))
         # Stored errors and responses may quote a secret (a plugin's exception, an echoing
         # endpoint): the admin API shows them masked, as the logs do.

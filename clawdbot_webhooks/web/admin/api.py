@@ -23,6 +23,8 @@ from clawdbot_webhooks.store import (
     attempts_made,
 )
 from clawdbot_webhooks.templates import context_for
+from clawdbot_webhooks.web.admin import chain
+from clawdbot_webhooks.web.admin.chain import BadRequest, Holds
 from clawdbot_webhooks.web.requests import parse_content
 
 RUNTIME = web.AppKey("admin_runtime", Runtime)
@@ -31,10 +33,6 @@ STATUSES = ("pending", "done", "dropped", "dead")
 MAX_LIMIT = 500
 #: The throughput chart: at most this many buckets.
 MAX_BUCKETS = 1440
-
-
-class BadRequest(Exception):
-    pass
 
 
 def fail(status: int, message: str) -> web.Response:
@@ -112,6 +110,7 @@ def summary_view(s: DeliverySummary) -> dict[str, Any]:
     view["hook" if s.kind == "incoming" else "subscription"] = s.target
     if s.kind == "incoming":
         view.pop("event_type")
+        view.pop("causation")
     return view
 
 
@@ -126,7 +125,7 @@ def _parsed(body: bytes, content_type: str) -> Any:
         return None
 
 
-def rendered_templates(rt: Runtime, record: IncomingRecord) -> dict[str, str]:
+def rendered_templates(rt: Holds, record: IncomingRecord) -> dict[str, str]:
     """The handler's templates rendered for this delivery now (what its action would get)."""
     spec = rt.settings.routes.get(record.hook_id)
     if spec is None or not spec.templates:
@@ -142,7 +141,7 @@ def rendered_templates(rt: Runtime, record: IncomingRecord) -> dict[str, str]:
     return out
 
 
-async def incoming_view(rt: Runtime, r: IncomingRecord) -> dict[str, Any]:
+async def incoming_view(rt: Holds, r: IncomingRecord) -> dict[str, Any]:
     history = await rt.store.attempts(r.id)
     return {
         "kind": "incoming",
@@ -163,12 +162,14 @@ async def incoming_view(rt: Runtime, r: IncomingRecord) -> dict[str, Any]:
         "result": r.result,
         "rendered": rendered_templates(rt, r),
         "history": [asdict(a) for a in history],
+        "caused": await chain.caused(rt, r.id),
     }
 
 
-async def outgoing_view(rt: Runtime, r: OutgoingRecord) -> dict[str, Any]:
+async def outgoing_view(rt: Holds, r: OutgoingRecord) -> dict[str, Any]:
     sub = next((s for s in rt.settings.outgoing if s.id == r.subscription_id), None)
     history = await rt.store.attempts(r.id)
+    event = await rt.store.get_event(r.event_id)
     return {
         "kind": "outgoing",
         "id": r.id,
@@ -182,12 +183,16 @@ async def outgoing_view(rt: Runtime, r: OutgoingRecord) -> dict[str, Any]:
         "next_attempt_at": r.next_attempt_at,
         "last_error": r.last_error,
         "session": r.session,
+        "causation": r.causation,
+        "event": None
+        if event is None
+        else {k: v for k, v in chain.event_summary(event).items() if k != "session"},
         "payload": _text(r.payload),
         "history": [asdict(a) for a in history],
     }
 
 
-async def find_delivery(rt: Runtime, delivery_id: str) -> dict[str, Any] | None:
+async def find_delivery(rt: Holds, delivery_id: str) -> dict[str, Any] | None:
     out = await rt.store.get_outgoing(delivery_id)
     if out is not None:
         return await outgoing_view(rt, out)
@@ -300,6 +305,26 @@ async def show_outgoing(request: web.Request) -> web.Response:
     if record is None:
         return fail(404, "no such outgoing delivery")
     return web.json_response(await outgoing_view(rt, record), dumps=jsontext.readable)
+
+
+async def show_event(request: web.Request) -> web.Response:
+    rt = runtime_of(request)
+    event = await rt.store.get_event(request.match_info["id"])
+    if event is None:
+        return fail(404, "no such event")
+    return web.json_response(await chain.event_view(rt, event), dumps=jsontext.readable)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    rt = runtime_of(request)
+    query = chain.event_query(request, _since(request))
+    return web.json_response(await chain.list_events(rt, query))
+
+
+async def show_session(request: web.Request) -> web.Response:
+    rt = runtime_of(request)
+    page = await chain.session_page(rt, request.match_info["key"], request)
+    return web.json_response(page)
 
 
 async def replay_incoming(request: web.Request) -> web.Response:

@@ -90,6 +90,117 @@ def _replay(kind: str, what: str) -> dict[str, Any]:
     }
 
 
+_EVENT_PARAMS = [
+    _param("type", "Only events of this type."),
+    _param("session", "Only events of this session."),
+    _param("causation", "Only events this delivery caused."),
+    _param("since", "Stored at or after: ISO 8601, epoch seconds or a duration (2h, 7d)."),
+    _param("cursor", "``next_cursor`` of the previous page."),
+    _param(
+        "limit", "Page size (1-500, default 50).", {"type": "integer", "minimum": 1, "maximum": 500}
+    ),
+]
+
+
+def _event_schemas(nullable_str: dict[str, Any]) -> dict[str, Any]:
+    event = {
+        "id": {"type": "string"},
+        "type": {"type": "string"},
+        "timestamp": {"type": "string", "description": "When it was published (ISO 8601)."},
+        "causation": {
+            **nullable_str,
+            "description": "The delivery that caused it: incoming, or outgoing for an error "
+            "about an outgoing delivery.",
+        },
+        "source": {
+            "type": "string",
+            "description": "Who published it: webhook, gateway, bridge, outbox or plugin.",
+        },
+    }
+    summary = ["id", "type", "timestamp", "session", "causation", "source"]
+    return {
+        "EventRef": {
+            "type": "object",
+            "required": ["id", "type", "timestamp", "causation", "source"],
+            "properties": event,
+        },
+        "EventDelivery": {
+            "type": "object",
+            "required": ["id", "subscription", "url", "status", "attempts", "created_at"],
+            "properties": {
+                "id": {"type": "string"},
+                "subscription": {"type": "string"},
+                "url": {**nullable_str, "description": "Masked; null once unsubscribed."},
+                "status": {"type": "string"},
+                "attempts": {"type": "integer"},
+                "last_error": nullable_str,
+                "created_at": {"type": "number"},
+            },
+        },
+        "EventSummary": {
+            "type": "object",
+            "required": summary,
+            "properties": {**event, "session": nullable_str},
+        },
+        "CausedEvent": {
+            "type": "object",
+            "required": [*summary, "deliveries"],
+            "properties": {
+                **event,
+                "session": nullable_str,
+                "deliveries": {"type": "array", "items": _ref("EventDelivery")},
+            },
+        },
+        "Event": {
+            "type": "object",
+            "required": [*summary, "deliveries", "payload"],
+            "properties": {
+                **event,
+                "session": nullable_str,
+                "deliveries": {"type": "array", "items": _ref("EventDelivery")},
+                "payload": {"description": "What subscribers receive (without a template)."},
+            },
+        },
+        "EventPage": {
+            "type": "object",
+            "properties": {
+                "items": {"type": "array", "items": _ref("EventSummary")},
+                "next_cursor": nullable_str,
+            },
+        },
+        "SessionItem": {
+            "type": "object",
+            "required": ["kind", "id", "at"],
+            "description": "An incoming delivery (hook, status, attempts, last_error), an "
+            "event (type, causation, source) or an outgoing delivery (subscription, status, "
+            "attempts, last_error, event_id, event_type, causation).",
+            "properties": {
+                "kind": {"type": "string", "enum": ["incoming", "event", "outgoing"]},
+                "id": {"type": "string"},
+                "at": {"type": "number"},
+                "hook": {"type": "string"},
+                "subscription": {"type": "string"},
+                "status": {"type": "string"},
+                "attempts": {"type": "integer"},
+                "last_error": nullable_str,
+                "type": {"type": "string"},
+                "source": {"type": "string"},
+                "causation": nullable_str,
+                "event_id": {"type": "string"},
+                "event_type": {"type": "string"},
+            },
+        },
+        "SessionPage": {
+            "type": "object",
+            "properties": {
+                "session": {"type": "string"},
+                "items": {"type": "array", "items": _ref("SessionItem")},
+                "next_cursor": nullable_str,
+            },
+        },
+    }
+
+
 def _items(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": {"items": {"type": "array", "items": schema}}}
 
@@ -129,6 +240,44 @@ def spec() -> dict[str, Any]:
             "/admin/api/outgoing/{id}/replay": _replay(
                 "outgoing", "Send an outgoing delivery again"
             ),
+            "/admin/api/events": {
+                "get": {
+                    "summary": "List stored events, newest first",
+                    "operationId": "list_events",
+                    "parameters": _EVENT_PARAMS,
+                    "responses": {"200": _json(_ref("EventPage")), **_ERRORS},
+                }
+            },
+            "/admin/api/events/{id}": {
+                "get": {
+                    "summary": "One event with its payload and outgoing deliveries",
+                    "operationId": "show_event",
+                    "parameters": [_ID],
+                    "responses": {"200": _json(_ref("Event")), **_ERRORS, **_NOT_FOUND},
+                }
+            },
+            "/admin/api/sessions/{key}": {
+                "get": {
+                    "summary": "A session's incoming deliveries, events and outgoing "
+                    "deliveries, oldest first",
+                    "operationId": "show_session",
+                    "parameters": [
+                        {
+                            "name": "key",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        _param("cursor", "``next_cursor`` of the previous page."),
+                        _param(
+                            "limit",
+                            "Page size (1-500, default 50).",
+                            {"type": "integer", "minimum": 1, "maximum": 500},
+                        ),
+                    ],
+                    "responses": {"200": _json(_ref("SessionPage")), **_ERRORS},
+                }
+            },
             "/admin/api/dead-letters": {
                 "get": {
                     "summary": "List dead letters, oldest first",
@@ -246,7 +395,7 @@ def spec() -> dict[str, Any]:
             "responses": {
                 "BadRequest": _json(_ref("Error"), "Bad parameter"),
                 "Unauthorized": _json(_ref("Error"), "Missing or wrong admin token"),
-                "NotFound": _json(_ref("Error"), "No such delivery"),
+                "NotFound": _json(_ref("Error"), "No such delivery, event or dead letter"),
                 "Conflict": _json(_ref("Error"), "The delivery is pending already"),
             },
             "schemas": {
@@ -268,6 +417,10 @@ def spec() -> dict[str, Any]:
                         "last_error": nullable_str,
                         "session": nullable_str,
                         "event_type": nullable_str,
+                        "causation": {
+                            **nullable_str,
+                            "description": "Outgoing: the delivery that caused its event.",
+                        },
                     },
                 },
                 "DeliveryPage": {
@@ -292,7 +445,8 @@ def spec() -> dict[str, Any]:
                 "Delivery": {
                     "type": "object",
                     "description": "A summary's fields plus payload (text), headers, query, "
-                    "result and rendered templates (incoming), url and event (outgoing).",
+                    "result, rendered templates and the events it caused (incoming); url, "
+                    "causation and its event (outgoing).",
                     "properties": {
                         "kind": {"type": "string"},
                         "id": {"type": "string"},
@@ -300,8 +454,12 @@ def spec() -> dict[str, Any]:
                         "payload": {"type": "string"},
                         "rendered": {"type": "object"},
                         "history": {"type": "array", "items": _ref("Attempt")},
+                        "caused": {"type": "array", "items": _ref("CausedEvent")},
+                        "causation": nullable_str,
+                        "event": {"oneOf": [_ref("EventRef"), {"type": "null"}]},
                     },
                 },
+                **_event_schemas(nullable_str),
                 "DeadLetter": {
                     "type": "object",
                     "properties": {

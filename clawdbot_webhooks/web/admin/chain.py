@@ -1,0 +1,174 @@
+"""What one webhook caused, and what caused an outgoing delivery: the events a delivery
+caused with the outgoing deliveries of each, an event with its deliveries, a session's
+timeline. The admin API serves these views (``/admin/api/events``, ``/admin/api/sessions``,
+``caused`` in an incoming delivery) and ``deliveries show`` prints them."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from clawdbot_webhooks.config import Settings
+from clawdbot_webhooks.credentials import mask_url
+from clawdbot_webhooks.outgoing.outbox import outbox_id
+from clawdbot_webhooks.store import CausedDelivery, EventQuery, EventRecord, Store, TimelineItem
+
+#: The largest page of events or of a session's timeline.
+MAX_LIMIT = 500
+
+
+class Holds(Protocol):
+    """What the views read: the store and the settings (a ``Runtime``, or the CLI's pair)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+
+class BadRequest(Exception):
+    """A query parameter the API refuses (400)."""
+
+
+# ---------------------------------------------------------------------------- views
+
+
+def event_summary(e: EventRecord) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "type": e.type,
+        "timestamp": e.timestamp,
+        "session": e.session,
+        "causation": e.causation,
+        "source": e.source,
+    }
+
+
+def delivery_summary(settings: Settings, d: CausedDelivery) -> dict[str, Any]:
+    sub = next((s for s in settings.outgoing if s.id == d.subscription_id), None)
+    return {
+        "id": d.id,
+        "subscription": d.subscription_id,
+        "url": None if sub is None else mask_url(sub.url),
+        "status": d.status,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "created_at": d.created_at,
+    }
+
+
+async def with_deliveries(rt: Holds, events: Sequence[EventRecord]) -> list[dict[str, Any]]:
+    """Each event's summary with its outgoing deliveries, in the order given."""
+    if not events:
+        return []
+    # Events nothing caused are found by their rows' derived ids (one per subscription).
+    derived = [
+        outbox_id(e.id, s.id) for e in events if not e.causation for s in rt.settings.outgoing
+    ]
+    found = await rt.store.deliveries_of_events(events, derived)
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for d in found:
+        by_event.setdefault(d.event_id, []).append(delivery_summary(rt.settings, d))
+    return [{**event_summary(e), "deliveries": by_event.get(e.id, [])} for e in events]
+
+
+async def caused(rt: Holds, delivery_id: str) -> list[dict[str, Any]]:
+    """The events ``delivery_id`` caused, in time order, each with its outgoing deliveries."""
+    return await with_deliveries(rt, await rt.store.events_caused_by(delivery_id))
+
+
+def _payload(e: EventRecord) -> Any:
+    try:
+        return json.loads(e.payload)
+    except ValueError:
+        return e.payload.decode("utf-8", "replace")
+
+
+async def event_view(rt: Holds, e: EventRecord) -> dict[str, Any]:
+    """An event with its outgoing deliveries and its payload (what subscribers receive)."""
+    [view] = await with_deliveries(rt, [e])
+    return {**view, "payload": _payload(e)}
+
+
+def timeline_view(item: TimelineItem) -> dict[str, Any]:
+    return {"kind": item.kind, "id": item.id, "at": item.at, **item.fields}
+
+
+# ---------------------------------------------------------------------------- cursors
+
+
+def encode_cursor(*values: Any) -> str:
+    raw = json.dumps(list(values)).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(text: str, shape: tuple[type, ...]) -> tuple[Any, ...]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not isinstance(values, list) or len(values) != len(shape):
+            raise ValueError
+        return tuple(kind(v) for kind, v in zip(shape, values, strict=True))
+    except (ValueError, TypeError, binascii.Error):
+        raise BadRequest("cursor: not a cursor from a previous page") from None
+
+
+def event_cursor(text: str) -> tuple[float, str]:
+    created, event_id = _decode(text, (float, str))
+    return created, event_id
+
+
+def timeline_cursor(text: str) -> tuple[float, int, str]:
+    at, rank, item_id = _decode(text, (float, int, str))
+    return at, rank, item_id
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit") or "50"
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadRequest("limit: not a number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit: must be between 1 and {MAX_LIMIT}")
+    return limit
+
+
+def event_query(request: web.Request, since: float | None) -> EventQuery:
+    cursor = request.query.get("cursor")
+    return EventQuery(
+        type=request.query.get("type") or None,
+        session=request.query.get("session") or None,
+        causation=request.query.get("causation") or None,
+        since=since,
+        cursor=event_cursor(cursor) if cursor else None,
+        limit=_limit(request),
+    )
+
+
+async def list_events(rt: Holds, query: EventQuery) -> dict[str, Any]:
+    rows = await rt.store.list_events(query)
+    last = rows[-1] if len(rows) == query.limit and rows else None
+    return {
+        "items": [event_summary(e) for e in rows],
+        "next_cursor": None if last is None else encode_cursor(last.created_at, last.id),
+    }
+
+
+async def session_page(rt: Holds, session: str, request: web.Request) -> dict[str, Any]:
+    cursor = request.query.get("cursor")
+    limit = _limit(request)
+    items = await rt.store.session_timeline(
+        session, timeline_cursor(cursor) if cursor else None, limit
+    )
+    last = items[-1] if len(items) == limit and items else None
+    return {
+        "session": session,
+        "items": [timeline_view(i) for i in items],
+        "next_cursor": None if last is None else encode_cursor(last.at, last.rank, last.id),
+    }

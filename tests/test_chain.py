@@ -1,0 +1,323 @@
+"""Following one webhook to everything it caused, and back, on both backends: the events a
+delivery caused (stored whether or not anyone subscribes), each event's outgoing deliveries,
+an outgoing delivery's event and cause, a session's timeline, retention of events, and the
+migration that adds them to a store from before."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+
+from clawdbot_webhooks.outgoing.outbox import outbox_id
+from clawdbot_webhooks.store import EventRecord, open_store
+from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
+from clawdbot_webhooks.store.sqlite_schema import MIGRATIONS_TABLE, SQLITE_MIGRATIONS
+from tests.conftest import POSTGRES_URL
+
+BACKENDS = ["sqlite", "postgres"]
+
+TOKEN = "admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+INGRESS = "ingress-token-0123"
+ONCE = {"maxAttempts": 1, "initialDelay": 0.05, "jitter": False}
+
+
+def config(a_url: str, b_url: str) -> dict[str, Any]:
+    return {
+        "admin": {"enabled": True, "token": TOKEN},
+        "incoming": {"eventIngress": {"token": INGRESS}},
+        "handlers": [{"id": "chat", "action": "run_agent", "agentId": "a", "template": "hi {{n}}"}],
+        "outgoing": [
+            {"id": "a", "url": a_url, "events": ["message_received", "agent_response"]},
+            # A secret in the URL: shown masked.
+            {"id": "b", "url": b_url + "?token=s3cr3t-value", "events": ["agent_response"]},
+        ],
+    }
+
+
+async def call(srv: Any, path: str) -> tuple[int, Any]:
+    async with srv.session.get(srv.base + path, headers=AUTH) as resp:
+        return resp.status, await resp.json()
+
+
+async def settled(srv: Any, ids: list[str]) -> None:
+    """Until every one of these outgoing deliveries is recorded done."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = [await srv.runtime.store.get_outgoing(i) for i in ids]
+        if all(r is not None and r.status == "done" for r in rows):
+            return
+        assert time.monotonic() < deadline, "outgoing deliveries never finished"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_webhook_is_followed_to_everything_it_caused_and_back(
+    start_server, make_sink
+) -> None:
+    a, b = await make_sink(), await make_sink()
+    srv = await start_server(config(a.url, b.url))
+    status, answer = await srv.post("chat", {"n": 1})
+    assert status == 202
+    delivery = answer["id"]
+    await srv.idle()
+    await a.wait_for(2)
+    await b.wait_for(1)
+
+    status, incoming = await call(srv, f"/admin/api/incoming/{delivery}")
+    assert status == 200
+    caused = incoming["caused"]
+    # Every event the run published, in order, whether or not anyone subscribes to it.
+    assert [e["type"] for e in caused] == [
+        "session_started",
+        "message_received",
+        "agent_response",
+        "session_ended",
+    ]
+    session = incoming["session"]
+    assert session.startswith("hook:")
+    for event in caused:
+        assert event["causation"] == delivery and event["source"] == "webhook"
+        assert event["session"] == session and event["timestamp"].endswith("Z")
+        assert set(event) == {
+            "id", "type", "timestamp", "session", "causation", "source", "deliveries"
+        }  # fmt: skip
+    started, received, response, ended = caused
+    assert started["deliveries"] == [] and ended["deliveries"] == []
+    ids = [d["id"] for e in caused for d in e["deliveries"]]
+    assert ids == [
+        outbox_id(received["id"], "a"),
+        outbox_id(response["id"], "a"),
+        outbox_id(response["id"], "b"),
+    ]
+    await settled(srv, ids)
+    _, incoming = await call(srv, f"/admin/api/incoming/{delivery}")
+    by_sub = {d["subscription"]: d for d in incoming["caused"][2]["deliveries"]}
+    assert set(by_sub) == {"a", "b"}
+    assert by_sub["a"]["url"] == a.url
+    assert by_sub["b"]["url"] == f"{b.url}?token=***"
+    for d in by_sub.values():
+        assert d["status"] == "done" and d["attempts"] == 1 and d["last_error"] is None
+        assert set(d) == {
+            "id", "subscription", "url", "status", "attempts", "last_error", "created_at"
+        }  # fmt: skip
+
+    # And back: each outgoing delivery names its event and the delivery that caused it.
+    for event in (received, response):
+        for d in event["deliveries"]:
+            status, out = await call(srv, f"/admin/api/outgoing/{d['id']}")
+            assert status == 200 and out["causation"] == delivery
+            assert out["event"] == {
+                "id": event["id"],
+                "type": event["type"],
+                "timestamp": event["timestamp"],
+                "source": "webhook",
+                "causation": delivery,
+            }
+            assert json.loads(out["payload"])["id"] == event["id"]
+
+    # Listings: outgoing summaries carry the cause, both directions the session.
+    _, outgoing = await call(srv, "/admin/api/outgoing")
+    assert {o["id"]: o["causation"] for o in outgoing["items"]} == dict.fromkeys(ids, delivery)
+    assert {o["session"] for o in outgoing["items"]} == {session}
+    _, listed = await call(srv, "/admin/api/incoming")
+    [item] = listed["items"]
+    assert item["session"] == session and "causation" not in item
+
+    # One event, with its payload as subscribers get it.
+    status, shown = await call(srv, f"/admin/api/events/{quote(started['id'])}")
+    assert status == 200
+    assert shown == {
+        **started,
+        "payload": {
+            "id": started["id"],
+            "type": "session_started",
+            "timestamp": started["timestamp"],
+            "session": session,
+            "data": {"hook": "chat", "mode": "ephemeral"},
+            "causation": delivery,
+        },
+    }
+    status, shown = await call(srv, f"/admin/api/events/{response['id']}")
+    assert status == 200 and [d["id"] for d in shown["deliveries"]] == ids[1:]
+    assert shown["payload"]["type"] == "agent_response" and shown["payload"]["id"] == response["id"]
+
+    # The session, in time order: the delivery, then its events and their deliveries.
+    status, page = await call(srv, f"/admin/api/sessions/{quote(session, safe='')}")
+    assert status == 200 and page["session"] == session and page["next_cursor"] is None
+    items = page["items"]
+    assert items[0] == {
+        "kind": "incoming",
+        "id": delivery,
+        "at": incoming["created_at"],
+        "hook": "chat",
+        "status": "done",
+        "attempts": 1,
+        "last_error": None,
+    }
+    assert [i["id"] for i in items if i["kind"] == "event"] == [e["id"] for e in caused]
+    assert sorted(i["id"] for i in items if i["kind"] == "outgoing") == sorted(ids)
+    assert [i["at"] for i in items] == sorted(i["at"] for i in items)
+    first_out = next(i for i in items if i["kind"] == "outgoing")
+    assert first_out["causation"] == delivery and first_out["status"] == "done"
+    assert items.index(first_out) > [i["id"] for i in items].index(first_out["event_id"])
+    # Paged, the same items, each once.
+    paged: list[Any] = []
+    cursor = ""
+    while True:
+        status, page = await call(srv, f"/admin/api/sessions/{session}?limit=3{cursor}")
+        assert status == 200
+        paged += page["items"]
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert paged == items
+
+
+async def test_event_listing_filters_pages_and_refuses_bad_input(start_server, make_sink) -> None:
+    a, b = await make_sink(), await make_sink()
+    srv = await start_server(config(a.url, b.url))
+    first = (await srv.post("chat", {"n": 1}))[1]["id"]
+    second = (await srv.post("chat", {"n": 2}))[1]["id"]
+    await srv.idle()
+    await a.wait_for(4)
+
+    status, mine = await call(srv, f"/admin/api/events?causation={first}")
+    assert status == 200 and mine["next_cursor"] is None
+    assert {e["causation"] for e in mine["items"]} == {first} and len(mine["items"]) == 4
+    status, replies = await call(srv, "/admin/api/events?type=agent_response")
+    assert {e["causation"] for e in replies["items"]} == {first, second}
+    session = mine["items"][0]["session"]
+    _, of_session = await call(srv, f"/admin/api/events?session={quote(session)}")
+    assert [e["id"] for e in of_session["items"]] == [e["id"] for e in mine["items"]]
+    _, none_yet = await call(srv, f"/admin/api/events?since={time.time() + 60}")
+    assert none_yet == {"items": [], "next_cursor": None}
+
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        status, page = await call(srv, f"/admin/api/events?limit=3{cursor}")
+        assert status == 200 and len(page["items"]) <= 3
+        seen += [e["id"] for e in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    _, everything = await call(srv, "/admin/api/events?limit=500")
+    assert seen == [e["id"] for e in everything["items"]] and len(seen) == 8
+
+    for path, message in [
+        ("/admin/api/events?cursor=nonsense", "cursor: not a cursor from a previous page"),
+        ("/admin/api/events?limit=0", "limit: must be between 1 and 500"),
+        ("/admin/api/events?since=whenever", "since: expected an ISO 8601 time"),
+        ("/admin/api/sessions/x?cursor=bm9wZQ", "cursor: not a cursor from a previous page"),
+        ("/admin/api/sessions/x?limit=many", "limit: not a number"),
+    ]:
+        status, body = await call(srv, path)
+        assert status == 400 and body["ok"] is False and body["error"].startswith(message), path
+    status, body = await call(srv, "/admin/api/events/evt_nothing")
+    assert status == 404 and body == {"ok": False, "error": "no such event"}
+    status, body = await call(srv, "/admin/api/sessions/hook%3Anothing")
+    assert status == 200 and body == {"session": "hook:nothing", "items": [], "next_cursor": None}
+
+
+async def test_bridge_events_show_their_source_and_deliveries(start_server, make_sink) -> None:
+    a, b = await make_sink(), await make_sink()
+    srv = await start_server(config(a.url, b.url))
+    body = {
+        "id": "call-1",
+        "hook": "agent_end",
+        "timestamp": 1_700_000_000_000,
+        "event": {"text": "reply", "success": True},
+        "context": {"sessionKey": "agent:ops:main"},
+    }
+    headers = {"Authorization": f"Bearer {INGRESS}"}
+    async with srv.session.post(f"{srv.base}/events/ingest", json=body, headers=headers) as r:
+        assert r.status == 202
+        event_id = (await r.json())["id"]
+    await b.wait_for(1)
+    status, shown = await call(srv, f"/admin/api/events/{event_id}")
+    assert status == 200
+    assert shown["source"] == "bridge" and shown["causation"] is None
+    assert shown["session"] == "agent:ops:main" and shown["type"] == "agent_response"
+    assert sorted(d["subscription"] for d in shown["deliveries"]) == ["a", "b"]
+    out = shown["deliveries"][0]["id"]
+    _, view = await call(srv, f"/admin/api/outgoing/{out}")
+    assert view["causation"] is None and view["event"]["source"] == "bridge"
+    # Its session's timeline: the event and its deliveries, a key with ``:`` in the URL.
+    _, page = await call(srv, "/admin/api/sessions/agent:ops:main")
+    assert [i["kind"] for i in page["items"]] == ["event", "outgoing", "outgoing"]
+
+
+async def test_retention_removes_old_events(start_server) -> None:
+    srv = await start_server({"admin": {"enabled": True, "token": TOKEN}, "handlers": []})
+    store = srv.runtime.store
+    now = time.time()
+
+    def event(name: str, at: float) -> EventRecord:
+        payload = json.dumps({"id": name}).encode()
+        return EventRecord(name, "error", "2026-01-01T00:00:00Z", None, None, "plugin", payload, at)
+
+    await store.add_outgoing([], 0, event("evt_old", now - 3600))
+    await store.add_outgoing([], 0, event("evt_new", now))
+    assert await store.get_event("evt_old") is not None
+    await store.prune_finished(now - 60)
+    assert await store.get_event("evt_old") is None
+    assert await store.get_event("evt_new") is not None
+    status, body = await call(srv, "/admin/api/events/evt_old")
+    assert status == 404 and body["error"] == "no such event"
+
+
+def _old_payload(cause: str) -> bytes:
+    return json.dumps(
+        {"id": "evt_1", "type": "agent_response", "session": "s", "data": {}, "causation": cause},
+        separators=(",", ":"),
+    ).encode()
+
+
+async def test_outgoing_rows_from_before_get_their_cause(tmp_path, storage) -> None:
+    """The migration that adds events takes an old row's cause from its payload; a body a
+    template made, without one, stays without."""
+    rows = [("out_1", _old_payload("dlv_1")), ("out_2", b"plain text from a template")]
+    insert = (
+        "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, payload, "
+        "created_at, status) VALUES (?, 'evt_1', 'sub', 'agent_response', 's', ?, 0, 'done')"
+    )
+    if storage is None:
+        path = tmp_path / "old.sqlite3"
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(MIGRATIONS_TABLE)
+        for m in SQLITE_MIGRATIONS[:6]:
+            conn.executescript(m.sql)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (m.version, m.name))
+        conn.executemany(insert, rows)
+        conn.close()
+        store = open_store(f"sqlite:///{path}")
+    else:
+        schema = storage["schema"]
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f"CREATE SCHEMA {schema}; SET search_path TO {schema}")
+            await conn.execute(MIGRATIONS_TABLE.replace("REAL", "DOUBLE PRECISION"))
+            await conn.execute(MIGRATIONS[0].sql)
+            await conn.execute("INSERT INTO schema_migrations VALUES (1, 'old', 0)")
+            await conn.executemany(
+                insert.replace("?, 'evt_1'", "$1, 'evt_1'").replace(
+                    ", ?, 0, 'done'", ", $2, 0, 'done'"
+                ),
+                rows,
+            )
+        finally:
+            await conn.close()
+        store = open_store(POSTGRES_URL, schema=schema)
+    await store.open()
+    try:
+        first, second = await store.get_outgoing("out_1"), await store.get_outgoing("out_2")
+        assert first is not None and first.causation == "dlv_1"
+        assert second is not None and second.causation is None
+    finally:
+        await store.close()
