@@ -253,16 +253,7 @@ class Outbox:
         next batch, unwaited."""
         now = time.time()
         payload = payload_bytes(event)
-        stored = EventRecord(
-            event.id,
-            event.type,
-            event.timestamp,
-            event.session,
-            event.causation,
-            source,
-            payload,
-            now,
-        )
+        stored = EventRecord.of(event, source, payload, now)
         subs = self.targets(event)
         if not subs:
             self._store.record_event(stored)

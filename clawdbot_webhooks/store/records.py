@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import Delivery
+from clawdbot_webhooks_hookspecs import Delivery, Event
 
 
 @dataclass(slots=True)
@@ -148,6 +148,12 @@ class EventRecord:
     source: str
     payload: bytes
     created_at: float
+
+    @classmethod
+    def of(cls, event: Event, source: str, payload: bytes, at: float) -> EventRecord:
+        """``event`` as stored at ``at``; ``payload`` is its ``to_payload()`` as JSON."""
+        e = event
+        return cls(e.id, e.type, e.timestamp, e.session, e.causation, source, payload, at)
 
     def values(self) -> tuple[Any, ...]:
         """Its columns in the order of ``rows.EVENT_COLUMNS``."""
