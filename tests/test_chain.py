@@ -13,12 +13,14 @@ from typing import Any
 from urllib.parse import quote
 
 import asyncpg
+from click.testing import CliRunner, Result
 
+from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.outgoing.outbox import outbox_id
 from clawdbot_webhooks.store import EventRecord, open_store
 from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
 from clawdbot_webhooks.store.sqlite_schema import MIGRATIONS_TABLE, SQLITE_MIGRATIONS
-from tests.conftest import POSTGRES_URL
+from tests.conftest import POSTGRES_URL, with_storage, write_config
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -32,7 +34,15 @@ def config(a_url: str, b_url: str) -> dict[str, Any]:
     return {
         "admin": {"enabled": True, "token": TOKEN},
         "incoming": {"eventIngress": {"token": INGRESS}},
-        "handlers": [{"id": "chat", "action": "run_agent", "agentId": "a", "template": "hi {{n}}"}],
+        "handlers": [
+            {
+                "id": "chat",
+                "action": "run_agent",
+                "agentId": "a",
+                "template": "hi {{n}}",
+                "verify": {"type": "none"},
+            }
+        ],
         "outgoing": [
             {"id": "a", "url": a_url, "events": ["message_received", "agent_response"]},
             # A secret in the URL: shown masked.
@@ -321,3 +331,58 @@ async def test_outgoing_rows_from_before_get_their_cause(tmp_path, storage) -> N
         assert second is not None and second.causation is None
     finally:
         await store.close()
+
+
+async def cli(*args: str) -> Result:
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args), catch_exceptions=False)
+
+
+async def test_deliveries_show_prints_the_chain_both_ways(
+    start_server, make_sink, state_dir, storage, tmp_path
+) -> None:
+    a, b = await make_sink(), await make_sink()
+    webhooks = config(a.url, b.url)
+    srv = await start_server(webhooks)
+    delivery = (await srv.post("chat", {"n": 1}))[1]["id"]
+    await srv.idle()
+    await a.wait_for(2)
+    await b.wait_for(1)
+    _, incoming = await call(srv, f"/admin/api/incoming/{delivery}")
+    outgoing = [d["id"] for e in incoming["caused"] for d in e["deliveries"]]
+    await settled(srv, outgoing)
+    path = write_config(
+        tmp_path / "config.json5", with_storage({"stateDir": str(state_dir), **webhooks}, storage)
+    )
+
+    shown = await cli("deliveries", "show", delivery, "--config", str(path))
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0].startswith(f"incoming {delivery}  hook chat  done  attempts 1  session hook:")
+    events = [line.split()[1] for line in lines if line.startswith("  event ")]
+    assert events == ["session_started", "message_received", "agent_response", "session_ended"]
+    sent = [line.split() for line in lines if line.startswith("    outgoing ")]
+    assert [(w[1], w[2], w[4]) for w in sent] == [
+        (outgoing[0], "a", "done"),
+        (outgoing[1], "a", "done"),
+        (outgoing[2], "b", "done"),
+    ]
+    assert f"{b.url}?token=***" in shown.output and "s3cr3t" not in shown.output
+
+    back = await cli("deliveries", "show", outgoing[2], "--config", str(path))
+    assert back.exit_code == 0, back.output
+    head = back.output.splitlines()
+    assert head[0].startswith(f"outgoing {outgoing[2]}  b  ")
+    assert head[1].startswith("  event agent_response ") and head[1].endswith("(webhook)")
+    assert head[2] == f"  caused by incoming {delivery}"
+    assert head[4:] == lines
+
+    as_json = await cli("deliveries", "show", delivery, "--json", "--config", str(path))
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.output)["caused"] == incoming["caused"]
+    out_json = await cli("deliveries", "show", outgoing[0], "--json", "--config", str(path))
+    _, api_view = await call(srv, f"/admin/api/outgoing/{outgoing[0]}")
+    assert json.loads(out_json.output) == api_view
+
+    missing = await cli("deliveries", "show", "dlv_nothing", "--config", str(path))
+    assert missing.exit_code == 1
+    assert "Error: no incoming or outgoing delivery 'dlv_nothing'" in missing.output

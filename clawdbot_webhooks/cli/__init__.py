@@ -197,8 +197,10 @@ from clawdbot_webhooks.cli.db import db  # noqa: E402
 from clawdbot_webhooks.cli.dlq import dlq  # noqa: E402
 
 main.add_command(dlq)
+from clawdbot_webhooks.cli.chain import show  # noqa: E402
 from clawdbot_webhooks.cli.ops import deliveries, send_test  # noqa: E402
 
+deliveries.add_command(show)
 main.add_command(deliveries)
 main.add_command(send_test)
 main.add_command(db)

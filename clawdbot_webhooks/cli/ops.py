@@ -1,4 +1,5 @@
-"""``clawdbot-webhooks send-test`` and ``clawdbot-webhooks deliveries list / tail``."""
+"""``clawdbot-webhooks send-test`` and ``clawdbot-webhooks deliveries list / tail`` (``show``
+is ``cli.chain``'s)."""
 
 from __future__ import annotations
 
