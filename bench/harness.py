@@ -45,10 +45,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pinned(command: Sequence[str], core: int) -> list[str]:
+def pinned(command: Sequence[str], core: int | None) -> list[str]:
     """Pin to one core when there are at least two and taskset exists, so the server and the
-    load generator do not fight over the same core."""
-    if CORES >= 2 and shutil.which("taskset"):
+    load generator do not fight over the same core; ``None`` leaves it to the scheduler."""
+    if core is not None and CORES >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", str(core % CORES), *command]
     return list(command)
 
@@ -68,7 +68,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> 
 
 class Server:
     def __init__(
-        self, command: Sequence[str], port: int, env: dict[str, str] | None = None, core: int = 0
+        self,
+        command: Sequence[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        core: int | None = 0,
     ) -> None:
         self.port = port
         self.proc = subprocess.Popen(
@@ -93,7 +97,9 @@ class Server:
         self.stop()
 
 
-def webhooks_server(webhooks: dict[str, Any], workdir: Path, port: int, core: int = 0) -> Server:
+def webhooks_server(
+    webhooks: dict[str, Any], workdir: Path, port: int, core: int | None = 0
+) -> Server:
     config = workdir / "config.json"
     config.write_text(json.dumps({"webhooks": {"stateDir": str(workdir / "state"), **webhooks}}))
     env = {"PYTHONPATH": str(BENCH)}
@@ -136,12 +142,16 @@ def wrk(
     connections: int = 32,
     seconds: int = 10,
     core: int = 1,
+    delay_ms: float = 0,
 ) -> dict[str, float]:
     """Run wrk against ``url``; requests/s and latency percentiles in milliseconds. Without
-    wrk, ``loadgen.py`` (aiohttp) stands in, and its figures are bounded by its own speed."""
+    wrk, ``loadgen.py`` (aiohttp) stands in, and its figures are bounded by its own speed.
+    ``delay_ms`` paces each connection: that long between an answer and its next request."""
     if not shutil.which("wrk"):
         return _aiohttp_load(url, body, headers, connections, seconds, core)
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    if delay_ms:
+        lines += f"\nfunction delay() return {round(delay_ms)} end"
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_WRK_SCRIPT.format(body=json.dumps(body), headers=lines))
     out = subprocess.run(
@@ -236,7 +246,7 @@ def alternate(
     return runs
 
 
-def abba(names: list[str], rounds: int) -> Iterator[tuple[int, str]]:
+def abba(names: list[T], rounds: int) -> Iterator[tuple[int, T]]:
     """(round, name) in the order ``alternate`` runs them: every other round reversed."""
     for i in range(rounds):
         for name in names if i % 2 == 0 else reversed(names):

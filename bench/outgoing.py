@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ async def durable(
     sessions: int,
     workdir: Path,
     storage: dict[str, Any] | None = None,
+    done: Callable[[], None] | None = None,
 ) -> float:
     from clawdbot_webhooks_hookspecs import Event
 
@@ -120,6 +122,8 @@ async def durable(
         while (await runtime.store.schema_status()).counts["outbox"].get("done", 0) < total:
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
+        if done is not None:  # before the runtime stops
+            done()
         print(f"  published {total} in {published:.2f}s ({total / published:,.0f}/s)")
         return total / elapsed
     finally:

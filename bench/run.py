@@ -33,7 +33,10 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "memory": (["--first", "20000", "--total", "200000"], ["--first", "5000", "--total", "50000"]),
     "scaling": (["--seconds", "5", "--rounds", "3"], ["--seconds", "3", "--rounds", "2"]),
     "storage": (["--seconds", "8", "--events", "10000"], ["--seconds", "4", "--events", "4000"]),
+    "capacity": (["--seconds", "5", "--rounds", "3"], ["--seconds", "3", "--rounds", "2"]),
 }
+#: Run only when named with --only (they take several minutes).
+OPTIONAL = {"capacity"}
 
 
 def _load(name: str) -> Any:
@@ -142,6 +145,15 @@ def _rows() -> list[dict[str, Any]]:
             for row in rs
         ],
     )
+    if (RESULTS / "capacity.json").exists():
+        section(
+            "capacity",
+            lambda r: [
+                add(f"PostgreSQL CPU per {unit}", r["model"][f"db_us_per_{unit}"], "", None, " µs")
+                for unit in ("webhook", "delivery")
+                if "model" in r
+            ],
+        )
     return rows
 
 
@@ -190,7 +202,7 @@ def main() -> None:
     os.environ["BENCH_LOOP"] = args.loop
     print(f"event loop: {chosen_name(args.loop)}", flush=True)
     for name, (full, quick) in RUNS.items():
-        if args.only and name not in args.only:
+        if (name not in args.only) if args.only else (name in OPTIONAL):
             continue
         started, host = time.monotonic(), host_cpu()
         print(f"== {name}", flush=True)
