@@ -251,7 +251,8 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
         )
 
     def record_event(self, event: EventRecord) -> None:
-        self._send(Rows(_ADD_EVENT, (event.values(),)), f"event {event.id}")
+        # A short row: committed with the outcomes and inserts of its turn on the loop.
+        self._send(Rows(_ADD_EVENT, (event.values(),), on_loop=True), f"event {event.id}")
 
     async def release_leases(self) -> None:
         """Free every lease. Only right for a store one process owns (SQLite), at start-up."""
