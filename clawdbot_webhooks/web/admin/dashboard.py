@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from clawdbot_webhooks.web.admin import api
+from clawdbot_webhooks.web.admin import api, chain
 from clawdbot_webhooks.web.admin.auth import AUTH, COOKIE, CSRF_VALUE, REDACTOR
 from clawdbot_webhooks.web.errors import json_errors
 
@@ -134,6 +134,54 @@ async def delivery(request: web.Request) -> web.Response:
     return render("delivery.html", redact=request.config_dict[REDACTOR].redact, d=found)
 
 
+async def chain_page(request: web.Request) -> web.Response:
+    """An incoming delivery, its attempts, the events it caused and each one's outgoing
+    deliveries; for an outgoing delivery, the chain it belongs to."""
+    if not _signed_in(request):
+        return _to_login()
+    rt = api.runtime_of(request)
+    wanted = request.match_info["id"]
+    found = await api.find_delivery(rt, wanted)
+    if found is not None and found["kind"] == "outgoing" and found["causation"]:
+        found = await api.find_delivery(rt, found["causation"]) or found
+    if found is None:
+        return render("missing.html", status=404, message=f"No delivery {wanted}")
+    if found["kind"] == "incoming":
+        root, caused = found, found["caused"]
+    else:  # an event nothing incoming caused: the chain starts at the event
+        event = await rt.store.get_event(found["event_id"])
+        root, caused = None, [] if event is None else [await chain.event_view(rt, event)]
+    return render(
+        "chain.html",
+        redact=request.config_dict[REDACTOR].redact,
+        d=root,
+        caused=caused,
+        root_id=wanted,
+        current=wanted,
+    )
+
+
+async def session_page(request: web.Request) -> web.Response:
+    """A session's incoming deliveries, events and outgoing deliveries in time order."""
+    if not _signed_in(request):
+        return _to_login()
+    key = request.query.get("key", "")
+    if not key:
+        return render("missing.html", status=404, message="No session given")
+    try:
+        page = await chain.session_page(api.runtime_of(request), key, request)
+    except chain.BadRequest as exc:
+        return render("missing.html", status=400, message=str(exc))
+    return render(
+        "session.html",
+        redact=request.config_dict[REDACTOR].redact,
+        key=key,
+        items=page["items"],
+        next_cursor=page["next_cursor"],
+        cursor=request.query.get("cursor"),
+    )
+
+
 async def login_form(request: web.Request) -> web.Response:
     return render("login.html", error=None)
 
@@ -178,6 +226,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/admin", json_errors(to_index))
     router.add_get("/admin/", json_errors(index))
     router.add_get("/admin/deliveries/{id}", json_errors(delivery))
+    router.add_get("/admin/chain/{id}", json_errors(chain_page))
+    router.add_get("/admin/session", json_errors(session_page))
     router.add_get("/admin/login", json_errors(login_form))
     router.add_post("/admin/login", json_errors(login))
     router.add_post("/admin/logout", json_errors(logout))

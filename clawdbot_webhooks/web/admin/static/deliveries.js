@@ -102,7 +102,7 @@ function link(href, value, className) {
 }
 
 function sessionHref(key) {
-  return `/admin/?q=${encodeURIComponent(key)}`;
+  return `/admin/session?key=${encodeURIComponent(key)}`;
 }
 
 function row(item) {
@@ -207,6 +207,7 @@ async function loadMore() {
   if (!list.next) return;
   const button = document.getElementById("load-more");
   button.disabled = true;
+  list.busy = true; // no live update in between: it could start the list over
   try {
     const page = await fetchPage(list.next);
     const seen = new Set(list.items.map((i) => i.id));
@@ -215,6 +216,7 @@ async function loadMore() {
     render();
   } finally {
     button.disabled = false;
+    list.busy = false;
   }
 }
 
