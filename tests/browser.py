@@ -104,7 +104,25 @@ class Browser:
         """How far the page scrolls sideways (0: not at all)."""
         return int(
             self.driver.execute_script(
-                "return document.documentElement.scrollWidth - window.innerWidth"
+                "const e = document.documentElement; return e.scrollWidth - e.clientWidth"
+            )
+        )
+
+    def too_wide(self) -> list[str]:
+        """The elements that reach past the page's right edge (outside boxes that scroll)."""
+        return list(
+            self.driver.execute_script(
+                """
+                const width = document.documentElement.clientWidth;
+                const out = [];
+                for (const e of document.body.querySelectorAll("*")) {
+                  const inBox = e.parentElement.closest(".scroll, pre");
+                  if (inBox && getComputedStyle(e).position !== "absolute") continue;
+                  const r = e.getBoundingClientRect();
+                  if (r.right > width + 0.5) out.push(`${e.tagName}.${e.className}#${e.id}`);
+                }
+                return out.slice(0, 10);
+                """
             )
         )
 

@@ -155,3 +155,4 @@ async def test_chain_page_and_session_view(start_server, make_sink) -> None:
         assert await step(b.overflow) == 0
         await step(b.open, f"{base}/admin/chain/{first}")
         assert await step(b.overflow) == 0
+        await step(b.shot, "dashboard-chain-375.png")

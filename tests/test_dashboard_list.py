@@ -205,5 +205,5 @@ async def test_filters_search_live_and_bulk_replay(start_server, make_sink) -> N
         # A phone's width: nothing scrolls sideways but the tables in their own boxes.
         await step(b.viewport, 375, 812, True)
         await step(b.open, f"{base}/admin/")
-        assert await step(b.overflow) == 0
+        assert await step(b.overflow) == 0, await step(b.too_wide)
         await step(b.shot, "dashboard-375.png")

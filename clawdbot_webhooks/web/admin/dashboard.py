@@ -14,6 +14,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup, escape
 
 from clawdbot_webhooks.web.admin import api, chain
 from clawdbot_webhooks.web.admin.auth import AUTH, COOKIE, CSRF_VALUE, REDACTOR
@@ -43,6 +44,16 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _when_parts(epoch: float | None) -> Markup:
+    """``_when`` that may wrap between the date and the time (narrow table columns)."""
+    day, _, clock = _when(epoch).partition(" ")
+    if not clock:
+        return Markup(escape(day))
+    return Markup('<span class="nowrap">{}</span> <span class="nowrap">{}</span>').format(
+        day, clock
+    )
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
@@ -59,7 +70,7 @@ _ENV = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
-_ENV.filters.update(when=_when, percent=_percent, pretty=_pretty)
+_ENV.filters.update(when=_when, when_parts=_when_parts, percent=_percent, pretty=_pretty)
 
 
 def render(name: str, status: int = 200, redact: Any = None, **context: Any) -> web.Response:
