@@ -150,6 +150,13 @@ async def test_chain_page_and_session_view(start_server, make_sink) -> None:
         between = ids[ids.index(first) + 1 : ids.index(second)]
         assert {e["id"] for e in events} | outgoing <= set(between)
         await step(b.shot, "dashboard-session.png")
+        # In pages of three: "Later →" goes on to the end, each item once, in the same order.
+        await step(b.open, f"{base}/admin/session?key={session}&limit=3")
+        paged = await step(b.attr, "#timeline tbody tr", "data-id")
+        while await step(b.attr, "#session-later", "href"):
+            await step(b.follow, "#session-later")
+            paged += await step(b.attr, "#timeline tbody tr", "data-id")
+        assert paged == ids
         await step(b.viewport, 375, 812, True)
         await step(b.open, f"{base}/admin/session?key={session}")
         assert await step(b.overflow) == 0

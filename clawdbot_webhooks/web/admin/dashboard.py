@@ -190,6 +190,8 @@ async def session_page(request: web.Request) -> web.Response:
         items=page["items"],
         next_cursor=page["next_cursor"],
         cursor=request.query.get("cursor"),
+        # A page size the URL gives stays with the pages that follow.
+        more="&limit=" + request.query["limit"] if request.query.get("limit", "").isdigit() else "",
     )
 
 
