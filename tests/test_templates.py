@@ -45,6 +45,12 @@ async def test_missing_values_render_empty_by_default(start_server) -> None:
     assert text == "[][]"
 
 
+async def test_jinja_globals_render_and_payload_keys_shadow_them(start_server) -> None:
+    template = "{% for i in range(n) %}{{ i }}{% endfor %} {{ lipsum }}"
+    text = await sent_text(start_server, {"n": 3, "lipsum": "mine"}, template)
+    assert text == "012 mine"
+
+
 async def test_strict_templates_turn_missing_values_into_a_dead_letter(start_server) -> None:
     srv = await start_server({"handlers": [handler("{{ alert.name }}")], "strictTemplates": True})
     _, body = await srv.post("h", {"other": 1})
