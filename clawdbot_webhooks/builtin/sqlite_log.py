@@ -3,7 +3,8 @@ one transaction and one commit, so many agent runs at once cost one disk flush, 
 
 An operation that raises is undone alone and its error goes back to its caller only: the
 batch is then run again with a savepoint per operation (only then: savepoints cost two
-statements per operation). The event loop is woken once per batch, not once per operation.
+statements per operation). The thread is handed a turn of the event loop's operations at a
+time, and the loop is woken once per batch: neither once per operation.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: At most this many operations share a commit: a transaction stays short.
+#: A batch takes in further turns' operations up to this many: a transaction stays short.
 MAX_BATCH = 256
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
@@ -29,7 +30,10 @@ class LogWriter:
     def __init__(self, path: Path, schema: str) -> None:
         self.path = path
         self._schema = schema
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: Operations go to the thread a turn of the event loop at a time: one hand-over (and
+        #: one wake-up of the thread) per turn, not per operation.
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._turn: list[_Job] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -45,6 +49,7 @@ class LogWriter:
     async def close(self) -> None:
         if self._thread is None:
             return
+        self._hand_over()
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
@@ -53,8 +58,15 @@ class LogWriter:
         """Run ``fn(connection)`` in the writer thread, committed before the future is set."""
         assert self._loop is not None, "open() first"
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((fn, future))
+        self._turn.append((fn, future))
+        if len(self._turn) == 1:
+            self._loop.call_soon(self._hand_over)
         return future
+
+    def _hand_over(self) -> None:
+        if self._turn:
+            self._jobs.put(self._turn)
+            self._turn = []
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,16 +91,16 @@ class LogWriter:
                 first = self._jobs.get()
                 if first is None:
                     return
-                batch = [first]
+                batch = list(first)
                 while len(batch) < MAX_BATCH:
                     try:
-                        job = self._jobs.get_nowait()
+                        jobs = self._jobs.get_nowait()
                     except queue.Empty:
                         break
-                    if job is None:
+                    if jobs is None:
                         self._jobs.put(None)  # finish this batch, then stop
                         break
-                    batch.append(job)
+                    batch.extend(jobs)
                 self._commit(conn, batch, loop)
         finally:
             conn.close()
