@@ -104,7 +104,8 @@ class SQLiteWriter:
         self._flush_due = False
         #: The loop's connection; None where commits wait for the disk, or it cannot open.
         self._fast: sqlite3.Connection | None = None
-        self._fast_commits = 0
+        #: Rows the loop's connection wrote since the last checkpoint began.
+        self._fast_rows = 0
         self._checkpointing = False
         #: Requests put into the queue (counted on the loop) and finished by the writer
         #: thread (counted there): equal when the thread has nothing to do.
@@ -284,8 +285,9 @@ class SQLiteWriter:
                 except sqlite3.Error:
                     self._fast = None  # stuck in a transaction: no longer to be used
             return False
-        self._fast_commits += 1
-        if self._fast_commits % CHECKPOINT_EVERY == 0 and not self._checkpointing:
+        self._fast_rows += len(batch)
+        if self._fast_rows >= CHECKPOINT_ROWS and not self._checkpointing:
+            self._fast_rows = 0
             self._checkpointing = True
             self._queue.put((_copy_wal, Unwatched("a checkpoint")))  # not counted: see _run
         _settle_all(outcomes)
@@ -327,10 +329,11 @@ BUSY_SECONDS = 5.0
 LATER_SECONDS = 0.05
 #: Where a commit on the event loop's thread does not wait for the disk.
 LOOP_SYNCHRONOUS = frozenset({"NORMAL", "OFF", "0", "1"})
-#: The loop's connection does not checkpoint: after this many of its commits the writer
-#: thread does (``_copy_wal``, ``_restart_wal``; SQLite's own default is about every 1,000
-#: pages written).
-CHECKPOINT_EVERY = 200
+#: The loop's connection does not checkpoint: after it wrote this many rows the writer thread
+#: does (``_copy_wal``, ``_restart_wal``). Kept well under SQLite's own 1,000 pages, so that the
+#: writer thread's connection, should it commit meanwhile, seldom finds a WAL long enough to
+#: checkpoint itself while the loop's writes wait.
+CHECKPOINT_ROWS = 1000
 
 
 def _copy_wal(conn: sqlite3.Connection) -> None:
