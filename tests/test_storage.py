@@ -505,12 +505,12 @@ async def test_sqlite_wal_starts_over_while_the_loop_writes(tmp_path: Path) -> N
     store = open_store(f"sqlite:///{path}")
     await store.open()
     try:
-        for n in range(3000):  # a commit each, far more than one WAL's worth
+        for n in range(6000):  # a commit each, far more than one WAL's worth
             assert await store.add_incoming(_incoming(n), 30)
             store.record_outcome(f"dlv_{n}", "done", attempts=1)
         wal = path.with_name(path.name + "-wal").stat().st_size
-        assert wal < 8 * 1024 * 1024  # 3,000 commits of a few pages each would be 40 MB
-        assert await store.count_incoming("done") >= 2999
+        assert wal < 24 * 1024 * 1024  # 6,000 commits of a few pages each would be 80 MB
+        assert await store.count_incoming("done") >= 5999
     finally:
         await store.close()
 
