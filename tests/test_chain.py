@@ -17,8 +17,10 @@ from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.outgoing.outbox import outbox_id
-from clawdbot_webhooks.store import EventRecord, open_store
+from clawdbot_webhooks.sessions import ephemeral_session
+from clawdbot_webhooks.store import EventQuery, EventRecord, open_store
 from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
+from clawdbot_webhooks.store.rows import events_of_session
 from clawdbot_webhooks.store.sqlite_schema import MIGRATIONS_TABLE, SQLITE_MIGRATIONS
 from tests.conftest import POSTGRES_URL, with_storage, write_config
 
@@ -280,6 +282,56 @@ async def test_retention_removes_old_events(start_server) -> None:
     assert await store.get_event("evt_new") is not None
     status, body = await call(srv, "/admin/api/events/evt_old")
     assert status == 404 and body["error"] == "no such event"
+
+
+async def test_session_index_holds_lasting_sessions_only(tmp_path, storage) -> None:
+    """Events of a lasting session are found through ``events_session``; an ephemeral one's
+    random key stays out of that index, and its events are still found (without it)."""
+    lasting, ephemeral = "github:claw", ephemeral_session()
+    if storage is None:
+        store = open_store(f"sqlite:///{tmp_path / 'events.sqlite3'}")
+    else:
+        store = open_store(POSTGRES_URL, schema=storage["schema"])
+    await store.open()
+    try:
+        now = time.time()
+        for n, session in enumerate([lasting, ephemeral, lasting, None]):
+            event = EventRecord(
+                f"evt_{n}", "session_started", "2026-01-01T00:00:00Z", session, f"dlv_{n}",
+                "webhook", b"{}", now + n,
+            )  # fmt: skip
+            await store.add_outgoing([], 0, event)
+        for session, ids in ((lasting, ["evt_2", "evt_0"]), (ephemeral, ["evt_1"])):
+            found = await store.list_events(EventQuery(session=session))
+            assert [e.id for e in found] == ids
+            page = await store.session_timeline(session, None, 10)
+            assert [i.id for i in page] == ids[::-1]
+        plan = {}
+        for session in (lasting, ephemeral):
+            sql = f"SELECT id FROM events WHERE {events_of_session(session)}"
+            if storage is None:
+                with sqlite3.connect(tmp_path / "events.sqlite3") as conn:
+                    rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", (session,)).fetchall()
+                    plan[session] = " ".join(str(r[-1]) for r in rows)
+                    indexed = conn.execute(
+                        "SELECT count(*) FROM events INDEXED BY events_session "
+                        f"WHERE {events_of_session(lasting)} AND session IS NOT NULL",
+                        (lasting,),
+                    ).fetchone()[0]
+                    assert indexed == 2
+            else:
+                conn = await asyncpg.connect(POSTGRES_URL)
+                try:
+                    await conn.execute(f"SET search_path TO {storage['schema']}")
+                    await conn.execute("SET enable_seqscan = off")
+                    rows = await conn.fetch(f"EXPLAIN {sql.replace('?', '$1')}", session)
+                    plan[session] = " ".join(r[0] for r in rows)
+                finally:
+                    await conn.close()
+        assert "events_session" in plan[lasting]
+        assert "events_session" not in plan[ephemeral]
+    finally:
+        await store.close()
 
 
 def _old_payload(cause: str) -> bytes:

@@ -6,6 +6,7 @@ import time
 
 import asyncpg
 
+from clawdbot_webhooks.store.rows import LASTING_SESSION
 from clawdbot_webhooks.store.schema import Migration
 
 #: The PostgreSQL schema's history; a new version appends a migration, never edits an old one.
@@ -100,6 +101,13 @@ UPDATE outbox SET causation = substring(
 ) WHERE position('"causation":"' in convert_from(payload, 'UTF8')) > 0;
 CREATE INDEX outbox_causation ON outbox (causation) WHERE causation IS NOT NULL;
 """,
+    ),
+    # See SQLite's migration 8: ephemeral sessions' random keys stay out of the index.
+    Migration(
+        3,
+        "events indexed by session only for lasting sessions",
+        "DROP INDEX IF EXISTS events_session;\n"
+        f"CREATE INDEX events_session ON events (session, created_at) WHERE {LASTING_SESSION};",
     ),
 ]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from clawdbot_webhooks.store.records import CausedDelivery, DeliveryQuery, EventQuery
-from clawdbot_webhooks.store.rows import EVENT_COLUMNS, KIND_COLUMNS
+from clawdbot_webhooks.store.rows import EVENT_COLUMNS, KIND_COLUMNS, events_of_session
 from clawdbot_webhooks.store.schema import Migration, SchemaStatus
 
 T = TypeVar("T")
@@ -363,14 +363,15 @@ def event_listing(query: EventQuery) -> Statement:
     event of the previous page."""
     where: list[str] = []
     args: list[Any] = []
-    for column, value in (
-        ("type", query.type),
-        ("session", query.session),
-        ("causation", query.causation),
-    ):
-        if value is not None:
-            where.append(f"{column}=?")
-            args.append(value)
+    if query.type is not None:
+        where.append("type=?")
+        args.append(query.type)
+    if query.session is not None:
+        where.append(events_of_session(query.session))
+        args.append(query.session)
+    if query.causation is not None:
+        where.append("causation=?")
+        args.append(query.causation)
     if query.since is not None:
         where.append("created_at>=?")
         args.append(query.since)
@@ -423,7 +424,7 @@ def session_timeline(
         f"status, {incoming} AS attempts, last_error, NULL AS type, NULL AS causation, "
         "NULL AS source, NULL AS event_id FROM inbox WHERE session=? UNION ALL "
         "SELECT 'event', id, created_at, 1, NULL, NULL, NULL, NULL, type, causation, source, "
-        "NULL FROM events WHERE session=? UNION ALL "
+        f"NULL FROM events WHERE {events_of_session(session)} UNION ALL "
         f"SELECT 'outgoing', id, created_at, 2, subscription_id, status, {outgoing}, "
         "last_error, event_type, causation, NULL, event_id FROM outbox WHERE session=?"
     )

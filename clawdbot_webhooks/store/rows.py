@@ -5,6 +5,7 @@ uses ``?`` placeholders; PostgreSQL numbers them (``postgres.numbered``)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,22 @@ OUTBOX_COLUMNS = (
 )
 #: An events row in the order of ``EventRecord.values`` and ``event_record``.
 EVENT_COLUMNS = "id, type, timestamp, session, causation, source, payload, created_at"
+
+#: Sessions the ``events_session`` index holds: not the ephemeral ones (``hook:`` and a UUID,
+#: one delivery's each), whose random keys would put every event on an index page of its own;
+#: their events are found through their delivery. The same text in the index and the query,
+#: so that both SQLite and PostgreSQL see the partial index applies.
+LASTING_SESSION = "session NOT LIKE 'hook:________-____-____-____-____________'"
+_EPHEMERAL_SHAPE = re.compile(r"hook:.{8}-.{4}-.{4}-.{4}-.{12}", re.IGNORECASE | re.DOTALL)
+
+
+def events_of_session(session: str) -> str:
+    """The condition that finds a session's events, by the index where it holds them."""
+    if _EPHEMERAL_SHAPE.fullmatch(session):
+        return "session=?"
+    return f"session=? AND {LASTING_SESSION}"
+
+
 #: A published event; one published again (a re-run after a crash) is kept as it was.
 #: ``ON CONFLICT DO NOTHING`` is both SQLite's and PostgreSQL's.
 INSERT_EVENT = (

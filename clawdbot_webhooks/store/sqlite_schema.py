@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from clawdbot_webhooks.store.rows import LASTING_SESSION
 from clawdbot_webhooks.store.schema import Migration
 
 SCHEMA = """
@@ -135,6 +136,15 @@ UPDATE outbox SET causation = json_extract(CAST(payload AS TEXT), '$.causation')
     WHERE json_valid(CAST(payload AS TEXT));
 CREATE INDEX IF NOT EXISTS outbox_causation ON outbox (causation) WHERE causation IS NOT NULL;
 """,
+    ),
+    # An ephemeral session's key is random: each of its events went to an index page of its
+    # own, the dearest part of storing an event. Only lasting sessions are indexed now.
+    Migration(
+        8,
+        "events indexed by session only for lasting sessions",
+        "DROP INDEX IF EXISTS events_session;\n"
+        "CREATE INDEX IF NOT EXISTS events_session ON events (session, created_at) "
+        f"WHERE {LASTING_SESSION};",
     ),
 ]
 
