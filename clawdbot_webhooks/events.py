@@ -38,23 +38,34 @@ class EventBus:
         self._pm = pm
         self._durable: list[Subscriber] = []
         self._interest: list[Callable[[str], bool]] = []
+        self._sends: list[Callable[[str], bool]] = []
         # The plugins are loaded once, before the bus exists: whether any watches is fixed.
         self._on_event = HookCalls(pm, "on_event") if pm is not None else None
         self._plugins_listen = bool(self._on_event)
         self._background: set[asyncio.Task[Any]] = set()
 
     def subscribe(
-        self, subscriber: Subscriber, wants: Callable[[str], bool] = lambda event_type: True
+        self,
+        subscriber: Subscriber,
+        wants: Callable[[str], bool] = lambda event_type: True,
+        sends: Callable[[str], bool] = lambda event_type: False,
     ) -> None:
         """Add a durable subscriber: ``publish`` waits for it and lets its errors through.
-        ``wants`` says which event types it cares about."""
+        ``wants`` says which event types it cares about; ``sends``, which it passes on to
+        somebody (the outbox: those a subscription takes) rather than only keeping."""
         self._durable.append(subscriber)
         self._interest.append(wants)
+        self._sends.append(sends)
 
     def wants(self, event_type: str) -> bool:
         """Whether anyone would see an event of this type. Publishers of frequent events ask
         first, so nobody builds (ids, timestamps) what nobody reads."""
         return self._plugins_listen or any(wants(event_type) for wants in self._interest)
+
+    def sent(self, event_type: str) -> bool:
+        """Whether an event of this type would reach anyone (a plugin, a subscription) rather
+        than only be stored."""
+        return self._plugins_listen or any(sends(event_type) for sends in self._sends)
 
     async def publish(self, event: Event, *, source: str = "plugin") -> None:
         """Hand ``event`` to the durable subscribers, then to the plugins; ``source`` says

@@ -89,7 +89,7 @@ class Runtime:
             on_attempt=self._attempted,
         )
         # Every event is stored, subscribed or not: the outbox wants them all.
-        self.bus.subscribe(self.outbox.record)
+        self.bus.subscribe(self.outbox.record, sends=self.outbox.sends)
         self.pipeline = Pipeline(
             settings,
             plugins.pm,

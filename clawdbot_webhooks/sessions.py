@@ -3,6 +3,11 @@
 An ephemeral session (``hook:<uuid>``) lives for one delivery's action. A persistent one
 (``sessionMode: "persistent"``) lives while deliveries keep arriving and ends after
 ``sessions.idleTimeout`` seconds without one.
+
+An ephemeral session's two events are published only when somebody takes them (a
+subscription, a plugin). Otherwise they would only be stored, and the delivery's own row
+already says all they would: the views make them from it (``ephemeral_events``), with the ids
+they would have had.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import Event
+from clawdbot_webhooks_hookspecs import Event, utc_timestamp
 
 from clawdbot_webhooks.events import EventBus, derived_event_id
 
@@ -72,8 +77,8 @@ class Sessions:
         """A run starts in ``session``: its ``session_started`` event when the session is new
         and somebody listens (the caller publishes it, so nothing here is awaited)."""
         if not persistent:
-            if self._bus.wants("session_started"):
-                return self._started(session, hook_id, "ephemeral", cause)
+            if self._bus.sent("session_started"):
+                return _started(session, hook_id, "ephemeral", cause)
             return None
         live = self._entry(session)
         if live.timer is not None:
@@ -82,15 +87,15 @@ class Sessions:
         started, live.started = live.started, True
         live.busy += 1
         if not started and self._bus.wants("session_started"):
-            return self._started(session, hook_id, "persistent", cause)
+            return _started(session, hook_id, "persistent", cause)
         return None
 
     def finish(self, session: str, cause: str, persistent: bool) -> Event | None:
         """A run in ``session`` is over: an ephemeral session ends with it (its
         ``session_ended`` event, when somebody listens); a persistent one ends when idle."""
         if not persistent:
-            if self._bus.wants("session_ended"):
-                return self._ended(session, cause, "completed")
+            if self._bus.sent("session_ended"):
+                return _ended(session, cause, "completed")
             return None
         live = self._live.get(session)
         if live is None:
@@ -103,28 +108,44 @@ class Sessions:
 
     def _idle_out(self, session: str, cause: str) -> None:
         if self._live.pop(session, None) is not None:
-            self._bus.emit(self._ended(session, cause, "idle"), source="webhook")
-
-    def _started(self, session: str, hook_id: str, mode: str, cause: str) -> Event:
-        return Event(
-            "session_started",
-            {"hook": hook_id, "mode": mode},
-            session=session,
-            causation=cause,
-            id=derived_event_id(cause, session, "session_started"),
-        )
-
-    def _ended(self, session: str, cause: str, reason: str) -> Event:
-        return Event(
-            "session_ended",
-            {"reason": reason},
-            session=session,
-            causation=cause,
-            id=derived_event_id(cause, session, "session_ended"),
-        )
+            self._bus.emit(_ended(session, cause, "idle"), source="webhook")
 
     def close(self) -> None:
         for live in self._live.values():
             if live.timer is not None:
                 live.timer.cancel()
         self._live.clear()
+
+
+def _started(session: str, hook_id: str, mode: str, cause: str, at: float | None = None) -> Event:
+    return Event(
+        "session_started",
+        {"hook": hook_id, "mode": mode},
+        session=session,
+        causation=cause,
+        id=derived_event_id(cause, session, "session_started"),
+        timestamp=utc_timestamp(at),
+    )
+
+
+def _ended(session: str, cause: str, reason: str, at: float | None = None) -> Event:
+    return Event(
+        "session_ended",
+        {"reason": reason},
+        session=session,
+        causation=cause,
+        id=derived_event_id(cause, session, "session_ended"),
+        timestamp=utc_timestamp(at),
+    )
+
+
+def ephemeral_events(
+    delivery: str, session: str, hook_id: str, received: float, finished: float | None
+) -> list[tuple[Event, float]]:
+    """The events of a delivery's ephemeral session that were not published (nobody took
+    them), each with when it happened: started when the delivery was received (its session
+    key was given then), ended when it finished."""
+    events = [(_started(session, hook_id, "ephemeral", delivery, received), received)]
+    if finished is not None:
+        events.append((_ended(session, delivery, "completed", finished), finished))
+    return events

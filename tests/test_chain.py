@@ -16,6 +16,7 @@ import asyncpg
 from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
+from clawdbot_webhooks.events import derived_event_id
 from clawdbot_webhooks.outgoing.outbox import outbox_id
 from clawdbot_webhooks.sessions import ephemeral_session
 from clawdbot_webhooks.store import EventQuery, EventRecord, open_store
@@ -101,6 +102,12 @@ async def test_a_webhook_is_followed_to_everything_it_caused_and_back(
         }  # fmt: skip
     started, received, response, ended = caused
     assert started["deliveries"] == [] and ended["deliveries"] == []
+    # Nobody takes the session's two: they are made from the delivery's row, not stored, with
+    # the ids they would have been sent with.
+    stored = await srv.runtime.store.list_events(EventQuery(causation=delivery))
+    assert {e.type for e in stored} == {"message_received", "agent_response"}
+    assert started["id"] == derived_event_id(delivery, session, "session_started")
+    assert ended["id"] == derived_event_id(delivery, session, "session_ended")
     ids = [d["id"] for e in caused for d in e["deliveries"]]
     assert ids == [
         outbox_id(received["id"], "a"),
@@ -199,9 +206,12 @@ async def test_event_listing_filters_pages_and_refuses_bad_input(start_server, m
     await srv.idle()
     await a.wait_for(4)
 
+    # The stored events: an ephemeral session's two nobody took are not rows of their own
+    # (the chain makes them from the delivery's row).
     status, mine = await call(srv, f"/admin/api/events?causation={first}")
     assert status == 200 and mine["next_cursor"] is None
-    assert {e["causation"] for e in mine["items"]} == {first} and len(mine["items"]) == 4
+    assert [e["type"] for e in mine["items"]] == ["agent_response", "message_received"]
+    assert {e["causation"] for e in mine["items"]} == {first}
     status, replies = await call(srv, "/admin/api/events?type=agent_response")
     assert {e["causation"] for e in replies["items"]} == {first, second}
     session = mine["items"][0]["session"]
@@ -220,7 +230,7 @@ async def test_event_listing_filters_pages_and_refuses_bad_input(start_server, m
             break
         cursor = f"&cursor={page['next_cursor']}"
     _, everything = await call(srv, "/admin/api/events?limit=500")
-    assert seen == [e["id"] for e in everything["items"]] and len(seen) == 8
+    assert seen == [e["id"] for e in everything["items"]] and len(seen) == 4
 
     for path, message in [
         ("/admin/api/events?cursor=nonsense", "cursor: not a cursor from a previous page"),

@@ -247,6 +247,13 @@ class Outbox:
             subs = [s for s in subs if s.id != failed]
         return subs
 
+    def sends(self, event_type: str) -> bool:
+        """Whether a subscription takes events of this type."""
+        subs = self._by_type.get(event_type)
+        if subs is None:
+            return any(s.wants(event_type) for s in self._subs.values())
+        return bool(subs)
+
     async def record(self, event: Event, source: str) -> None:
         """Store the event (published by ``source``) and one row per subscription that
         takes it: together, in one transaction; an event nobody takes goes with the store's

@@ -26,6 +26,8 @@ class IncomingRecord:
     last_error: str | None = None
     result: Any = None
     dedup_key: str | None = None
+    #: When it was done, dropped or dead-lettered (epoch seconds); None while pending.
+    finished_at: float | None = None
 
     def as_delivery(self, payload: Any) -> Delivery:
         """What plugins and templates see of this delivery, on its next attempt."""

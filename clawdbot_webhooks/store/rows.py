@@ -27,7 +27,7 @@ KIND_COLUMNS = {
 #: An inbox row in the order of ``incoming_record``.
 INBOX_COLUMNS = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
-    "status, attempts, next_attempt_at, last_error, result, dedup_key"
+    "status, attempts, next_attempt_at, last_error, result, dedup_key, finished_at"
 )
 #: An outbox row in the order of ``outgoing_record``.
 OUTBOX_COLUMNS = (
@@ -45,9 +45,14 @@ LASTING_SESSION = "session NOT LIKE 'hook:________-____-____-____-____________'"
 _EPHEMERAL_SHAPE = re.compile(r"hook:.{8}-.{4}-.{4}-.{4}-.{12}", re.IGNORECASE | re.DOTALL)
 
 
+def is_ephemeral(session: str) -> bool:
+    """Whether a session key has the shape of an ephemeral session's (``hook:`` and a UUID)."""
+    return _EPHEMERAL_SHAPE.fullmatch(session) is not None
+
+
 def events_of_session(session: str) -> str:
     """The condition that finds a session's events, by the index where it holds them."""
-    if _EPHEMERAL_SHAPE.fullmatch(session):
+    if is_ephemeral(session):
         return "session=?"
     return f"session=? AND {LASTING_SESSION}"
 
@@ -130,6 +135,7 @@ def incoming_record(row: Sequence[Any]) -> IncomingRecord:
         error,
         result,
         dedup,
+        finished,
     ) = row
     return IncomingRecord(
         id_,
@@ -147,6 +153,7 @@ def incoming_record(row: Sequence[Any]) -> IncomingRecord:
         error,
         None if result is None else json.loads(result),
         dedup,
+        finished,
     )
 
 

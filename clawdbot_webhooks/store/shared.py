@@ -203,6 +203,11 @@ class SharedQueries:
         rows = await self._query(fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE id=?", event_id))
         return event_record(rows[0]) if rows else None
 
+    async def incoming_ids_from(self, prefix: str) -> list[str]:
+        """The ids of incoming deliveries that start with ``prefix`` (by the id's index)."""
+        sql = "SELECT id FROM inbox WHERE id >= ? AND id < ? ORDER BY id"
+        return [r[0] for r in await self._query(fetch(sql, prefix, prefix + "\x7f"))]
+
     async def list_events(self, query: EventQuery) -> list[EventRecord]:
         """Stored events, newest first (``EventQuery`` says which)."""
         sql, args = event_listing(query)

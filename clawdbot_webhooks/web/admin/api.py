@@ -162,7 +162,7 @@ async def incoming_view(rt: Holds, r: IncomingRecord) -> dict[str, Any]:
         "result": r.result,
         "rendered": rendered_templates(rt, r),
         "history": [asdict(a) for a in history],
-        "caused": await chain.caused(rt, r.id),
+        "caused": await chain.caused(rt, r),
     }
 
 
@@ -309,7 +309,7 @@ async def show_outgoing(request: web.Request) -> web.Response:
 
 async def show_event(request: web.Request) -> web.Response:
     rt = runtime_of(request)
-    event = await rt.store.get_event(request.match_info["id"])
+    event = await chain.find_event(rt, request.match_info["id"])
     if event is None:
         return fail(404, "no such event")
     return web.json_response(await chain.event_view(rt, event), dumps=jsontext.readable)

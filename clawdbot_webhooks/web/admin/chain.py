@@ -15,8 +15,17 @@ from aiohttp import web
 
 from clawdbot_webhooks.config import Settings
 from clawdbot_webhooks.credentials import mask_url
-from clawdbot_webhooks.outgoing.outbox import outbox_id
-from clawdbot_webhooks.store import CausedDelivery, EventQuery, EventRecord, Store, TimelineItem
+from clawdbot_webhooks.outgoing.outbox import outbox_id, payload_bytes
+from clawdbot_webhooks.sessions import ephemeral_events
+from clawdbot_webhooks.store import (
+    CausedDelivery,
+    EventQuery,
+    EventRecord,
+    IncomingRecord,
+    Store,
+    TimelineItem,
+)
+from clawdbot_webhooks.store.rows import is_ephemeral
 
 #: The largest page of events or of a session's timeline.
 MAX_LIMIT = 500
@@ -78,9 +87,47 @@ async def with_deliveries(rt: Holds, events: Sequence[EventRecord]) -> list[dict
     return [{**event_summary(e), "deliveries": by_event.get(e.id, [])} for e in events]
 
 
-async def caused(rt: Holds, delivery_id: str) -> list[dict[str, Any]]:
-    """The events ``delivery_id`` caused, in time order, each with its outgoing deliveries."""
-    return await with_deliveries(rt, await rt.store.events_caused_by(delivery_id))
+def made_events(delivery: IncomingRecord) -> list[EventRecord]:
+    """The events of the delivery's ephemeral session, as published had anyone taken them
+    (``sessions.ephemeral_events``); none for a lasting session."""
+    if not is_ephemeral(delivery.session):
+        return []
+    made = ephemeral_events(
+        delivery.id, delivery.session, delivery.hook_id, delivery.received_at, delivery.finished_at
+    )
+    return [EventRecord.of(e, "webhook", payload_bytes(e), at) for e, at in made]
+
+
+async def caused_events(rt: Holds, delivery: IncomingRecord) -> list[EventRecord]:
+    """The events ``delivery`` caused, stored or made from its row, in time order."""
+    events = await rt.store.events_caused_by(delivery.id)
+    stored = {e.id for e in events}
+    events += [e for e in made_events(delivery) if e.id not in stored]
+    events.sort(key=lambda e: e.created_at)
+    return events
+
+
+async def caused(rt: Holds, delivery: IncomingRecord) -> list[dict[str, Any]]:
+    """The events ``delivery`` caused, in time order, each with its outgoing deliveries."""
+    return await with_deliveries(rt, await caused_events(rt, delivery))
+
+
+async def find_event(rt: Holds, event_id: str) -> EventRecord | None:
+    """A stored event, or one made from its delivery's row: its id starts with the time of
+    the delivery's id (``derived_id``), which narrows the deliveries to look at to those
+    received in the same millisecond."""
+    event = await rt.store.get_event(event_id)
+    if event is not None:
+        return event
+    head = event_id.partition("_")[2][:10]
+    if len(head) < 10:
+        return None
+    for delivery_id in await rt.store.incoming_ids_from(f"dlv_{head}"):
+        delivery = await rt.store.get_incoming(delivery_id)
+        for made in [] if delivery is None else made_events(delivery):
+            if made.id == event_id:
+                return made
+    return None
 
 
 def _payload(e: EventRecord) -> Any:
@@ -162,13 +209,34 @@ async def list_events(rt: Holds, query: EventQuery) -> dict[str, Any]:
 
 async def session_page(rt: Holds, session: str, request: web.Request) -> dict[str, Any]:
     cursor = request.query.get("cursor")
+    after = timeline_cursor(cursor) if cursor else None
     limit = _limit(request)
-    items = await rt.store.session_timeline(
-        session, timeline_cursor(cursor) if cursor else None, limit
-    )
+    if is_ephemeral(session):
+        items = await _ephemeral_timeline(rt, session, after, limit)
+    else:
+        items = await rt.store.session_timeline(session, after, limit)
     last = items[-1] if len(items) == limit and items else None
     return {
         "session": session,
         "items": [timeline_view(i) for i in items],
         "next_cursor": None if last is None else encode_cursor(last.at, last.rank, last.id),
     }
+
+
+async def _ephemeral_timeline(
+    rt: Holds, session: str, after: tuple[float, int, str] | None, limit: int
+) -> list[TimelineItem]:
+    """One delivery's session: what the store holds of it and the events made from the
+    delivery's row (``made_events``), paged here; a page of the store's holds all of it."""
+    items = await rt.store.session_timeline(session, None, MAX_LIMIT)
+    seen = {i.id for i in items}
+    for item in [i for i in items if i.kind == "incoming"]:
+        delivery = await rt.store.get_incoming(item.id)
+        for e in [] if delivery is None else made_events(delivery):
+            if e.id not in seen:
+                fields = {"type": e.type, "causation": e.causation, "source": e.source}
+                items.append(TimelineItem("event", e.id, e.created_at, 1, fields))
+    items.sort(key=lambda i: (i.at, i.rank, i.id))
+    if after is not None:
+        items = [i for i in items if (i.at, i.rank, i.id) > after]
+    return items[:limit]
