@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from clawdbot_webhooks.builtin.local_gateway import LocalGateway
 from clawdbot_webhooks.builtin.sqlite_log import LogWriter
 
 
@@ -61,3 +62,19 @@ def test_logs_opening_one_new_file_at_once_all_get_it(tmp_path: Path) -> None:
         conn = sqlite3.connect(path)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.close()
+
+
+async def test_a_message_is_sent_once_per_idempotency_key(tmp_path: Path) -> None:
+    gateway = LocalGateway(tmp_path / "local-gateway.sqlite3")
+    await gateway.start()
+    try:
+        send = {"channel": "c", "peer": "p", "text": "hi", "session": "s"}
+        first = await gateway.send_message(**send, idempotency_key="k1")
+        again = await gateway.send_message(**{**send, "text": "changed"}, idempotency_key="k1")
+        other = await gateway.send_message(**send, idempotency_key="k2")
+        assert again == first and other["messageId"] != first["messageId"]
+    finally:
+        await gateway.close()
+    with sqlite3.connect(tmp_path / "local-gateway.sqlite3") as conn:
+        rows = conn.execute("SELECT idempotency_key, text FROM messages ORDER BY n").fetchall()
+    assert rows == [("k1", "hi"), ("k2", "hi")]

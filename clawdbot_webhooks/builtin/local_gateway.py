@@ -110,15 +110,16 @@ class LocalGateway:
         self, *, channel: str, peer: str, text: str, session: str, idempotency_key: str
     ) -> Mapping[str, Any]:
         def op(conn: sqlite3.Connection) -> Mapping[str, Any]:
+            # Sent once per key: a repeat finds the first one (one statement when new).
             row = conn.execute(
-                "SELECT n FROM messages WHERE idempotency_key=? AND kind='sent'",
-                (idempotency_key,),
+                "INSERT OR IGNORE INTO messages (at, kind, session, channel, peer, text, "
+                "idempotency_key) VALUES (?, 'sent', ?, ?, ?, ?, ?) RETURNING n",
+                (time.time(), session, channel, peer, text, idempotency_key),
             ).fetchone()
             if row is None:
                 row = conn.execute(
-                    "INSERT INTO messages (at, kind, session, channel, peer, text, "
-                    "idempotency_key) VALUES (?, 'sent', ?, ?, ?, ?, ?) RETURNING n",
-                    (time.time(), session, channel, peer, text, idempotency_key),
+                    "SELECT n FROM messages WHERE idempotency_key=? AND kind='sent'",
+                    (idempotency_key,),
                 ).fetchone()
             return {"messageId": f"local-{row[0]}", "channel": channel, "to": peer}
 
