@@ -15,6 +15,7 @@ import hmac
 import http.client
 import json
 import logging
+import re
 import select
 import socket
 import time
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from clawdbot_webhooks.config import ConfigError, build_settings
 from clawdbot_webhooks.plugins import PluginSelection, load_plugins
+from clawdbot_webhooks.web.requests import _long_digits
 
 SECRET = "S3CR3T-hostile-Zq9-value"
 GH_SECRET = "GH-S3CR3T-hostile-Kp2"
@@ -498,3 +500,11 @@ async def test_auth_failures_and_signatures_never_leak(start_server) -> None:
     )
     assert_error(status, json.dumps(document).encode(), 429)  # 5 failures: throttled
     assert await srv.runtime.store.count_incoming() == 1  # only the accepted one above
+
+
+@given(text=st.text(alphabet=st.sampled_from("0123456789x9\u0663 \"é"), max_size=80))
+def test_a_run_of_20_digits_is_found_as_the_regular_expression_finds_it(text: str) -> None:
+    """The look for integers beyond 64 bits (sent to the exact parser) misses none."""
+    expected = re.search("[0-9]{20}", text) is not None
+    assert _long_digits(text) is expected
+    assert _long_digits(text.encode()) is expected

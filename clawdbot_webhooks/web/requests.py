@@ -144,8 +144,18 @@ def _finite_float(text: str) -> float:
 
 
 #: 20 digits in a row: perhaps an integer beyond 64 bits (or only digits inside a string).
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
-_LONG_DIGITS_TEXT = re.compile(r"[0-9]{20}")
+#: Found as 20 zeros once every digit is a zero: a table look-up per byte and a substring
+#: search, several times cheaper than a regular expression (bench/README.md).
+_LONG_DIGITS = b"0" * 20
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS_TEXT = "0" * 20
+_DIGITS_TO_ZERO_TEXT = str.maketrans("123456789", "000000000")
+
+
+def _long_digits(text: str | bytes) -> bool:
+    if isinstance(text, bytes):
+        return _LONG_DIGITS in text.translate(_DIGITS_TO_ZERO)
+    return _LONG_DIGITS_TEXT in text.translate(_DIGITS_TO_ZERO_TEXT)
 
 #: Made once: ``json.loads`` with any option builds a new decoder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_strict_json_constant, parse_float=_finite_float)
@@ -170,8 +180,7 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
     integer beyond 64 bits into a float, losing its digits. Numbers that overflow
     to infinity and lone surrogates are refused: nothing downstream could hold them."""
     try:
-        long_digits = _LONG_DIGITS if isinstance(text, bytes) else _LONG_DIGITS_TEXT
-        if long_digits.search(text) is not None:  # type: ignore[arg-type]
+        if _long_digits(text):
             raise orjson.JSONDecodeError("may hold an integer beyond 64 bits", "", 0)
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
