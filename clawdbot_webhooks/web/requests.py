@@ -157,6 +157,7 @@ def _long_digits(text: str | bytes) -> bool:
         return _LONG_DIGITS in text.translate(_DIGITS_TO_ZERO)
     return _LONG_DIGITS_TEXT in text.translate(_DIGITS_TO_ZERO_TEXT)
 
+
 #: Made once: ``json.loads`` with any option builds a new decoder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_strict_json_constant, parse_float=_finite_float)
 
