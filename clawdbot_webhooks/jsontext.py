@@ -17,6 +17,14 @@ def readable(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
+def anything(value: Any) -> str:
+    """Compact JSON of anything an action returned (``str`` of what JSON has no type for)."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value, default=str)
+
+
 def dumps(value: Any) -> str:
     return encode(value).decode()
 

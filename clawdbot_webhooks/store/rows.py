@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.store.records import (
     Attempt,
     EventRecord,
@@ -87,7 +88,7 @@ def finish_params(
     return (
         status,
         attempts,
-        None if result is None else json.dumps(result, default=str),
+        None if result is None else jsontext.anything(result),
         error,
         retry_at or 0.0,
         None if status == "pending" else time.time(),
