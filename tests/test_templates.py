@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clawdbot_webhooks.builtin.local_gateway import read_log
 from clawdbot_webhooks.config import ConfigError, build_settings
+from clawdbot_webhooks.config.build import _literal
 from clawdbot_webhooks.plugins import load_plugins
+from clawdbot_webhooks.templates import make_environment
 
 
 def handler(template: str, **extra: object) -> dict[str, object]:
@@ -150,3 +154,32 @@ async def test_strict_templates_refuse_a_method_name_on_a_string_payload(start_s
     record = await srv.runtime.store.get_incoming(body["id"])
     assert record is not None and record.status == "dead"
     assert "has no attribute 'title'" in (record.last_error or "")
+
+
+@given(text=st.text(alphabet=st.sampled_from("ab {}%#\n\r\t-é"), max_size=40))
+def test_a_field_taken_as_literal_text_renders_as_itself(text: str) -> None:
+    """Template fields without Jinja syntax are kept as strings, not rendered per delivery:
+    only right where Jinja would print them unchanged."""
+    if _literal(text):
+        assert make_environment({}).from_string(text).render() == text
+
+
+async def test_literal_and_templated_fields_reach_the_action_alike(start_server) -> None:
+    config = {
+        "handlers": [
+            {
+                "id": "h",
+                "action": "send_message",
+                "target": {"channel": "plain", "peer": "{{ who }}"},
+                "template": "hi {{ who }}",
+                "verify": {"type": "none"},
+            }
+        ]
+    }
+    srv = await start_server(config)
+    spec = srv.runtime.settings.routes["h"]
+    assert set(spec.templates) == {("target", "peer"), ("template",)}
+    await srv.post("h", {"who": "ann"})
+    await srv.idle()
+    [sent] = [m for m in read_log(srv.runtime.settings.state_dir) if m["kind"] == "sent"]
+    assert (sent["channel"], sent["peer"], sent["text"]) == ("plain", "ann", "hi ann")

@@ -170,6 +170,17 @@ def _build_gateway(
     return GatewaySettings(type=name, options=options)
 
 
+#: What makes Jinja render a text otherwise than as it is: its syntax, and the line endings
+#: it rewrites (a carriage return; one trailing newline, which it drops).
+_NOT_LITERAL = ("{{", "{%", "{#", "\r")
+
+
+def _literal(source: str) -> bool:
+    """Whether a template field's text renders as itself: it then stays a plain string rather
+    than being rendered again for every delivery."""
+    return not source.endswith("\n") and not any(mark in source for mark in _NOT_LITERAL)
+
+
 def _template_paths(schema: Schema, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     """Where an action's schema declares ``Template`` fields, nested schemas included."""
     for name, fld in schema.fields.items():
@@ -276,7 +287,7 @@ def _build_handlers(
             if loaded:
                 for tpath in _template_paths(schema):
                     source = _dig(loaded, tpath)
-                    if isinstance(source, str):
+                    if isinstance(source, str) and not _literal(source):
                         try:
                             templates[tpath] = _compile(env, source, plugins)
                         except TemplateError as exc:
