@@ -60,14 +60,19 @@ class EventBus:
     def wants(self, event_type: str) -> bool:
         """Whether anyone would see an event of this type. Publishers of frequent events ask
         first, so nobody builds (ids, timestamps) what nobody reads."""
-        return self._plugins_listen or any(wants(event_type) for wants in self._interest)
+        if self._plugins_listen:
+            return True
+        for wants in self._interest:  # noqa: SIM110 (as in ``sent``)
+            if wants(event_type):
+                return True
+        return False
 
     def sent(self, event_type: str) -> bool:
         """Whether an event of this type would reach anyone (a plugin, a subscription) rather
         than only be stored."""
         if self._plugins_listen:
             return True
-        # Asked twice per webhook: a loop costs less than ``any`` over a generator.
+        # Asked for every event: a loop costs less than ``any`` over a generator.
         for sends in self._sends:  # noqa: SIM110
             if sends(event_type):
                 return True
@@ -100,7 +105,7 @@ class EventBus:
 
     def _notify_plugins(self, event: Event) -> None:
         calls = self._on_event
-        if not calls:
+        if not self._plugins_listen or calls is None:
             return
 
         def each() -> None:
