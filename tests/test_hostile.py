@@ -502,7 +502,7 @@ async def test_auth_failures_and_signatures_never_leak(start_server) -> None:
     assert await srv.runtime.store.count_incoming() == 1  # only the accepted one above
 
 
-@given(text=st.text(alphabet=st.sampled_from("0123456789x9\u0663 \"é"), max_size=80))
+@given(text=st.text(alphabet=st.sampled_from('0123456789x9\u0663 "é'), max_size=80))
 def test_a_run_of_20_digits_is_found_as_the_regular_expression_finds_it(text: str) -> None:
     """The look for integers beyond 64 bits (sent to the exact parser) misses none."""
     expected = re.search("[0-9]{20}", text) is not None
