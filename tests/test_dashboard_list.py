@@ -158,7 +158,7 @@ async def test_filters_search_live_and_bulk_replay(start_server, make_sink) -> N
         assert not set(relays) & set(await step(b.listed))  # the filter still holds
         # Paused from the keyboard, and resumed.
         await step(b.press, "live-toggle")
-        assert (await step(b.text, "live-state")).startswith("Paused")
+        await step(b.wait, lambda d: b.text("live-state").startswith("Paused"))
         assert b.driver.find_element("id", "live-toggle").get_attribute("aria-pressed") == "true"
         later = (await srv.post("chat", {"n": 10}))[1]["id"]
         await srv.idle()
@@ -174,7 +174,8 @@ async def test_filters_search_live_and_bulk_replay(start_server, make_sink) -> N
         question = await step(b.bulk_question)
         assert question.startswith("Replay 3 dead letters matching this filter?")
         await step(b.press, "bulk-cancel")
-        assert await step(b.text, "bulk-result") == "Nothing replayed."
+        # The key's handler may run after the key was sent: waited for, as below.
+        await step(b.wait, lambda d: b.text("bulk-result") == "Nothing replayed.")
         assert len(broken.received) == 3  # nothing sent by looking
         await step(b.filter, q=relays[0][-8:])
         await step(b.mark)
