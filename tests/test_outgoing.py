@@ -15,7 +15,8 @@ from clawdbot_webhooks_hookspecs import Event
 from standardwebhooks.webhooks import Webhook
 
 from clawdbot_webhooks.config import ConfigError
-from clawdbot_webhooks.outgoing.outbox import outbox_id, retry_after_seconds
+from clawdbot_webhooks.outgoing.outbox import outbox_id
+from clawdbot_webhooks.outgoing.verdicts import retry_after_seconds
 from clawdbot_webhooks.store import DeliveryQuery
 
 SECRET = "whsec_" + base64.b64encode(b"the-outgoing-secret-key-bytes").decode()

@@ -1,1 +1,2 @@
-"""Outgoing webhooks: the durable outbox, its dispatcher and the circuit breakers."""
+"""Outgoing webhooks: the durable outbox, its dispatcher, how an attempt is judged and the
+circuit breakers."""

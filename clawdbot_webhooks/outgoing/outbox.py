@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from clawdbot_webhooks_hookspecs import EVENT_TYPES, Event, OutgoingRequest, OutgoingResponse
@@ -33,6 +31,7 @@ from clawdbot_webhooks.config import Subscription
 from clawdbot_webhooks.dead_letters import attempts_in_all, dead_letter, error_event
 from clawdbot_webhooks.events import EventBus, derived_id
 from clawdbot_webhooks.outgoing.breaker import Breakers
+from clawdbot_webhooks.outgoing.verdicts import RETRY_AFTER_CAP, Verdict, classify
 from clawdbot_webhooks.signing import StandardSigner
 from clawdbot_webhooks.store import Attempt, EventRecord, OutgoingOutcome, OutgoingRecord, Store
 from clawdbot_webhooks.web.outage import describe, poller_outage
@@ -48,8 +47,6 @@ CLAIM_BATCH = 500
 #: Rows of one subscription held in memory at most; beyond it the poller leaves them stored,
 #: so one slow endpoint's backlog cannot crowd out the others.
 HELD_PER_SUBSCRIPTION = 2000
-#: The longest ``Retry-After`` obeyed; a longer one is read as this.
-RETRY_AFTER_CAP = 3600.0
 #: How much of a response body an attempt keeps.
 KEEP_RESPONSE = 4096
 USER_AGENT = f"clawdbot-webhooks/{__version__}"
@@ -73,55 +70,6 @@ def render_template(sub: Subscription, event: Event) -> bytes:
     payload = event.to_payload()
     text = sub.template.render({**payload, "event": payload})
     return str(text).encode("utf-8")
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A ``Retry-After`` header (delay-seconds or an HTTP date) as seconds from now."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """How an attempt ended: ``done``, ``retry`` or ``dead``, and whether it says the endpoint
-    is unhealthy (what the circuit breaker counts)."""
-
-    outcome: str
-    reason: str | None
-    unhealthy: bool
-    retry_after: float | None = None
-
-
-def classify(response: OutgoingResponse, retry_on_4xx: bool) -> Verdict:
-    status = response.status
-    if status is None:
-        return Verdict("retry", response.error or "no response", True)
-    if 200 <= status < 300:
-        return Verdict("done", None, False)
-    reason = f"HTTP {status}"
-    if status == 410:
-        return Verdict("dead", "HTTP 410 Gone: the endpoint asked for no more deliveries", False)
-    after = retry_after_seconds(_header(response.headers, "retry-after"))
-    if status in (408, 429) or status >= 500:
-        return Verdict("retry", reason, True, after)
-    if 400 <= status < 500 and retry_on_4xx:
-        return Verdict("retry", reason, False, after)
-    return Verdict("dead", f"{reason} (not retried)", False)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
 
 
 def _looks_like_json(body: bytes) -> bool:
