@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, pin_self, run_async, save, table, webhooks_server
+from harness import SECRET_HEADER, free_port, pin_self, run_async, save, table, webhooks_server
 
 SENT = re.compile(r"sent=([\d.]+)")
 
@@ -60,7 +60,9 @@ async def measure(
             while left > 0:
                 left -= 1
                 body = {"text": f"sent={time.time():.6f}"}
-                async with client.post(f"{base}/webhook/ask", json=body) as resp:
+                async with client.post(
+                    f"{base}/webhook/ask", json=body, headers=SECRET_HEADER
+                ) as resp:
                     assert resp.status == 202, await resp.text()
                 if rate:
                     await asyncio.sleep(concurrency / rate)
@@ -86,6 +88,7 @@ def run(light: int, heavy: int) -> dict[str, Any]:
         sink_port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
             webhooks = {
+                "incoming": {"secret": "bench-secret"},
                 "handlers": [
                     {
                         "id": "ask",
