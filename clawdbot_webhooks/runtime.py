@@ -88,7 +88,8 @@ class Runtime:
             breakers=self.breakers,
             on_attempt=self._attempted,
         )
-        # Every event is stored, subscribed or not: the outbox wants them all.
+        # Every event published is stored, subscribed or not: the outbox wants them all (an
+        # ephemeral session's two are published only when it ``sends`` them: ``Sessions``).
         self.bus.subscribe(self.outbox.record, sends=self.outbox.sends)
         self.pipeline = Pipeline(
             settings,

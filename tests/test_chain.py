@@ -13,16 +13,18 @@ from typing import Any
 from urllib.parse import quote
 
 import asyncpg
+from clawdbot_webhooks_hookspecs import new_id
 from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.events import derived_event_id
 from clawdbot_webhooks.outgoing.outbox import outbox_id
 from clawdbot_webhooks.sessions import ephemeral_session
-from clawdbot_webhooks.store import EventQuery, EventRecord, open_store
+from clawdbot_webhooks.store import EventQuery, EventRecord, IncomingRecord, open_store
 from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
-from clawdbot_webhooks.store.rows import events_of_session
+from clawdbot_webhooks.store.rows import LASTING_SESSION, events_of_session
 from clawdbot_webhooks.store.sqlite_schema import MIGRATIONS_TABLE, SQLITE_MIGRATIONS
+from clawdbot_webhooks.web.admin.chain import made_events
 from tests.conftest import POSTGRES_URL, with_storage, write_config
 
 BACKENDS = ["sqlite", "postgres"]
@@ -340,6 +342,99 @@ async def test_session_index_holds_lasting_sessions_only(tmp_path, storage) -> N
                     await conn.close()
         assert "events_session" in plan[lasting]
         assert "events_session" not in plan[ephemeral]
+    finally:
+        await store.close()
+
+
+def test_the_migrations_index_what_the_queries_name() -> None:
+    """The index's condition is written into the migrations, the query's in ``rows``: equal,
+    or the planner (SQLite's above all) no longer uses the index."""
+    [sqlite] = [m for m in SQLITE_MIGRATIONS if m.version == 8]
+    [postgres] = [m for m in MIGRATIONS if m.version == 3]
+    for migration in (sqlite, postgres):
+        assert f"WHERE {LASTING_SESSION};" in " ".join(migration.sql.split())
+
+
+async def test_session_events_are_made_only_for_a_run_of_an_ephemeral_session(
+    start_server,
+) -> None:
+    srv = await start_server(
+        {
+            "handlers": [
+                {"id": "once", "action": "wake", "template": "x", "verify": {"type": "none"}},
+                {
+                    "id": "kept",
+                    "action": "wake",
+                    "template": "x",
+                    "sessionMode": "persistent",
+                    "sessionKey": "hook:{{ key }}",
+                    "verify": {"type": "none"},
+                },
+            ]
+        }
+    )
+    rt = srv.runtime
+
+    def record(hook: str, session: str, attempts: int, finished: float | None) -> IncomingRecord:
+        return IncomingRecord(
+            new_id("dlv"), hook, 100.0, "application/json", b"{}", {}, {}, "127.0.0.1",
+            session, attempts=attempts, finished_at=finished,
+        )  # fmt: skip
+
+    def made(delivery: IncomingRecord) -> list[tuple[str, float]]:
+        return [(e.type, e.created_at) for e in made_events(rt, delivery)]
+
+    key = ephemeral_session()
+    assert made(record("once", key, 0, None)) == []  # not run yet
+    assert made(record("once", key, 1, None)) == [("session_started", 100.0)]  # to be retried
+    assert made(record("once", key, 1, 105.0)) == [
+        ("session_started", 100.0),
+        ("session_ended", 105.0),
+    ]
+    # A lasting session whose key has the ephemeral shape: its handler says which it is.
+    assert made(record("kept", key, 1, 105.0)) == []
+    # The handler gone: the key's shape says.
+    assert made(record("gone", key, 1, 105.0)) != []
+    assert made(record("gone", "github:claw", 1, 105.0)) == []
+
+
+async def test_deliveries_are_found_by_the_start_of_their_id_in_any_collation(
+    tmp_path, storage
+) -> None:
+    """How an event made from a delivery's row is found by its id: the deliveries received in
+    the same millisecond. PostgreSQL compares with the database's collation; an ICU one (not
+    the C one the tests run with) ignores characters outside the ids' alphabet."""
+    if storage is None:
+        store = open_store(f"sqlite:///{tmp_path / 'ids.sqlite3'}")
+    else:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            icu = await conn.fetchval(
+                "SELECT count(*) FROM pg_collation WHERE collname = 'en-US-x-icu'"
+            )
+        finally:
+            await conn.close()
+        store = open_store(POSTGRES_URL, schema=storage["schema"])
+    await store.open()
+    try:
+        if storage is not None and icu:
+            conn = await asyncpg.connect(POSTGRES_URL)
+            try:
+                await conn.execute(
+                    f"ALTER TABLE {storage['schema']}.inbox "
+                    'ALTER COLUMN id TYPE TEXT COLLATE "en-US-x-icu"'
+                )
+            finally:
+                await conn.close()
+        head = "01m9abcdef"
+        ids = [f"dlv_{head}{tail}" for tail in ("0" * 16, "zz" * 8, "7k" * 8)]
+        others = [f"dlv_01m9abcdeg{'0' * 16}", f"dlv_01m9abcdee{'z' * 16}"]
+        for delivery_id in ids + others:
+            stored = IncomingRecord(
+                delivery_id, "h", 1.0, "application/json", b"{}", {}, {}, "127.0.0.1", "s"
+            )
+            assert await store.add_incoming(stored, 30.0)
+        assert await store.incoming_ids_from(f"dlv_{head}") == sorted(ids)
     finally:
         await store.close()
 

@@ -112,8 +112,10 @@ class LocalGateway:
         def op(conn: sqlite3.Connection) -> Mapping[str, Any]:
             # Sent once per key: a repeat finds the first one (one statement when new).
             row = conn.execute(
-                "INSERT OR IGNORE INTO messages (at, kind, session, channel, peer, text, "
-                "idempotency_key) VALUES (?, 'sent', ?, ?, ?, ?, ?) RETURNING n",
+                "INSERT INTO messages (at, kind, session, channel, peer, text, "
+                "idempotency_key) VALUES (?, 'sent', ?, ?, ?, ?, ?) "
+                "ON CONFLICT (idempotency_key, kind) WHERE idempotency_key IS NOT NULL "
+                "DO NOTHING RETURNING n",
                 (time.time(), session, channel, peer, text, idempotency_key),
             ).fetchone()
             if row is None:

@@ -185,9 +185,7 @@ class Outbox:
         subscription that failed, and one about a failed ``error`` delivery goes nowhere:
         two broken endpoints cannot feed each other an endless chain of errors.
         """
-        subs = self._by_type.get(event.type)
-        if subs is None:  # a type outside the five, published by a plugin
-            subs = [s for s in self._subs.values() if s.wants(event.type)]
+        subs = self._wanting(event.type)
         if event.type == "error" and event.data.get("kind") == "outgoing":
             if event.data.get("eventType") == "error":
                 return []
@@ -197,10 +195,13 @@ class Outbox:
 
     def sends(self, event_type: str) -> bool:
         """Whether a subscription takes events of this type."""
+        return bool(self._wanting(event_type))
+
+    def _wanting(self, event_type: str) -> list[Subscription]:
         subs = self._by_type.get(event_type)
-        if subs is None:
-            return any(s.wants(event_type) for s in self._subs.values())
-        return bool(subs)
+        if subs is None:  # a type outside the five, published by a plugin
+            subs = [s for s in self._subs.values() if s.wants(event_type)]
+        return subs
 
     async def record(self, event: Event, source: str) -> None:
         """Store the event (published by ``source``) and one row per subscription that

@@ -6,7 +6,6 @@ import time
 
 import asyncpg
 
-from clawdbot_webhooks.store.rows import LASTING_SESSION
 from clawdbot_webhooks.store.schema import Migration
 
 #: The PostgreSQL schema's history; a new version appends a migration, never edits an old one.
@@ -107,7 +106,8 @@ CREATE INDEX outbox_causation ON outbox (causation) WHERE causation IS NOT NULL;
         3,
         "events indexed by session only for lasting sessions",
         "DROP INDEX IF EXISTS events_session;\n"
-        f"CREATE INDEX events_session ON events (session, created_at) WHERE {LASTING_SESSION};",
+        "CREATE INDEX events_session ON events (session, created_at) "
+        "WHERE session NOT LIKE 'hook:________-____-____-____-____________';",
     ),
 ]
 

@@ -40,8 +40,8 @@ EVENT_COLUMNS = "id, type, timestamp, session, causation, source, payload, creat
 
 #: Sessions the ``events_session`` index holds: not the ephemeral ones (``hook:`` and a UUID,
 #: one delivery's each), whose random keys would put every event on an index page of its own;
-#: their events are found through their delivery. The same text in the index and the query,
-#: so that both SQLite and PostgreSQL see the partial index applies.
+#: their events are found through their delivery. The same text as the index's (SQLite's
+#: migration 8, PostgreSQL's 3) in the query, so that both see the partial index applies.
 LASTING_SESSION = "session NOT LIKE 'hook:________-____-____-____-____________'"
 _EPHEMERAL_SHAPE = re.compile(r"hook:.{8}-.{4}-.{4}-.{4}-.{12}", re.IGNORECASE | re.DOTALL)
 

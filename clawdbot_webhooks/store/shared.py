@@ -204,9 +204,11 @@ class SharedQueries:
         return event_record(rows[0]) if rows else None
 
     async def incoming_ids_from(self, prefix: str) -> list[str]:
-        """The ids of incoming deliveries that start with ``prefix`` (by the id's index)."""
-        sql = "SELECT id FROM inbox WHERE id >= ? AND id < ? ORDER BY id"
-        return [r[0] for r in await self._query(fetch(sql, prefix, prefix + "\x7f"))]
+        """The ids of incoming deliveries that start with ``prefix`` (by the id's index). The
+        range ends with the ids' own alphabet (digits, lower-case letters), which sorts alike
+        in every collation; a character outside it may be ignored by one (ICU's)."""
+        sql = "SELECT id FROM inbox WHERE id BETWEEN ? AND ? ORDER BY id"
+        return [r[0] for r in await self._query(fetch(sql, prefix, prefix + "z" * 26))]
 
     async def list_events(self, query: EventQuery) -> list[EventRecord]:
         """Stored events, newest first (``EventQuery`` says which)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from clawdbot_webhooks.store.rows import LASTING_SESSION
 from clawdbot_webhooks.store.schema import Migration
 
 SCHEMA = """
@@ -144,7 +143,7 @@ CREATE INDEX IF NOT EXISTS outbox_causation ON outbox (causation) WHERE causatio
         "events indexed by session only for lasting sessions",
         "DROP INDEX IF EXISTS events_session;\n"
         "CREATE INDEX IF NOT EXISTS events_session ON events (session, created_at) "
-        f"WHERE {LASTING_SESSION};",
+        "WHERE session NOT LIKE 'hook:________-____-____-____-____________';",
     ),
 ]
 

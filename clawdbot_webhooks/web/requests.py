@@ -148,14 +148,12 @@ def _finite_float(text: str) -> float:
 #: search, several times cheaper than a regular expression (bench/README.md).
 _LONG_DIGITS = b"0" * 20
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_DIGITS_TEXT = "0" * 20
-_DIGITS_TO_ZERO_TEXT = str.maketrans("123456789", "000000000")
 
 
 def _long_digits(text: str | bytes) -> bool:
-    if isinstance(text, bytes):
-        return _LONG_DIGITS in text.translate(_DIGITS_TO_ZERO)
-    return _LONG_DIGITS_TEXT in text.translate(_DIGITS_TO_ZERO_TEXT)
+    # A text is looked at as UTF-8, where no other character holds an ASCII digit's byte.
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    return _LONG_DIGITS in raw.translate(_DIGITS_TO_ZERO)
 
 
 #: Made once: ``json.loads`` with any option builds a new decoder on every call.

@@ -87,10 +87,13 @@ async def with_deliveries(rt: Holds, events: Sequence[EventRecord]) -> list[dict
     return [{**event_summary(e), "deliveries": by_event.get(e.id, [])} for e in events]
 
 
-def made_events(delivery: IncomingRecord) -> list[EventRecord]:
+def made_events(rt: Holds, delivery: IncomingRecord) -> list[EventRecord]:
     """The events of the delivery's ephemeral session, as published had anyone taken them
-    (``sessions.ephemeral_events``); none for a lasting session."""
-    if not is_ephemeral(delivery.session):
+    (``sessions.ephemeral_events``), once it has run: none for a lasting session (its
+    handler's ``sessionMode`` says, or, the handler gone, the key's shape)."""
+    spec = rt.settings.routes.get(delivery.hook_id)
+    ephemeral = is_ephemeral(delivery.session) if spec is None else not spec.persistent
+    if not ephemeral or not (delivery.attempts or delivery.finished_at):
         return []
     made = ephemeral_events(
         delivery.id, delivery.session, delivery.hook_id, delivery.received_at, delivery.finished_at
@@ -98,13 +101,15 @@ def made_events(delivery: IncomingRecord) -> list[EventRecord]:
     return [EventRecord.of(e, "webhook", payload_bytes(e), at) for e, at in made]
 
 
+def _with_made(stored: list[EventRecord], made: list[EventRecord]) -> list[EventRecord]:
+    """Stored events and made ones not stored too (a subscription took them), in time order."""
+    ids = {e.id for e in stored}
+    return sorted(stored + [e for e in made if e.id not in ids], key=lambda e: e.created_at)
+
+
 async def caused_events(rt: Holds, delivery: IncomingRecord) -> list[EventRecord]:
     """The events ``delivery`` caused, stored or made from its row, in time order."""
-    events = await rt.store.events_caused_by(delivery.id)
-    stored = {e.id for e in events}
-    events += [e for e in made_events(delivery) if e.id not in stored]
-    events.sort(key=lambda e: e.created_at)
-    return events
+    return _with_made(await rt.store.events_caused_by(delivery.id), made_events(rt, delivery))
 
 
 async def caused(rt: Holds, delivery: IncomingRecord) -> list[dict[str, Any]]:
@@ -124,7 +129,7 @@ async def find_event(rt: Holds, event_id: str) -> EventRecord | None:
         return None
     for delivery_id in await rt.store.incoming_ids_from(f"dlv_{head}"):
         delivery = await rt.store.get_incoming(delivery_id)
-        for made in [] if delivery is None else made_events(delivery):
+        for made in [] if delivery is None else made_events(rt, delivery):
             if made.id == event_id:
                 return made
     return None
@@ -227,15 +232,27 @@ async def _ephemeral_timeline(
     rt: Holds, session: str, after: tuple[float, int, str] | None, limit: int
 ) -> list[TimelineItem]:
     """One delivery's session: what the store holds of it and the events made from the
-    delivery's row (``made_events``), paged here; a page of the store's holds all of it."""
+    delivery's row (``made_events``), paged here. A key of that shape whose timeline does not
+    fit one page of the store's is a lasting session's after all, paged by the store."""
     items = await rt.store.session_timeline(session, None, MAX_LIMIT)
+    if len(items) == MAX_LIMIT:
+        return await rt.store.session_timeline(session, after, limit)
+    made: list[EventRecord] = []
+    for item in items:
+        delivery = await rt.store.get_incoming(item.id) if item.kind == "incoming" else None
+        made += [] if delivery is None else made_events(rt, delivery)
     seen = {i.id for i in items}
-    for item in [i for i in items if i.kind == "incoming"]:
-        delivery = await rt.store.get_incoming(item.id)
-        for e in [] if delivery is None else made_events(delivery):
-            if e.id not in seen:
-                fields = {"type": e.type, "causation": e.causation, "source": e.source}
-                items.append(TimelineItem("event", e.id, e.created_at, 1, fields))
+    items += [
+        TimelineItem(
+            "event",
+            e.id,
+            e.created_at,
+            1,
+            {"type": e.type, "causation": e.causation, "source": e.source},
+        )
+        for e in made
+        if e.id not in seen
+    ]
     items.sort(key=lambda i: (i.at, i.rank, i.id))
     if after is not None:
         items = [i for i in items if (i.at, i.rank, i.id) > after]
