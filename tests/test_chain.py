@@ -386,6 +386,7 @@ async def test_session_events_are_made_only_for_a_run_of_an_ephemeral_session(
 
     key = ephemeral_session()
     assert made(record("once", key, 0, None)) == []  # not run yet
+    assert made(record("once", key, 0, 105.0)) == []  # never run: dead before it could
     assert made(record("once", key, 1, None)) == [("session_started", 100.0)]  # to be retried
     assert made(record("once", key, 1, 105.0)) == [
         ("session_started", 100.0),

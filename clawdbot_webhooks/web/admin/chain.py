@@ -93,7 +93,7 @@ def made_events(rt: Holds, delivery: IncomingRecord) -> list[EventRecord]:
     handler's ``sessionMode`` says, or, the handler gone, the key's shape)."""
     spec = rt.settings.routes.get(delivery.hook_id)
     ephemeral = is_ephemeral(delivery.session) if spec is None else not spec.persistent
-    if not ephemeral or not (delivery.attempts or delivery.finished_at):
+    if not ephemeral or delivery.attempts == 0:  # never run: its handler was gone, say
         return []
     made = ephemeral_events(
         delivery.id, delivery.session, delivery.hook_id, delivery.received_at, delivery.finished_at
