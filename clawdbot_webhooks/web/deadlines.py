@@ -13,8 +13,9 @@ from types import TracebackType
 
 
 class Deadline:
-    """``async with deadlines.at(when):`` like ``asyncio.timeout_at(when)``: the task is
-    cancelled at ``when`` and the block raises ``TimeoutError``."""
+    """``with deadlines.at(when):`` like ``async with asyncio.timeout_at(when):``: the task
+    is cancelled at ``when`` and the block raises ``TimeoutError``. Entering and leaving
+    await nothing, so a plain ``with`` does: no coroutine for either, on every webhook."""
 
     __slots__ = ("_cancelling", "_deadlines", "expired", "task", "when")
 
@@ -26,7 +27,7 @@ class Deadline:
         #: The task to cancel at the deadline; None once the block is left.
         self.task: asyncio.Task[object] | None = None
 
-    async def __aenter__(self) -> Deadline:
+    def __enter__(self) -> Deadline:
         task = asyncio.current_task(self._deadlines.loop)
         assert task is not None  # entered from a task
         self.task = task
@@ -34,7 +35,7 @@ class Deadline:
         self._deadlines.watch(self)
         return self
 
-    async def __aexit__(
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,

@@ -168,7 +168,7 @@ async def _accept(
         # (The insert is awaited as a future, which lets go at once when cancelled.)
         deadlines = app[DEADLINES]
         deadline = deadlines.time() + incoming.store_timeout
-        async with deadlines.at(deadline):
+        with deadlines.at(deadline):
             stored, waiter = await rt.pipeline.accept(
                 record,
                 payload,
