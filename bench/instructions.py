@@ -24,9 +24,7 @@ from typing import Any
 
 import aiohttp
 from harness import BENCH, LOOP, free_port, run_async, save, wait_port
-from ingest import BODY
-
-HOOK = {"id": "x", "action": "custom", "function": "noop:noop"}
+from ingest import BODY, WORKLOADS
 
 
 async def _load(port: int, n: int, secret: bool) -> None:
@@ -68,7 +66,7 @@ def _total(command: list[str], n: int, secret: bool, port: int, workdir: Path) -
     return int(found[1])
 
 
-def per_request(name: str, n: int) -> float:
+def per_request(name: str, n: int, workload: str = "noop") -> float:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         totals = []
@@ -85,7 +83,7 @@ def per_request(name: str, n: int) -> float:
                             "webhooks": {
                                 "stateDir": str(state),
                                 "incoming": {"secret": "bench-secret", "concurrency": 64},
-                                "handlers": [HOOK],
+                                "handlers": [WORKLOADS[workload]],
                             }
                         }
                     )
@@ -102,11 +100,12 @@ def per_request(name: str, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500, help="N")
+    parser.add_argument("--workload", choices=list(WORKLOADS), default="noop", help="as ingest.py")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     result: dict[str, Any] = {
-        name: per_request(name, args.requests) for name in ("baseline", "pipeline")
+        name: per_request(name, args.requests, args.workload) for name in ("baseline", "pipeline")
     }
     result["ratio"] = result["baseline"] / result["pipeline"]
     print(f"baseline  {result['baseline']:,.0f} instructions/request")
