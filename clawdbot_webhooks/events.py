@@ -60,23 +60,12 @@ class EventBus:
     def wants(self, event_type: str) -> bool:
         """Whether anyone would see an event of this type. Publishers of frequent events ask
         first, so nobody builds (ids, timestamps) what nobody reads."""
-        if self._plugins_listen:
-            return True
-        for wants in self._interest:  # noqa: SIM110 (as in ``sent``)
-            if wants(event_type):
-                return True
-        return False
+        return self._plugins_listen or _any_says(self._interest, event_type)
 
     def sent(self, event_type: str) -> bool:
         """Whether an event of this type would reach anyone (a plugin, a subscription) rather
         than only be stored."""
-        if self._plugins_listen:
-            return True
-        # Asked for every event: a loop costs less than ``any`` over a generator.
-        for sends in self._sends:  # noqa: SIM110
-            if sends(event_type):
-                return True
-        return False
+        return self._plugins_listen or _any_says(self._sends, event_type)
 
     async def publish(self, event: Event, *, source: str = "plugin") -> None:
         """Hand ``event`` to the durable subscribers, then to the plugins; ``source`` says
@@ -140,3 +129,12 @@ class EventBus:
         """Wait for background notifications (at shutdown, and in tests)."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=timeout)
+
+
+def _any_says(checks: list[Callable[[str], bool]], event_type: str) -> bool:
+    """Whether one of ``checks`` says yes. Asked for every event: a loop costs less than
+    ``any`` over a generator."""
+    for check in checks:  # noqa: SIM110
+        if check(event_type):
+            return True
+    return False
