@@ -504,12 +504,14 @@ class Pipeline:
         options: dict[str, Any] = dict(spec.handler.options)
         if not spec.templates:
             return options
-        context = context_for(delivery, spec.handler)
+        context = context_for(delivery, spec.handler, spec.reads)
         for path, template in spec.templates.items():
             try:
                 # The operator's instructions are trusted: no payload text may reach them.
                 trusted = path == ("instructions",)
-                text = template.render(trusted_context(context) if trusted else context)
+                text = template.render(
+                    trusted_context(delivery, spec.handler) if trusted else context
+                )
             except Exception as exc:  # strict undefined, a filter's error, the sandbox
                 raise ActionError(f"template {'.'.join(path)}: {exc}", retry=False) from exc
             # Copy only the mappings along the path: the handler's options stay untouched.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from clawdbot_webhooks_hookspecs import Delivery, Handler
@@ -39,6 +39,14 @@ class TemplateError(Exception):
 _JSON_VALUES = (str, int, float, bool, list, tuple, type(None))
 
 
+class DataTemplate(Template):
+    """A config template, knowing which variables of the context it reads."""
+
+    #: The top-level names it reads; None when a filter or function it calls is given the
+    #: whole context (``pass_context``) and may read any.
+    reads: frozenset[str] | None = None
+
+
 class DataEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox, with payload values seen only as JSON can hold them.
 
@@ -48,8 +56,11 @@ class DataEnvironment(ImmutableSandboxedEnvironment):
     bound method and its address, and a payload key named ``items`` is that key.
     """
 
+    template_class = DataTemplate
+
     def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping):
+        # A parsed JSON object is a dict: known without the ABC's longer check.
+        if type(obj) is dict or isinstance(obj, Mapping):
             try:
                 return obj[attribute]
             except (KeyError, TypeError):
@@ -59,7 +70,7 @@ class DataEnvironment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        if isinstance(obj, Mapping | list | tuple | str):
+        if type(obj) is dict or isinstance(obj, Mapping | list | tuple | str):
             try:
                 return obj[argument]
             except (KeyError, IndexError, TypeError):
@@ -124,6 +135,26 @@ def _unsafe_names(tree: nodes.Node) -> list[str]:
     return found
 
 
+def _reads(env: ImmutableSandboxedEnvironment, tree: nodes.Template) -> frozenset[str] | None:
+    """The context's names a template reads, or None when it calls something that is given
+    the whole context and may read any name it likes."""
+    for node in tree.find_all((nodes.Filter, nodes.Test, nodes.Call)):
+        if isinstance(node, nodes.Filter):
+            called = env.filters.get(node.name)
+        elif isinstance(node, nodes.Test):
+            called = env.tests.get(node.name)
+        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
+            called = env.globals.get(node.node.name)
+        else:
+            continue
+        passed = getattr(called, "jinja_pass_arg", None)
+        if passed is not None and passed.name == "context":
+            return None
+    # Every name it loads: a loop's variable too, harmless (it hides the context's anyway),
+    # and the globals' names, which a payload key of the same name replaces.
+    return frozenset(node.name for node in tree.find_all(nodes.Name) if node.ctx == "load")
+
+
 def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Template:
     """Compile a config template, refusing what could only be an attempt to leave the sandbox.
 
@@ -146,41 +177,62 @@ def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Templat
     # Nothing changes the environment's globals once templates compile: a plain dict of them
     # spares every render copying them out of jinja's ChainMap (bench/README.md).
     template.globals = dict(template.globals)
+    if isinstance(template, DataTemplate):
+        template.reads = _reads(env, tree)
     return template
 
 
-def context_for(delivery: Delivery, handler: Handler) -> dict[str, Any]:
-    """The variables a delivery's templates see."""
+def reads_of(templates: Iterable[Template]) -> frozenset[str] | None:
+    """The context's names any of ``templates`` reads; None when one may read any."""
+    names: set[str] = set()
+    for template in templates:
+        reads = getattr(template, "reads", None)
+        if reads is None:
+            return None
+        names |= reads
+    return frozenset(names)
+
+
+def context_for(
+    delivery: Delivery, handler: Handler, names: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """The variables a delivery's templates see; with ``names`` (``reads_of`` its templates),
+    only those of them: the same values, without building what no template reads."""
     context: dict[str, Any] = {}
     payload = delivery.payload
     if isinstance(payload, Mapping):
-        for key, value in payload.items():
+        keys = payload if names is None else [name for name in names if name in payload]
+        for key in keys:
             if isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key):
-                context[key] = value
-    form = form_of(delivery.body, delivery.content_type)
-    if form is not None:  # the fields as sent, also when `event` is the JSON one of them held
-        context["form"] = form
-    context.update(
-        event=payload,
-        headers=dict(delivery.headers),
-        query=dict(delivery.query),
-        hook={"id": handler.id, "path": handler.path, "action": handler.action},
-        delivery={
+                context[key] = payload[key]
+    if names is None or "form" in names:
+        form = form_of(delivery.body, delivery.content_type)
+        if form is not None:  # the fields as sent, also when `event` is the JSON one they held
+            context["form"] = form
+    # Payload keys never replace these (``RESERVED``).
+    if names is None or "event" in names:
+        context["event"] = payload
+    if names is None or "headers" in names:
+        context["headers"] = dict(delivery.headers)
+    if names is None or "query" in names:
+        context["query"] = dict(delivery.query)
+    if names is None or "hook" in names:
+        context["hook"] = {"id": handler.id, "path": handler.path, "action": handler.action}
+    if names is None or "delivery" in names:
+        context["delivery"] = {
             "id": delivery.id,
             "session": delivery.session,
             "received_at": delivery.received_at,
             "client_ip": delivery.client_ip,
             "content_type": delivery.content_type,
-        },
-    )
+        }
     return context
 
 
-def trusted_context(context: Mapping[str, Any]) -> dict[str, Any]:
-    """What a trusted template (a handler's ``instructions``) sees of a delivery's context: the
-    hook and the delivery's ids, none of the sender's text (payload, headers, query)."""
-    delivery = context["delivery"]
+def trusted_context(delivery: Delivery, handler: Handler) -> dict[str, Any]:
+    """What a trusted template (a handler's ``instructions``) sees of a delivery: the hook and
+    the delivery's ids, none of the sender's text (payload, headers, query)."""
     return {
-        "hook": context["hook"],
-        "delivery": {"id": delivery["id"], "session": delivery["session"]},
+        "hook": {"id": handler.id, "path": handler.path, "action": handler.action},
+        "delivery": {"id": delivery.id, "session": delivery.session},
     }

@@ -183,3 +183,80 @@ async def test_literal_and_templated_fields_reach_the_action_alike(start_server)
     await srv.idle()
     [sent] = [m for m in read_log(srv.runtime.settings.state_dir) if m["kind"] == "sent"]
     assert (sent["channel"], sent["peer"], sent["text"]) == ("plain", "ann", "hi ann")
+
+
+_FORM = b"payload=%7B%22a%22%3A1%7D&x=y"
+
+
+@pytest.mark.parametrize(
+    ("source", "payload", "body", "content_type"),
+    [
+        (
+            "{{ action }}: {{ pull_request.title }}",
+            {"action": "opened", "pull_request": {"title": "T"}},
+            b"{}",
+            "application/json",
+        ),
+        (
+            "{{ hook.id }} {{ delivery.id }} {{ headers['x-a'] }} {{ query.q }}",
+            {"hook": "shadowed"},
+            b"{}",
+            "application/json",
+        ),
+        (
+            "{{ event }} {{ form.x }} {{ a }}",
+            {"a": 1, "event": "no"},
+            _FORM,
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            "{% for i in range(n) %}{{ i }}{{ loop.index }}{% endfor %}{{ lipsum }}{{ missing }}",
+            {"n": 2, "lipsum": "mine", "i": "outer"},
+            b"{}",
+            "application/json",
+        ),
+        (
+            "{% set t = title %}{{ t|upper }} {{ [1, 2]|join(sep) }}",
+            {"title": "x", "sep": "-"},
+            b"{}",
+            "application/json",
+        ),
+    ],
+)
+def test_a_template_sees_in_the_context_it_reads_what_it_would_see_in_the_whole(
+    source: str, payload: object, body: bytes, content_type: str
+) -> None:
+    """Only the names a template loads are put in its context: it renders the same."""
+    from clawdbot_webhooks_hookspecs import Delivery, Handler
+
+    from clawdbot_webhooks.templates import DataTemplate, compile_template, context_for
+
+    template = compile_template(make_environment({}), source)
+    assert isinstance(template, DataTemplate)
+    assert template.reads is not None
+    delivery = Delivery(
+        "dlv_1", "h", 1.0, content_type, body, payload, {"x-a": "b"}, {"q": "r"}, "::1", "s"
+    )
+    handler = Handler("h", "/h", "send_message", {})
+    whole = template.render(context_for(delivery, handler))
+    assert template.render(context_for(delivery, handler, template.reads)) == whole
+
+
+def test_a_filter_given_the_whole_context_gets_the_whole_context() -> None:
+    """A plugin filter marked ``pass_context`` may read any variable: nothing is left out."""
+    from jinja2 import pass_context
+
+    from clawdbot_webhooks.templates import DataTemplate, compile_template, reads_of
+
+    @pass_context
+    def who(ctx: object, value: object) -> str:
+        return f"{value} for {ctx['hook']['id']}"  # type: ignore[index]
+
+    env = make_environment({"who": who})
+    uses = compile_template(env, "{{ title|who }}")
+    plain = compile_template(env, "{{ title|upper }}")
+    assert isinstance(uses, DataTemplate) and isinstance(plain, DataTemplate)
+    assert uses.reads is None
+    assert plain.reads == {"title"}
+    assert reads_of([plain, uses]) is None
+    assert reads_of([plain]) == {"title"}

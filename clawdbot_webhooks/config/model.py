@@ -19,6 +19,7 @@ from clawdbot_webhooks_hookspecs import Action, Handler
 from jinja2 import Template
 
 from clawdbot_webhooks.retry import RetryPolicy
+from clawdbot_webhooks.templates import reads_of
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -171,6 +172,12 @@ class HandlerSpec:
         if present is None or self.verify is None:
             return payload
         return present(payload, self.verify.options)
+
+    @functools.cached_property
+    def reads(self) -> frozenset[str] | None:
+        """The context's names its templates read (``context_for``); the trusted
+        ``instructions`` get a context of their own."""
+        return reads_of(t for path, t in self.templates.items() if path != ("instructions",))
 
     @functools.cached_property
     def persistent(self) -> bool:
