@@ -15,13 +15,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pluggy
-from clawdbot_webhooks_hookspecs import Event, derived_event_id, derived_id
+from clawdbot_webhooks_hookspecs import Event, derived_event_id, derived_id, utc_timestamp
 
 from clawdbot_webhooks.plugins.calls import HookCalls, result_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SOURCES", "EventBus", "Subscriber", "derived_event_id", "derived_id"]
+__all__ = [
+    "SOURCES",
+    "EventBus",
+    "Subscriber",
+    "derived_event_id",
+    "derived_id",
+    "message_received",
+]
 
 #: A durable subscriber gets each event and who published it (``SOURCES``).
 Subscriber = Callable[[Event, str], Awaitable[None]]
@@ -138,3 +145,19 @@ def _any_says(checks: list[Callable[[str], bool]], event_type: str) -> bool:
         if check(event_type):
             return True
     return False
+
+
+def message_received(
+    hook_id: str, text: str, session: str, cause: str, at: float | None = None
+) -> Event:
+    """The ``message_received`` event of a webhook's text sent to the chat (``at``: when, by
+    default now): published by the pipeline, or made from the delivery's row by the views."""
+    when = utc_timestamp(at)
+    return Event(
+        "message_received",
+        {"from": f"webhook:{hook_id}", "text": text, "timestamp": when},
+        session=session,
+        causation=cause,
+        id=derived_event_id(cause, "message_received"),
+        timestamp=when,
+    )

@@ -9,7 +9,6 @@ that was acknowledged but not finished runs again after a crash or restart.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -23,18 +22,17 @@ from clawdbot_webhooks_hookspecs import (
     ActionContext,
     ActionError,
     Delivery,
-    Event,
     Gateway,
     GatewayError,
-    utc_timestamp,
 )
 
 from clawdbot_webhooks.config import HandlerSpec, Settings
 from clawdbot_webhooks.dead_letters import attempts_in_all, dead_letter, error_event
-from clawdbot_webhooks.events import EventBus, derived_event_id
+from clawdbot_webhooks.events import EventBus, message_received
 from clawdbot_webhooks.plugins.calls import HookCalls, call_on_incoming
 from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import Sessions
+from clawdbot_webhooks.slots import Slots
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
 from clawdbot_webhooks.templates import context_for, trusted_context
 from clawdbot_webhooks.web.outage import describe, poller_outage
@@ -47,52 +45,6 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 30.0
 #: How often stored work (retries, work of a dead process) is looked for at the latest.
 POLL_SECONDS = 1.0
-
-
-class Slots:
-    """A counting semaphore, first come first served, whose uncontended ``take`` needs no
-    coroutine, unlike ``asyncio.Semaphore`` (``bench/README.md``).
-
-    ``if not slots.take(): await slots.wait()`` then ``slots.give()`` when done; or
-    ``async with slots``."""
-
-    def __init__(self, count: int) -> None:
-        self._free = count
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def take(self) -> bool:
-        if self._free and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def wait(self) -> None:
-        """Wait for a slot that ``give`` hands over."""
-        turn = asyncio.get_running_loop().create_future()
-        self._waiters.append(turn)
-        try:
-            await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self.give()  # handed a slot while being cancelled: pass it on
-            elif turn in self._waiters:
-                self._waiters.remove(turn)
-            raise
-
-    def give(self) -> None:
-        while self._waiters:
-            turn = self._waiters.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
-        self._free += 1
-
-    async def __aenter__(self) -> None:
-        if not self.take():
-            await self.wait()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.give()
 
 
 def _untimed(hook: str, outcome: str, seconds: float) -> None:
@@ -396,18 +348,25 @@ class Pipeline:
         if event is not None:
             await self._bus.publish(event, source="webhook")
         started = time.monotonic()
+        kept: list[str] = []  # the message to keep in the row (``_said``)
         try:
-            outcome = await self._act(delivery, spec)
+            outcome = await self._act(delivery, spec, kept)
         except Exception as exc:
-            await self._failed(record, spec, attempt, exc, started)
+            await self._failed(record, spec, attempt, exc, started, *kept)
         else:
-            self._succeeded(record, spec, attempt, outcome, started)
+            self._succeeded(record, spec, attempt, outcome, started, *kept)
         event = self._sessions.finish(record.session, record.id, spec.persistent)
         if event is not None:
             await self._bus.publish(event, source="webhook")
 
     def _succeeded(
-        self, record: IncomingRecord, spec: HandlerSpec, attempt: int, outcome: Any, started: float
+        self,
+        record: IncomingRecord,
+        spec: HandlerSpec,
+        attempt: int,
+        outcome: Any,
+        started: float,
+        message: str | None = None,
     ) -> None:
         status = "dropped" if outcome is DROP else "done"
         self._observe(record.hook_id, status, started)
@@ -423,7 +382,9 @@ class Pipeline:
         # Recorded without waiting for the commit (the next batch carries it): nothing here
         # depends on it, and should it fail, the lease runs out and the delivery runs again.
         result = None if outcome is DROP else outcome
-        self._store.record_outcome(record.id, status, attempts=attempt, result=result)
+        self._store.record_outcome(
+            record.id, status, attempts=attempt, result=result, message=message
+        )
         self._settle(record.id, {"dropped": True} if outcome is DROP else outcome)
 
     async def _failed(
@@ -433,6 +394,7 @@ class Pipeline:
         attempt: int,
         exc: Exception,
         started: float,
+        message: str | None = None,
     ) -> None:
         """Retry later (the schedule is stored before this returns), or dead-letter."""
         retry = getattr(exc, "retry", True)
@@ -443,7 +405,7 @@ class Pipeline:
         latency = 1000 * (time.monotonic() - started)
         failed = Attempt(record.id, attempt, time.time(), status, latency, response, reason)
         if gives_up:
-            await self._dead(record, reason, spec, attempts=attempt, failed=failed)
+            await self._dead(record, reason, spec, attempt, failed, message)
             return
         delay = spec.retry.delay(attempt)
         log.warning(
@@ -461,10 +423,11 @@ class Pipeline:
             error=reason,
             retry_at=time.time() + delay,
             failed=failed,
+            message=message,
         )
         self.wake()
 
-    async def _act(self, delivery: Delivery, spec: HandlerSpec) -> Any:
+    async def _act(self, delivery: Delivery, spec: HandlerSpec, kept: list[str]) -> Any:
         handler = spec.handler
         changed = call_on_incoming(self._on_incoming, delivery, handler)
         if changed is DROP:
@@ -472,18 +435,7 @@ class Pipeline:
         assert isinstance(changed, Delivery)
         delivery = changed
         options = self._render(spec, delivery)
-        text = options.get("template")
-        if isinstance(text, str) and self._bus.wants("message_received"):
-            await self._bus.publish(
-                Event(
-                    "message_received",
-                    {"from": f"webhook:{handler.id}", "text": text, "timestamp": utc_timestamp()},
-                    session=delivery.session,
-                    causation=delivery.id,
-                    id=derived_event_id(delivery.id, "message_received"),
-                ),
-                source="webhook",
-            )
+        await self._said(delivery, spec, options.get("template"), kept)
         ctx = ActionContext(
             delivery=delivery,
             handler=handler,
@@ -498,6 +450,20 @@ class Pipeline:
             screen=self._screen(spec),
         )
         return await spec.action.run(ctx)
+
+    async def _said(
+        self, delivery: Delivery, spec: HandlerSpec, text: Any, kept: list[str]
+    ) -> None:
+        """``message_received`` for the text the action sends (its ``template``). In an
+        ephemeral session, when nobody takes the event, the text goes into ``kept`` instead,
+        stored with the outcome: the views make the event from the row (``chain.py``)."""
+        if not isinstance(text, str):
+            return
+        if not spec.persistent and not self._bus.sent("message_received"):
+            kept.append(text)
+        elif self._bus.wants("message_received"):
+            event = message_received(spec.handler.id, text, delivery.session, delivery.id)
+            await self._bus.publish(event, source="webhook")
 
     def _render(self, spec: HandlerSpec, delivery: Delivery) -> dict[str, Any]:
         """The action's options with every template rendered for this delivery."""
@@ -529,6 +495,7 @@ class Pipeline:
         spec: HandlerSpec | None,
         attempts: int | None = None,
         failed: Attempt | None = None,
+        message: str | None = None,
     ) -> None:
         n = attempts if attempts is not None else record.attempts
         total = await attempts_in_all(self._store, "incoming", record.id, n, failed is not None)
@@ -550,7 +517,7 @@ class Pipeline:
 
         async def mark_dead() -> None:
             await self._store.finish_incoming(
-                record.id, "dead", attempts=n, error=reason, failed=failed
+                record.id, "dead", attempts=n, error=reason, failed=failed, message=message
             )
 
         await dead_letter(

@@ -73,7 +73,7 @@ async def test_a_burst_waits_in_the_store_and_runs_in_arrival_order(
 
 
 async def test_slots_take_turns_in_order_and_never_leak_on_cancellation() -> None:
-    from clawdbot_webhooks.pipeline import Slots
+    from clawdbot_webhooks.slots import Slots
 
     slots = Slots(2)
     assert slots.take() and slots.take() and not slots.take()

@@ -1,5 +1,6 @@
 """Following one webhook to everything it caused, and back, on both backends: the events a
-delivery caused (stored whether or not anyone subscribes), each event's outgoing deliveries,
+delivery caused (stored, or made from its row when nobody took them), each event's outgoing
+deliveries,
 an outgoing delivery's event and cause, a session's timeline, retention of events, and the
 migration that adds them to a store from before."""
 
@@ -392,6 +393,10 @@ async def test_session_events_are_made_only_for_a_run_of_an_ephemeral_session(
         ("session_started", 100.0),
         ("session_ended", 105.0),
     ]
+    # A message kept in the row: its event, next after the session's start.
+    said = record("once", key, 1, None)
+    said.message = "x"
+    assert made(said) == [("session_started", 100.0), ("message_received", 100.000001)]
     # A lasting session whose key has the ephemeral shape: its handler says which it is.
     assert made(record("kept", key, 1, 105.0)) == []
     # The handler gone: the key's shape says.
@@ -544,3 +549,62 @@ async def test_deliveries_show_prints_the_chain_both_ways(
     missing = await cli("deliveries", "show", "dlv_nothing", "--config", str(path))
     assert missing.exit_code == 1
     assert "Error: no incoming or outgoing delivery 'dlv_nothing'" in missing.output
+
+
+async def test_a_message_nobody_takes_is_kept_in_its_delivery_and_shown_as_its_event(
+    start_server,
+) -> None:
+    """In an ephemeral session, a ``message_received`` no subscription or plugin takes is no
+    row of ``events``: the delivery's row keeps the text, and every view shows the event as
+    it would have been published. A lasting session's is stored as before."""
+    template = "{{ action }}: {{ title }}"
+    target = {"channel": "c", "peer": "p"}
+    srv = await start_server(
+        {
+            "admin": {"enabled": True, "token": TOKEN},
+            "handlers": [
+                {"id": "quiet", "action": "send_message", "target": target,
+                 "template": template, "verify": {"type": "none"}},
+                {"id": "kept", "action": "send_message", "target": target,
+                 "template": template, "sessionMode": "persistent",
+                 "sessionKey": "kept:{{ title }}", "verify": {"type": "none"}},
+            ],
+        }
+    )  # fmt: skip
+    store = srv.runtime.store
+    _, quiet = await srv.post("quiet", {"action": "opened", "title": "T"})
+    _, kept = await srv.post("kept", {"action": "closed", "title": "K"})
+    await srv.idle()
+
+    row = await store.get_incoming(quiet["id"])
+    assert row is not None and row.message == "opened: T"
+    [stored] = await store.list_events(EventQuery(type="message_received"))
+    assert stored.causation == kept["id"]  # the lasting session's, stored
+    kept_row = await store.get_incoming(kept["id"])
+    assert kept_row is not None and kept_row.message is None
+
+    _, incoming = await call(srv, f"/admin/api/incoming/{quiet['id']}")
+    caused = incoming["caused"]
+    assert [e["type"] for e in caused] == ["session_started", "message_received", "session_ended"]
+    received = caused[1]
+    assert received["id"] == derived_event_id(quiet["id"], "message_received")
+    status, shown = await call(srv, f"/admin/api/events/{received['id']}")
+    assert status == 200
+    assert shown["payload"] == {
+        "id": received["id"],
+        "type": "message_received",
+        "timestamp": received["timestamp"],
+        "session": quiet["session"],
+        "message": {
+            "from": "webhook:quiet",
+            "text": "opened: T",
+            "timestamp": received["timestamp"],
+        },
+        "causation": quiet["id"],
+    }
+    _, page = await call(srv, f"/admin/api/sessions/{quote(quiet['session'], safe='')}")
+    assert [i.get("type") for i in page["items"] if i["kind"] == "event"] == [
+        "session_started",
+        "message_received",
+        "session_ended",
+    ]

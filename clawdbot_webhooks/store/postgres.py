@@ -104,7 +104,7 @@ _ADD_EVENTS = (
 )
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, next_attempt_at=$5, "
-    "lease_until=0, lease_owner=NULL, finished_at=$6 WHERE id=$7"
+    "lease_until=0, lease_owner=NULL, finished_at=$6, message=COALESCE($7, message) WHERE id=$8"
 )
 
 T = TypeVar("T")
@@ -299,8 +299,9 @@ class PostgresStore(PostgresPool, SharedQueries):
         error: str | None = None,
         retry_at: float | None = None,
         failed: Attempt | None = None,
+        message: str | None = None,
     ) -> None:
-        params = finish_params(delivery_id, status, attempts, result, error, retry_at)
+        params = finish_params(delivery_id, status, attempts, result, error, retry_at, message)
 
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(_FINISH_INCOMING, *params)
@@ -310,9 +311,15 @@ class PostgresStore(PostgresPool, SharedQueries):
         await self._run(op, transaction=failed is not None)
 
     def record_outcome(
-        self, delivery_id: str, status: str, *, attempts: int, result: Any = None
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        result: Any = None,
+        message: str | None = None,
     ) -> None:
-        params = finish_params(delivery_id, status, attempts, result, None, None)
+        params = finish_params(delivery_id, status, attempts, result, None, None, message)
         written = self._outcomes.submit(params)
         written.add_done_callback(functools.partial(_report_unwritten, delivery_id))
 

@@ -109,6 +109,8 @@ CREATE INDEX outbox_causation ON outbox (causation) WHERE causation IS NOT NULL;
         "CREATE INDEX events_session ON events (session, created_at) "
         "WHERE session NOT LIKE 'hook:________-____-____-____-____________';",
     ),
+    # See SQLite's migration 9.
+    Migration(4, "the message a delivery sent", "ALTER TABLE inbox ADD COLUMN message TEXT;"),
 ]
 
 MIGRATIONS_TABLE = (

@@ -64,9 +64,16 @@ class Store(Protocol):
         error: str | None = None,
         retry_at: float | None = None,
         failed: Attempt | None = None,
+        message: str | None = None,
     ) -> Awaitable[None]: ...
     def record_outcome(
-        self, delivery_id: str, status: str, *, attempts: int, result: Any = None
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        result: Any = None,
+        message: str | None = None,
     ) -> None:
         """``finish_incoming`` for a delivery that is done or dropped, without waiting for the
         write: it goes with the next batch. A failure is logged; the delivery's lease then runs

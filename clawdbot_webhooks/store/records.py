@@ -28,6 +28,9 @@ class IncomingRecord:
     dedup_key: str | None = None
     #: When it was done, dropped or dead-lettered (epoch seconds); None while pending.
     finished_at: float | None = None
+    #: The text its templates rendered for the chat (an action's ``template`` option), kept
+    #: when its ``message_received`` event was not stored (see ``web/admin/chain.py``).
+    message: str | None = None
 
     def as_delivery(self, payload: Any) -> Delivery:
         """What plugins and templates see of this delivery, on its next attempt."""

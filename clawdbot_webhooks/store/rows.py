@@ -28,7 +28,7 @@ KIND_COLUMNS = {
 #: An inbox row in the order of ``incoming_record``.
 INBOX_COLUMNS = (
     "id, hook_id, received_at, content_type, body, headers, query, client_ip, session, "
-    "status, attempts, next_attempt_at, last_error, result, dedup_key, finished_at"
+    "status, attempts, next_attempt_at, last_error, result, dedup_key, finished_at, message"
 )
 #: An outbox row in the order of ``outgoing_record``.
 OUTBOX_COLUMNS = (
@@ -83,8 +83,10 @@ def finish_params(
     result: Any,
     error: str | None,
     retry_at: float | None,
+    message: str | None = None,
 ) -> tuple[Any, ...]:
-    """The parameters of an incoming delivery's outcome (its UPDATE, in either backend)."""
+    """The parameters of an incoming delivery's outcome (its UPDATE, in either backend); the
+    delivery's id comes last."""
     return (
         status,
         attempts,
@@ -92,6 +94,7 @@ def finish_params(
         error,
         retry_at or 0.0,
         None if status == "pending" else time.time(),
+        message,
         delivery_id,
     )
 
@@ -137,6 +140,7 @@ def incoming_record(row: Sequence[Any]) -> IncomingRecord:
         result,
         dedup,
         finished,
+        message,
     ) = row
     return IncomingRecord(
         id_,
@@ -155,6 +159,7 @@ def incoming_record(row: Sequence[Any]) -> IncomingRecord:
         None if result is None else json.loads(result),
         dedup,
         finished,
+        message,
     )
 
 

@@ -52,7 +52,7 @@ _ADD_INCOMING = (_INBOX_ROW,)
 _ADD_INCOMING_APART = (_INBOX_ROW, "INSERT INTO inbox_bodies (id, body) VALUES (?, ?)")
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=?, attempts=?, result=?, last_error=?, next_attempt_at=?, "
-    "lease_until=0, finished_at=? WHERE id=?",
+    "lease_until=0, finished_at=?, message=COALESCE(?, message) WHERE id=?",
 )
 #: A failed attempt's outcome and its line in the delivery's history.
 _FAIL_INCOMING = (*_FINISH_INCOMING, RECORD_ATTEMPT)
@@ -232,19 +232,26 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
         error: str | None = None,
         retry_at: float | None = None,
         failed: Attempt | None = None,
+        message: str | None = None,
     ) -> Awaitable[None]:
         """Record an action's outcome: done, dead, dropped, or pending again at ``retry_at``;
         ``failed``, the attempt that failed, goes into the delivery's history with it."""
 
-        params = finish_params(delivery_id, status, attempts, result, error, retry_at)
+        params = finish_params(delivery_id, status, attempts, result, error, retry_at, message)
         if failed is None:
             return self._do(Rows(_FINISH_INCOMING, (params,)))
         return self._do(Rows(_FAIL_INCOMING, (params, attempt_params(failed))))
 
     def record_outcome(
-        self, delivery_id: str, status: str, *, attempts: int, result: Any = None
+        self,
+        delivery_id: str,
+        status: str,
+        *,
+        attempts: int,
+        result: Any = None,
+        message: str | None = None,
     ) -> None:
-        params = finish_params(delivery_id, status, attempts, result, None, None)
+        params = finish_params(delivery_id, status, attempts, result, None, None, message)
         self._send(
             Rows(_FINISH_INCOMING, (params,), on_loop=True),
             f"the outcome of delivery {delivery_id}",

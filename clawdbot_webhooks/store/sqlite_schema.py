@@ -145,6 +145,9 @@ CREATE INDEX IF NOT EXISTS outbox_causation ON outbox (causation) WHERE causatio
         "CREATE INDEX IF NOT EXISTS events_session ON events (session, created_at) "
         "WHERE session NOT LIKE 'hook:________-____-____-____-____________';",
     ),
+    # The text a delivery sent to the chat, kept in its row when its message_received event
+    # is not stored (an ephemeral session's, nobody taking it): the views make the event.
+    Migration(9, "the message a delivery sent", "ALTER TABLE inbox ADD COLUMN message TEXT;"),
 ]
 
 #: The probe's write: 64 KB rewritten and committed.

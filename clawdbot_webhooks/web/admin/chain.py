@@ -15,6 +15,7 @@ from aiohttp import web
 
 from clawdbot_webhooks.config import Settings
 from clawdbot_webhooks.credentials import mask_url
+from clawdbot_webhooks.events import message_received
 from clawdbot_webhooks.outgoing.outbox import outbox_id, payload_bytes
 from clawdbot_webhooks.sessions import ephemeral_events
 from clawdbot_webhooks.store import (
@@ -89,7 +90,8 @@ async def with_deliveries(rt: Holds, events: Sequence[EventRecord]) -> list[dict
 
 def made_events(rt: Holds, delivery: IncomingRecord) -> list[EventRecord]:
     """The events of the delivery's ephemeral session, as published had anyone taken them
-    (``sessions.ephemeral_events``), once it has run: none for a lasting session (its
+    (``sessions.ephemeral_events``), and its ``message_received`` when the row kept the
+    message (``Pipeline._said``), once it has run: none for a lasting session (its
     handler's ``sessionMode`` says, or, the handler gone, the key's shape)."""
     spec = rt.settings.routes.get(delivery.hook_id)
     ephemeral = is_ephemeral(delivery.session) if spec is None else not spec.persistent
@@ -98,6 +100,13 @@ def made_events(rt: Holds, delivery: IncomingRecord) -> list[EventRecord]:
     made = ephemeral_events(
         delivery.id, delivery.session, delivery.hook_id, delivery.received_at, delivery.finished_at
     )
+    if delivery.message is not None:
+        # Dated a microsecond after its session started, so that every view lists it next.
+        at = delivery.received_at + 1e-6
+        event = message_received(
+            delivery.hook_id, delivery.message, delivery.session, delivery.id, at
+        )
+        made.append((event, at))
     return [EventRecord.of(e, "webhook", payload_bytes(e), at) for e, at in made]
 
 
