@@ -32,9 +32,12 @@ from clawdbot_webhooks.builtin.local_log import LOG_FILE, read_log, read_path
 from clawdbot_webhooks.builtin.local_messages import messages
 from clawdbot_webhooks.builtin.sqlite_log import LogWriter
 
+# ``n`` without AUTOINCREMENT: no row is ever deleted, so rowids only grow as they are, and
+# AUTOINCREMENT wrote sqlite_sequence once per message (bench/README.md). Logs made before
+# keep it.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    n INTEGER PRIMARY KEY,
     at REAL NOT NULL,
     kind TEXT NOT NULL,              -- sent | prompt | reply | wake
     session TEXT NOT NULL,
