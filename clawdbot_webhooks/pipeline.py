@@ -73,6 +73,8 @@ class Pipeline:
         self._store = store
         self._gateway = gateway
         self._bus = bus
+        #: What every action is given to publish with (made once, not per delivery).
+        self._publish = bus.publisher("webhook")
         self._sessions = sessions
         #: The HTTP client actions share; it needs a running loop, so ``start`` brings it.
         self._http: Any = None
@@ -435,7 +437,9 @@ class Pipeline:
         assert isinstance(changed, Delivery)
         delivery = changed
         options = self._render(spec, delivery)
-        await self._said(delivery, spec, options.get("template"), kept)
+        text = options.get("template")
+        if isinstance(text, str):
+            await self._said(delivery, spec, text, kept)
         ctx = ActionContext(
             delivery=delivery,
             handler=handler,
@@ -444,7 +448,7 @@ class Pipeline:
             idempotency_key=delivery.id,
             gateway=self._gateway,
             http=self._http,
-            publish=self._bus.publisher("webhook"),
+            publish=self._publish,
             logger=spec.logger,
             sender=spec.sender,
             screen=self._screen(spec),
@@ -452,13 +456,11 @@ class Pipeline:
         return await spec.action.run(ctx)
 
     async def _said(
-        self, delivery: Delivery, spec: HandlerSpec, text: Any, kept: list[str]
+        self, delivery: Delivery, spec: HandlerSpec, text: str, kept: list[str]
     ) -> None:
         """``message_received`` for the text the action sends (its ``template``). In an
         ephemeral session, when nobody takes the event, the text goes into ``kept`` instead,
         stored with the outcome: the views make the event from the row (``chain.py``)."""
-        if not isinstance(text, str):
-            return
         if not spec.persistent and not self._bus.sent("message_received"):
             kept.append(text)
         elif self._bus.wants("message_received"):

@@ -355,3 +355,39 @@ async def test_custom_function_errors_go_down_the_failure_path(start_server, tmp
     record = await srv.runtime.store.get_incoming(body["id"])
     assert record is not None and record.status == "done" and record.result == "ok"
     assert json.loads(json.dumps(record.result)) == "ok"
+
+
+async def test_a_failed_runs_message_is_kept_for_its_event(start_server, tmp_path) -> None:
+    """The text a run rendered counts even when its action then fails: kept in the row of a
+    delivery that is retried and then dead, its ``message_received`` is shown with it."""
+    from clawdbot_webhooks.web.admin.chain import caused_events
+
+    _write_module(
+        tmp_path,
+        "refusing_fns",
+        """
+        def refuse(ctx):
+            raise RuntimeError("down")
+    """,
+    )
+    config = {
+        "handlers": [
+            {
+                "id": "f",
+                "action": "custom",
+                "function": "refusing_fns:refuse",
+                "template": "about {{ what }}",
+                "retry": {"maxAttempts": 2, "initialDelay": 0.02, "jitter": False},
+            },
+        ],
+    }
+    srv = await start_server(config)
+    _, body = await srv.post("f", {"what": "it"})
+    await srv.idle()
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "dead" and record.attempts == 2
+    assert record.message == "about it"
+    events = await caused_events(srv.runtime, record)
+    kinds = [e.type for e in events]
+    assert kinds == ["session_started", "message_received", "error", "session_ended"]
+    assert json.loads(events[1].payload)["message"]["text"] == "about it"
