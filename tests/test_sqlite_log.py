@@ -73,8 +73,16 @@ async def test_a_message_is_sent_once_per_idempotency_key(tmp_path: Path) -> Non
         again = await gateway.send_message(**{**send, "text": "changed"}, idempotency_key="k1")
         other = await gateway.send_message(**send, idempotency_key="k2")
         assert again == first and other["messageId"] != first["messageId"]
+        # In one batch, a repeat right after another key's message: the row it finds is its
+        # own key's, not the one inserted just before it.
+        k3, k4, k3_again = await asyncio.gather(
+            gateway.send_message(**send, idempotency_key="k3"),
+            gateway.send_message(**send, idempotency_key="k4"),
+            gateway.send_message(**send, idempotency_key="k3"),
+        )
+        assert k3_again == k3 and k4["messageId"] != k3["messageId"]
     finally:
         await gateway.close()
     with sqlite3.connect(tmp_path / "local-gateway.sqlite3") as conn:
         rows = conn.execute("SELECT idempotency_key, text FROM messages ORDER BY n").fetchall()
-    assert rows == [("k1", "hi"), ("k2", "hi")]
+    assert rows == [("k1", "hi"), ("k2", "hi"), ("k3", "hi"), ("k4", "hi")]
