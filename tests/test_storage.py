@@ -515,6 +515,23 @@ async def test_sqlite_wal_starts_over_while_the_loop_writes(tmp_path: Path) -> N
         await store.close()
 
 
+async def test_sqlite_wal_starts_over_when_the_writer_thread_commits_alone(tmp_path: Path) -> None:
+    # With synchronous FULL every write goes through the writer thread, whose connection
+    # leaves checkpoints to the thread itself (between batches, not inside a commit): the
+    # WAL must still start over.
+    path = tmp_path / "full.sqlite3"
+    store = open_store(f"sqlite:///{path}", "FULL")
+    await store.open()
+    try:
+        for n in range(1500):  # a commit each: a few pages, some 20 MB of WAL in all
+            assert await store.add_incoming(_incoming(n), 30)
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert wal < 6 * 1024 * 1024
+        assert await store.count_incoming("pending") == 1500
+    finally:
+        await store.close()
+
+
 async def test_failed_incoming_attempts_are_numbered_on_across_replays(
     storage, tmp_path: Path
 ) -> None:

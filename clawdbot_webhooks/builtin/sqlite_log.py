@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from clawdbot_webhooks.store.sqlite_writer import CHECKPOINT_ROWS, commit_weight, restart_wal
+
 T = TypeVar("T")
 
 #: A batch takes in further turns' operations up to this many: a transaction stays short.
@@ -74,6 +76,9 @@ class LogWriter:
         conn.execute("PRAGMA busy_timeout=5000")  # a reader (the messages command) may hold it
         _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints between batches, not inside the commit that fills the WAL (which the
+        # batch's callers would wait for), as the store's writer does.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.executescript(self._schema)
         return conn
 
@@ -86,6 +91,7 @@ class LogWriter:
             loop.call_soon_threadsafe(_settle, ready, None, exc)
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
+        written = 0  # since the last checkpoint (``commit_weight``)
         try:
             while True:
                 first = self._jobs.get()
@@ -102,6 +108,10 @@ class LogWriter:
                         break
                     batch.extend(jobs)
                 self._commit(conn, batch, loop)
+                written += commit_weight(len(batch))
+                if written >= CHECKPOINT_ROWS:
+                    written = 0
+                    restart_wal(conn)
         finally:
             conn.close()
 

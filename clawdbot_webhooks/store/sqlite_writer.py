@@ -172,6 +172,9 @@ class SQLiteWriter:
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
         _switch_to_wal(conn)
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        # SQLite's own checkpoint would run inside the commit that fills the WAL, while the
+        # requests of that batch wait for it; this thread checkpoints between batches instead.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.executescript(self.schema)
         return conn
 
@@ -183,6 +186,7 @@ class SQLiteWriter:
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
         stop = False
+        written = 0  # by this thread's commits since its last checkpoint (``commit_weight``)
         while not stop:
             first = self._queue.get()
             if first is None:
@@ -200,18 +204,24 @@ class SQLiteWriter:
             # A checkpoint runs outside any transaction, after the writes queued before it.
             step = batch.pop()[0] if _is_checkpoint(batch[-1][0]) else None
             outcomes = _apply(conn, batch) if batch else []
+            if batch:
+                written += commit_weight(len(batch))
             if step is _copy_wal:
+                written = 0
                 _copy_wal(conn)
                 with contextlib.suppress(RuntimeError):  # the loop is closed: so are we
                     loop.call_soon_threadsafe(self._after_copy)
-            elif step is _restart_wal:
-                _restart_wal(conn)
+            elif step is restart_wal:
+                restart_wal(conn)
             # The copy is not counted: the loop's connection goes on writing meanwhile.
-            self._finished += len(batch) + (step is _restart_wal)
+            self._finished += len(batch) + (step is restart_wal)
             # One wake-up of the event loop per batch, not one per request, and none for a
             # batch of writes nobody waits for that all went well.
             if any(error is not None or not isinstance(f, Unwatched) for f, _, error in outcomes):
                 loop.call_soon_threadsafe(_settle_all, outcomes)
+            if written >= CHECKPOINT_ROWS:  # after the batch is settled: nobody waits for it
+                written = 0
+                restart_wal(conn)
         conn.close()
 
     def _send(self, request: Rows, what: str) -> None:
@@ -285,7 +295,7 @@ class SQLiteWriter:
                 except sqlite3.Error:
                     self._fast = None  # stuck in a transaction: no longer to be used
             return False
-        self._fast_rows += len(batch)
+        self._fast_rows += commit_weight(len(batch))
         if self._fast_rows >= CHECKPOINT_ROWS and not self._checkpointing:
             self._fast_rows = 0
             self._checkpointing = True
@@ -297,7 +307,7 @@ class SQLiteWriter:
         """After the copy, the rest: the loop's connection waits meanwhile (``_queued``)."""
         self._checkpointing = False
         if not self._closed:
-            self._put((_restart_wal, Unwatched("a checkpoint")))
+            self._put((restart_wal, Unwatched("a checkpoint")))
 
     def _do(self, fn: Callable[[sqlite3.Connection], T] | Rows) -> asyncio.Future[T]:
         if self._closed or self._loop is None:
@@ -329,11 +339,17 @@ BUSY_SECONDS = 5.0
 LATER_SECONDS = 0.05
 #: Where a commit on the event loop's thread does not wait for the disk.
 LOOP_SYNCHRONOUS = frozenset({"NORMAL", "OFF", "0", "1"})
-#: The loop's connection does not checkpoint: after it wrote this many rows the writer thread
-#: does (``_copy_wal``, ``_restart_wal``). Kept well under SQLite's own 1,000 pages, so that the
-#: writer thread's connection, should it commit meanwhile, seldom finds a WAL long enough to
-#: checkpoint itself while the loop's writes wait.
+#: Neither connection checkpoints by itself: after the loop's connection wrote this many rows
+#: the writer thread does (``_copy_wal``, ``restart_wal``), and after its own connection did.
 CHECKPOINT_ROWS = 1000
+#: A commit writes the pages it touched, however few its rows: at a row or two a commit, pages
+#: rather than rows fill the WAL, so each commit counts as this many rows more.
+COMMIT_ROWS = 3
+
+
+def commit_weight(rows: int) -> int:
+    """What a commit of ``rows`` rows counts towards ``CHECKPOINT_ROWS``."""
+    return rows + COMMIT_ROWS
 
 
 def _copy_wal(conn: sqlite3.Connection) -> None:
@@ -345,10 +361,11 @@ def _copy_wal(conn: sqlite3.Connection) -> None:
         log.warning("checkpoint of the SQLite WAL failed: %r", exc)
 
 
-def _restart_wal(conn: sqlite3.Connection) -> None:
-    """Copy what was written during ``_copy_wal``, nobody else writing, so that the WAL can
-    start over rather than grow. The first write after that syncs the WAL's new header (even
-    with synchronous NORMAL): it is made here, not on the event loop."""
+def restart_wal(conn: sqlite3.Connection) -> None:
+    """Copy what is left in the WAL (after ``_copy_wal``: what was written meanwhile, nobody
+    else writing now) and, when all of it was copied, let the WAL start over rather than grow.
+    The first write after that syncs the WAL's new header (even with synchronous NORMAL): it
+    is made here, not in a commit somebody waits for."""
     try:
         busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if busy or frames != copied or frames <= 0:
@@ -366,7 +383,7 @@ def _restart_wal(conn: sqlite3.Connection) -> None:
 
 
 def _is_checkpoint(request: object) -> bool:
-    return request is _copy_wal or request is _restart_wal
+    return request is _copy_wal or request is restart_wal
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:
