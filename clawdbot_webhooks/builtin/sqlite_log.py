@@ -10,6 +10,7 @@ time, and the loop is woken once per batch: neither once per operation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
@@ -18,12 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clawdbot_webhooks.store.sqlite_writer import CHECKPOINT_ROWS, commit_weight, restart_wal
-
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: A batch takes in further turns' operations up to this many: a transaction stays short.
 MAX_BATCH = 256
+#: The thread checkpoints once its commits since the last count this many, each counting as
+#: its operations plus three (a commit writes a few pages however few its rows).
+CHECKPOINT_ROWS = 1000
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 
@@ -91,7 +95,7 @@ class LogWriter:
             loop.call_soon_threadsafe(_settle, ready, None, exc)
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
-        written = 0  # since the last checkpoint (``commit_weight``)
+        written = 0  # since the last checkpoint (``CHECKPOINT_ROWS``)
         try:
             while True:
                 first = self._jobs.get()
@@ -108,10 +112,10 @@ class LogWriter:
                         break
                     batch.extend(jobs)
                 self._commit(conn, batch, loop)
-                written += commit_weight(len(batch))
+                written += len(batch) + 3
                 if written >= CHECKPOINT_ROWS:
                     written = 0
-                    restart_wal(conn)
+                    _checkpoint(conn)
         finally:
             conn.close()
 
@@ -152,6 +156,20 @@ def _one_by_one(
             conn.execute("ROLLBACK")
         outcomes = [(future, None, exc) for _, future in batch]
     return outcomes
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the file, then make the write that lets the WAL start over, whose
+    commit syncs the WAL's new header: here, between batches, not in a batch's commit."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(f"PRAGMA user_version={conn.execute('PRAGMA user_version').fetchone()[0]}")
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:  # the next batch's commit reports a file that is unwell
+        log.warning("checkpoint of the message log failed: %r", exc)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
