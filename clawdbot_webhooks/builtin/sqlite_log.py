@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 #: A batch takes in further turns' operations up to this many: a transaction stays short.
 MAX_BATCH = 256
 #: The thread checkpoints once its commits since the last count this many, each counting as
-#: its operations plus three (a commit writes a few pages however few its rows).
+#: its operations plus ``COMMIT_ROWS`` (a commit writes a few pages however few its rows).
 CHECKPOINT_ROWS = 1000
+COMMIT_ROWS = 3
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
 
@@ -112,7 +113,7 @@ class LogWriter:
                         break
                     batch.extend(jobs)
                 self._commit(conn, batch, loop)
-                written += len(batch) + 3
+                written += len(batch) + COMMIT_ROWS
                 if written >= CHECKPOINT_ROWS:
                     written = 0
                     _checkpoint(conn)

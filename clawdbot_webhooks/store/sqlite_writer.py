@@ -186,7 +186,7 @@ class SQLiteWriter:
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
         stop = False
-        written = 0  # by this thread's commits since its last checkpoint (``commit_weight``)
+        written = 0  # by this thread's commits since its last checkpoint (``COMMIT_ROWS``)
         while not stop:
             first = self._queue.get()
             if first is None:
@@ -205,23 +205,23 @@ class SQLiteWriter:
             step = batch.pop()[0] if _is_checkpoint(batch[-1][0]) else None
             outcomes = _apply(conn, batch) if batch else []
             if batch:
-                written += commit_weight(len(batch))
+                written += len(batch) + COMMIT_ROWS
             if step is _copy_wal:
                 written = 0
                 _copy_wal(conn)
                 with contextlib.suppress(RuntimeError):  # the loop is closed: so are we
                     loop.call_soon_threadsafe(self._after_copy)
-            elif step is restart_wal:
-                restart_wal(conn)
+            elif step is _restart_wal:
+                _restart_wal(conn)
             # The copy is not counted: the loop's connection goes on writing meanwhile.
-            self._finished += len(batch) + (step is restart_wal)
+            self._finished += len(batch) + (step is _restart_wal)
             # One wake-up of the event loop per batch, not one per request, and none for a
             # batch of writes nobody waits for that all went well.
             if any(error is not None or not isinstance(f, Unwatched) for f, _, error in outcomes):
                 loop.call_soon_threadsafe(_settle_all, outcomes)
             if written >= CHECKPOINT_ROWS:  # after the batch is settled: nobody waits for it
                 written = 0
-                restart_wal(conn)
+                _restart_wal(conn)
         conn.close()
 
     def _send(self, request: Rows, what: str) -> None:
@@ -295,7 +295,7 @@ class SQLiteWriter:
                 except sqlite3.Error:
                     self._fast = None  # stuck in a transaction: no longer to be used
             return False
-        self._fast_rows += commit_weight(len(batch))
+        self._fast_rows += len(batch) + COMMIT_ROWS
         if self._fast_rows >= CHECKPOINT_ROWS and not self._checkpointing:
             self._fast_rows = 0
             self._checkpointing = True
@@ -307,7 +307,7 @@ class SQLiteWriter:
         """After the copy, the rest: the loop's connection waits meanwhile (``_queued``)."""
         self._checkpointing = False
         if not self._closed:
-            self._put((restart_wal, Unwatched("a checkpoint")))
+            self._put((_restart_wal, Unwatched("a checkpoint")))
 
     def _do(self, fn: Callable[[sqlite3.Connection], T] | Rows) -> asyncio.Future[T]:
         if self._closed or self._loop is None:
@@ -340,16 +340,11 @@ LATER_SECONDS = 0.05
 #: Where a commit on the event loop's thread does not wait for the disk.
 LOOP_SYNCHRONOUS = frozenset({"NORMAL", "OFF", "0", "1"})
 #: Neither connection checkpoints by itself: after the loop's connection wrote this many rows
-#: the writer thread does (``_copy_wal``, ``restart_wal``), and after its own connection did.
+#: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did.
 CHECKPOINT_ROWS = 1000
 #: A commit writes the pages it touched, however few its rows: at a row or two a commit, pages
 #: rather than rows fill the WAL, so each commit counts as this many rows more.
 COMMIT_ROWS = 3
-
-
-def commit_weight(rows: int) -> int:
-    """What a commit of ``rows`` rows counts towards ``CHECKPOINT_ROWS``."""
-    return rows + COMMIT_ROWS
 
 
 def _copy_wal(conn: sqlite3.Connection) -> None:
@@ -361,7 +356,7 @@ def _copy_wal(conn: sqlite3.Connection) -> None:
         log.warning("checkpoint of the SQLite WAL failed: %r", exc)
 
 
-def restart_wal(conn: sqlite3.Connection) -> None:
+def _restart_wal(conn: sqlite3.Connection) -> None:
     """Copy what is left in the WAL (after ``_copy_wal``: what was written meanwhile, nobody
     else writing now) and, when all of it was copied, let the WAL start over rather than grow.
     The first write after that syncs the WAL's new header (even with synchronous NORMAL): it
@@ -383,7 +378,7 @@ def restart_wal(conn: sqlite3.Connection) -> None:
 
 
 def _is_checkpoint(request: object) -> bool:
-    return request is _copy_wal or request is restart_wal
+    return request is _copy_wal or request is _restart_wal
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:
