@@ -102,3 +102,48 @@ async def test_the_log_checkpoints_between_batches(tmp_path: Path) -> None:
         await log.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1500
+
+
+async def test_a_turn_s_operations_commit_on_the_loop_while_the_thread_is_idle(
+    tmp_path: Path,
+) -> None:
+    log = LogWriter(tmp_path / "log.sqlite3", "CREATE TABLE IF NOT EXISTS t (n INTEGER);")
+    await log.open()
+    try:
+        for n in range(3):
+            await asyncio.gather(
+                *(
+                    log.run(lambda conn, k=k: conn.execute("INSERT INTO t VALUES (?)", (k,)))
+                    for k in range(n, n + 5)
+                )
+            )
+        assert log._queued == 0  # nothing went to the thread
+        # Committed, as another connection sees.
+        with sqlite3.connect(tmp_path / "log.sqlite3") as other:
+            assert other.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 15
+    finally:
+        await log.close()
+
+
+async def test_a_busy_file_sends_the_turn_to_the_thread_which_waits_for_the_lock(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.sqlite3"
+    log = LogWriter(path, "CREATE TABLE IF NOT EXISTS t (n INTEGER);")
+    await log.open()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process writing
+        pending = log.run(lambda conn: conn.execute("INSERT INTO t VALUES (1)").rowcount)
+        await asyncio.sleep(0.2)
+        assert not pending.done() and log._queued == 1  # the thread waits for the lock
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(pending, 5) == 1
+        # The thread done, the loop's connection takes the next turn again.
+        assert await log.run(lambda conn: conn.execute("INSERT INTO t VALUES (2)").rowcount) == 1
+        assert log._queued == 1
+    finally:
+        other.close()
+        await log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,)]

@@ -1,10 +1,14 @@
-"""An SQLite file written by one thread, with group commit: operations that wait together share
-one transaction and one commit, so many agent runs at once cost one disk flush, not one each.
+"""An SQLite file with group commit: operations asked for together share one transaction and
+one commit, so many agent runs at once cost one disk flush, not one each.
 
-An operation that raises is undone alone and its error goes back to its caller only: the
-batch is then run again with a savepoint per operation (only then: savepoints cost two
-statements per operation). The thread is handed a turn of the event loop's operations at a
-time, and the loop is woken once per batch: neither once per operation.
+The operations asked for in one turn of the event loop are committed together at its next
+turn, on a connection the loop owns, while the writer thread has nothing queued: with
+``synchronous=NORMAL`` in WAL a commit does not wait for the disk, and no hand-over to a thread
+and back is cheaper than any. That connection never waits for a lock: when the file is busy
+(another process writing) or an operation raises, the batch goes to the writer thread, which
+waits for the lock and runs a failed batch again with a savepoint per operation (only then:
+savepoints cost two statements per operation), so an operation that raises is undone alone and
+its error goes back to its caller only. The thread also checkpoints, between batches.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ CHECKPOINT_ROWS = 1000
 COMMIT_ROWS = 3
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+#: Queued for the thread when the loop's connection has written ``CHECKPOINT_ROWS``.
+_CHECKPOINT: list[_Job] = []
 
 
 class LogWriter:
@@ -43,6 +49,13 @@ class LogWriter:
         self._turn: list[_Job] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The loop's connection (None: every batch goes to the thread).
+        self._fast: sqlite3.Connection | None = None
+        self._fast_rows = 0  # counted as the thread counts its own (``COMMIT_ROWS``)
+        #: Hand-overs put into the queue (counted on the loop) and done by the thread
+        #: (counted there): equal when the thread has nothing to do.
+        self._queued = 0
+        self._finished = 0
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -52,11 +65,17 @@ class LogWriter:
         )
         self._thread.start()
         await ready
+        self._fast = self._connect_fast()
 
     async def close(self) -> None:
         if self._thread is None:
             return
-        self._hand_over()
+        if self._turn:
+            self._put(self._turn)
+            self._turn = []
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
@@ -67,13 +86,55 @@ class LogWriter:
         future: asyncio.Future[T] = self._loop.create_future()
         self._turn.append((fn, future))
         if len(self._turn) == 1:
-            self._loop.call_soon(self._hand_over)
+            self._loop.call_soon(self._flush)
         return future
 
-    def _hand_over(self) -> None:
-        if self._turn:
-            self._jobs.put(self._turn)
-            self._turn = []
+    def _flush(self) -> None:
+        """The loop's turn: commit what the last turn asked for, here or in the thread (in
+        the order asked for: here only while the thread has nothing to do)."""
+        batch, self._turn = self._turn, []
+        if not batch:
+            return
+        conn = self._fast
+        if conn is None or self._queued != self._finished or not self._commit_here(conn, batch):
+            self._put(batch)
+
+    def _commit_here(self, conn: sqlite3.Connection, batch: list[_Job]) -> bool:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [(future, fn(conn)) for fn, future in batch]
+            conn.execute("COMMIT")
+        except Exception:  # busy, or an operation raised: the thread sorts it out
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._fast = None  # stuck in a transaction: no longer to be used
+            return False
+        self._fast_rows += len(batch) + COMMIT_ROWS
+        if self._fast_rows >= CHECKPOINT_ROWS:
+            self._fast_rows = 0
+            self._put(_CHECKPOINT)
+        for future, value in results:
+            _settle(future, value, None)
+        return True
+
+    def _put(self, jobs: list[_Job]) -> None:
+        self._queued += 1
+        self._jobs.put(jobs)
+
+    def _connect_fast(self) -> sqlite3.Connection | None:
+        """The loop's connection: never waits for a lock, never checkpoints."""
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            return conn
+        except sqlite3.Error as exc:
+            log.debug("the message log is written by its thread only: %r", exc)
+            return None
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +163,8 @@ class LogWriter:
                 first = self._jobs.get()
                 if first is None:
                     return
-                batch = list(first)
-                while len(batch) < MAX_BATCH:
+                batch, taken, checkpoint = list(first), 1, first is _CHECKPOINT
+                while len(batch) < MAX_BATCH and not checkpoint:
                     try:
                         jobs = self._jobs.get_nowait()
                     except queue.Empty:
@@ -112,11 +173,15 @@ class LogWriter:
                         self._jobs.put(None)  # finish this batch, then stop
                         break
                     batch.extend(jobs)
-                self._commit(conn, batch, loop)
-                written += len(batch) + COMMIT_ROWS
-                if written >= CHECKPOINT_ROWS:
+                    taken += 1
+                    checkpoint = jobs is _CHECKPOINT
+                if batch:
+                    self._commit(conn, batch, loop)
+                    written += len(batch) + COMMIT_ROWS
+                if checkpoint or written >= CHECKPOINT_ROWS:
                     written = 0
                     _checkpoint(conn)
+                self._finished += taken
         finally:
             conn.close()
 
