@@ -651,3 +651,33 @@ async def test_dead_letter_and_inspection_queries_answer_alike_on_both_backends(
         assert await store.dead_letters() == []
     finally:
         await store.close()
+
+
+def test_a_write_that_finishes_after_its_loop_closed_fails_nobody(tmp_path: Path) -> None:
+    # A process that stops without closing its store: the writer thread finishes what was
+    # queued and has nobody to tell, which is no error of its own.
+    from clawdbot_webhooks.store.sqlite_writer import SQLiteWriter
+
+    errors: list[threading.ExceptHookArgs] = []
+    hook, threading.excepthook = threading.excepthook, errors.append
+    loop = asyncio.new_event_loop()
+    writer = SQLiteWriter(tmp_path / "w.sqlite3", "CREATE TABLE IF NOT EXISTS t (n INTEGER);")
+    try:
+        loop.run_until_complete(writer.open())
+        gate = threading.Event()
+
+        def slow(conn: sqlite3.Connection) -> None:
+            gate.wait(5)
+            conn.execute("INSERT INTO t VALUES (1)")
+
+        writer._do(slow)  # a function: the writer thread runs it
+        loop.close()
+        gate.set()
+        writer._queue.put(None)
+        assert writer._thread is not None
+        writer._thread.join(5)
+    finally:
+        threading.excepthook = hook
+    assert errors == []
+    with sqlite3.connect(tmp_path / "w.sqlite3") as conn:
+        assert conn.execute("SELECT n FROM t").fetchall() == [(1,)]

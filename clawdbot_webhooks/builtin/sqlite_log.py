@@ -14,6 +14,7 @@ its error goes back to its caller only. The thread also checkpoints, between bat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -197,7 +198,8 @@ class LogWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = _one_by_one(conn, batch)
-        loop.call_soon_threadsafe(_settle_all, outcomes)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_settle_all, outcomes)
 
 
 def _one_by_one(

@@ -218,7 +218,8 @@ class SQLiteWriter:
             # One wake-up of the event loop per batch, not one per request, and none for a
             # batch of writes nobody waits for that all went well.
             if any(error is not None or not isinstance(f, Unwatched) for f, _, error in outcomes):
-                loop.call_soon_threadsafe(_settle_all, outcomes)
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle_all, outcomes)
             if written >= CHECKPOINT_ROWS:  # after the batch is settled: nobody waits for it
                 written = 0
                 _restart_wal(conn)
