@@ -20,7 +20,7 @@ from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.announce import http_address, start_lines
 from clawdbot_webhooks.web.deadlines import Deadlines
 from clawdbot_webhooks.web.errors import add_no_route, json_errors
-from clawdbot_webhooks.web.keys import DEADLINES, LIMITS, OUTAGE, RUNTIME
+from clawdbot_webhooks.web.keys import DEADLINES, LIMITS, OUTAGE, RUNTIME, WEBHOOK_ROUTE
 from clawdbot_webhooks.web.outage import StoreOutage, describe, within
 from clawdbot_webhooks.web.ratelimit import Limits
 from clawdbot_webhooks.web.receive import receive
@@ -102,7 +102,7 @@ def make_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(stop_accepting)
     base = incoming.base_path.rstrip("/")
-    app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)
+    app[WEBHOOK_ROUTE] = app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

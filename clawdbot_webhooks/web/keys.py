@@ -13,3 +13,5 @@ RUNTIME = web.AppKey("runtime", Runtime)
 LIMITS = web.AppKey("limits", Limits)
 OUTAGE = web.AppKey("outage", StoreOutage)
 DEADLINES = web.AppKey("deadlines", Deadlines)
+#: The route webhooks arrive on, which the server takes past the router (``web.dispatch``).
+WEBHOOK_ROUTE = web.AppKey("webhook_route", web.AbstractRoute)

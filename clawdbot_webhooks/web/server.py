@@ -17,7 +17,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
+from clawdbot_webhooks.web.dispatch import webhooks_first
 from clawdbot_webhooks.web.errors import error
+from clawdbot_webhooks.web.keys import WEBHOOK_ROUTE
 
 MALFORMED = "malformed request"
 
@@ -64,4 +66,7 @@ class AppRunner(web.AppRunner):
         # The app builds its server itself (Application._make_handler); turning that one
         # into the subclass keeps everything aiohttp set on it.
         server.__class__ = _Server
+        route = self.app.get(WEBHOOK_ROUTE)
+        if route is not None:
+            server.request_handler = webhooks_first(self.app, route, server.request_handler)
         return server
