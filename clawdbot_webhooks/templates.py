@@ -39,12 +39,60 @@ class TemplateError(Exception):
 _JSON_VALUES = (str, int, float, bool, list, tuple, type(None))
 
 
+#: A look-up in a template: a context name and the keys and indexes after it.
+Lookup = tuple[str, tuple[str | int, ...]]
+
+
 class DataTemplate(Template):
     """A config template, knowing which variables of the context it reads."""
 
     #: The top-level names it reads; None when a filter or function it calls is given the
     #: whole context (``pass_context``) and may read any.
     reads: frozenset[str] | None = None
+    #: Its text and look-ups in order, when it is nothing else (``{{ a.b[0] }}``: no filter,
+    #: tag or expression): rendered then without jinja's machinery, while each look-up finds
+    #: a plain JSON value, as jinja would have found it (``plain_parts``).
+    parts: tuple[str | Lookup, ...] | None = None
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        parts = self.parts
+        if parts is not None and len(args) == 1 and not kwargs and type(args[0]) is dict:
+            text = _looked_up(parts, args[0])
+            if text is not None:
+                return text
+        return super().render(*args, **kwargs)
+
+
+def _looked_up(parts: tuple[str | Lookup, ...], context: dict[str, Any]) -> str | None:
+    """The template's text with each look-up's value, or None where one is missing or not a
+    plain value (jinja then renders it: an undefined value, an error, a list printed)."""
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        name, keys = part
+        value: Any = context.get(name, _MISSING)
+        try:
+            for key in keys:
+                # As ``DataEnvironment`` looks up: a key of a mapping, an index of a list.
+                kind = type(value)
+                if kind is not dict and not (kind is list and type(key) is int):
+                    return None
+                value = value[key]
+        except (KeyError, IndexError):
+            return None
+        kind = type(value)
+        if kind is str:
+            out.append(value)
+        elif kind is int or kind is float or kind is bool or value is None:
+            out.append(str(value))
+        else:
+            return None
+    return "".join(out)
+
+
+_MISSING: Any = object()
 
 
 class DataEnvironment(ImmutableSandboxedEnvironment):
@@ -155,6 +203,38 @@ def _reads(env: ImmutableSandboxedEnvironment, tree: nodes.Template) -> frozense
     return frozenset(node.name for node in tree.find_all(nodes.Name) if node.ctx == "load")
 
 
+def plain_parts(
+    env: ImmutableSandboxedEnvironment, tree: nodes.Template
+) -> tuple[str | Lookup, ...] | None:
+    """A template's text and look-ups, when that is all it is and jinja would print each
+    look-up's value with ``str`` (no ``finalize``, no autoescape); else None."""
+    if env.finalize is not None or env.autoescape is not False:
+        return None
+    if not tree.body:
+        return ()
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        return None
+    parts: list[str | Lookup] = []
+    for node in tree.body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            parts.append(node.data)
+            continue
+        keys: list[str | int] = []
+        while isinstance(node, nodes.Getattr | nodes.Getitem):
+            if isinstance(node, nodes.Getattr):
+                keys.append(node.attr)
+            elif isinstance(node.arg, nodes.Const) and type(node.arg.value) in (str, int):
+                keys.append(node.arg.value)
+            else:
+                return None
+            node = node.node
+        # ``self`` is jinja's reference to the template itself, whatever the context holds.
+        if not isinstance(node, nodes.Name) or node.name == "self":
+            return None
+        parts.append((node.name, tuple(reversed(keys))))
+    return tuple(parts)
+
+
 def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Template:
     """Compile a config template, refusing what could only be an attempt to leave the sandbox.
 
@@ -179,6 +259,7 @@ def compile_template(env: ImmutableSandboxedEnvironment, source: str) -> Templat
     template.globals = dict(template.globals)
     if isinstance(template, DataTemplate):
         template.reads = _reads(env, tree)
+        template.parts = plain_parts(env, tree)
     return template
 
 

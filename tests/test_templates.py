@@ -260,3 +260,95 @@ def test_a_filter_given_the_whole_context_gets_the_whole_context() -> None:
     assert plain.reads == {"title"}
     assert reads_of([plain, uses]) is None
     assert reads_of([plain]) == {"title"}
+
+
+# -- a template of text and look-ups only, rendered without jinja's machinery
+
+_NAMES = st.sampled_from(["a", "b", "self", "loop", "range", "items", "0"])
+_KEYS = st.one_of(_NAMES, st.integers(-1, 2))
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=4)
+    | st.just("{{ 7 * 7 }}"),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_NAMES, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _lookup_source(name: str, keys: list[str | int]) -> str:
+    text = name
+    for key in keys:
+        if isinstance(key, int) or not key.isidentifier():
+            text += f"[{key!r}]"
+        elif len(text) % 2:  # both spellings of a key
+            text += f".{key}"
+        else:
+            text += f"[{key!r}]"
+    return "{{ " + text + " }}"
+
+
+_SOURCES = st.lists(
+    st.one_of(
+        st.text(alphabet="ab :{}-\n", max_size=5).filter(
+            lambda t: "{{" not in t and "{%" not in t and "{#" not in t and not t.endswith("{")
+        ),
+        st.builds(
+            _lookup_source,
+            st.sampled_from(["a", "b", "self", "loop", "range"]),
+            st.lists(_KEYS, max_size=3),
+        ),
+    ),
+    max_size=4,
+).map("".join)
+
+
+@given(
+    source=_SOURCES,
+    context=st.dictionaries(st.sampled_from(["a", "b", "loop"]), _JSON, max_size=3),
+    strict=st.booleans(),
+)
+def test_text_and_look_ups_render_as_jinja_renders_them(
+    source: str, context: dict[str, object], strict: bool
+) -> None:
+    from jinja2 import Template
+
+    from clawdbot_webhooks.templates import compile_template
+
+    try:
+        template = compile_template(make_environment({}, strict=strict), source)
+    except Exception:
+        return  # not a template at all: nothing to compare
+    outcomes = []
+    for render in (template.render, lambda c: Template.render(template, c)):
+        try:
+            outcomes.append(("text", render(dict(context))))
+        except Exception as exc:
+            outcomes.append((type(exc).__name__, str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_only_text_and_look_ups_skip_jinja() -> None:
+    from clawdbot_webhooks.templates import compile_template
+
+    env = make_environment({})
+    plain = compile_template(env, "{{ action }}: {{ pull_request.title }} #{{ x['n'][0] }}")
+    assert getattr(plain, "parts", None) == (
+        ("action", ()),
+        ": ",
+        ("pull_request", ("title",)),
+        " #",
+        ("x", ("n", 0)),
+    )
+    context = {"action": "{{ 7 * 7 }}", "pull_request": {"title": "T"}, "x": {"n": [1]}}
+    assert plain.render(context) == "{{ 7 * 7 }}: T #1"  # payload text is never a template
+    for source in (
+        "{{ a | upper }}",
+        "{% if a %}x{% endif %}",
+        "{{ a ~ b }}",
+        "{{ self }}",
+        "{{ 'x' }}",
+    ):
+        assert getattr(compile_template(env, source), "parts", None) is None, source
