@@ -6,6 +6,7 @@ data (variables), so a payload value that looks like ``{{ ... }}`` is printed as
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -281,25 +282,35 @@ def context_for(
     only those of them: the same values, without building what no template reads."""
     context: dict[str, Any] = {}
     payload = delivery.payload
-    if isinstance(payload, Mapping):
-        keys = payload if names is None else [name for name in names if name in payload]
-        for key in keys:
-            if isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key):
-                context[key] = payload[key]
-    if names is None or "form" in names:
+    mapping = type(payload) is dict or isinstance(payload, Mapping)
+    if names is None:
+        special = _SPECIAL
+        if mapping:
+            for key in payload:
+                if isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key):
+                    context[key] = payload[key]
+    else:
+        keys, special = _wanted(names)
+        if mapping:
+            for key in keys:
+                if key in payload:
+                    context[key] = payload[key]
+    if not special:
+        return context
+    if "form" in special:
         form = form_of(delivery.body, delivery.content_type)
         if form is not None:  # the fields as sent, also when `event` is the JSON one they held
             context["form"] = form
     # Payload keys never replace these (``RESERVED``).
-    if names is None or "event" in names:
+    if "event" in special:
         context["event"] = payload
-    if names is None or "headers" in names:
+    if "headers" in special:
         context["headers"] = dict(delivery.headers)
-    if names is None or "query" in names:
+    if "query" in special:
         context["query"] = dict(delivery.query)
-    if names is None or "hook" in names:
+    if "hook" in special:
         context["hook"] = {"id": handler.id, "path": handler.path, "action": handler.action}
-    if names is None or "delivery" in names:
+    if "delivery" in special:
         context["delivery"] = {
             "id": delivery.id,
             "session": delivery.session,
@@ -308,6 +319,18 @@ def context_for(
             "content_type": delivery.content_type,
         }
     return context
+
+
+#: The names the runtime fills in rather than the payload (``form`` only when there is one).
+_SPECIAL = RESERVED | {"form"}
+
+
+@functools.lru_cache(maxsize=1024)
+def _wanted(names: frozenset[str]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """Of the names templates read: those a payload key may give (identifiers that are not
+    keywords), and the runtime's own; worked out once per set of names."""
+    keys = tuple(n for n in names if n.isidentifier() and not keyword.iskeyword(n))
+    return keys, names & _SPECIAL
 
 
 def trusted_context(delivery: Delivery, handler: Handler) -> dict[str, Any]:
