@@ -86,14 +86,14 @@ class Pipeline:
             if spec.max_concurrent
         }
         self._in_flight: Counter[str] = Counter()
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The deliveries this process has claimed and not finished, by id: their tasks.
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self.inbox_outage = poller_outage("inbox")
         #: The loop it runs on, kept from ``start`` rather than asked for on every delivery.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._running: set[str] = set()
         #: Deliveries held in memory (running or waiting for a slot) at most; beyond that the
         #: store is the queue, so a long burst costs disk, not memory.
         self._max_held = settings.incoming.concurrency * 4
@@ -126,7 +126,7 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            _, pending = await asyncio.wait(set(self._tasks.values()), timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:
@@ -223,7 +223,7 @@ class Pipeline:
 
     def held_ids(self) -> list[str]:
         """Deliveries this process has claimed and not finished (the heartbeat renews them)."""
-        return list(self._running)
+        return list(self._tasks)
 
     def in_flight(self, hook_id: str) -> int:
         """Deliveries of this handler running or waiting for a slot in this process."""
@@ -232,10 +232,9 @@ class Pipeline:
     def _spawn(
         self, record: IncomingRecord, payload: Any = None, spec: HandlerSpec | None = None
     ) -> None:
-        self._running.add(record.id)
         self._in_flight[record.hook_id] += 1
         assert self._loop is not None  # set by start(); nothing is accepted before it
-        self._tasks.add(self._loop.create_task(self._run(record, payload, spec)))
+        self._tasks[record.id] = self._loop.create_task(self._run(record, payload, spec))
 
     async def _poll(self) -> None:
         """Pick up stored work that is due: retries, and work left by a stopped process."""
@@ -249,7 +248,7 @@ class Pipeline:
                     quiet, deferred = self._deferring == 0, self._deferred
                     claimed = await self._store.claim_incoming(free, self.lease)
                     for record in claimed:
-                        if record.id not in self._running:
+                        if record.id not in self._tasks:
                             self._spawn(record)
                     if len(claimed) < free:
                         raced = not quiet or deferred != self._deferred
@@ -314,10 +313,9 @@ class Pipeline:
             log.exception("delivery %s could not be recorded: %r", record.id, exc)
             self._settle(record.id, exc)
         finally:
-            # The task leaves the set itself, with no done-callback per task. (One cancelled
+            # The task leaves ``_tasks`` itself, with no done-callback per task. (One cancelled
             # before its first step stays; that happens only while stopping.)
-            self._tasks.discard(asyncio.current_task(self._loop))
-            self._running.discard(record.id)
+            self._tasks.pop(record.id, None)
             self._in_flight[record.hook_id] -= 1
             if self._backlog:
                 self.wake()  # a place is free: the poller takes the next stored one
