@@ -147,3 +147,30 @@ async def test_a_busy_file_sends_the_turn_to_the_thread_which_waits_for_the_lock
         await log.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,)]
+
+
+async def test_an_agent_s_turn_is_counted_from_an_index_not_the_whole_log(
+    tmp_path: Path,
+) -> None:
+    # Every run counts its session's prompts; the log only grows, so a scan of it made each
+    # run slower than the one before.
+    gateway = LocalGateway(tmp_path / "local-gateway.sqlite3")
+    await gateway.start()
+    try:
+        for turn in (1, 2):
+            reply = await gateway.run_agent(
+                agent_id="a", message="hi", session="s", idempotency_key=f"k{turn}"
+            )
+            assert reply.text == f"[a #{turn}] hi"
+        other = await gateway.run_agent(
+            agent_id="a", message="hi", session="t", idempotency_key="k3"
+        )
+        assert other.text == "[a #1] hi"
+    finally:
+        await gateway.close()
+    with sqlite3.connect(tmp_path / "local-gateway.sqlite3") as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM messages WHERE session=? AND kind='prompt'",
+            ("s",),
+        ).fetchall()
+    assert "USING INDEX messages_prompts" in plan[0][3]

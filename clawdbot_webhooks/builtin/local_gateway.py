@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_once ON messages (idempotency_key, kind)
     WHERE idempotency_key IS NOT NULL;
+-- An agent's turn counts its session's prompts: without this, every run read the whole log.
+-- Prompts only, so a sent message (the common row) costs no entry here.
+CREATE INDEX IF NOT EXISTS messages_prompts ON messages (session) WHERE kind = 'prompt';
 """
 
 
@@ -105,9 +108,15 @@ class LocalGateway:
     async def probe(self) -> str:
         return f"local gateway (message log {self.path})"
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if not self._open:
-            await self.start()
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Awaitable[Any]:
+        """``fn(connection)`` committed: the log's future itself once it is open (no
+        coroutine per write)."""
+        if self._open:
+            return self._db.run(fn)
+        return self._start_then(fn)
+
+    async def _start_then(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        await self.start()
         return await self._db.run(fn)
 
     async def send_message(
