@@ -19,10 +19,11 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from clawdbot_webhooks_hookspecs.sqlite import LoopConnection, switch_to_wal
 
 T = TypeVar("T")
 
@@ -51,7 +52,7 @@ class LogWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: The loop's connection (None: every batch goes to the thread).
-        self._fast: sqlite3.Connection | None = None
+        self._fast: LoopConnection | None = None
         self._fast_rows = 0  # counted as the thread counts its own (``COMMIT_ROWS``)
         #: Hand-overs put into the queue (counted on the loop) and done by the thread
         #: (counted there): equal when the thread has nothing to do.
@@ -66,7 +67,7 @@ class LogWriter:
         )
         self._thread.start()
         await ready
-        self._fast = self._connect_fast()
+        self._fast = LoopConnection.open(self.path)
 
     async def close(self) -> None:
         if self._thread is None:
@@ -82,7 +83,8 @@ class LogWriter:
         self._thread = None
 
     def run(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run ``fn(connection)`` in the writer thread, committed before the future is set."""
+        """Run ``fn(connection)``, committed before the future is set: at the loop's next turn
+        on its own connection, or in the writer thread."""
         assert self._loop is not None, "open() first"
         future: asyncio.Future[T] = self._loop.create_future()
         self._turn.append((fn, future))
@@ -100,17 +102,10 @@ class LogWriter:
         if conn is None or self._queued != self._finished or not self._commit_here(conn, batch):
             self._put(batch)
 
-    def _commit_here(self, conn: sqlite3.Connection, batch: list[_Job]) -> bool:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            results = [(future, fn(conn)) for fn, future in batch]
-            conn.execute("COMMIT")
-        except Exception:  # busy, or an operation raised: the thread sorts it out
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._fast = None  # stuck in a transaction: no longer to be used
+    def _commit_here(self, conn: LoopConnection, batch: list[_Job]) -> bool:
+        # Busy, or an operation raised: nothing is kept, and the thread sorts it out.
+        results = conn.commit(lambda c: [(future, fn(c)) for fn, future in batch])
+        if results is None:
             return False
         self._fast_rows += len(batch) + COMMIT_ROWS
         if self._fast_rows >= CHECKPOINT_ROWS:
@@ -124,24 +119,11 @@ class LogWriter:
         self._queued += 1
         self._jobs.put(jobs)
 
-    def _connect_fast(self) -> sqlite3.Connection | None:
-        """The loop's connection: never waits for a lock, never checkpoints."""
-        try:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=0
-            )
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            return conn
-        except sqlite3.Error as exc:
-            log.debug("the message log is written by its thread only: %r", exc)
-            return None
-
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=5000")  # a reader (the messages command) may hold it
-        _switch_to_wal(conn)
+        switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         # Checkpoints between batches, not inside the commit that fills the WAL (which the
         # batch's callers would wait for), as the store's writer does.
@@ -243,20 +225,6 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
 def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, value, error in outcomes:
         _settle(future, value, error)
-
-
-def _switch_to_wal(conn: sqlite3.Connection, seconds: float = 5.0) -> None:
-    """``PRAGMA journal_mode=WAL``, waiting out another process opening the same new file at
-    the same moment: SQLite answers "database is locked" at once there, without waiting."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

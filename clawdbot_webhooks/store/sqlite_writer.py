@@ -9,10 +9,11 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
+
+from clawdbot_webhooks_hookspecs.sqlite import LoopConnection, switch_to_wal
 
 from clawdbot_webhooks.store.protocol import StoreUnavailable
 
@@ -103,7 +104,7 @@ class SQLiteWriter:
         self._tick: list[tuple[Request, Any]] = []
         self._flush_due = False
         #: The loop's connection; None where commits wait for the disk, or it cannot open.
-        self._fast: sqlite3.Connection | None = None
+        self._fast: LoopConnection | None = None
         #: Rows the loop's connection wrote since the last checkpoint began.
         self._fast_rows = 0
         self._checkpointing = False
@@ -130,25 +131,7 @@ class SQLiteWriter:
         )
         self._thread.start()
         await ready
-        if self.synchronous.upper() in LOOP_SYNCHRONOUS:
-            self._fast = self._connect_fast()
-
-    def _connect_fast(self) -> sqlite3.Connection | None:
-        """The loop's connection: never waits for a lock, never checkpoints."""
-        try:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=0
-            )
-            conn.execute("PRAGMA busy_timeout=0")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.close()
-                return None
-            return conn
-        except sqlite3.Error as exc:
-            log.debug("writes stay in the writer thread: %r", exc)
-            return None
+        self._fast = LoopConnection.open(self.path, self.synchronous)
 
     async def close(self) -> None:
         if self._closed:
@@ -170,7 +153,7 @@ class SQLiteWriter:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
-        _switch_to_wal(conn)
+        switch_to_wal(conn, BUSY_SECONDS)
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         # SQLite's own checkpoint would run inside the commit that fills the WAL, while the
         # requests of that batch wait for it; this thread checkpoints between batches instead.
@@ -284,17 +267,10 @@ class SQLiteWriter:
             for item in batch:
                 self._put(item)
 
-    def _commit_here(self, conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> bool:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            outcomes = _run_grouped(conn, batch)
-            conn.execute("COMMIT")
-        except Exception:  # busy, full, a conflict: the writer thread sorts it out
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._fast = None  # stuck in a transaction: no longer to be used
+    def _commit_here(self, conn: LoopConnection, batch: list[tuple[Request, Any]]) -> bool:
+        # Busy, full, a conflict: nothing is kept, and the writer thread sorts it out.
+        outcomes = conn.commit(lambda c: _run_grouped(c, batch))
+        if outcomes is None:
             return False
         self._fast_rows += len(batch) + COMMIT_ROWS
         if self._fast_rows >= CHECKPOINT_ROWS and not self._checkpointing:
@@ -338,8 +314,6 @@ Outcome = tuple[Any, Any, BaseException | None]
 BUSY_SECONDS = 5.0
 #: How long a write nobody waits for is held back for one somebody waits for to go with.
 LATER_SECONDS = 0.05
-#: Where a commit on the event loop's thread does not wait for the disk.
-LOOP_SYNCHRONOUS = frozenset({"NORMAL", "OFF", "0", "1"})
 #: Neither connection checkpoints by itself: after the loop's connection wrote this many rows
 #: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did.
 CHECKPOINT_ROWS = 1000
@@ -380,21 +354,6 @@ def _restart_wal(conn: sqlite3.Connection) -> None:
 
 def _is_checkpoint(request: object) -> bool:
     return request is _copy_wal or request is _restart_wal
-
-
-def _switch_to_wal(conn: sqlite3.Connection) -> None:
-    """``PRAGMA journal_mode=WAL``, waiting out other connections that open the same new file
-    at the same moment (two processes starting together): SQLite answers "database is locked"
-    at once there instead of waiting on the busy timeout, so the wait is done here."""
-    deadline = time.monotonic() + BUSY_SECONDS
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
 
 
 def _apply(conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> list[Outcome]:

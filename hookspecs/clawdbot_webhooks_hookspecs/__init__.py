@@ -11,6 +11,7 @@ from .ids import derived_event_id, derived_id
 from .markers import PROJECT_NAME, hookimpl, hookspec
 from .secrets import bearer_token, matches_any
 from .signing import decode_secret, sign_standard
+from .sqlite import LoopConnection, switch_to_wal
 from .types import (
     DROP,
     EVENT_TYPES,
@@ -74,6 +75,7 @@ __all__ = [
     "GatewayFactory",
     "Handler",
     "Handshake",
+    "LoopConnection",
     "OutgoingRequest",
     "OutgoingResponse",
     "PluginEnv",
@@ -99,6 +101,7 @@ __all__ = [
     "prompt_agent",
     "sign_standard",
     "state_dirs",
+    "switch_to_wal",
     "takes_instructions",
     "utc_timestamp",
     "wrap_untrusted",
