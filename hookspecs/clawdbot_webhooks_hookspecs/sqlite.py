@@ -54,18 +54,19 @@ class LoopConnection:
         for the disk (``synchronous`` FULL or EXTRA, or no WAL) or the file does not open."""
         if synchronous.upper() not in NO_WAIT_SYNCHRONOUS:
             return None
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.close()
-                return None
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return cls(conn)
         except sqlite3.Error as exc:
             log.debug("%s is written from a thread only: %r", path, exc)
-            return None
-        return cls(conn)
+        if conn is not None:
+            conn.close()  # not left open for the collector to find
+        return None
 
     def commit(self, work: Callable[[sqlite3.Connection], T]) -> T | None:
         """``work(connection)`` in one transaction: its answer once committed, or None when
