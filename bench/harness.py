@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -260,27 +261,30 @@ def against_baseline(
     rounds: int,
     seconds: int,
     connections: int = 32,
+    floor: str | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     """The bare aiohttp handler and the full pipeline (``webhooks``, shared secret, handler
     ``x``), both up at once on core 0, measured with ``alternate``: runs by "baseline" and
-    "pipeline"."""
-    base_port, full_port = free_port(), free_port()
+    "pipeline". With ``floor`` (a workload of ``floor_server.py``), that server as well, by
+    "floor"."""
+    base_port, full_port, floor_port = free_port(), free_port(), free_port()
     baseline_cmd = [sys.executable, str(BENCH / "baseline_server.py"), str(base_port)]
     url = "http://127.0.0.1:{}/webhook/x"
     with (
         tempfile.TemporaryDirectory() as tmp,
         Server(baseline_cmd, base_port, core=0) as base_server,
         webhooks_server(webhooks, Path(tmp), full_port, core=0) as full_server,
+        contextlib.ExitStack() as more,
     ):
-        return alternate(
-            {
-                "baseline": Target(base_server, url.format(base_port), body, {}),
-                "pipeline": Target(full_server, url.format(full_port), body, SECRET_HEADER),
-            },
-            rounds=rounds,
-            seconds=seconds,
-            connections=connections,
-        )
+        targets = {
+            "baseline": Target(base_server, url.format(base_port), body, {}),
+            "pipeline": Target(full_server, url.format(full_port), body, SECRET_HEADER),
+        }
+        if floor is not None:
+            floor_cmd = [sys.executable, str(BENCH / "floor_server.py"), str(floor_port), floor]
+            floor_server = more.enter_context(Server([*floor_cmd, tmp], floor_port, core=0))
+            targets["floor"] = Target(floor_server, url.format(floor_port), body, SECRET_HEADER)
+        return alternate(targets, rounds=rounds, seconds=seconds, connections=connections)
 
 
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:

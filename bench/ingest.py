@@ -4,7 +4,9 @@ against a bare aiohttp handler that only parses the JSON, same load generator, s
 Two workloads: ``noop`` (a custom action that does nothing: the cost of receiving and
 storing) and ``send_message`` (the built-in action rendering a two-variable template to the
 local gateway: what a typical handler costs). Each is reported with its CPU-time ratio, which
-moves less with the machine than req/s.
+moves less with the machine than req/s. ``floor_server.py`` runs beside them: the same
+durable work with nothing else around it, the most any design with these promises reaches on
+the machine.
 
 Targets: ratio >= 0.6 (aim 0.7), p99 <= 20 ms (32 connections). Medians of alternating
 rounds."""
@@ -47,14 +49,19 @@ def run(seconds: int, connections: int, rounds: int, workload: str = "noop") -> 
         "incoming": {"secret": "bench-secret", "concurrency": 64},
         "handlers": [WORKLOADS[workload]],
     }
-    runs = against_baseline(webhooks, BODY, rounds=rounds, seconds=seconds, connections=connections)
+    runs = against_baseline(
+        webhooks, BODY, rounds=rounds, seconds=seconds, connections=connections, floor=workload
+    )
     baseline, pipeline = median_run(runs["baseline"]), median_run(runs["pipeline"])
+    floor = median_run(runs["floor"])
     each = ratios(runs["pipeline"], runs["baseline"])
     return {
         "baseline": baseline,
         "pipeline": pipeline,
+        "floor": floor,
         "ratio": statistics.median(each),
         "ratios": each,
+        "floor_ratio": statistics.median(ratios(runs["floor"], runs["baseline"])),
         "cpu_ratio": baseline["cpu_us"] / pipeline["cpu_us"],
         "steal": statistics.median(r["steal"] for r in runs["baseline"] + runs["pipeline"]),
         "rounds": runs,
@@ -64,7 +71,7 @@ def run(seconds: int, connections: int, rounds: int, workload: str = "noop") -> 
 def report(workload: str, result: dict[str, Any]) -> None:
     rows = [
         {"server": name, **{k: v for k, v in result[name].items()}}
-        for name in ("baseline", "pipeline")
+        for name in ("baseline", "floor", "pipeline")
     ]
     columns = ["server", "rps", "cpu_us", "p50_ms", "p90_ms", "p99_ms", "non2xx", "requests"]
     print(f"-- workload: {workload}")
@@ -75,6 +82,11 @@ def report(workload: str, result: dict[str, Any]) -> None:
     each = ", ".join(f"{r['p99_ms']:.1f} ms ({r['steal']:.0%})" for r in rounds)
     print(f"pipeline p99 per round (host CPU stolen): {each}")
     print(f"CPU time per request, baseline/pipeline: {result['cpu_ratio']:.2f}")
+    print(
+        f"floor (floor_server.py: the same durable work and nothing else)/baseline: "
+        f"{result['floor_ratio']:.2f}, CPU time per request "
+        f"{result['baseline']['cpu_us'] / result['floor']['cpu_us']:.2f}"
+    )
     print(f"host CPU stolen by other guests during the runs: {result['steal']:.0%} (quiet: ~0%)")
     print(
         f"median ratio pipeline/baseline: {result['ratio']:.2f} (target >= 0.6); "

@@ -70,6 +70,8 @@ def _rows() -> list[dict[str, Any]]:
             add(f"{name} req/s, bare aiohttp baseline", r["baseline"]["rps"], "", None)
             add(f"{name} ratio pipeline/baseline", r["ratio"], ">= 0.6", r["ratio"] >= 0.6)
             add(f"{name} CPU time per request, baseline/pipeline", r["cpu_ratio"], "", None)
+            if "floor_ratio" in r:  # the same durable work and nothing else (floor_server.py)
+                add(f"{name} ratio floor/baseline", r["floor_ratio"], "", None)
             add(
                 f"{name} p99 (32 connections)",
                 r["pipeline"]["p99_ms"],
