@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from clawdbot_webhooks.config import ConfigError, build_settings
 from clawdbot_webhooks.plugins import PluginSelection, load_plugins
-from clawdbot_webhooks.web.requests import _long_digits
+from clawdbot_webhooks.web.requests import _LONG_DIGITS, _depth, _shape
 
 SECRET = "S3CR3T-hostile-Zq9-value"
 GH_SECRET = "GH-S3CR3T-hostile-Kp2"
@@ -502,9 +502,42 @@ async def test_auth_failures_and_signatures_never_leak(start_server) -> None:
     assert await srv.runtime.store.count_incoming() == 1  # only the accepted one above
 
 
-@given(text=st.text(alphabet=st.sampled_from('0123456789x9\u0663 "é'), max_size=80))
-def test_a_run_of_20_digits_is_found_as_the_regular_expression_finds_it(text: str) -> None:
-    """The look for integers beyond 64 bits (sent to the exact parser) misses none."""
-    expected = re.search("[0-9]{20}", text) is not None
-    assert _long_digits(text) is expected
-    assert _long_digits(text.encode()) is expected
+def _nesting(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_nesting, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_nesting, value), default=0)
+    return 0
+
+
+_TRICKY = st.text(alphabet=st.sampled_from('[]{}"\\/a\u00e9\u5b57\n0'), max_size=12)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TRICKY,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TRICKY, inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(value=_JSON_VALUES, ascii_only=st.booleans(), indent=st.sampled_from([None, 1]))
+def test_the_depth_guard_measures_nesting_as_the_parsed_value_has_it(
+    value: Any, ascii_only: bool, indent: int | None
+) -> None:
+    """Brackets, quotes and backslashes inside strings do not count: the depth taken from
+    the text is the nesting of the value it holds, however the text is written."""
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=indent)
+    assert _depth(_shape(text)) == _nesting(value)
+    assert _depth(_shape(text.encode())) == _nesting(value)
+
+
+@given(text=st.text(alphabet=st.sampled_from('0123456789x9\u0663 "é[{]}\u5b57'), max_size=80))
+def test_a_run_of_20_digits_and_the_opening_brackets_are_found_as_text_finds_them(
+    text: str,
+) -> None:
+    """The look for integers beyond 64 bits (sent to the exact parser) misses none, and the
+    bound on the depth counts every opening bracket, from the text or its UTF-8 alike."""
+    long_digits = re.search("[0-9]{20}", text) is not None
+    brackets = text.count("[") + text.count("{")
+    for written in (text, text.encode()):
+        shape = _shape(written)
+        assert (_LONG_DIGITS in shape) is long_digits
+        assert shape.count(b"[") == brackets

@@ -8,7 +8,6 @@ import functools
 import ipaddress
 import json
 import math
-import re
 from array import array
 from collections.abc import Iterable, Mapping
 from itertools import accumulate
@@ -121,19 +120,22 @@ def _strict_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-#: A JSON string literal (unrolled loop: fast on long strings).
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-#: Opening brackets become 1, closing ones 255 (-1 as a signed byte), everything else goes.
-_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
-_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[{]}")
+#: In a ``_shape``: an opening bracket becomes 1, a closing one 255 (-1 as a signed byte),
+#: everything else goes.
+_STEPS = bytes.maketrans(b"[]}", b"\x01\xff\xff")
+_NOT_STEPS = bytes(c for c in range(256) if c not in b"[]}")
 
 
-def _depth(text: str) -> int:
-    """How deeply the containers of a valid JSON text nest, computed without recursion or a
-    Python-level loop: drop the strings, keep the brackets as +1/-1, take the running sum."""
-    skeleton = _JSON_STRING.sub("", text).encode("utf-8", "surrogatepass")
-    steps = array("b", skeleton.translate(_BRACKETS, _NOT_BRACKETS))
-    return max(accumulate(steps), default=0)
+def _depth(shape: bytes) -> int:
+    """How deeply the containers of a valid JSON text nest, from its ``_shape``, with no
+    recursion and no Python-level loop: escaped backslashes and quotes dropped, every other
+    piece between quotes (the strings) dropped, the brackets left as +1/-1, their running sum
+    taken. In valid JSON a backslash stands only in a string, and in UTF-8 no other character
+    holds a backslash's or a quote's byte."""
+    if b"\\" in shape:
+        shape = shape.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(shape.split(b'"')[::2])
+    return max(accumulate(array("b", outside.translate(_STEPS, _NOT_STEPS))), default=0)
 
 
 def _finite_float(text: str) -> float:
@@ -144,16 +146,18 @@ def _finite_float(text: str) -> float:
 
 
 #: 20 digits in a row: perhaps an integer beyond 64 bits (or only digits inside a string).
-#: Found as 20 zeros once every digit is a zero: a table look-up per byte and a substring
-#: search, several times cheaper than a regular expression (bench/README.md).
 _LONG_DIGITS = b"0" * 20
-_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+#: Every digit a zero and every opening bracket a ``[``: one table look-up per byte serves
+#: both checks of ``_json`` (a substring search for ``_LONG_DIGITS``, several times cheaper
+#: than a regular expression, and a count of ``[``: see bench/README.md).
+_SHAPE = bytes.maketrans(b"123456789{", b"000000000[")
 
 
-def _long_digits(text: str | bytes) -> bool:
-    # A text is looked at as UTF-8, where no other character holds an ASCII digit's byte.
+def _shape(text: str | bytes) -> bytes:
+    """The text with ``_SHAPE`` applied. A text is looked at as UTF-8, where no other
+    character holds an ASCII digit's or bracket's byte."""
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
-    return _LONG_DIGITS in raw.translate(_DIGITS_TO_ZERO)
+    return raw.translate(_SHAPE)
 
 
 #: Made once: ``json.loads`` with any option builds a new decoder on every call.
@@ -178,8 +182,9 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
     A text with 20 digits in a row goes to the standard library directly: orjson turns an
     integer beyond 64 bits into a float, losing its digits. Numbers that overflow
     to infinity and lone surrogates are refused: nothing downstream could hold them."""
+    shape = _shape(text)
     try:
-        if _long_digits(text):
+        if _LONG_DIGITS in shape:
             raise orjson.JSONDecodeError("may hold an integer beyond 64 bits", "", 0)
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -190,22 +195,10 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
         except RecursionError:
             raise ValueError("nested too deeply") from None
         _refuse_lone_surrogates(value)
-    # Counting brackets is a cheap bound: only a body with many of them needs measuring.
-    if max_depth is not None:
-        brackets = _count_brackets(text)
-        if brackets > max_depth and _depth(_as_text(text)) > max_depth:
-            raise ValueError(f"nested deeper than {max_depth} levels")
+    # Counting opening brackets is a cheap bound: only a body with many needs measuring.
+    if max_depth is not None and shape.count(b"[") > max_depth and _depth(shape) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels")
     return value
-
-
-def _count_brackets(text: str | bytes) -> int:
-    if isinstance(text, bytes):
-        return text.count(b"[") + text.count(b"{")
-    return text.count("[") + text.count("{")
-
-
-def _as_text(text: str | bytes) -> str:
-    return text.decode("utf-8") if isinstance(text, bytes) else text
 
 
 def parse_body(
