@@ -5,8 +5,8 @@ Two workloads: ``noop`` (a custom action that does nothing: the cost of receivin
 storing) and ``send_message`` (the built-in action rendering a two-variable template to the
 local gateway: what a typical handler costs). Each is reported with its CPU-time ratio, which
 moves less with the machine than req/s. ``floor_server.py`` runs beside them: the same
-durable work with nothing else around it, the most any design with these promises reaches on
-the machine.
+durable work with nothing else around it: what these promises alone leave room for on the
+machine.
 
 Targets: ratio >= 0.6 (aim 0.7), p99 <= 20 ms (32 connections). Medians of alternating
 rounds."""
