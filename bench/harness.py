@@ -267,7 +267,7 @@ def against_baseline(
     ``x``), both up at once on core 0, measured with ``alternate``: runs by "baseline" and
     "pipeline". With ``floor`` (a workload of ``floor_server.py``), that server as well, by
     "floor"."""
-    base_port, full_port, floor_port = free_port(), free_port(), free_port()
+    base_port, full_port = free_port(), free_port()
     baseline_cmd = [sys.executable, str(BENCH / "baseline_server.py"), str(base_port)]
     url = "http://127.0.0.1:{}/webhook/x"
     with (
@@ -281,6 +281,7 @@ def against_baseline(
             "pipeline": Target(full_server, url.format(full_port), body, SECRET_HEADER),
         }
         if floor is not None:
+            floor_port = free_port()
             floor_cmd = [sys.executable, str(BENCH / "floor_server.py"), str(floor_port), floor]
             floor_server = more.enter_context(Server([*floor_cmd, tmp], floor_port, core=0))
             targets["floor"] = Target(floor_server, url.format(floor_port), body, SECRET_HEADER)

@@ -120,24 +120,6 @@ def _strict_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-#: In a ``_shape``: an opening bracket becomes 1, a closing one 255 (-1 as a signed byte),
-#: everything else goes.
-_STEPS = bytes.maketrans(b"[]}", b"\x01\xff\xff")
-_NOT_STEPS = bytes(c for c in range(256) if c not in b"[]}")
-
-
-def _depth(shape: bytes) -> int:
-    """How deeply the containers of a valid JSON text nest, from its ``_shape``, with no
-    recursion and no Python-level loop: escaped backslashes and quotes dropped, every other
-    piece between quotes (the strings) dropped, the brackets left as +1/-1, their running sum
-    taken. In valid JSON a backslash stands only in a string, and in UTF-8 no other character
-    holds a backslash's or a quote's byte."""
-    if b"\\" in shape:
-        shape = shape.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(shape.split(b'"')[::2])
-    return max(accumulate(array("b", outside.translate(_STEPS, _NOT_STEPS))), default=0)
-
-
 def _finite_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
@@ -158,6 +140,24 @@ def _shape(text: str | bytes) -> bytes:
     character holds an ASCII digit's or bracket's byte."""
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     return raw.translate(_SHAPE)
+
+
+#: In a ``_shape``: an opening bracket becomes 1, a closing one 255 (-1 as a signed byte),
+#: everything else goes.
+_STEPS = bytes.maketrans(b"[]}", b"\x01\xff\xff")
+_NOT_STEPS = bytes(c for c in range(256) if c not in b"[]}")
+
+
+def _depth(shape: bytes) -> int:
+    """How deeply the containers of a valid JSON text nest, from its ``_shape``, with no
+    recursion and no Python-level loop: escaped backslashes and quotes dropped, every other
+    piece between quotes (the strings) dropped, the brackets left as +1/-1, their running sum
+    taken. In valid JSON a backslash stands only in a string, and in UTF-8 no other character
+    holds a backslash's or a quote's byte."""
+    if b"\\" in shape:
+        shape = shape.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(shape.split(b'"')[::2])
+    return max(accumulate(array("b", outside.translate(_STEPS, _NOT_STEPS))), default=0)
 
 
 #: Made once: ``json.loads`` with any option builds a new decoder on every call.
