@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import BENCH, LOOP, free_port, run_async, save, wait_port
+from harness import BENCH, LOOP, free_port, run_async, save, table, wait_port
 from ingest import BODY, WORKLOADS
 
 
@@ -46,7 +46,8 @@ async def _load(port: int, n: int, secret: bool) -> None:
         await asyncio.gather(*(client() for _ in range(32)))
 
 
-def _total(command: list[str], n: int, secret: bool, port: int, workdir: Path) -> int:
+def _callgrind(command: list[str], n: int, secret: bool, port: int, workdir: Path) -> Path:
+    """Run ``command`` under callgrind while it takes ``n`` requests; its output file."""
     out = workdir / f"callgrind.{n}"
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
@@ -60,16 +61,52 @@ def _total(command: list[str], n: int, secret: bool, port: int, workdir: Path) -
     time.sleep(1)
     proc.terminate()
     proc.wait(120)
+    return out
+
+
+def _total(out: Path) -> int:
     found = re.search(r"^(?:summary|totals):\s+(\d+)", out.read_text(), re.M)
     if found is None:
         raise RuntimeError("no totals in the callgrind output")
     return int(found[1])
 
 
-def per_request(name: str, n: int, workload: str = "noop") -> float:
+#: A line of ``callgrind_annotate``: instructions, share, ``file:function`` and, when the
+#: function was not inlined from a header, ``[library]``.
+_ANNOTATED = re.compile(r"^\s*([\d,]+) \([\s\d.]+%\)\s+(.*?)(?:\s+\[(.+)\])?\s*$")
+
+
+def _by_library(out: Path) -> dict[str, int]:
+    """Instructions by the library that ran them: the interpreter, SQLite, the C library, each
+    C extension. Code inlined from a header is named by its source (CPython's or glibc's)."""
+    text = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        found = _ANNOTATED.match(line)
+        if found is None or "PROGRAM TOTALS" in line:
+            continue
+        source, library = found[2], found[3]
+        if library is None:
+            library = "libpython" if "Python-" in source or "Include/" in source else "libc"
+        # ``libpython3.11.so.1.0`` and ``libsqlite3.so.0.8.6`` as ``libpython``, ``libsqlite``
+        name = Path(library).name.split(".")[0].rstrip("0123456789")
+        counts[name] = counts.get(name, 0) + int(found[1].replace(",", ""))
+    return counts
+
+
+def per_request(
+    name: str, n: int, workload: str = "noop", *, libraries: bool = False
+) -> tuple[float, dict[str, float]]:
+    """Instructions per request of ``name`` ("baseline" or "pipeline"), and with
+    ``libraries`` those by library (``_by_library``)."""
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        totals = []
+        outs = []
         for count in (n, 2 * n):
             port = free_port()
             if name == "baseline":
@@ -93,24 +130,53 @@ def per_request(name: str, n: int, workload: str = "noop") -> float:
                     *("--config", str(config), "--port", str(port), "--log-level", "warning"),
                     *("--loop", LOOP),
                 ]
-            totals.append(_total(command, count, name == "pipeline", port, workdir))
-        return (totals[1] - totals[0]) / n
+            outs.append(_callgrind(command, count, name == "pipeline", port, workdir))
+        total = (_total(outs[1]) - _total(outs[0])) / n
+        if not libraries:
+            return total, {}
+        first, second = _by_library(outs[0]), _by_library(outs[1])
+        split = {lib: (second.get(lib, 0) - first.get(lib, 0)) / n for lib in first | second}
+        return total, split
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500, help="N")
     parser.add_argument("--workload", choices=list(WORKLOADS), default="noop", help="as ingest.py")
+    parser.add_argument(
+        "--by-library",
+        action="store_true",
+        help="also split each figure by the library that ran it (callgrind_annotate)",
+    )
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    result: dict[str, Any] = {
-        name: per_request(name, args.requests, args.workload) for name in ("baseline", "pipeline")
-    }
+    result: dict[str, Any] = {}
+    split: dict[str, dict[str, float]] = {}
+    for name in ("baseline", "pipeline"):
+        result[name], split[name] = per_request(
+            name, args.requests, args.workload, libraries=args.by_library
+        )
     result["ratio"] = result["baseline"] / result["pipeline"]
     print(f"baseline  {result['baseline']:,.0f} instructions/request")
     print(f"pipeline  {result['pipeline']:,.0f} instructions/request")
     print(f"ratio baseline/pipeline: {result['ratio']:.2f} (ingest ratio, in instructions)")
+    if args.by_library:
+        result["by_library"] = split
+        libraries = sorted(
+            split["pipeline"] | split["baseline"], key=lambda k: -split["pipeline"].get(k, 0)
+        )
+        rows = [
+            {
+                "library": lib,
+                "baseline": split["baseline"].get(lib, 0.0),
+                "pipeline": split["pipeline"].get(lib, 0.0),
+            }
+            for lib in libraries
+            if max(abs(split["baseline"].get(lib, 0.0)), abs(split["pipeline"].get(lib, 0.0)))
+            >= 500
+        ]
+        print(table(rows, ["library", "baseline", "pipeline"]))
     save("instructions", result)
 
 
