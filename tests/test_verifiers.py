@@ -18,7 +18,7 @@ import pytest
 import standardwebhooks
 import stripe
 import svix.webhooks
-from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError
+from clawdbot_webhooks_hookspecs import SignedRequest, VerificationError, matches_any
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -314,6 +314,21 @@ def test_shared_secret_and_bearer_rotation() -> None:
     assert check("bearer", bearer, {"Authorization": "Bearer tok-2"}, BODY, NOW) is None
     with pytest.raises(VerificationError):
         check("bearer", bearer, {"Authorization": "Basic tok-2"}, BODY, NOW)
+
+
+@given(
+    st.text(max_size=80),
+    st.lists(st.text(min_size=1, max_size=80), min_size=1, max_size=4),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_matches_any_is_membership(given_secret: str, secrets: list[str], known: bool) -> None:
+    """Any text, of any length and with lone surrogates (a header decoded with
+    surrogateescape), matches exactly when it is one of the configured secrets."""
+    if known:
+        given_secret = secrets[-1]  # the last one too: the loop never stops early
+    assert matches_any(given_secret, secrets) is (given_secret in secrets)
+    assert matches_any(given_secret + "\udcff", secrets) is (given_secret + "\udcff" in secrets)
 
 
 # ------------------------------------------------------------------ config validation

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,18 @@ class VerifySpec:
     #: The registered verifier itself, for its optional ``handshake`` and ``present``.
     verifier: Any = field(default=None, repr=False, compare=False)
 
+    # Looked up once: a verifier without them (most) would raise and catch an AttributeError
+    # on every request.
+    @functools.cached_property
+    def handshake(self) -> Callable[[Any, Mapping[str, Any]], Any] | None:
+        """The verifier's ``handshake``, when it has one."""
+        return getattr(self.verifier, "handshake", None)
+
+    @functools.cached_property
+    def present(self) -> Callable[[Any, Mapping[str, Any]], Any] | None:
+        """The verifier's ``present``, when it has one."""
+        return getattr(self.verifier, "present", None)
+
 
 @dataclass(frozen=True)
 class HandlerSpec:
@@ -168,10 +180,10 @@ class HandlerSpec:
 
     def presented(self, payload: Any) -> Any:
         """The payload as templates and actions see it: the verifier's ``present`` applied."""
-        present = None if self.verify is None else getattr(self.verify.verifier, "present", None)
-        if present is None or self.verify is None:
+        verify = self.verify
+        if verify is None or verify.present is None:
             return payload
-        return present(payload, self.verify.options)
+        return verify.present(payload, verify.options)
 
     @functools.cached_property
     def reads(self) -> frozenset[str] | None:

@@ -22,10 +22,19 @@ MAX_KEY_LENGTH = 200
 
 def dedup_key(sender_id: str | None, headers: Mapping[str, str]) -> str | None:
     """The id a repeat of this request would carry, or None when it has none."""
-    key = sender_id or next((headers[h] for h in DELIVERY_ID_HEADERS if headers.get(h)), None)
+    key = sender_id or _sent_id(headers)
     if key is None:
         return None
     key = key.strip()
     if len(key) > MAX_KEY_LENGTH:
         return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
     return key or None
+
+
+def _sent_id(headers: Mapping[str, str]) -> str | None:
+    """The first of ``DELIVERY_ID_HEADERS`` with a value (a loop: no generator per request)."""
+    for name in DELIVERY_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None

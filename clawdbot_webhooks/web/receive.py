@@ -76,7 +76,7 @@ async def _verify(
             sender_id = await sender_id
     except VerificationError as exc:
         raise Rejected(401, str(exc)) from exc
-    handshake = getattr(verifier, "handshake", None)
+    handshake = spec.verify.handshake
     return sender_id or "", None if handshake is None else handshake(signed, options)
 
 
