@@ -326,7 +326,7 @@ def test_matches_any_is_membership(given_secret: str, secrets: list[str], known:
     """Any text, of any length and with lone surrogates (a header decoded with
     surrogateescape), matches exactly when it is one of the configured secrets."""
     if known:
-        given_secret = secrets[-1]  # the last one too: the loop never stops early
+        given_secret = secrets[-1]  # the last configured one counts as much as the first
     assert matches_any(given_secret, secrets) is (given_secret in secrets)
     assert matches_any(given_secret + "\udcff", secrets) is (given_secret + "\udcff" in secrets)
 
