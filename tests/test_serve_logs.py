@@ -184,3 +184,41 @@ async def test_sigterm_logs_what_finished_while_stopping_and_what_was_left(
     counts = await asyncio.to_thread(server.store_counts)
     assert counts["inbox"] == {"done": 2, "pending": 1}
     assert counts["outbox"] == {"done": 2, "pending": 3}
+
+
+async def test_an_attempt_that_fails_while_stopping_is_counted_as_left(
+    server_process, make_sink
+) -> None:
+    """An outgoing attempt that times out during the stop has its retry stored: the row is
+    left for the next start, counted as such in the last line, and the next start sends it."""
+    hanging = await make_sink(hang=True)
+    webhooks = {
+        "incoming": {"shutdownTimeout": 5},
+        "handlers": [{"id": "h", "action": "wake", "template": "x", "verify": PUBLIC}],
+        # The attempt gives up after a second: inside the stop's five.
+        "outgoing": [
+            {"id": "hangs", "url": hanging.url, "events": ["session_started"], "timeout": 1}
+        ],
+    }
+    server = server_process(webhooks)
+    await asyncio.to_thread(server.start)
+    await asyncio.to_thread(post, server.base, "h", {"n": 1})
+    await hanging.wait_for(1)
+    assert server.proc is not None and server.log is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.proc.wait, 60) == 0
+
+    assert messages(server.log, "stopped: ") == [
+        "stopped: 0 deliveries finished while stopping (incoming 0, outgoing 0); "
+        "left stored for the next start: incoming 0, outgoing 1"
+    ]
+    counts = await asyncio.to_thread(server.store_counts)
+    assert counts["outbox"] == {"pending": 1}
+
+    hanging.released.set()  # the endpoint answers from now on
+    again = server_process(webhooks)
+    await asyncio.to_thread(again.start)
+    await hanging.wait_for(2)  # its retry
+    assert again.terminate() == 0
+    counts = await asyncio.to_thread(again.store_counts)
+    assert counts["outbox"] == {"done": 1}

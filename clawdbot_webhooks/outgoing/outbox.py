@@ -324,7 +324,7 @@ class Outbox:
             while lane and not self._closing:
                 rec = lane[0]
                 try:
-                    await self._deliver(rec)
+                    finished = await self._deliver(rec)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -335,18 +335,21 @@ class Outbox:
                         self._forget(left)
                     lane.clear()
                     break
+                if not finished:  # stopping with its retry stored: ``stop`` counts it as left
+                    break
                 lane.popleft()
                 self._forget(rec)
         finally:
             if not lane and self._lanes.get(key) is lane:
                 del self._lanes[key]
 
-    async def _deliver(self, rec: OutgoingRecord) -> None:
-        """Attempt one row until it is delivered or dead, waiting out its retries here."""
+    async def _deliver(self, rec: OutgoingRecord) -> bool:
+        """Attempt one row until it is delivered or dead, waiting out its retries here;
+        whether it got there (not when stopping left it pending)."""
         sub = self._subs.get(rec.subscription_id) or self._retired.get(rec.subscription_id)
         if sub is None:
             await self._dead(rec, "subscription is no longer configured", None)
-            return
+            return True
         breaker = self.breakers.of(sub)
         while not self._closing:
             wait = rec.next_attempt_at - time.time()
@@ -366,8 +369,11 @@ class Outbox:
                     breaker.record(not verdict.unhealthy, probe)
                 elif probe:  # stopped or cancelled before an answer: someone else probes
                     breaker.abandon_probe()
-            if verdict is None or verdict.outcome != "retry":
-                return
+            if verdict is None:
+                return False
+            if verdict.outcome != "retry":
+                return True
+        return False
 
     async def _attempt(
         self, rec: OutgoingRecord, sub: Subscription, *, hold: bool = True
