@@ -194,10 +194,8 @@ class Outbox:
         return subs
 
     def sends(self, event_type: str) -> bool:
-        """Whether a subscription takes events of this type (asked for every delivery: the
-        five types' lists looked at here, without a call to ``_wanting``)."""
-        subs = self._by_type.get(event_type)
-        return bool(subs if subs is not None else self._wanting(event_type))
+        """Whether a subscription takes events of this type."""
+        return bool(self._wanting(event_type))
 
     def _wanting(self, event_type: str) -> list[Subscription]:
         subs = self._by_type.get(event_type)
