@@ -35,7 +35,8 @@ _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 def ephemeral_session() -> str:
     """``hook:`` and a version-4 UUID from a generator seeded once and formatted directly:
     unique, with neither a system call nor a ``uuid.UUID`` per delivery."""
-    h = f"{_RANDOM.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    # ``%`` formats an int about twice as fast as an f-string's format spec.
+    h = "%032x" % (_RANDOM.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
     return f"hook:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -68,6 +68,30 @@ async def test_a_webhook_gets_the_router_s_match_without_the_router() -> None:
     assert (await app.router.resolve(request)) == request.match_info
 
 
+async def test_a_hook_s_match_is_made_once_and_a_missing_hook_s_never_kept() -> None:
+    app = web.Application()
+
+    async def known_only(request: web.Request) -> web.Response:
+        status = 200 if request.match_info["hook_id"].startswith("known") else 404
+        return web.json_response({"hook": request.match_info["hook_id"]}, status=status)
+
+    route = app.router.add_route("*", ROUTE, known_only)
+    app.freeze()
+    handle = webhooks_first(app, route, _Routed())
+
+    async def match_of(path: str) -> Any:
+        request = make_mocked_request("POST", path, app=app)
+        await handle(request)
+        return request.match_info
+
+    first, second = await match_of("/webhook/known-a"), await match_of("/webhook/known-a")
+    assert first is second and second == {"hook_id": "known-a"} and second.route is route
+    other = await match_of("/webhook/known-b")
+    assert other is not first and other == {"hook_id": "known-b"}
+    # A hook that is not there (a 404) gets a match of its own every time: nothing is kept.
+    assert await match_of("/webhook/made-up") is not await match_of("/webhook/made-up")
+
+
 async def test_an_escaped_character_is_matched_as_the_router_decodes_it() -> None:
     app, route = _app()
     request, routed, _ = await _shortcut(app, route, "/webhook/a%20b")

@@ -19,6 +19,9 @@ from aiohttp.web_urldispatcher import MatchedSubAppResource, UrlMappingMatchInfo
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
+#: How many hooks' matches are kept at most (hooks removed by a reload stay among them).
+MATCHES = 4096
+
 
 def path_prefix(route: web.AbstractRoute) -> tuple[str, str] | None:
     """``("/webhook/", "hook_id")`` of a route ``/webhook/{hook_id:...}``; None for any other
@@ -49,6 +52,10 @@ def webhooks_first(app: web.Application, route: web.AbstractRoute, routed: Handl
             return routed
     handler = route.handler
     start = len(prefix)
+    # A frozen match holds the route, the value and the app, nothing of a request: one per
+    # hook is made once and shared. Kept only for a hook that was there (not a 404), so names
+    # made up by a scanner take no place.
+    matches: dict[str, UrlMappingMatchInfo] = {}
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         path = request.rel_url.path_safe
@@ -62,11 +69,18 @@ def webhooks_first(app: web.Application, route: web.AbstractRoute, routed: Handl
             and not request.headers.get(hdrs.EXPECT)
             and isinstance(request, web.Request)
         ):
+            match = matches.get(value)
+            if match is not None:
+                request._match_info = match
+                return await handler(request)
             match = UrlMappingMatchInfo({name: value}, route)
             match.add_app(app)
             match.freeze()
             request._match_info = match
-            return await handler(request)
+            response = await handler(request)
+            if response.status != 404 and len(matches) < MATCHES:
+                matches[value] = match
+            return response
         return await routed(request)
 
     return handle

@@ -208,7 +208,7 @@ def parse_body(
     ``payload``), other forms as a dict, text as a string."""
     mime = content_type.lower()
     if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
-        if not body.strip():
+        if not body or body.isspace():  # all whitespace, without a stripped copy
             raise Rejected(400, "empty body: expected a JSON document")
         try:
             # UTF-8 (JSON's own encoding) goes to the parser as bytes, undecoded.
