@@ -43,6 +43,10 @@ from clawdbot_webhooks.web.requests import (
 
 log = logging.getLogger(__name__)
 
+#: The 202's headers: given as a header, the type costs aiohttp less than as ``content_type``
+#: (which it parses into type and parameters again for every response).
+_JSON_TYPE = {"Content-Type": "application/json"}
+
 
 def _too_many(seconds: float, message: str) -> Rejected:
     return Rejected(429, message, {"Retry-After": retry_after(seconds)})
@@ -204,7 +208,7 @@ async def _accept(
             answer["pending"] = True
         except Exception as exc:
             answer["error"] = str(exc)
-    return web.Response(body=jsontext.encode(answer), status=202, content_type="application/json")
+    return web.Response(body=jsontext.encode(answer), status=202, headers=_JSON_TYPE)
 
 
 def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str:

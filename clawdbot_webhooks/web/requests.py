@@ -86,22 +86,23 @@ def ip_allowed(ip: str, allowed: Iterable[IPNetwork] | None) -> bool:
 
 
 async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
-    """The body, refusing it (413) as soon as it is known to exceed ``limit``: from
-    Content-Length before reading anything, otherwise while reading the chunks.
+    """The body, refusing it (413) as soon as it is known to exceed ``limit``: by its length
+    when it came whole with the headers, else from Content-Length before reading anything,
+    otherwise while reading the chunks.
 
     ``timeout`` bounds the whole body, not the gap between chunks, so a client trickling a
     byte at a time cannot hold a connection open (408)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise Rejected(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
     content = request.content
     if content.is_eof():
         # Already received whole (most bodies arrive with their headers): nothing to wait
-        # for, so no timer to arm. The size is checked again: a compressed body grows.
+        # for, so no timer to arm, and its size is known without Content-Length.
         body = content.read_nowait()
         if len(body) > limit:
-            raise Rejected(413, f"body exceeds the limit of {limit} bytes")
+            raise Rejected(413, f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
         return body
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise Rejected(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:

@@ -45,7 +45,8 @@ _BATCH = 256
 
 
 def _fresh_tails() -> Iterator[str]:
-    """``_BATCH`` random parts of ids, 16 characters (80 bits) each, made in two C calls."""
+    """``_BATCH`` random parts of ids, 16 characters (80 bits) each, made together: one
+    call each for the bytes and the alphabet, then only slices."""
     text = _RANDOM.randbytes(16 * _BATCH).translate(_TO_ALPHABET).decode("ascii")
     return iter([text[i : i + 16] for i in range(0, len(text), 16)])
 
