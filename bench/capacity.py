@@ -32,6 +32,7 @@ from harness import (  # noqa: E402
     SECRET_HEADER,
     Server,
     abba,
+    baseline_command,
     cpu_seconds,
     free_port,
     host_cpu,
@@ -78,11 +79,7 @@ def single_ingest(db_url: str, database: str, seconds: int, rounds: int) -> dict
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         servers = {
             "baseline": stack.enter_context(
-                Server(
-                    [sys.executable, str(BENCH / "baseline_server.py"), str(ports["baseline"])],
-                    ports["baseline"],
-                    core=0,
-                )
+                Server(baseline_command(ports["baseline"]), ports["baseline"], core=0)
             )
         }
         for name in ("sqlite", "postgresql"):

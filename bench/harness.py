@@ -98,6 +98,17 @@ class Server:
         self.stop()
 
 
+def baseline_command(port: int) -> list[str]:
+    """The bare aiohttp handler every ratio is taken against (``baseline_server.py``)."""
+    return [sys.executable, str(BENCH / "baseline_server.py"), str(port)]
+
+
+def floor_command(port: int, workload: str, state_dir: str | Path) -> list[str]:
+    """The floor for an ingest workload (``floor_server.py``), keeping its files in
+    ``state_dir``."""
+    return [sys.executable, str(BENCH / "floor_server.py"), str(port), workload, str(state_dir)]
+
+
 def webhooks_server(
     webhooks: dict[str, Any], workdir: Path, port: int, core: int | None = 0
 ) -> Server:
@@ -268,11 +279,10 @@ def against_baseline(
     "pipeline". With ``floor`` (a workload of ``floor_server.py``), that server as well, by
     "floor"."""
     base_port, full_port = free_port(), free_port()
-    baseline_cmd = [sys.executable, str(BENCH / "baseline_server.py"), str(base_port)]
     url = "http://127.0.0.1:{}/webhook/x"
     with (
         tempfile.TemporaryDirectory() as tmp,
-        Server(baseline_cmd, base_port, core=0) as base_server,
+        Server(baseline_command(base_port), base_port, core=0) as base_server,
         webhooks_server(webhooks, Path(tmp), full_port, core=0) as full_server,
         contextlib.ExitStack() as more,
     ):
@@ -282,8 +292,8 @@ def against_baseline(
         }
         if floor is not None:
             floor_port = free_port()
-            floor_cmd = [sys.executable, str(BENCH / "floor_server.py"), str(floor_port), floor]
-            floor_server = more.enter_context(Server([*floor_cmd, tmp], floor_port, core=0))
+            floor_cmd = floor_command(floor_port, floor, tmp)
+            floor_server = more.enter_context(Server(floor_cmd, floor_port, core=0))
             targets["floor"] = Target(floor_server, url.format(floor_port), body, SECRET_HEADER)
         return alternate(targets, rounds=rounds, seconds=seconds, connections=connections)
 

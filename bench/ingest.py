@@ -41,16 +41,25 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 }
 
 
+def webhooks(workload: str) -> dict[str, Any]:
+    """The ``webhooks`` config of the pipeline for ``workload`` (without ``stateDir``)."""
+    return {
+        "incoming": {"secret": "bench-secret", "concurrency": 64},
+        "handlers": [WORKLOADS[workload]],
+    }
+
+
 def run(seconds: int, connections: int, rounds: int, workload: str = "noop") -> dict[str, Any]:
     """Both servers stay up (pinned to the same core) while wrk alternates between them
     (``harness.alternate``); the figures are the medians over the rounds, and each round's
     pair gives one ratio."""
-    webhooks = {
-        "incoming": {"secret": "bench-secret", "concurrency": 64},
-        "handlers": [WORKLOADS[workload]],
-    }
     runs = against_baseline(
-        webhooks, BODY, rounds=rounds, seconds=seconds, connections=connections, floor=workload
+        webhooks(workload),
+        BODY,
+        rounds=rounds,
+        seconds=seconds,
+        connections=connections,
+        floor=workload,
     )
     baseline, pipeline = median_run(runs["baseline"]), median_run(runs["pipeline"])
     floor = median_run(runs["floor"])

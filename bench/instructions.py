@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import BENCH, LOOP, free_port, run_async, save, table, wait_port
-from ingest import BODY, WORKLOADS
+from harness import BENCH, LOOP, baseline_command, free_port, run_async, save, table, wait_port
+from ingest import BODY, WORKLOADS, webhooks
 
 
 async def _load(port: int, n: int, secret: bool) -> None:
@@ -110,20 +110,12 @@ def per_request(
         for count in (n, 2 * n):
             port = free_port()
             if name == "baseline":
-                command = [sys.executable, str(BENCH / "baseline_server.py"), str(port)]
+                command = baseline_command(port)
             else:
                 state = workdir / f"state-{count}"
                 config = workdir / f"config-{count}.json"
                 config.write_text(
-                    json.dumps(
-                        {
-                            "webhooks": {
-                                "stateDir": str(state),
-                                "incoming": {"secret": "bench-secret", "concurrency": 64},
-                                "handlers": [WORKLOADS[workload]],
-                            }
-                        }
-                    )
+                    json.dumps({"webhooks": {"stateDir": str(state), **webhooks(workload)}})
                 )
                 command = [
                     *(sys.executable, "-m", "clawdbot_webhooks", "serve"),

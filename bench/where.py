@@ -35,14 +35,16 @@ from harness import (
     BENCH,
     SECRET_HEADER,
     Server,
+    baseline_command,
     cpu_seconds,
+    floor_command,
     free_port,
     save,
     table,
     webhooks_server,
     wrk,
 )
-from ingest import BODY, WORKLOADS
+from ingest import BODY, WORKLOADS, webhooks
 
 #: Samples per second.
 FREQUENCY = 999
@@ -171,16 +173,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         ports = {name: free_port() for name in ("baseline", "floor", "pipeline")}
-        baseline = [sys.executable, str(BENCH / "baseline_server.py"), str(ports["baseline"])]
-        floor = [sys.executable, str(BENCH / "floor_server.py"), str(ports["floor"])]
-        webhooks = {
-            "incoming": {"secret": "bench-secret", "concurrency": 64},
-            "handlers": [WORKLOADS[args.workload]],
-        }
+        floor = floor_command(ports["floor"], args.workload, tmp)
+        pipeline = webhooks_server(webhooks(args.workload), work, ports["pipeline"])
         servers = {
-            "baseline": (Server(baseline, ports["baseline"]), {}),
-            "floor": (Server([*floor, args.workload, tmp], ports["floor"]), SECRET_HEADER),
-            "pipeline": (webhooks_server(webhooks, work, ports["pipeline"]), SECRET_HEADER),
+            "baseline": (Server(baseline_command(ports["baseline"]), ports["baseline"]), {}),
+            "floor": (Server(floor, ports["floor"]), SECRET_HEADER),
+            "pipeline": (pipeline, SECRET_HEADER),
         }
         for server, _ in servers.values():
             stack.enter_context(server)
