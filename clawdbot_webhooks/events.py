@@ -46,6 +46,10 @@ class EventBus:
         self._durable: list[Subscriber] = []
         self._interest: list[Callable[[str], bool]] = []
         self._sends: list[Callable[[str], bool]] = []
+        #: ``wants`` and ``sent`` answered, by event type: asked several times a webhook, they
+        #: change only with the subscribers (``interest_changed``).
+        self._wanted: dict[str, bool] = {}
+        self._sent: dict[str, bool] = {}
         # The plugins are loaded once, before the bus exists: whether any watches is fixed.
         self._on_event = HookCalls(pm, "on_event") if pm is not None else None
         self._plugins_listen = bool(self._on_event)
@@ -63,16 +67,31 @@ class EventBus:
         self._durable.append(subscriber)
         self._interest.append(wants)
         self._sends.append(sends)
+        self.interest_changed()
+
+    def interest_changed(self) -> None:
+        """The subscribers' ``wants`` or ``sends`` may answer otherwise from now on (a reload
+        changed the subscriptions): ask them again."""
+        self._wanted.clear()
+        self._sent.clear()
 
     def wants(self, event_type: str) -> bool:
         """Whether anyone would see an event of this type. Publishers of frequent events ask
         first, so nobody builds (ids, timestamps) what nobody reads."""
-        return self._plugins_listen or _any_says(self._interest, event_type)
+        known = self._wanted.get(event_type)
+        if known is None:
+            known = self._plugins_listen or _any_says(self._interest, event_type)
+            _remember(self._wanted, event_type, known)
+        return known
 
     def sent(self, event_type: str) -> bool:
         """Whether an event of this type would reach anyone (a plugin, a subscription) rather
         than only be stored."""
-        return self._plugins_listen or _any_says(self._sends, event_type)
+        known = self._sent.get(event_type)
+        if known is None:
+            known = self._plugins_listen or _any_says(self._sends, event_type)
+            _remember(self._sent, event_type, known)
+        return known
 
     async def publish(self, event: Event, *, source: str = "plugin") -> None:
         """Hand ``event`` to the durable subscribers, then to the plugins; ``source`` says
@@ -138,9 +157,19 @@ class EventBus:
             await asyncio.wait(set(self._background), timeout=timeout)
 
 
+#: Event types whose answers are kept at most: plugins may publish types of their own.
+_REMEMBERED = 64
+
+
+def _remember(answers: dict[str, bool], event_type: str, answer: bool) -> None:
+    if len(answers) >= _REMEMBERED:
+        answers.clear()
+    answers[event_type] = answer
+
+
 def _any_says(checks: list[Callable[[str], bool]], event_type: str) -> bool:
-    """Whether one of ``checks`` says yes. Asked for every event: a loop costs less than
-    ``any`` over a generator."""
+    """Whether one of ``checks`` says yes (a loop costs less than ``any`` over a
+    generator)."""
     for check in checks:  # noqa: SIM110
         if check(event_type):
             return True

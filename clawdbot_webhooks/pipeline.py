@@ -369,7 +369,7 @@ class Pipeline:
         message: str | None = None,
     ) -> None:
         status = "dropped" if outcome is DROP else "done"
-        self._observe(record.hook_id, status, started)
+        self._on_action(record.hook_id, status, time.monotonic() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "delivery %s to %s: %s after %d attempts",
@@ -400,7 +400,7 @@ class Pipeline:
         retry = getattr(exc, "retry", True)
         reason = _describe(exc)
         gives_up = not retry or spec.retry.gives_up_after(attempt)
-        self._observe(record.hook_id, "dead" if gives_up else "retry", started)
+        self._on_action(record.hook_id, "dead" if gives_up else "retry", time.monotonic() - started)
         status, response = _answer(exc)
         latency = 1000 * (time.monotonic() - started)
         failed = Attempt(record.id, attempt, time.time(), status, latency, response, reason)
@@ -429,11 +429,12 @@ class Pipeline:
 
     async def _act(self, delivery: Delivery, spec: HandlerSpec, kept: list[str]) -> Any:
         handler = spec.handler
-        changed = call_on_incoming(self._on_incoming, delivery, handler)
-        if changed is DROP:
-            return DROP
-        assert isinstance(changed, Delivery)
-        delivery = changed
+        if self._on_incoming.active:
+            changed = call_on_incoming(self._on_incoming, delivery, handler)
+            if changed is DROP:
+                return DROP
+            assert isinstance(changed, Delivery)
+            delivery = changed
         options = self._render(spec, delivery)
         text = options.get("template")
         if isinstance(text, str):
@@ -449,7 +450,7 @@ class Pipeline:
             publish=self._publish,
             logger=spec.logger,
             sender=spec.sender,
-            screen=self._screen(spec),
+            screen=None if spec.screen is None else self._screen(spec),
         )
         return await spec.action.run(ctx)
 
@@ -528,12 +529,11 @@ class Pipeline:
         )
         self._settle(record.id, ActionError(reason, retry=False))
 
-    def _screen(self, spec: HandlerSpec) -> Callable[[str], str] | None:
+    def _screen(self, spec: HandlerSpec) -> Callable[[str], str]:
         """The handler's content policy as ``ActionContext.screen``, made once per policy (a
         reloaded config brings new policies, and with them new screens)."""
         policy = spec.screen
-        if policy is None:
-            return None
+        assert policy is not None  # asked only for a handler with a policy
         made = self._screens.get(spec.handler.id)
         if made is None or made[0] is not policy:
             made = self._screens[spec.handler.id] = (
@@ -541,9 +541,6 @@ class Pipeline:
                 lambda text: policy.screen(text, self._on_policy_match),
             )
         return made[1]
-
-    def _observe(self, hook: str, outcome: str, started: float) -> None:
-        self._on_action(hook, outcome, time.monotonic() - started)
 
     def _settle(self, delivery_id: str, outcome: Any) -> None:
         waiter = self._waiters.pop(delivery_id, None)

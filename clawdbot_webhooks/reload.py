@@ -34,6 +34,7 @@ from clawdbot_webhooks.config import (
 from clawdbot_webhooks.logs import Redactor, collect_secrets
 
 if TYPE_CHECKING:
+    from clawdbot_webhooks.events import EventBus
     from clawdbot_webhooks.metrics import Metrics
     from clawdbot_webhooks.outgoing.outbox import Outbox
     from clawdbot_webhooks.pipeline import Pipeline
@@ -48,6 +49,7 @@ class Runtime(Protocol):
     plugins: PluginSet
     pipeline: Pipeline
     outbox: Outbox
+    bus: EventBus
     sessions: Sessions
     metrics: Metrics
 
@@ -273,6 +275,7 @@ class Reloader:
         rt.settings = settings
         rt.pipeline.update(settings)
         rt.outbox.update(settings.outgoing)
+        rt.bus.interest_changed()
         rt.sessions.set_idle_timeout(settings.sessions.idle_timeout)
         if self.on_applied is not None:
             self.on_applied(settings)

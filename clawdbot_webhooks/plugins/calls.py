@@ -50,8 +50,11 @@ class HookCalls:
         plain = [plugins[key] for key in seen]
         self._around = pm.subset_hook_caller(name, plain) if self._wrappers else None
 
+        #: Whether any plugin implements the hook (an attribute: asked for every delivery).
+        self.active = bool(self.each) or self._around is not None
+
     def __bool__(self) -> bool:
-        return bool(self.each) or self._around is not None
+        return self.active
 
     def around(self, kwargs: Mapping[str, object], inner: Callable[[], T]) -> T | Any:
         """Run ``inner`` (which calls the implementations one by one) inside the hook's

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import queue
 import sqlite3
@@ -261,7 +260,7 @@ class SQLiteWriter:
         if (
             conn is None
             or self._queued != self._finished
-            or not all(isinstance(r, Rows) and r.on_loop for r, _ in batch)
+            or not _all_on_loop(batch)
             or not self._commit_here(conn, batch)
         ):
             for item in batch:
@@ -352,6 +351,14 @@ def _restart_wal(conn: sqlite3.Connection) -> None:
         log.warning("checkpoint of the SQLite WAL failed: %r", exc)
 
 
+def _all_on_loop(batch: list[tuple[Request, Any]]) -> bool:
+    # A loop: ``all`` over a generator would resume it once per request.
+    for request, _ in batch:  # noqa: SIM110
+        if not (isinstance(request, Rows) and request.on_loop):
+            return False
+    return True
+
+
 def _is_checkpoint(request: object) -> bool:
     return request is _copy_wal or request is _restart_wal
 
@@ -398,23 +405,28 @@ def _run_one(conn: sqlite3.Connection, request: Request) -> Any:
 
 def _run_grouped(conn: sqlite3.Connection, batch: list[tuple[Request, Any]]) -> list[Outcome]:
     """Run the batch in order, each run of ``Rows`` with the same statements as one
-    ``executemany`` per statement."""
+    ``executemany`` per statement. (Walked by index rather than with ``itertools.groupby``
+    and generators: those cost a Python call or a resumption per request.)"""
     outcomes: list[Outcome] = []
-    for statements, group in itertools.groupby(batch, key=_statements):
-        if statements is None:  # functions, one by one
-            outcomes.extend((future, _run_one(conn, fn), None) for fn, future in group)
+    i, n = 0, len(batch)
+    while i < n:
+        request, future = batch[i]
+        if not isinstance(request, Rows):  # a function, alone
+            outcomes.append((future, request(conn), None))
+            i += 1
             continue
-        # Every one is Rows (the key says so); the check tells the type checker.
-        run = [(rows, future) for rows, future in group if isinstance(rows, Rows)]
+        statements, j = request.sql, i + 1
+        while j < n:
+            following = batch[j][0]
+            if not (isinstance(following, Rows) and following.sql == statements):
+                break
+            j += 1
+        run: list[tuple[Rows, Any]] = batch[i:j]  # type: ignore[assignment]  # Rows, as checked
         for k, sql in enumerate(statements):
             conn.executemany(sql, [rows.params[k] for rows, _ in run])
-        outcomes.extend((future, rows.result, None) for rows, future in run)
+        outcomes += [(future, rows.result, None) for rows, future in run]
+        i = j
     return outcomes
-
-
-def _statements(item: tuple[Request, Any]) -> tuple[str, ...] | None:
-    request = item[0]
-    return request.sql if isinstance(request, Rows) else None
 
 
 def _failure(exc: Exception) -> Exception:
@@ -428,7 +440,11 @@ def _failure(exc: Exception) -> Exception:
 
 def _settle_all(outcomes: list[Outcome]) -> None:
     for future, result, error in outcomes:
-        _settle(future, result, error)
+        if error is None:  # the common case, without a call per request
+            if not (isinstance(future, Unwatched) or future.done()):
+                future.set_result(result)
+        else:
+            _settle(future, result, error)
 
 
 def _settle(

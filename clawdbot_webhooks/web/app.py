@@ -20,7 +20,7 @@ from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.announce import http_address, start_lines
 from clawdbot_webhooks.web.deadlines import Deadlines
 from clawdbot_webhooks.web.errors import add_no_route, json_errors
-from clawdbot_webhooks.web.keys import DEADLINES, LIMITS, OUTAGE, RUNTIME, WEBHOOK_ROUTE
+from clawdbot_webhooks.web.keys import INGRESS, RUNTIME, WEBHOOK_ROUTE, Ingress
 from clawdbot_webhooks.web.outage import StoreOutage, describe, within
 from clawdbot_webhooks.web.ratelimit import Limits
 from clawdbot_webhooks.web.receive import receive
@@ -38,7 +38,7 @@ async def readyz(request: web.Request) -> web.Response:
     failed write the store must take a write, not just answer a read: a full disk or a lock
     held from outside leaves reads working while every webhook is refused."""
     rt = request.app[RUNTIME]
-    outage = request.app[OUTAGE]
+    outage = request.app[INGRESS].outage
     bound = rt.settings.incoming.store_timeout
     checks: dict[str, str] = {}
     try:
@@ -76,14 +76,11 @@ def make_app(runtime: Runtime) -> web.Application:
     quiet_malformed_requests()
     app = web.Application(client_max_size=incoming.max_body_bytes + 1)
     app[RUNTIME] = runtime
-    app[OUTAGE] = StoreOutage()
-    app[DEADLINES] = Deadlines()
-    app[LIMITS] = Limits(
-        incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers)
-    )
+    limits = Limits(incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers))
+    app[INGRESS] = Ingress(limits, StoreOutage(), Deadlines())
 
     def applied(settings: Settings) -> None:
-        app[LIMITS].configure(
+        limits.configure(
             settings.incoming, ((h.handler.id, h.rate_limit) for h in settings.handlers)
         )
 

@@ -13,26 +13,42 @@ from types import TracebackType
 
 
 class Deadline:
-    """``with deadlines.at(when):`` like ``async with asyncio.timeout_at(when):``: the task
-    is cancelled at ``when`` and the block raises ``TimeoutError``. Entering and leaving
-    await nothing, so a plain ``with`` does: no coroutine for either, on every webhook."""
+    """``with Deadline(deadlines, seconds):`` like ``async with asyncio.timeout(seconds):``:
+    the task is cancelled ``seconds`` after entering and the block raises ``TimeoutError``.
+    Entering and leaving await nothing, so a plain ``with`` does: no coroutine for either,
+    and no call beyond the three the statement makes, on every webhook."""
 
-    __slots__ = ("_cancelling", "_deadlines", "expired", "task", "when")
+    __slots__ = ("_cancelling", "_deadlines", "expired", "seconds", "task", "when")
 
-    def __init__(self, deadlines: Deadlines, when: float) -> None:
+    def __init__(self, deadlines: Deadlines, seconds: float) -> None:
         self._deadlines = deadlines
-        self.when = when
+        self.seconds = seconds
+        self.when = 0.0  # on the loop's clock, set on entering
         self._cancelling = 0
         self.expired = False
         #: The task to cancel at the deadline; None once the block is left.
         self.task: asyncio.Task[object] | None = None
 
     def __enter__(self) -> Deadline:
-        task = asyncio.current_task(self._deadlines.loop)
+        deadlines = self._deadlines
+        loop = deadlines.loop
+        if loop is None:
+            loop = deadlines.loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         assert task is not None  # entered from a task
         self.task = task
         self._cancelling = task.cancelling()
-        self._deadlines.watch(self)
+        self.when = when = loop.time() + self.seconds
+        queue = deadlines.queue
+        while queue and queue[0].task is None:  # left already: most requests, in order
+            queue.popleft()
+        if when < deadlines.last:  # a shorter timeout than the requests before (a reload)
+            loop.call_at(when, _expire, self)
+            return self
+        deadlines.last = when
+        queue.append(self)
+        if deadlines.timer is None:
+            deadlines.timer = loop.call_at(when, deadlines.sweep, when)
         return self
 
     def __exit__(
@@ -47,49 +63,33 @@ class Deadline:
             if cancels <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
 
+    def left(self) -> float:
+        """Seconds until the deadline (entered: ``when`` is set)."""
+        loop = self._deadlines.loop
+        return self.when - loop.time() if loop is not None else self.seconds
+
 
 class Deadlines:
+    """The deadlines of one event loop: a queue in the order they expire, swept by one
+    timer."""
+
     def __init__(self) -> None:
-        self._queue: collections.deque[Deadline] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._last = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.queue: collections.deque[Deadline] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.last = 0.0
+        #: The loop the deadlines are on, kept from the first one entered.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
-
-    def time(self) -> float:
-        """The loop's clock, which deadlines are given in."""
-        return self.loop.time()
-
-    def at(self, when: float) -> Deadline:
-        return Deadline(self, when)
-
-    def watch(self, deadline: Deadline) -> None:
-        when = deadline.when
-        queue = self._queue
-        while queue and queue[0].task is None:  # left already: most requests, in order
-            queue.popleft()
-        if when < self._last:
-            self.loop.call_at(when, _expire, deadline)
-            return
-        self._last = when
-        queue.append(deadline)
-        if self._timer is None:
-            self._timer = self.loop.call_at(when, self._sweep, when)
-
-    def _sweep(self, when: float) -> None:
-        self._timer = None
-        queue = self._queue
-        now = self.loop.time()
+    def sweep(self, when: float) -> None:
+        self.timer = None
+        queue, loop = self.queue, self.loop
+        assert loop is not None  # a timer of the loop called this
+        now = loop.time()
         while queue:
             head = queue[0]
             if head.task is not None:
                 if head.when > now:
-                    self._timer = self.loop.call_at(head.when, self._sweep, head.when)
+                    self.timer = loop.call_at(head.when, self.sweep, head.when)
                     return
                 _expire(head)
             queue.popleft()

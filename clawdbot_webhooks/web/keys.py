@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from clawdbot_webhooks.runtime import Runtime
@@ -9,9 +11,18 @@ from clawdbot_webhooks.web.deadlines import Deadlines
 from clawdbot_webhooks.web.outage import StoreOutage
 from clawdbot_webhooks.web.ratelimit import Limits
 
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """What the webhook endpoint keeps from one request to the next, under one key: each
+    key costs a webhook a look-up (a Python call of aiohttp's) every time it is read."""
+
+    limits: Limits
+    outage: StoreOutage
+    deadlines: Deadlines
+
+
 RUNTIME = web.AppKey("runtime", Runtime)
-LIMITS = web.AppKey("limits", Limits)
-OUTAGE = web.AppKey("outage", StoreOutage)
-DEADLINES = web.AppKey("deadlines", Deadlines)
+INGRESS = web.AppKey("ingress", Ingress)
 #: The route webhooks arrive on, which the server takes past the router (``web.dispatch``).
 WEBHOOK_ROUTE = web.AppKey("webhook_route", web.AbstractRoute)

@@ -150,7 +150,11 @@ class Limits:
         return 0.0 if bucket is None else bucket.take(self.clock())
 
     def auth_blocked(self, ip: str) -> float:
-        return 0.0 if self.auth is None else self.auth.blocked_for(ip, self.clock())
+        auth = self.auth
+        # Most addresses never failed: a look-up, with no further call or clock read.
+        if auth is None or ip not in auth._failures:
+            return 0.0
+        return auth.blocked_for(ip, self.clock())
 
     def auth_failed(self, ip: str) -> None:
         if self.auth is not None:

@@ -28,8 +28,9 @@ from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import ephemeral_session
 from clawdbot_webhooks.store import IncomingRecord
 from clawdbot_webhooks.store.dedup import dedup_key
+from clawdbot_webhooks.web.deadlines import Deadline
 from clawdbot_webhooks.web.errors import error
-from clawdbot_webhooks.web.keys import DEADLINES, LIMITS, OUTAGE, RUNTIME
+from clawdbot_webhooks.web.keys import INGRESS, RUNTIME, Ingress
 from clawdbot_webhooks.web.outage import RETRY_AFTER, describe, within
 from clawdbot_webhooks.web.ratelimit import retry_after
 from clawdbot_webhooks.web.requests import (
@@ -86,7 +87,7 @@ async def _verify(
 
 async def receive(request: web.Request) -> web.StreamResponse:
     app = request.app
-    rt = app[RUNTIME]
+    rt, ingress = app[RUNTIME], app[INGRESS]
     hook_id = request.match_info["hook_id"]
     spec = rt.settings.routes.get(hook_id)
     hook = UNKNOWN_HOOK if spec is None else spec.handler.id
@@ -95,10 +96,10 @@ async def receive(request: web.Request) -> web.StreamResponse:
             raise Rejected(405, f"method {request.method} not allowed; use POST", {"Allow": "POST"})
         if spec is None:
             # Still checked first: an address that may not send learns nothing of the routes.
-            _admit(rt, app, request)
+            _admit(rt, ingress, request)
             shown = hook_id if len(hook_id) <= 80 else hook_id[:80] + "..."
             raise Rejected(404, f"no handler for hook {shown!r}")
-        response = await _accept(rt, app, spec, request)
+        response = await _accept(rt, ingress, spec, request)
     except Rejected as exc:
         response = error(exc.status, exc.message, exc.headers)
     except Exception:
@@ -109,24 +110,24 @@ async def receive(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _admit(rt: Runtime, app: web.Application, request: web.Request) -> str:
+def _admit(rt: Runtime, ingress: Ingress, request: web.Request) -> str:
     """The client's address, once it may send at all (403) and is within its rate (429)."""
     incoming = rt.settings.incoming
     ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), incoming.trusted_proxies)
-    if not ip_allowed(ip, incoming.allowed_ips):
+    if incoming.allowed_ips is not None and not ip_allowed(ip, incoming.allowed_ips):
         raise Rejected(403, f"client address {ip} is not allowed")
-    wait = app[LIMITS].client(ip)
+    wait = ingress.limits.client(ip)
     if wait:
         raise _too_many(wait, "too many requests from this address")
     return ip
 
 
 async def _accept(
-    rt: Runtime, app: web.Application, spec: HandlerSpec, request: web.Request
+    rt: Runtime, ingress: Ingress, spec: HandlerSpec, request: web.Request
 ) -> web.Response:
-    ip = _admit(rt, app, request)
+    ip = _admit(rt, ingress, request)
     incoming = rt.settings.incoming
-    limits = app[LIMITS]
+    limits = ingress.limits
     if not rt.accepting:
         raise Rejected(503, "shutting down; try again shortly", {"Retry-After": "5"})
     wait = limits.auth_blocked(ip)
@@ -145,9 +146,10 @@ async def _accept(
     wait = limits.handler(spec.handler.id)
     if wait:
         raise _too_many(wait, f"rate limit of hook {spec.handler.id!r} reached")
-    pending = rt.pipeline.in_flight(spec.handler.id)
-    if spec.max_pending is not None and pending >= spec.max_pending:
-        raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
+    if spec.max_pending is not None:
+        pending = rt.pipeline.in_flight(spec.handler.id)
+        if pending >= spec.max_pending:
+            raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
     headers = stored_headers(request.headers, spec.credential_headers)
     window = incoming.dedup_window
     dedup = dedup_key(sender_id, headers) if window > 0 else None
@@ -164,15 +166,14 @@ async def _accept(
         dedup_key=dedup,
     )
     record.session = _session_for(spec, record, payload)
-    outage = app[OUTAGE]
+    outage = ingress.outage
     try:
         # Within the deadline, or the sender gives up first and sends it again. A write that
         # commits after the 503 leaves the delivery stored: it runs once (its lease runs out,
         # the poller takes it), and a retry with the same delivery id is a duplicate.
         # (The insert is awaited as a future, which lets go at once when cancelled.)
-        deadlines = app[DEADLINES]
-        deadline = deadlines.time() + incoming.store_timeout
-        with deadlines.at(deadline):
+        deadline = Deadline(ingress.deadlines, incoming.store_timeout)
+        with deadline:
             stored, waiter = await rt.pipeline.accept(
                 record,
                 payload,
@@ -182,8 +183,9 @@ async def _accept(
             )
         original = None
         if not stored:
-            left = deadline - deadlines.time()
-            original = await within(rt.store.find_duplicate(spec.handler.id, dedup or ""), left)
+            original = await within(
+                rt.store.find_duplicate(spec.handler.id, dedup or ""), deadline.left()
+            )
     except TimeoutError as exc:
         outage.failed(f"no answer within {incoming.store_timeout:g}s")
         raise Rejected(
