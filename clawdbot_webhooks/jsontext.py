@@ -26,7 +26,10 @@ def anything(value: Any) -> str:
 
 
 def dumps(value: Any) -> str:
-    return encode(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 def encode(value: Any) -> bytes:

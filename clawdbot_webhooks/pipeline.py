@@ -385,7 +385,8 @@ class Pipeline:
         self._store.record_outcome(
             record.id, status, attempts=attempt, result=result, message=message
         )
-        self._settle(record.id, {"dropped": True} if outcome is DROP else outcome)
+        if self._waiters:  # a sync delivery's sender waits for it
+            self._settle(record.id, {"dropped": True} if outcome is DROP else outcome)
 
     async def _failed(
         self,

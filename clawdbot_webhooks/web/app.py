@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -77,7 +78,7 @@ def make_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=incoming.max_body_bytes + 1)
     app[RUNTIME] = runtime
     limits = Limits(incoming, ((h.handler.id, h.rate_limit) for h in runtime.settings.handlers))
-    app[INGRESS] = Ingress(limits, StoreOutage(), Deadlines())
+    ingress = app[INGRESS] = Ingress(limits, StoreOutage(), Deadlines())
 
     def applied(settings: Settings) -> None:
         limits.configure(
@@ -99,7 +100,9 @@ def make_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(stop_accepting)
     base = incoming.base_path.rstrip("/")
-    app[WEBHOOK_ROUTE] = app.router.add_route("*", base + "/{hook_id:[^{}]+}", receive)
+    app[WEBHOOK_ROUTE] = app.router.add_route(
+        "*", base + "/{hook_id:[^{}]+}", functools.partial(receive, runtime, ingress)
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -30,7 +30,7 @@ from clawdbot_webhooks.store import IncomingRecord
 from clawdbot_webhooks.store.dedup import dedup_key
 from clawdbot_webhooks.web.deadlines import Deadline
 from clawdbot_webhooks.web.errors import error
-from clawdbot_webhooks.web.keys import INGRESS, RUNTIME, Ingress
+from clawdbot_webhooks.web.keys import Ingress
 from clawdbot_webhooks.web.outage import RETRY_AFTER, describe, within
 from clawdbot_webhooks.web.ratelimit import retry_after
 from clawdbot_webhooks.web.requests import (
@@ -85,9 +85,9 @@ async def _verify(
     return sender_id or "", None if handshake is None else handshake(signed, options)
 
 
-async def receive(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    rt, ingress = app[RUNTIME], app[INGRESS]
+async def receive(rt: Runtime, ingress: Ingress, request: web.Request) -> web.StreamResponse:
+    """The webhook route's handler, given what it needs by the app (``functools.partial``):
+    no look-up in the request's app, each a call or two of aiohttp's, on every webhook."""
     hook_id = request.match_info["hook_id"]
     spec = rt.settings.routes.get(hook_id)
     hook = UNKNOWN_HOOK if spec is None else spec.handler.id
@@ -165,7 +165,7 @@ async def _accept(
         session="",
         dedup_key=dedup,
     )
-    record.session = _session_for(spec, record, payload)
+    record.session = _session_for(spec, record, payload) if spec.persistent else ephemeral_session()
     outage = ingress.outage
     try:
         # Within the deadline, or the sender gives up first and sends it again. A write that
@@ -214,10 +214,11 @@ async def _accept(
 
 
 def _session_for(spec: HandlerSpec, record: IncomingRecord, payload: Any) -> str:
-    """The delivery's session; empty when its ``sessionKey`` has no value for it: stored all
+    """A persistent handler's delivery's session (an ephemeral handler's is new each time,
+    ``ephemeral_session``); empty when its ``sessionKey`` has no value for it: stored all
     the same, it becomes a dead letter saying why (a sender cannot fix its payload from a
     400 the way an operator can fix a key and replay)."""
-    if not spec.persistent or spec.session_key is None:
+    if spec.session_key is None:
         return ephemeral_session()
     try:
         return render_session_key(spec, record.as_delivery(payload))
