@@ -46,13 +46,15 @@ class EventBus:
         self._durable: list[Subscriber] = []
         self._interest: list[Callable[[str], bool]] = []
         self._sends: list[Callable[[str], bool]] = []
-        #: ``wants`` and ``sent`` answered, by event type: asked several times a webhook, they
-        #: change only with the subscribers (``interest_changed``).
-        self._wanted: dict[str, bool] = {}
-        self._sent: dict[str, bool] = {}
         # The plugins are loaded once, before the bus exists: whether any watches is fixed.
         self._on_event = HookCalls(pm, "on_event") if pm is not None else None
         self._plugins_listen = bool(self._on_event)
+        #: ``wanted[event_type]``: whether anyone would see an event of this type. Publishers
+        #: of frequent events ask first, so nobody builds (ids, timestamps) what nobody reads.
+        self.wanted = _Answers(self._interest, self._plugins_listen)
+        #: ``sending[event_type]``: whether an event of this type would reach anyone (a
+        #: plugin, a subscription) rather than only be stored.
+        self.sending = _Answers(self._sends, self._plugins_listen)
         self._background: set[asyncio.Task[Any]] = set()
 
     def subscribe(
@@ -72,26 +74,8 @@ class EventBus:
     def interest_changed(self) -> None:
         """The subscribers' ``wants`` or ``sends`` may answer otherwise from now on (a reload
         changed the subscriptions): ask them again."""
-        self._wanted.clear()
-        self._sent.clear()
-
-    def wants(self, event_type: str) -> bool:
-        """Whether anyone would see an event of this type. Publishers of frequent events ask
-        first, so nobody builds (ids, timestamps) what nobody reads."""
-        known = self._wanted.get(event_type)
-        if known is None:
-            known = self._plugins_listen or _any_says(self._interest, event_type)
-            _remember(self._wanted, event_type, known)
-        return known
-
-    def sent(self, event_type: str) -> bool:
-        """Whether an event of this type would reach anyone (a plugin, a subscription) rather
-        than only be stored."""
-        known = self._sent.get(event_type)
-        if known is None:
-            known = self._plugins_listen or _any_says(self._sends, event_type)
-            _remember(self._sent, event_type, known)
-        return known
+        self.wanted.clear()
+        self.sending.clear()
 
     async def publish(self, event: Event, *, source: str = "plugin") -> None:
         """Hand ``event`` to the durable subscribers, then to the plugins; ``source`` says
@@ -161,10 +145,23 @@ class EventBus:
 _REMEMBERED = 64
 
 
-def _remember(answers: dict[str, bool], event_type: str, answer: bool) -> None:
-    if len(answers) >= _REMEMBERED:
-        answers.clear()
-    answers[event_type] = answer
+class _Answers(dict[str, bool]):
+    """Whether any of ``checks`` says yes to an event type (or ``always``), worked out the
+    first time a type is asked for and kept: asked several times a webhook, an answer known
+    already costs a look-up and no Python call. Cleared when the checks may answer
+    otherwise (``EventBus.interest_changed``)."""
+
+    def __init__(self, checks: list[Callable[[str], bool]], always: bool) -> None:
+        super().__init__()
+        self._checks = checks
+        self._always = always
+
+    def __missing__(self, event_type: str) -> bool:
+        answer = self._always or _any_says(self._checks, event_type)
+        if len(self) >= _REMEMBERED:
+            self.clear()
+        self[event_type] = answer
+        return answer
 
 
 def _any_says(checks: list[Callable[[str], bool]], event_type: str) -> bool:

@@ -461,9 +461,9 @@ class Pipeline:
         """``message_received`` for the text the action sends (its ``template``). In an
         ephemeral session, when nobody takes the event, the text goes into ``kept`` instead,
         stored with the outcome: the views make the event from the row (``chain.py``)."""
-        if not spec.persistent and not self._bus.sent("message_received"):
+        if not spec.persistent and not self._bus.sending["message_received"]:
             kept.append(text)
-        elif self._bus.wants("message_received"):
+        elif self._bus.wanted["message_received"]:
             event = message_received(spec.handler.id, text, delivery.session, delivery.id)
             await self._bus.publish(event, source="webhook")
 

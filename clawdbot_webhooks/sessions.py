@@ -78,7 +78,7 @@ class Sessions:
         """A run starts in ``session``: its ``session_started`` event when the session is new
         and somebody listens (the caller publishes it, so nothing here is awaited)."""
         if not persistent:
-            if self._bus.sent("session_started"):
+            if self._bus.sending["session_started"]:
                 return _started(session, hook_id, "ephemeral", cause)
             return None
         live = self._entry(session)
@@ -87,7 +87,7 @@ class Sessions:
             live.timer = None
         started, live.started = live.started, True
         live.busy += 1
-        if not started and self._bus.wants("session_started"):
+        if not started and self._bus.wanted["session_started"]:
             return _started(session, hook_id, "persistent", cause)
         return None
 
@@ -95,7 +95,7 @@ class Sessions:
         """A run in ``session`` is over: an ephemeral session ends with it (its
         ``session_ended`` event, when somebody listens); a persistent one ends when idle."""
         if not persistent:
-            if self._bus.sent("session_ended"):
+            if self._bus.sending["session_ended"]:
                 return _ended(session, cause, "completed")
             return None
         live = self._live.get(session)

@@ -112,7 +112,8 @@ class LogWriter:
             self._fast_rows = 0
             self._put(_CHECKPOINT)
         for future, value in results:
-            _settle(future, value, None)
+            if not future.done():  # the caller may have given up waiting
+                future.set_result(value)
         return True
 
     def _put(self, jobs: list[_Job]) -> None:

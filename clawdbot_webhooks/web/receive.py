@@ -40,6 +40,7 @@ from clawdbot_webhooks.web.requests import (
     parse_content,
     read_body,
     stored_headers,
+    whole_body,
 )
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,9 @@ async def _accept(
     wait = limits.auth_blocked(ip)
     if wait:
         raise _too_many(wait, "too many failed authentication attempts from this address")
-    body = await read_body(request, incoming.max_body_bytes, incoming.read_timeout)
+    body = whole_body(request, incoming.max_body_bytes)
+    if body is None:
+        body = await read_body(request, incoming.max_body_bytes, incoming.read_timeout)
     try:
         sender_id, handshake = await _verify(spec, request, body, ip)
     except Rejected:

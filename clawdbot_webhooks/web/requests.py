@@ -85,6 +85,19 @@ def ip_allowed(ip: str, allowed: Iterable[IPNetwork] | None) -> bool:
     return address is not None and _within(address, allowed)
 
 
+def whole_body(request: web.Request, limit: int) -> bytes | None:
+    """The body when it was received whole with the headers (most are), refused (413) when
+    longer than ``limit``; None when more is to come (``read_body``). No coroutine, no timer,
+    and its size known without Content-Length."""
+    content = request.content
+    if not content.is_eof():
+        return None
+    body = content.read_nowait()
+    if len(body) > limit:
+        raise Rejected(413, f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
+    return body
+
+
 async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
     """The body, refusing it (413) as soon as it is known to exceed ``limit``: by its length
     when it came whole with the headers, else from Content-Length before reading anything,
@@ -92,14 +105,10 @@ async def read_body(request: web.Request, limit: int, timeout: float | None = No
 
     ``timeout`` bounds the whole body, not the gap between chunks, so a client trickling a
     byte at a time cannot hold a connection open (408)."""
-    content = request.content
-    if content.is_eof():
-        # Already received whole (most bodies arrive with their headers): nothing to wait
-        # for, so no timer to arm, and its size is known without Content-Length.
-        body = content.read_nowait()
-        if len(body) > limit:
-            raise Rejected(413, f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
+    body = whole_body(request, limit)
+    if body is not None:
         return body
+    content = request.content
     declared = request.content_length
     if declared is not None and declared > limit:
         raise Rejected(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
