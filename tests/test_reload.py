@@ -213,3 +213,55 @@ async def _steps(
     assert "added 7" in await reply_of("added")
 
     return state
+
+
+async def test_a_subscription_added_by_a_reload_gets_the_events_nobody_took_before(
+    server_process: Any, make_sink: Any
+) -> None:
+    """Whether anyone takes an event type is worked out once and kept: a reload that adds a
+    subscription for the ephemeral session's events must be heard from the next webhook on,
+    though nobody took those events for the webhooks before it."""
+    sink = await make_sink()
+    proc = server_process({"handlers": handlers("v1"), "admin": {"enabled": True, "token": ADMIN}})
+    await asyncio.to_thread(proc.start)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession() as client:
+
+        async def post(n: int) -> dict[str, Any]:
+            async with client.post(f"{proc.base}/webhook/steady", json={"n": n}) as resp:
+                assert resp.status == 202
+                return dict(await resp.json())
+
+        async def state() -> dict[str, Any]:
+            async with client.get(f"{proc.base}/admin/api/config", headers=auth) as resp:
+                return dict(await resp.json())
+
+        async def finished(delivery: str) -> bool:
+            url = f"{proc.base}/admin/api/incoming/{delivery}"
+            async with client.get(url, headers=auth) as resp:
+                return resp.status == 200 and (await resp.json())["status"] == "done"
+
+        first = await post(1)
+        await wait_for(lambda: finished(first["id"]), "the first delivery to finish")
+        full = json.loads(proc.config.read_text())
+        full["webhooks"]["outgoing"] = [
+            {
+                "id": "late",
+                "url": sink.url,
+                "events": ["session_started", "message_received", "session_ended"],
+            }
+        ]
+        proc.config.write_text(json.dumps(full, indent=2))
+        await wait_for(lambda: _when(state(), lambda s: s["applied"] >= 1), "the new subscription")
+        second = await post(2)
+
+        def types_for(session: str) -> list[str]:
+            events = [json.loads(item["body"]) for item in sink.received]
+            return sorted(e["type"] for e in events if e["session"] == session)
+
+        await wait_for(
+            lambda: _now(len(types_for(second["session"])) == 3), "the second webhook's events"
+        )
+    assert types_for(second["session"]) == ["message_received", "session_ended", "session_started"]
+    assert types_for(first["session"]) == []
+    assert proc.terminate() == 0
