@@ -49,7 +49,6 @@ class HookCalls:
             self.each.append((impl.plugin_name, pm.subset_hook_caller(name, others)))
         plain = [plugins[key] for key in seen]
         self._around = pm.subset_hook_caller(name, plain) if self._wrappers else None
-
         #: Whether any plugin implements the hook (an attribute: asked for every delivery).
         self.active = bool(self.each) or self._around is not None
 
