@@ -26,10 +26,7 @@ def anything(value: Any) -> str:
 
 
 def dumps(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value)
+    return encode(value).decode()
 
 
 def encode(value: Any) -> bytes:

@@ -64,9 +64,10 @@ class Deadline:
                 raise TimeoutError from exc
 
     def left(self) -> float:
-        """Seconds until the deadline (entered: ``when`` is set)."""
+        """Seconds until the deadline, once entered."""
         loop = self._deadlines.loop
-        return self.when - loop.time() if loop is not None else self.seconds
+        assert loop is not None  # set on entering
+        return self.when - loop.time()
 
 
 class Deadlines:

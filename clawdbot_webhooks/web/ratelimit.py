@@ -80,30 +80,32 @@ class FailureThrottle:
         self.max_failures = max_failures
         self.window = window
         self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        #: Each key's failures within the window, oldest first; a key that never failed (the
+        #: common case) is not here, which ``Limits.auth_blocked`` looks at first.
+        self.failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     def blocked_for(self, key: str, now: float) -> float:
         """0 when the key may try, else the seconds until it may try again."""
-        times = self._failures.get(key)
+        times = self.failures.get(key)
         if times is None:
             return 0.0
         while times and times[0] <= now - self.window:
             times.popleft()
         if not times:
-            del self._failures[key]
+            del self.failures[key]
             return 0.0
         if len(times) < self.max_failures:
             return 0.0
         return times[0] + self.window - now
 
     def failed(self, key: str, now: float) -> None:
-        times = self._failures.get(key)
+        times = self.failures.get(key)
         if times is None:
-            times = self._failures[key] = deque(maxlen=self.max_failures)
-            while len(self._failures) > self.max_keys:
-                self._failures.popitem(last=False)
+            times = self.failures[key] = deque(maxlen=self.max_failures)
+            while len(self.failures) > self.max_keys:
+                self.failures.popitem(last=False)
         else:
-            self._failures.move_to_end(key)
+            self.failures.move_to_end(key)
         times.append(now)
 
 
@@ -152,7 +154,7 @@ class Limits:
     def auth_blocked(self, ip: str) -> float:
         auth = self.auth
         # Most addresses never failed: a look-up, with no further call or clock read.
-        if auth is None or ip not in auth._failures:
+        if auth is None or ip not in auth.failures:
             return 0.0
         return auth.blocked_for(ip, self.clock())
 
