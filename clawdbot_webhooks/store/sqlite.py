@@ -42,6 +42,8 @@ from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, execute_al
 #: Bodies up to this size stay in the inbox row: one insert instead of two, and the row
 #: rewritten with each outcome stays small. Larger ones go to ``inbox_bodies`` (migration 2).
 INLINE_BODY_BYTES = 2048
+#: SQLite's page size (the default, which the store keeps).
+PAGE_BYTES = 4096
 _INBOX_ROW = (
     "INSERT INTO inbox (id, hook_id, received_at, content_type, headers, query, client_ip, "
     "session, dedup_key, lease_until, body, status, attempts, next_attempt_at, last_error, "
@@ -190,7 +192,8 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
                 execute_all(conn, statements, params)
             return True
 
-        return self._do(Rows(statements, params, True, add_or_dedup, on_loop=inline))
+        pages = 1 if inline else 1 + len(record.body) // PAGE_BYTES
+        return self._do(Rows(statements, params, True, add_or_dedup, inline, pages))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""

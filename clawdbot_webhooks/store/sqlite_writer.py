@@ -32,7 +32,9 @@ class Rows(NamedTuple):
     the caller gets.
     Should the batch fail, each request runs again alone; ``fallback`` then runs instead of the
     statements when given (an insert that has to look at a conflict, say). ``on_loop``: short
-    enough to be committed on the event loop's thread (``SQLiteWriter``)."""
+    enough to be committed on the event loop's thread (``SQLiteWriter``). ``pages``: about how
+    many pages of the WAL its rows fill, which is what brings the next checkpoint nearer
+    (``CHECKPOINT_ROWS``): a large body counts for its size, not as one row."""
 
     #: The statements (best a module constant: runs are found by comparing these) and the
     #: parameters of each.
@@ -41,6 +43,7 @@ class Rows(NamedTuple):
     result: Any = None
     fallback: Callable[[sqlite3.Connection], Any] | None = None
     on_loop: bool = False
+    pages: int = 1
 
     def run(self, conn: sqlite3.Connection) -> Any:
         if self.fallback is not None:
@@ -187,7 +190,7 @@ class SQLiteWriter:
             step = batch.pop()[0] if _is_checkpoint(batch[-1][0]) else None
             outcomes = _apply(conn, batch) if batch else []
             if batch:
-                written += len(batch) + COMMIT_ROWS
+                written += _pages(batch) + COMMIT_ROWS
             if step is _copy_wal:
                 written = 0
                 _copy_wal(conn)
@@ -314,7 +317,8 @@ BUSY_SECONDS = 5.0
 #: How long a write nobody waits for is held back for one somebody waits for to go with.
 LATER_SECONDS = 0.05
 #: Neither connection checkpoints by itself: after the loop's connection wrote this many rows
-#: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did.
+#: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did
+#: (a row with a large body counting as the pages it fills, ``Rows.pages``): about 4 MB of WAL.
 CHECKPOINT_ROWS = 1000
 #: A commit writes the pages it touched, however few its rows: at a row or two a commit, pages
 #: rather than rows fill the WAL, so each commit counts as this many rows more.
@@ -357,6 +361,11 @@ def _all_on_loop(batch: list[tuple[Request, Any]]) -> bool:
         if not (isinstance(request, Rows) and request.on_loop):
             return False
     return True
+
+
+def _pages(batch: list[tuple[Request, Any]]) -> int:
+    """The WAL pages a batch fills, about: a function's writes count as one."""
+    return sum(request.pages if isinstance(request, Rows) else 1 for request, _ in batch)
 
 
 def _is_checkpoint(request: object) -> bool:
