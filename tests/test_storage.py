@@ -553,6 +553,32 @@ async def test_sqlite_wal_starts_over_by_the_size_of_the_bodies_written(tmp_path
         await store.close()
 
 
+async def test_bodies_of_a_few_pages_asked_for_together_are_all_kept_and_a_repeat_refused(
+    tmp_path: Path,
+) -> None:
+    # Bodies of some KB are stored apart from their rows, committed together on the loop's
+    # connection when asked for in one turn; a repeat among them makes that batch fail there,
+    # and the writer thread stores the rest and tells the repeat apart.
+    path = tmp_path / "mid.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    records = []
+    for n in range(41):
+        record = _incoming(n)
+        record.body = json.dumps({"n": n, "pad": "y" * 6000}).encode()
+        record.dedup_key = f"key-{min(n, 39)}"  # the last one repeats the one before
+        records.append(record)
+    try:
+        stored = await asyncio.gather(*(store.add_incoming(r, 30, dedup_since=0) for r in records))
+        assert stored == [True] * 40 + [False]
+        for record in records[:40]:
+            found = await store.get_incoming(record.id)
+            assert found is not None and found.body == record.body
+        assert await store.get_incoming("dlv_40") is None
+    finally:
+        await store.close()
+
+
 async def test_failed_incoming_attempts_are_numbered_on_across_replays(
     storage, tmp_path: Path
 ) -> None:

@@ -42,6 +42,10 @@ from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, execute_al
 #: Bodies up to this size stay in the inbox row: one insert instead of two, and the row
 #: rewritten with each outcome stays small. Larger ones go to ``inbox_bodies`` (migration 2).
 INLINE_BODY_BYTES = 2048
+#: Deliveries up to this size are committed on the event loop's thread (``Rows.on_loop``),
+#: larger ones in the writer thread: there, writing their pages holds up no other request
+#: (bench/README.md).
+LOOP_BODY_BYTES = 8192
 #: SQLite's page size (the default, which the store keeps).
 PAGE_BYTES = 4096
 _INBOX_ROW = (
@@ -192,8 +196,9 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
                 execute_all(conn, statements, params)
             return True
 
-        pages = 1 if inline else 1 + len(record.body) // PAGE_BYTES
-        return self._do(Rows(statements, params, True, add_or_dedup, inline, pages))
+        pages = 1 if inline else 1 + -(-len(record.body) // PAGE_BYTES)  # rounded up
+        on_loop = len(record.body) <= LOOP_BODY_BYTES
+        return self._do(Rows(statements, params, True, add_or_dedup, on_loop, pages))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""

@@ -274,7 +274,7 @@ class SQLiteWriter:
         outcomes = conn.commit(lambda c: _run_grouped(c, batch))
         if outcomes is None:
             return False
-        self._fast_rows += len(batch) + COMMIT_ROWS
+        self._fast_rows += _pages(batch) + COMMIT_ROWS
         if self._fast_rows >= CHECKPOINT_ROWS and not self._checkpointing:
             self._fast_rows = 0
             self._checkpointing = True
