@@ -533,21 +533,20 @@ async def test_sqlite_wal_starts_over_when_the_writer_thread_commits_alone(tmp_p
 
 
 async def test_sqlite_wal_starts_over_by_the_size_of_the_bodies_written(tmp_path: Path) -> None:
-    # Large bodies fill the WAL by their size, not by their number: the checkpoint comes
-    # after about the same number of pages whatever the rows, so the WAL (and the wait while
-    # it is copied) stays a few MB rather than growing with each large delivery.
+    # Large bodies bring the checkpoint nearer by their size, not as one row each: the WAL
+    # (and the wait while it is copied) stays some MB rather than growing by each body.
     path = tmp_path / "large.sqlite3"
     store = open_store(f"sqlite:///{path}")
     await store.open()
     body = b'{"pad": "' + b"x" * (256 * 1024) + b'"}'
     try:
-        for n in range(60):  # 15 MB of bodies in 60 commits
+        for n in range(200):  # 50 MB of bodies in 200 commits
             record = _incoming(n)
             record.body = body
             assert await store.add_incoming(record, 30)
         wal = path.with_name(path.name + "-wal").stat().st_size
-        assert wal < 6 * 1024 * 1024
-        stored = await store.get_incoming("dlv_59")
+        assert wal < 24 * 1024 * 1024
+        stored = await store.get_incoming("dlv_199")
         assert stored is not None and stored.body == body
     finally:
         await store.close()

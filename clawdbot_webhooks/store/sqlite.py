@@ -36,7 +36,7 @@ from clawdbot_webhooks.store.rows import (
 from clawdbot_webhooks.store.shared import SharedQueries
 from clawdbot_webhooks.store.sqlite_schema import PROBE_WRITE, SQLITE_MIGRATIONS
 from clawdbot_webhooks.store.sqlite_schema import migrate as upgrade_schema
-from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, execute_all
+from clawdbot_webhooks.store.sqlite_writer import ROW_BYTES, Rows, SQLiteWriter, execute_all
 
 #: A new delivery: its row (pending, no attempts yet, leased) and its body.
 #: Bodies up to this size stay in the inbox row: one insert instead of two, and the row
@@ -46,8 +46,6 @@ INLINE_BODY_BYTES = 2048
 #: larger ones in the writer thread: there, writing their pages holds up no other request
 #: (bench/README.md).
 LOOP_BODY_BYTES = 8192
-#: SQLite's page size (the default, which the store keeps).
-PAGE_BYTES = 4096
 _INBOX_ROW = (
     "INSERT INTO inbox (id, hook_id, received_at, content_type, headers, query, client_ip, "
     "session, dedup_key, lease_until, body, status, attempts, next_attempt_at, last_error, "
@@ -196,9 +194,9 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
                 execute_all(conn, statements, params)
             return True
 
-        pages = 1 if inline else 1 + -(-len(record.body) // PAGE_BYTES)  # rounded up
         on_loop = len(record.body) <= LOOP_BODY_BYTES
-        return self._do(Rows(statements, params, True, add_or_dedup, on_loop, pages))
+        rows = 1 + len(record.body) // ROW_BYTES
+        return self._do(Rows(statements, params, True, add_or_dedup, on_loop, rows))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""

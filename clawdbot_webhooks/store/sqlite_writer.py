@@ -32,9 +32,9 @@ class Rows(NamedTuple):
     the caller gets.
     Should the batch fail, each request runs again alone; ``fallback`` then runs instead of the
     statements when given (an insert that has to look at a conflict, say). ``on_loop``: short
-    enough to be committed on the event loop's thread (``SQLiteWriter``). ``pages``: about how
-    many pages of the WAL its rows fill, which is what brings the next checkpoint nearer
-    (``CHECKPOINT_ROWS``): a large body counts for its size, not as one row."""
+    enough to be committed on the event loop's thread (``SQLiteWriter``). ``rows``: how many
+    rows it counts as toward the next checkpoint (``CHECKPOINT_ROWS``), a large body by its
+    size (``ROW_BYTES``)."""
 
     #: The statements (best a module constant: runs are found by comparing these) and the
     #: parameters of each.
@@ -43,7 +43,7 @@ class Rows(NamedTuple):
     result: Any = None
     fallback: Callable[[sqlite3.Connection], Any] | None = None
     on_loop: bool = False
-    pages: int = 1
+    rows: int = 1
 
     def run(self, conn: sqlite3.Connection) -> Any:
         if self.fallback is not None:
@@ -190,7 +190,7 @@ class SQLiteWriter:
             step = batch.pop()[0] if _is_checkpoint(batch[-1][0]) else None
             outcomes = _apply(conn, batch) if batch else []
             if batch:
-                written += _pages(batch) + COMMIT_ROWS
+                written += _rows(batch) + COMMIT_ROWS
             if step is _copy_wal:
                 written = 0
                 _copy_wal(conn)
@@ -274,7 +274,7 @@ class SQLiteWriter:
         outcomes = conn.commit(lambda c: _run_grouped(c, batch))
         if outcomes is None:
             return False
-        self._fast_rows += _pages(batch) + COMMIT_ROWS
+        self._fast_rows += len(batch) + COMMIT_ROWS
         if self._fast_rows >= CHECKPOINT_ROWS and not self._checkpointing:
             self._fast_rows = 0
             self._checkpointing = True
@@ -317,9 +317,13 @@ BUSY_SECONDS = 5.0
 #: How long a write nobody waits for is held back for one somebody waits for to go with.
 LATER_SECONDS = 0.05
 #: Neither connection checkpoints by itself: after the loop's connection wrote this many rows
-#: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did
-#: (a row with a large body counting as the pages it fills, ``Rows.pages``): about 4 MB of WAL.
+#: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did.
 CHECKPOINT_ROWS = 1000
+#: A large body counts as a row per this many bytes (``Rows.rows``; the loop's connection
+#: takes small ones only): the WAL is copied after about 16 MB of them, so it neither grows
+#: by a GB of 1 MB bodies nor holds the writes up for long while it is copied
+#: (bench/README.md).
+ROW_BYTES = 16384
 #: A commit writes the pages it touched, however few its rows: at a row or two a commit, pages
 #: rather than rows fill the WAL, so each commit counts as this many rows more.
 COMMIT_ROWS = 3
@@ -363,9 +367,9 @@ def _all_on_loop(batch: list[tuple[Request, Any]]) -> bool:
     return True
 
 
-def _pages(batch: list[tuple[Request, Any]]) -> int:
-    """The WAL pages a batch fills, about: a function's writes count as one."""
-    return sum(request.pages if isinstance(request, Rows) else 1 for request, _ in batch)
+def _rows(batch: list[tuple[Request, Any]]) -> int:
+    """How many rows a batch counts as toward the next checkpoint: a function as one."""
+    return sum(request.rows if isinstance(request, Rows) else 1 for request, _ in batch)
 
 
 def _is_checkpoint(request: object) -> bool:
