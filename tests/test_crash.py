@@ -98,7 +98,10 @@ def test_kill_9_after_acknowledging_then_restart(
     server = server_process(CONFIG, env=gated_env, loop=loop)
     server.start()
     assert_runs_on(server, named)
-    slow = [post(server.base, "slow", {"n": n})["id"] for n in range(40)]
+    # Bodies of each size the store writes its own way: in the row, apart from it on the
+    # loop's connection, and apart from it in the writer thread.
+    pads = ("", "x" * 5000, "x" * 20000)
+    slow = [post(server.base, "slow", {"n": n, "pad": pads[n % 3]})["id"] for n in range(40)]
     agent = [post(server.base, "agent", {"n": n})["id"] for n in range(60)]
     server.kill()  # some actions are blocked at the gate, some agent runs are mid-way
 
