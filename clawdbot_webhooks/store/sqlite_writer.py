@@ -320,9 +320,8 @@ LATER_SECONDS = 0.05
 #: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did.
 CHECKPOINT_ROWS = 1000
 #: A large body counts as a row per this many bytes (``Rows.rows``; the loop's connection
-#: takes small ones only): the WAL is copied after about 16 MB of them, so it neither grows
-#: by a GB of 1 MB bodies nor holds the writes up for long while it is copied
-#: (bench/README.md).
+#: takes small ones only), so large bodies neither grow the WAL far past its usual size nor
+#: hold the writes up long while it is copied (bench/README.md).
 ROW_BYTES = 16384
 #: A commit writes the pages it touched, however few its rows: at a row or two a commit, pages
 #: rather than rows fill the WAL, so each commit counts as this many rows more.
