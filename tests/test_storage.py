@@ -4,10 +4,12 @@ finished deliveries, and concurrent start-ups applying each migration once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +262,17 @@ def _incoming(n: int) -> IncomingRecord:
     )
 
 
+@contextlib.asynccontextmanager
+async def _opened(url: str, synchronous: str = "NORMAL", **options: Any) -> AsyncIterator[Any]:
+    """``open_store(url, synchronous, **options)``, open for the block and closed after it."""
+    store = open_store(url, synchronous, **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 async def _store_as_before(path: Path, undo: str) -> Any:
     """A SQLite store taken back to an older schema by ``undo`` (SQL), opened without
     migrating, as the previous version would have it."""
@@ -466,9 +479,7 @@ async def test_sqlite_writes_from_the_loop_and_the_writer_thread_land_in_the_ord
     # a write another connection's lock holds up waits in the writer thread instead, without
     # holding up the loop, and the writes asked for after it land after it.
     path = tmp_path / "order.sqlite3"
-    store = open_store(f"sqlite:///{path}")
-    await store.open()
-    try:
+    async with _opened(f"sqlite:///{path}") as store:
         first = _incoming(1)
         assert await store.add_incoming(first, 30)
         store.record_outcome(first.id, "done", attempts=1, result="one")
@@ -494,25 +505,19 @@ async def test_sqlite_writes_from_the_loop_and_the_writer_thread_land_in_the_ord
         assert third is not None and third.status == "pending"
         # The file is free again: the loop commits again.
         assert await store.add_incoming(_incoming(4), 30)
-    finally:
-        await store.close()
 
 
 async def test_sqlite_wal_starts_over_while_the_loop_writes(tmp_path: Path) -> None:
     # The loop's connection never checkpoints; the writer thread does, and makes the WAL
     # start over rather than grow with every write.
     path = tmp_path / "wal.sqlite3"
-    store = open_store(f"sqlite:///{path}")
-    await store.open()
-    try:
+    async with _opened(f"sqlite:///{path}") as store:
         for n in range(6000):  # a commit each, far more than one WAL's worth
             assert await store.add_incoming(_incoming(n), 30)
             store.record_outcome(f"dlv_{n}", "done", attempts=1)
         wal = path.with_name(path.name + "-wal").stat().st_size
         assert wal < 24 * 1024 * 1024  # 6,000 commits of a few pages each would be 80 MB
         assert await store.count_incoming("done") >= 5999
-    finally:
-        await store.close()
 
 
 async def test_sqlite_wal_starts_over_when_the_writer_thread_commits_alone(tmp_path: Path) -> None:
@@ -520,26 +525,20 @@ async def test_sqlite_wal_starts_over_when_the_writer_thread_commits_alone(tmp_p
     # leaves checkpoints to the thread itself (between batches, not inside a commit): the
     # WAL must still start over.
     path = tmp_path / "full.sqlite3"
-    store = open_store(f"sqlite:///{path}", "FULL")
-    await store.open()
-    try:
+    async with _opened(f"sqlite:///{path}", "FULL") as store:
         for n in range(1500):  # a commit each: a few pages, some 20 MB of WAL in all
             assert await store.add_incoming(_incoming(n), 30)
         wal = path.with_name(path.name + "-wal").stat().st_size
         assert wal < 6 * 1024 * 1024
         assert await store.count_incoming("pending") == 1500
-    finally:
-        await store.close()
 
 
 async def test_sqlite_wal_starts_over_by_the_size_of_the_bodies_written(tmp_path: Path) -> None:
     # Large bodies bring the checkpoint nearer by their size, not as one row each: the WAL
     # (and the wait while it is copied) stays some MB rather than growing by each body.
     path = tmp_path / "large.sqlite3"
-    store = open_store(f"sqlite:///{path}")
-    await store.open()
     body = b'{"pad": "' + b"x" * (256 * 1024) + b'"}'
-    try:
+    async with _opened(f"sqlite:///{path}") as store:
         for n in range(200):  # 50 MB of bodies in 200 commits
             record = _incoming(n)
             record.body = body
@@ -548,8 +547,6 @@ async def test_sqlite_wal_starts_over_by_the_size_of_the_bodies_written(tmp_path
         assert wal < 24 * 1024 * 1024
         stored = await store.get_incoming("dlv_199")
         assert stored is not None and stored.body == body
-    finally:
-        await store.close()
 
 
 async def test_bodies_of_a_few_pages_asked_for_together_are_all_kept_and_a_repeat_refused(
@@ -559,23 +556,19 @@ async def test_bodies_of_a_few_pages_asked_for_together_are_all_kept_and_a_repea
     # connection when asked for in one turn; a repeat among them makes that batch fail there,
     # and the writer thread stores the rest and tells the repeat apart.
     path = tmp_path / "mid.sqlite3"
-    store = open_store(f"sqlite:///{path}")
-    await store.open()
     records = []
     for n in range(41):
         record = _incoming(n)
         record.body = json.dumps({"n": n, "pad": "y" * 6000}).encode()
         record.dedup_key = f"key-{min(n, 39)}"  # the last one repeats the one before
         records.append(record)
-    try:
+    async with _opened(f"sqlite:///{path}") as store:
         stored = await asyncio.gather(*(store.add_incoming(r, 30, dedup_since=0) for r in records))
         assert stored == [True] * 40 + [False]
         for record in records[:40]:
             found = await store.get_incoming(record.id)
             assert found is not None and found.body == record.body
         assert await store.get_incoming("dlv_40") is None
-    finally:
-        await store.close()
 
 
 async def test_failed_incoming_attempts_are_numbered_on_across_replays(
@@ -584,9 +577,7 @@ async def test_failed_incoming_attempts_are_numbered_on_across_replays(
     from clawdbot_webhooks.store import Attempt
 
     url = storage["url"] if storage else f"sqlite:///{tmp_path / 'history.sqlite3'}"
-    store = open_store(url, schema=(storage or {}).get("schema"))
-    await store.open()
-    try:
+    async with _opened(url, schema=(storage or {}).get("schema")) as store:
         record = _incoming(1)
         assert await store.add_incoming(record, 30)
         for error in ("first run", "replayed"):
@@ -603,8 +594,6 @@ async def test_failed_incoming_attempts_are_numbered_on_across_replays(
         [listed] = await store.list_deliveries("incoming", DeliveryQuery(limit=5))
         assert listed.attempts == 2
         assert all(a.latency_ms == 2.5 and a.status is None for a in history)
-    finally:
-        await store.close()
 
 
 async def test_dead_letter_and_inspection_queries_answer_alike_on_both_backends(
