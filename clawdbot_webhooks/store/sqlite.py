@@ -160,7 +160,8 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
         whether or not ``prune_dedup`` has run since, so restarts change nothing.
         """
 
-        inline = len(record.body) <= INLINE_BODY_BYTES
+        size = len(record.body)
+        inline = size <= INLINE_BODY_BYTES
         row = (
             record.id,
             record.hook_id,
@@ -194,9 +195,8 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
                 execute_all(conn, statements, params)
             return True
 
-        on_loop = len(record.body) <= LOOP_BODY_BYTES
-        rows = 1 + len(record.body) // ROW_BYTES
-        return self._do(Rows(statements, params, True, add_or_dedup, on_loop, rows))
+        rows = 1 + size // ROW_BYTES
+        return self._do(Rows(statements, params, True, add_or_dedup, size <= LOOP_BODY_BYTES, rows))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""

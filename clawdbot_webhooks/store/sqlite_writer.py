@@ -260,21 +260,21 @@ class SQLiteWriter:
             return
         self._tick = []
         conn = self._fast
-        if (
-            conn is None
-            or self._queued != self._finished
-            or not _all_on_loop(batch)
-            or not self._commit_here(conn, batch)
-        ):
-            for item in batch:
-                self._put(item)
+        if conn is not None and self._queued == self._finished:
+            rows = _loop_rows(batch)
+            if rows and self._commit_here(conn, batch, rows):
+                return
+        for item in batch:
+            self._put(item)
 
-    def _commit_here(self, conn: LoopConnection, batch: list[tuple[Request, Any]]) -> bool:
+    def _commit_here(
+        self, conn: LoopConnection, batch: list[tuple[Request, Any]], rows: int
+    ) -> bool:
         # Busy, full, a conflict: nothing is kept, and the writer thread sorts it out.
         outcomes = conn.commit(lambda c: _run_grouped(c, batch))
         if outcomes is None:
             return False
-        self._fast_rows += len(batch) + COMMIT_ROWS
+        self._fast_rows += rows + COMMIT_ROWS
         if self._fast_rows >= CHECKPOINT_ROWS and not self._checkpointing:
             self._fast_rows = 0
             self._checkpointing = True
@@ -319,9 +319,9 @@ LATER_SECONDS = 0.05
 #: Neither connection checkpoints by itself: after the loop's connection wrote this many rows
 #: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did.
 CHECKPOINT_ROWS = 1000
-#: A large body counts as a row per this many bytes (``Rows.rows``; the loop's connection
-#: takes small ones only), so large bodies neither grow the WAL far past its usual size nor
-#: hold the writes up long while it is copied (bench/README.md).
+#: A large body counts as a row per this many bytes (``Rows.rows``), so large bodies neither
+#: grow the WAL far past its usual size nor hold the writes up long while it is copied
+#: (bench/README.md).
 ROW_BYTES = 16384
 #: A commit writes the pages it touched, however few its rows: at a row or two a commit, pages
 #: rather than rows fill the WAL, so each commit counts as this many rows more.
@@ -358,12 +358,16 @@ def _restart_wal(conn: sqlite3.Connection) -> None:
         log.warning("checkpoint of the SQLite WAL failed: %r", exc)
 
 
-def _all_on_loop(batch: list[tuple[Request, Any]]) -> bool:
-    # A loop: ``all`` over a generator would resume it once per request.
-    for request, _ in batch:  # noqa: SIM110
+def _loop_rows(batch: list[tuple[Request, Any]]) -> int:
+    """How many rows a batch counts as (``Rows.rows``) when all of it may be committed on the
+    loop's connection; 0 when not. (A loop: ``all`` or ``sum`` over a generator would resume
+    it once per request.)"""
+    rows = 0
+    for request, _ in batch:
         if not (isinstance(request, Rows) and request.on_loop):
-            return False
-    return True
+            return 0
+        rows += request.rows
+    return rows
 
 
 def _rows(batch: list[tuple[Request, Any]]) -> int:
