@@ -104,6 +104,27 @@ async def test_the_log_checkpoints_between_batches(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1500
 
 
+async def test_long_prompts_and_replies_bring_the_checkpoint_nearer_by_their_size(
+    tmp_path: Path,
+) -> None:
+    # An agent run counts by the length of its prompt and reply, not as one operation: 100 MB
+    # of them leave the WAL some MB rather than a hundred.
+    path = tmp_path / "local-gateway.sqlite3"
+    gateway = LocalGateway(path)
+    await gateway.start()
+    prompt = "y" * (256 * 1024)
+    try:
+        for n in range(200):
+            await gateway.run_agent(
+                agent_id="a", message=prompt, session=f"s{n}", idempotency_key=f"k{n}"
+            )
+        assert path.with_name(path.name + "-wal").stat().st_size < 40 * 1024 * 1024
+    finally:
+        await gateway.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM messages WHERE kind='reply'").fetchone()[0] == 200
+
+
 async def test_a_turn_s_operations_commit_on_the_loop_while_the_thread_is_idle(
     tmp_path: Path,
 ) -> None:

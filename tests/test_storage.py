@@ -18,7 +18,13 @@ from click.testing import CliRunner, Result
 
 from clawdbot_webhooks.cli import main
 from clawdbot_webhooks.outgoing.outbox import outbox_id
-from clawdbot_webhooks.store import DeliveryQuery, IncomingRecord, OutgoingOutcome, open_store
+from clawdbot_webhooks.store import (
+    DeliveryQuery,
+    EventRecord,
+    IncomingRecord,
+    OutgoingOutcome,
+    open_store,
+)
 from clawdbot_webhooks.store.postgres_schema import MIGRATIONS
 from tests.conftest import POSTGRES_URL, outgoing_record, with_storage, write_config
 
@@ -547,6 +553,32 @@ async def test_sqlite_wal_starts_over_by_the_size_of_the_bodies_written(tmp_path
         assert wal < 24 * 1024 * 1024
         stored = await store.get_incoming("dlv_199")
         assert stored is not None and stored.body == body
+
+
+async def test_sqlite_wal_starts_over_by_the_size_of_outgoing_payloads(tmp_path: Path) -> None:
+    # Events and their deliveries count by their payloads' size too: an agent's long replies
+    # sent to a subscriber leave the WAL some MB, not one event's worth of rows per reply.
+    path = tmp_path / "outgoing.sqlite3"
+    payload = b'{"pad": "' + b"x" * (128 * 1024) + b'"}'
+    async with _opened(f"sqlite:///{path}") as store:
+        for n in range(200):  # 50 MB of payloads: the event's and its delivery's, 200 commits
+            event = EventRecord(
+                f"evt_{n}",
+                "agent_response",
+                "2026-01-01T00:00:00Z",
+                "s",
+                None,
+                "webhook",
+                payload,
+                time.time(),
+            )
+            record = outgoing_record(n)
+            record.payload = payload
+            assert await store.add_outgoing([record], 30, event) == [f"out_{n}"]
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert wal < 24 * 1024 * 1024
+        stored = await store.get_event("evt_199")
+        assert stored is not None and stored.payload == payload
 
 
 async def test_bodies_of_a_few_pages_asked_for_together_are_all_kept_and_a_repeat_refused(

@@ -30,7 +30,7 @@ from clawdbot_webhooks_hookspecs import (
 
 from clawdbot_webhooks.builtin.local_log import LOG_FILE, read_log, read_path
 from clawdbot_webhooks.builtin.local_messages import messages
-from clawdbot_webhooks.builtin.sqlite_log import LogWriter
+from clawdbot_webhooks.builtin.sqlite_log import LogWriter, rows_for
 
 # ``n`` without AUTOINCREMENT: no row is ever deleted, so rowids only grow as they are, and
 # AUTOINCREMENT wrote sqlite_sequence once per message (bench/README.md). Logs made before
@@ -108,16 +108,16 @@ class LocalGateway:
     async def probe(self) -> str:
         return f"local gateway (message log {self.path})"
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Awaitable[Any]:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], rows: int = 1) -> Awaitable[Any]:
         """``fn(connection)`` committed: the log's future itself once it is open (no
-        coroutine per write)."""
+        coroutine per write). ``rows``: what it counts as toward a checkpoint (``rows_for``)."""
         if self._open:
-            return self._db.run(fn)
-        return self._start_then(fn)
+            return self._db.run(fn, rows)
+        return self._start_then(fn, rows)
 
-    async def _start_then(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _start_then(self, fn: Callable[[sqlite3.Connection], Any], rows: int) -> Any:
         await self.start()
-        return await self._db.run(fn)
+        return await self._db.run(fn, rows)
 
     async def send_message(
         self, *, channel: str, peer: str, text: str, session: str, idempotency_key: str
@@ -140,7 +140,7 @@ class LocalGateway:
                 ).fetchone()
             return {"messageId": f"local-{n}", "channel": channel, "to": peer}
 
-        result: Mapping[str, Any] = await self._write(op)
+        result: Mapping[str, Any] = await self._write(op, rows_for(text))
         return result
 
     async def run_agent(
@@ -213,7 +213,8 @@ class LocalGateway:
                     return failure
             return AgentReply(reply, idempotency_key, agent_id)
 
-        answer: AgentReply | str = await self._write(op)
+        # The prompt, the echo of it, and that again when delivered.
+        answer: AgentReply | str = await self._write(op, rows_for(message) * (2 + bool(deliver)))
         if isinstance(answer, str):
             raise GatewayError(answer, retry=False)
         return answer
@@ -228,7 +229,7 @@ class LocalGateway:
                 (time.time(), text, json.dumps({"mode": mode})),
             )
 
-        await self._write(op)
+        await self._write(op, rows_for(text))
         return {"ok": True, "mode": mode}
 
 

@@ -32,11 +32,17 @@ log = logging.getLogger(__name__)
 #: A batch takes in further turns' operations up to this many: a transaction stays short.
 MAX_BATCH = 256
 #: The thread checkpoints once its commits since the last count this many, each counting as
-#: its operations plus ``COMMIT_ROWS`` (a commit writes a few pages however few its rows).
+#: its operations' rows plus ``COMMIT_ROWS`` (a commit writes a few pages however few its
+#: rows).
 CHECKPOINT_ROWS = 1000
 COMMIT_ROWS = 3
+#: A long text counts as a row per this many bytes (``rows_for``), as the store counts bodies:
+#: long prompts and replies neither grow the WAL far past its usual size nor hold the next
+#: writes up long while it is copied.
+ROW_BYTES = 16384
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+#: An operation, its caller's future, and how many rows it counts as.
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], int]
 #: Queued for the thread when the loop's connection has written ``CHECKPOINT_ROWS``.
 _CHECKPOINT: list[_Job] = []
 
@@ -82,12 +88,13 @@ class LogWriter:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
 
-    def run(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def run(self, fn: Callable[[sqlite3.Connection], T], rows: int = 1) -> asyncio.Future[T]:
         """Run ``fn(connection)``, committed before the future is set: at the loop's next turn
-        on its own connection, or in the writer thread."""
+        on its own connection, or in the writer thread. ``rows``: how many rows it counts as
+        toward the next checkpoint (``rows_for`` its texts)."""
         assert self._loop is not None, "open() first"
         future: asyncio.Future[T] = self._loop.create_future()
-        self._turn.append((fn, future))
+        self._turn.append((fn, future, rows))
         if len(self._turn) == 1:
             self._loop.call_soon(self._flush)
         return future
@@ -104,10 +111,10 @@ class LogWriter:
 
     def _commit_here(self, conn: LoopConnection, batch: list[_Job]) -> bool:
         # Busy, or an operation raised: nothing is kept, and the thread sorts it out.
-        results = conn.commit(lambda c: [(future, fn(c)) for fn, future in batch])
+        results = conn.commit(lambda c: [(future, fn(c)) for fn, future, _ in batch])
         if results is None:
             return False
-        self._fast_rows += len(batch) + COMMIT_ROWS
+        self._fast_rows += _rows(batch) + COMMIT_ROWS
         if self._fast_rows >= CHECKPOINT_ROWS:
             self._fast_rows = 0
             self._put(_CHECKPOINT)
@@ -161,7 +168,7 @@ class LogWriter:
                     checkpoint = jobs is _CHECKPOINT
                 if batch:
                     self._commit(conn, batch, loop)
-                    written += len(batch) + COMMIT_ROWS
+                    written += _rows(batch) + COMMIT_ROWS
                 if checkpoint or written >= CHECKPOINT_ROWS:
                     written = 0
                     _checkpoint(conn)
@@ -175,7 +182,7 @@ class LogWriter:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         try:
             conn.execute("BEGIN IMMEDIATE")
-            outcomes = [(future, fn(conn), None) for fn, future in batch]
+            outcomes = [(future, fn(conn), None) for fn, future, _ in batch]
             conn.execute("COMMIT")
         except Exception:
             if conn.in_transaction:
@@ -192,7 +199,7 @@ def _one_by_one(
     outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for fn, future in batch:
+        for fn, future, _ in batch:
             conn.execute("SAVEPOINT op")
             try:
                 outcomes.append((future, fn(conn), None))
@@ -205,8 +212,17 @@ def _one_by_one(
     except Exception as exc:  # the commit itself failed: nothing of the batch is stored
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        outcomes = [(future, None, exc) for _, future in batch]
+        outcomes = [(future, None, exc) for _, future, _ in batch]
     return outcomes
+
+
+def rows_for(*texts: str) -> int:
+    """How many rows an operation writing ``texts`` counts as (``ROW_BYTES``)."""
+    return 1 + sum(map(len, texts)) // ROW_BYTES
+
+
+def _rows(batch: list[_Job]) -> int:
+    return sum(rows for _, _, rows in batch)
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:

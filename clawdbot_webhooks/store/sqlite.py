@@ -36,7 +36,13 @@ from clawdbot_webhooks.store.rows import (
 from clawdbot_webhooks.store.shared import SharedQueries
 from clawdbot_webhooks.store.sqlite_schema import PROBE_WRITE, SQLITE_MIGRATIONS
 from clawdbot_webhooks.store.sqlite_schema import migrate as upgrade_schema
-from clawdbot_webhooks.store.sqlite_writer import ROW_BYTES, Rows, SQLiteWriter, execute_all
+from clawdbot_webhooks.store.sqlite_writer import (
+    Rows,
+    SQLiteWriter,
+    Weighed,
+    execute_all,
+    rows_for,
+)
 
 #: A new delivery: its row (pending, no attempts yet, leased) and its body.
 #: Bodies up to this size stay in the inbox row: one insert instead of two, and the row
@@ -89,6 +95,15 @@ SQLITE = Dialect(
 )
 
 T = TypeVar("T")
+
+
+def _outcome_rows(params: tuple[Any, ...]) -> int:
+    """How many rows an outcome (``finish_params``) counts as: its result and the message it
+    sent by their size."""
+    result, message = params[2], params[6]
+    if result is None and message is None:
+        return 1
+    return rows_for(len(result or "") + len(message or ""))
 
 
 def run_query(conn: sqlite3.Connection, query: Query[T]) -> T:
@@ -195,8 +210,8 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
                 execute_all(conn, statements, params)
             return True
 
-        rows = 1 + size // ROW_BYTES
-        return self._do(Rows(statements, params, True, add_or_dedup, size <= LOOP_BODY_BYTES, rows))
+        on_loop = size <= LOOP_BODY_BYTES
+        return self._do(Rows(statements, params, True, add_or_dedup, on_loop, rows_for(size)))
 
     async def prune_dedup(self, before: float) -> int:
         """Forget the dedup keys of deliveries received before ``before``; returns how many."""
@@ -244,9 +259,10 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
         ``failed``, the attempt that failed, goes into the delivery's history with it."""
 
         params = finish_params(delivery_id, status, attempts, result, error, retry_at, message)
+        rows = _outcome_rows(params)
         if failed is None:
-            return self._do(Rows(_FINISH_INCOMING, (params,)))
-        return self._do(Rows(_FAIL_INCOMING, (params, attempt_params(failed))))
+            return self._do(Rows(_FINISH_INCOMING, (params,), rows=rows))
+        return self._do(Rows(_FAIL_INCOMING, (params, attempt_params(failed)), rows=rows))
 
     def record_outcome(
         self,
@@ -259,13 +275,14 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
     ) -> None:
         params = finish_params(delivery_id, status, attempts, result, None, None, message)
         self._send(
-            Rows(_FINISH_INCOMING, (params,), on_loop=True),
+            Rows(_FINISH_INCOMING, (params,), on_loop=True, rows=_outcome_rows(params)),
             f"the outcome of delivery {delivery_id}",
         )
 
     def record_event(self, event: EventRecord) -> None:
         # A short row: committed with the outcomes and inserts of its turn on the loop.
-        self._send(Rows(_ADD_EVENT, (event.values(),), on_loop=True), f"event {event.id}")
+        write = Rows(_ADD_EVENT, (event.values(),), on_loop=True, rows=rows_for(len(event.payload)))
+        self._send(write, f"event {event.id}")
 
     async def release_leases(self) -> None:
         """Free every lease. Only right for a store one process owns (SQLite), at start-up."""
@@ -305,7 +322,9 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
                     added.append(r.id)
             return added
 
-        return await self._do(op)
+        # A row for each delivery, one for the event, and their payloads by their size.
+        size = sum(len(r.payload) for r in records) + (0 if event is None else len(event.payload))
+        return await self._do(Weighed(op, rows_for(size) + len(records)))
 
     async def claim_outgoing(
         self, limit: int, lease: float, exclude: Sequence[str] = ()

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from clawdbot_webhooks_hookspecs.sqlite import LoopConnection, switch_to_wal
 
@@ -50,6 +50,25 @@ class Rows(NamedTuple):
             return self.fallback(conn)
         execute_all(conn, self.sql, self.params)
         return self.result
+
+
+class Weighed(Generic[T]):
+    """A write given as a function that counts as ``rows`` rows toward the next checkpoint
+    (a function alone counts as one): one that writes many rows, or large ones."""
+
+    __slots__ = ("fn", "rows")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], rows: int) -> None:
+        self.fn = fn
+        self.rows = rows
+
+    def __call__(self, conn: sqlite3.Connection) -> T:
+        return self.fn(conn)
+
+
+def rows_for(size: int) -> int:
+    """How many rows a write of ``size`` bytes counts as toward the next checkpoint."""
+    return 1 + size // ROW_BYTES
 
 
 def execute_all(
@@ -372,7 +391,7 @@ def _loop_rows(batch: list[tuple[Request, Any]]) -> int:
 
 def _rows(batch: list[tuple[Request, Any]]) -> int:
     """How many rows a batch counts as toward the next checkpoint: a function as one."""
-    return sum(request.rows if isinstance(request, Rows) else 1 for request, _ in batch)
+    return sum(request.rows if isinstance(request, Rows | Weighed) else 1 for request, _ in batch)
 
 
 def _is_checkpoint(request: object) -> bool:
