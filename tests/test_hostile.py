@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from clawdbot_webhooks.config import ConfigError, build_settings
 from clawdbot_webhooks.plugins import PluginSelection, load_plugins
-from clawdbot_webhooks.web.requests import _LONG_DIGITS, _depth, _shape
+from clawdbot_webhooks.web.requests import _LONG_DIGITS, _json, _shape
 
 SECRET = "S3CR3T-hostile-Zq9-value"
 GH_SECRET = "GH-S3CR3T-hostile-Kp2"
@@ -518,15 +518,24 @@ _JSON_VALUES = st.recursive(
 )
 
 
-@given(value=_JSON_VALUES, ascii_only=st.booleans(), indent=st.sampled_from([None, 1]))
-def test_the_depth_guard_measures_nesting_as_the_parsed_value_has_it(
-    value: Any, ascii_only: bool, indent: int | None
+@given(
+    value=_JSON_VALUES,
+    ascii_only=st.booleans(),
+    indent=st.sampled_from([None, 1]),
+    limit=st.integers(min_value=1, max_value=6),
+)
+def test_the_depth_guard_refuses_exactly_the_values_nested_deeper_than_the_limit(
+    value: Any, ascii_only: bool, indent: int | None, limit: int
 ) -> None:
-    """Brackets, quotes and backslashes inside strings do not count: the depth taken from
-    the text is the nesting of the value it holds, however the text is written."""
+    """Brackets, quotes and backslashes inside strings do not count: a text is refused when
+    the value it holds nests deeper than the limit, and only then, however it is written."""
     text = json.dumps(value, ensure_ascii=ascii_only, indent=indent)
-    assert _depth(_shape(text)) == _nesting(value)
-    assert _depth(_shape(text.encode())) == _nesting(value)
+    for written in (text, text.encode()):
+        if _nesting(value) > limit:
+            with pytest.raises(ValueError, match=f"nested deeper than {limit} levels"):
+                _json(written, limit)
+        else:
+            assert _json(written, limit) == value
 
 
 @given(text=st.text(alphabet=st.sampled_from('0123456789x9\u0663 "é[{]}\u5b57'), max_size=80))

@@ -8,9 +8,7 @@ import functools
 import ipaddress
 import json
 import math
-from array import array
 from collections.abc import Iterable, Mapping
-from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -152,22 +150,23 @@ def _shape(text: str | bytes) -> bytes:
     return raw.translate(_SHAPE)
 
 
-#: In a ``_shape``: an opening bracket becomes 1, a closing one 255 (-1 as a signed byte),
-#: everything else goes.
-_STEPS = bytes.maketrans(b"[]}", b"\x01\xff\xff")
-_NOT_STEPS = bytes(c for c in range(256) if c not in b"[]}")
-
-
-def _depth(shape: bytes) -> int:
-    """How deeply the containers of a valid JSON text nest, from its ``_shape``, with no
-    recursion and no Python-level loop: escaped backslashes and quotes dropped, every other
-    piece between quotes (the strings) dropped, the brackets left as +1/-1, their running sum
-    taken. In valid JSON a backslash stands only in a string, and in UTF-8 no other character
-    holds a backslash's or a quote's byte."""
-    if b"\\" in shape:
-        shape = shape.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(shape.split(b'"')[::2])
-    return max(accumulate(array("b", outside.translate(_STEPS, _NOT_STEPS))), default=0)
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether the containers of a parsed JSON value nest deeper than ``limit``: a level at a
+    time, no recursion, looking at values rather than at the text, whose strings may hold
+    brackets (bench/README.md)."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            inner
+            for container in level
+            for inner in (container.values() if type(container) is dict else container)
+            if type(inner) is dict or type(inner) is list
+        ]
+    return False
 
 
 #: Made once: ``json.loads`` with any option builds a new decoder on every call.
@@ -206,7 +205,7 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
             raise ValueError("nested too deeply") from None
         _refuse_lone_surrogates(value)
     # Counting opening brackets is a cheap bound: only a body with many needs measuring.
-    if max_depth is not None and shape.count(b"[") > max_depth and _depth(shape) > max_depth:
+    if max_depth is not None and shape.count(b"[") > max_depth and _deeper_than(value, max_depth):
         raise ValueError(f"nested deeper than {max_depth} levels")
     return value
 
