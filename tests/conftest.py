@@ -331,7 +331,10 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
+        """Start ``serve`` and return once it has said it listens (its start-up lines are in
+        the log): the port accepts connections a moment before they are written."""
         assert self.log is not None
+        written = self.log.stat().st_size if self.log.exists() else 0
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -356,9 +359,15 @@ class ServerProcess:
                 raise AssertionError(f"server exited: {self.log.read_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            with self.log.open("rb") as log:
+                log.seek(written)
+                if b"webhooks listener on " in log.read():
+                    return
+            time.sleep(0.02)
         raise AssertionError("server did not start in time")
 
     def kill(self) -> None:
