@@ -97,15 +97,12 @@ def whole_body(request: web.Request, limit: int) -> bytes | None:
 
 
 async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
-    """The body, refusing it (413) as soon as it is known to exceed ``limit``: by its length
-    when it came whole with the headers, else from Content-Length before reading anything,
+    """The body of a request that ``whole_body`` found still coming, refusing it (413) as soon
+    as it is known to exceed ``limit``: from Content-Length before reading anything,
     otherwise while reading the chunks.
 
     ``timeout`` bounds the whole body, not the gap between chunks, so a client trickling a
     byte at a time cannot hold a connection open (408)."""
-    body = whole_body(request, limit)
-    if body is not None:
-        return body
     content = request.content
     declared = request.content_length
     if declared is not None and declared > limit:
