@@ -140,7 +140,7 @@ class LocalGateway:
                 ).fetchone()
             return {"messageId": f"local-{n}", "channel": channel, "to": peer}
 
-        result: Mapping[str, Any] = await self._write(op, rows_for(text))
+        result: Mapping[str, Any] = await self._write(op, rows_for(len(text)))
         return result
 
     async def run_agent(
@@ -214,7 +214,8 @@ class LocalGateway:
             return AgentReply(reply, idempotency_key, agent_id)
 
         # The prompt, the echo of it, and that again when delivered.
-        answer: AgentReply | str = await self._write(op, rows_for(message) * (2 + bool(deliver)))
+        rows = rows_for(len(message)) * (2 + bool(deliver))
+        answer: AgentReply | str = await self._write(op, rows)
         if isinstance(answer, str):
             raise GatewayError(answer, retry=False)
         return answer
@@ -229,7 +230,7 @@ class LocalGateway:
                 (time.time(), text, json.dumps({"mode": mode})),
             )
 
-        await self._write(op, rows_for(text))
+        await self._write(op, rows_for(len(text)))
         return {"ok": True, "mode": mode}
 
 

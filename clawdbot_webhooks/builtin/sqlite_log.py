@@ -91,7 +91,7 @@ class LogWriter:
     def run(self, fn: Callable[[sqlite3.Connection], T], rows: int = 1) -> asyncio.Future[T]:
         """Run ``fn(connection)``, committed before the future is set: at the loop's next turn
         on its own connection, or in the writer thread. ``rows``: how many rows it counts as
-        toward the next checkpoint (``rows_for`` its texts)."""
+        toward the next checkpoint (``rows_for`` its texts' size)."""
         assert self._loop is not None, "open() first"
         future: asyncio.Future[T] = self._loop.create_future()
         self._turn.append((fn, future, rows))
@@ -216,9 +216,9 @@ def _one_by_one(
     return outcomes
 
 
-def rows_for(*texts: str) -> int:
-    """How many rows an operation writing ``texts`` counts as (``ROW_BYTES``)."""
-    return 1 + sum(map(len, texts)) // ROW_BYTES
+def rows_for(size: int) -> int:
+    """How many rows an operation writing ``size`` bytes of text counts as (``ROW_BYTES``)."""
+    return 1 + size // ROW_BYTES
 
 
 def _rows(batch: list[_Job]) -> int:
