@@ -332,9 +332,11 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start ``serve`` and return once it has said it listens: its start-up lines, logged
-        once the port accepts connections, are in the log (a test may read them next)."""
+        once the port accepts connections, are in the log (a test may read them next). The
+        processes of a test share one log, so the line looked for names this one's port."""
         assert self.log is not None
         written = self.log.stat().st_size if self.log.exists() else 0
+        listening = f"webhooks listener on http://127.0.0.1:{self.port}: ".encode()
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -359,7 +361,7 @@ class ServerProcess:
                 raise AssertionError(f"server exited: {self.log.read_text()[-2000:]}")
             with self.log.open("rb") as log:
                 log.seek(written)
-                if b"webhooks listener on " in log.read():
+                if listening in log.read():
                     return
             time.sleep(0.02)
         raise AssertionError(
