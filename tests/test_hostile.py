@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from clawdbot_webhooks.config import ConfigError, build_settings
 from clawdbot_webhooks.plugins import PluginSelection, load_plugins
-from clawdbot_webhooks.web.requests import _LONG_DIGITS, _json, _shape
+from clawdbot_webhooks.web.requests import _beyond_64_bits, _json, _shape
 
 SECRET = "S3CR3T-hostile-Zq9-value"
 GH_SECRET = "GH-S3CR3T-hostile-Kp2"
@@ -538,15 +538,33 @@ def test_the_depth_guard_refuses_exactly_the_values_nested_deeper_than_the_limit
             assert _json(written, limit) == value
 
 
-@given(text=st.text(alphabet=st.sampled_from('0123456789x9\u0663 "é[{]}\u5b57'), max_size=80))
-def test_a_run_of_20_digits_and_the_opening_brackets_are_found_as_text_finds_them(
+@given(text=st.text(alphabet=st.sampled_from('0123456789x9-\u0663 "é[{]}\u5b57'), max_size=80))
+def test_long_runs_of_digits_and_the_opening_brackets_are_found_as_text_finds_them(
     text: str,
 ) -> None:
-    """The look for integers beyond 64 bits (sent to the exact parser) misses none, and the
-    bound on the depth counts every opening bracket, from the text or its UTF-8 alike."""
-    long_digits = re.search("[0-9]{20}", text) is not None
+    """The look for integers orjson cannot hold (sent to the exact parser) misses none: 20
+    digits in a row, or 19 after a minus. The bound on the depth counts every opening
+    bracket, from the text or its UTF-8 alike."""
+    long_digits = re.search("[0-9]{20}|-[0-9]{19}", text) is not None
     brackets = text.count("[") + text.count("{")
     for written in (text, text.encode()):
         shape = _shape(written)
-        assert (_LONG_DIGITS in shape) is long_digits
+        assert _beyond_64_bits(shape) is long_digits
         assert shape.count(b"[") == brackets
+
+
+_INT64_EDGES = [-(2**63) - 1, -(2**63), 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(10**19) + 1]
+
+
+@given(
+    n=st.integers(min_value=-(2**80), max_value=2**80) | st.sampled_from(_INT64_EDGES),
+    spaced=st.booleans(),
+)
+def test_every_integer_arrives_exactly_as_sent(n: int, spaced: bool) -> None:
+    """An integer of any size, negative or not, is the same integer after parsing: none
+    becomes a float that has lost its last digits."""
+    text = json.dumps({"n": n, "also": [n]}, separators=(", ", ": ") if spaced else (",", ":"))
+    for written in (text, text.encode()):
+        parsed = _json(written, 64)
+        assert parsed == {"n": n, "also": [n]}
+        assert type(parsed["n"]) is int

@@ -145,8 +145,8 @@ async def test_bad_bodies_are_400(start_server, raw, ctype, fragment) -> None:
 
 
 async def test_valid_json_beyond_the_fast_parser_is_accepted(start_server) -> None:
-    """Integers beyond 64 bits and other charsets are valid JSON: accepted, and the action
-    sees them exactly."""
+    """Integers beyond 64 bits (beyond -2**63 too) and other charsets are valid JSON:
+    accepted, and the action sees them exactly."""
     config = {
         **BASIC,
         "handlers": [{**BASIC["handlers"][0], "template": "{{ n }} {{ s|length }} {{ t }}"}],
@@ -158,6 +158,7 @@ async def test_valid_json_beyond_the_fast_parser_is_accepted(start_server) -> No
             "application/json",
         ),
         ('{"n": -1, "s": "é", "t": "ü"}'.encode("latin-1"), "application/json; charset=latin-1"),
+        (b'{"n": -9223372036854775809, "s": "", "t": "b"}', "application/json"),
     ]:
         status, _ = await srv.post("my-hook", raw=raw, headers=AUTH, content_type=ctype)
         assert status == 202
@@ -165,7 +166,11 @@ async def test_valid_json_beyond_the_fast_parser_is_accepted(start_server) -> No
     from clawdbot_webhooks.builtin.local_gateway import read_log
 
     texts = [m["text"] for m in read_log(srv.runtime.settings.state_dir)]
-    assert texts == ["123456789012345678901234567890 1 a", "-1 1 ü"]
+    assert texts == [
+        "123456789012345678901234567890 1 a",
+        "-1 1 ü",
+        "-9223372036854775809 0 b",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -132,11 +132,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
-#: 20 digits in a row: perhaps an integer beyond 64 bits (or only digits inside a string).
+#: orjson holds the integers from -2**63 to 2**64 - 1; beyond them it makes a float of the
+#: number, losing its digits. An integer it may not hold has 20 digits, or 19 after a minus
+#: (or it is only digits inside a string, which the exact parser takes as well).
 _LONG_DIGITS = b"0" * 20
+_LONG_NEGATIVE = b"-" + b"0" * 19
+#: What both have in common: rare, so the one search most bodies need.
+_NINETEEN_DIGITS = b"0" * 19
 #: Every digit a zero and every opening bracket a ``[``: one table look-up per byte serves
-#: both checks of ``_json`` (a substring search for ``_LONG_DIGITS``, several times cheaper
-#: than a regular expression, and a count of ``[``: see bench/README.md).
+#: both checks of ``_json`` (substring searches, several times cheaper than a regular
+#: expression, and a count of ``[``: see bench/README.md).
 _SHAPE = bytes.maketrans(b"123456789{", b"000000000[")
 
 
@@ -145,6 +150,11 @@ def _shape(text: str | bytes) -> bytes:
     character holds an ASCII digit's or bracket's byte."""
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     return raw.translate(_SHAPE)
+
+
+def _beyond_64_bits(shape: bytes) -> bool:
+    """Whether a text (its ``_shape``) may hold an integer that orjson cannot."""
+    return _LONG_DIGITS in shape or _LONG_NEGATIVE in shape
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -185,12 +195,12 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
 
     orjson parses first; what it refuses goes to the standard library, which has the last
     word and the clearer error.
-    A text with 20 digits in a row goes to the standard library directly: orjson turns an
-    integer beyond 64 bits into a float, losing its digits. Numbers that overflow
-    to infinity and lone surrogates are refused: nothing downstream could hold them."""
+    A text that may hold an integer orjson cannot (``_beyond_64_bits``) goes to the standard
+    library directly: orjson would turn it into a float, losing its digits. Numbers that
+    overflow to infinity and lone surrogates are refused: nothing downstream could hold them."""
     shape = _shape(text)
     try:
-        if _LONG_DIGITS in shape:
+        if _NINETEEN_DIGITS in shape and _beyond_64_bits(shape):
             raise orjson.JSONDecodeError("may hold an integer beyond 64 bits", "", 0)
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
