@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import jwt
 import pytest
@@ -26,6 +26,7 @@ from multidict import MultiDict
 from nacl.signing import SigningKey
 from slack_sdk.signature import SignatureVerifier
 from twilio.request_validator import RequestValidator
+from yarl import URL
 
 from clawdbot_webhooks.builtin import verifiers as builtin
 from clawdbot_webhooks.builtin.verifiers import google
@@ -497,6 +498,15 @@ async def verify_async(
     return result
 
 
+def _token_with_header(header: dict[str, Any]) -> str:
+    """A token of three parts whose header is ``header``, unsigned."""
+
+    def part(value: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part({})}.c2ln"
+
+
 async def test_google_oidc_against_a_jwks_file(issuer: Issuer, jwks_file: Path) -> None:
     options = loaded("google-oidc", audience=AUDIENCE, email=ROBOT, jwks=str(jwks_file))
     body = pubsub_push({"emailAddress": "user@example.com", "historyId": 9876543210})
@@ -512,6 +522,10 @@ async def test_google_oidc_against_a_jwks_file(issuer: Issuer, jwks_file: Path) 
         (Issuer("key-1").token(), "signature does not match"),  # same kid, another key
         (Issuer("key-9").token(), "not published"),
         ("not-a-jwt", "not a JWT"),
+        # PyJWT refuses a header whose key id is not a string with another error than a
+        # malformed token's: refused all the same (401), never an error of the server's
+        (_token_with_header({"alg": "RS256", "kid": 1}), "not a JWT"),
+        (_token_with_header({"alg": "RS256", "kid": ["key-1"]}), "not a JWT"),
     ]
     for token, reason in refusals:
         with pytest.raises(VerificationError, match=reason):
@@ -989,3 +1003,26 @@ async def test_twilio_json_delivery_over_http(start_server) -> None:
         assert "bodySHA256" in (await response.json())["error"]
     await srv.idle()
     assert [m["text"] for m in srv.messages()] == ["EX123 completed"]
+
+
+async def test_twilio_signs_the_query_string_as_sent_with_its_escapes(start_server) -> None:
+    """A webhook URL whose query holds percent-escapes is signed by Twilio as it calls it,
+    escapes and all: the check sees the query string as sent, not decoded."""
+    url = "https://hooks.example.com/webhook/sms"
+    verify = {"type": "twilio", "secret": TWILIO_TOKEN, "url": url}
+    srv = await start_server({"handlers": [_hook("sms", verify, "{{ Body }}")]})
+    body = urlencode(TWILIO_SMS).encode()
+    for query in ("next=https%3A%2F%2Fexample.com%2Fdone", "name=John%20Doe&x=%C3%A9"):
+        signature = RequestValidator(TWILIO_TOKEN).compute_signature(f"{url}?{query}", TWILIO_SMS)
+        headers = {
+            "X-Twilio-Signature": signature,
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        target = URL(f"{srv.base}/webhook/sms?{query}", encoded=True)  # the bytes Twilio sends
+        async with srv.session.post(target, data=body, headers=headers) as response:
+            assert response.status == 202, await response.text()
+        decoded = URL(f"{srv.base}/webhook/sms?{unquote(query)}")  # not what was signed
+        async with srv.session.post(decoded, data=body, headers=headers) as response:
+            assert response.status == 401
+    await srv.idle()
+    assert [m["text"] for m in srv.messages()] == [TWILIO_SMS["Body"]] * 2

@@ -72,7 +72,8 @@ async def _verify(
         body=body,
         client_ip=ip,
         now=time.time(),
-        query_string=request.query_string,
+        # As sent: a scheme signing the URL (Twilio) signs its percent-escapes too.
+        query_string=request.rel_url.raw_query_string,
     )
     try:
         sender_id = verifier.verify(signed, options)

@@ -157,7 +157,7 @@ class GoogleOIDC:
             raise VerificationError("missing Authorization: Bearer token")
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.DecodeError:
+        except jwt.PyJWTError:  # not only DecodeError: a ``kid`` that is not a string, say
             raise VerificationError("the bearer token is not a JWT") from None
         source = options.get("jwks") or GOOGLE_JWKS
         keys = await self._sources.setdefault(source, _Keys(source)).get(kid)
