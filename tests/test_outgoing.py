@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from clawdbot_webhooks_hookspecs import Event
+from hypothesis import given
+from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from clawdbot_webhooks.config import ConfigError
@@ -86,6 +88,20 @@ def test_retry_after_http_date() -> None:
     assert retry_after_seconds("120") == 120.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert retry_after_seconds("soon") is None
+
+
+@given(
+    value=st.text()
+    | st.from_regex(r"\A\s*[0-9\u00b2\u00b3\u00b9\u0660-\u0669\uff10-\uff19]{1,8}\s*\Z")
+)
+def test_retry_after_of_any_text_is_a_delay_or_nothing(value: str) -> None:
+    """Whatever a sink answers in ``Retry-After`` (superscript or other non-ASCII digits
+    among it), it is a delay of zero or more seconds or no delay at all: never an error that
+    would stop the attempt from being recorded."""
+    delay = retry_after_seconds(value, now=0.0)
+    assert delay is None or delay >= 0.0
+    if value.strip().isascii() and value.strip().isdigit():
+        assert delay == float(value.strip())
 
 
 @pytest.mark.parametrize(
