@@ -20,8 +20,9 @@ from clawdbot_webhooks.builtin.verifiers.common import (
 
 
 class Sentry:
-    """The delivery id is ``Request-ID``. ``Sentry-Hook-Timestamp`` is not part of what is
-    signed, so it proves nothing about age: replays are caught by the id instead."""
+    """The delivery id is ``Request-ID``. Only the body is signed: neither the id nor
+    ``Sentry-Hook-Timestamp`` proves anything, so the id recognises Sentry's redeliveries,
+    not a captured delivery sent again under another id."""
 
     class schema(SecretsSchema):
         pass
