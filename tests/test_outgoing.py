@@ -8,6 +8,7 @@ import base64
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from clawdbot_webhooks.config import ConfigError
 from clawdbot_webhooks.outgoing.outbox import outbox_id
 from clawdbot_webhooks.outgoing.verdicts import retry_after_seconds
 from clawdbot_webhooks.store import DeliveryQuery
+from clawdbot_webhooks.testing import serve
+from tests.conftest import with_storage
 
 SECRET = "whsec_" + base64.b64encode(b"the-outgoing-secret-key-bytes").decode()
 FAST = {"maxAttempts": 3, "initialDelay": 0.05, "maxDelay": 0.2, "jitter": False}
@@ -200,6 +203,26 @@ async def test_per_session_order_with_many_sessions(start_server, make_sink) -> 
     for numbers in seen.values():
         # Attempts may repeat an event, but never go back to an earlier one.
         assert numbers == sorted(numbers) and sorted(set(numbers)) == list(range(10))
+
+
+async def test_a_lane_keeps_its_order_across_a_restart(
+    state_dir: Path, storage: dict[str, Any] | None, make_sink
+) -> None:
+    """A delivery waiting for its retry when the server stops is still the first of its
+    lane after the start: a new event of the same session waits behind it, not past it."""
+    sink = await make_sink(script=[503])
+    retry = {"maxAttempts": 5, "initialDelay": 1.5, "maxDelay": 1.5, "jitter": False}
+    config = with_storage({"outgoing": [sub(sink.url, retry=retry)]}, storage)
+    async with serve(config, state_dir=state_dir) as srv:
+        await srv.runtime.bus.publish(Event("message_received", {"n": 1}, session="S"))
+        await sink.wait_for(1)  # answered 503: its retry is stored, 1.5 s away
+        await srv.runtime.outbox._finisher.drain()
+    async with serve(config, state_dir=state_dir) as srv:
+        await srv.runtime.bus.publish(Event("message_received", {"n": 2}, session="S"))
+        states = await settled(srv, timeout=10)
+    assert set(states.values()) == {"done"}
+    sent = [body["message"]["n"] for body in sink.json_bodies()]
+    assert sent == [1, 1, 2]
 
 
 async def test_circuit_breaker_pauses_and_probes(start_server, make_sink) -> None:

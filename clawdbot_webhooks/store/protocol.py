@@ -93,7 +93,10 @@ class Store(Protocol):
     async def add_outgoing(
         self, records: Sequence[OutgoingRecord], lease: float, event: EventRecord | None = None
     ) -> list[str]:
-        """Store these deliveries and ``event``, the event they deliver, in one transaction."""
+        """Store these deliveries and ``event``, the event they deliver, in one transaction;
+        the ids that were new and, when ``lease`` > 0, leased to this process: a row whose
+        lane has an earlier pending row that this process does not hold is stored unleased,
+        to be claimed in its turn (lanes keep their order across restarts and processes)."""
         ...
 
     def record_event(self, event: EventRecord) -> None:

@@ -78,6 +78,11 @@ _ADD_OUTGOING = (
     "created_at, status, attempts, next_attempt_at, last_error, causation, lease_until) "
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+#: A pending row of a lane that nobody holds: a later row of the lane waits behind it.
+_UNLEASED_IN_LANE = (
+    "SELECT 1 FROM outbox WHERE status='pending' AND subscription_id=? AND session=? "
+    "AND lease_until<=? LIMIT 1"
+)
 _ADD_EVENT = (INSERT_EVENT,)
 _OUTBOX_COLUMNS_O = ", ".join(f"o.{c.strip()}" for c in OUTBOX_COLUMNS.split(","))
 
@@ -304,21 +309,35 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
     async def add_outgoing(
         self, records: Sequence[OutgoingRecord], lease: float, event: EventRecord | None = None
     ) -> list[str]:
-        """Store deliveries (leased for ``lease`` seconds) and ``event``, the event they
-        deliver, in one transaction; returns the ids that were new.
+        """Store deliveries and ``event``, the event they deliver, in one transaction;
+        returns the ids that were new and, when ``lease`` > 0, are leased to this process.
 
+        A new row is leased only when no earlier row of its lane is pending without a lease
+        (a retry left by a stopped process, a row stored while the outbox was not running):
+        otherwise it waits its turn, and the poller claims the lane in order. A live lease
+        is this process's own (it owns the file): its rows are in its lanes, in order.
         A row id that exists already is left as it is, so publishing an event again after a
         crash (same event id, same subscription) never makes a second delivery.
         """
 
         def op(conn: sqlite3.Connection) -> list[str]:
-            until = time.time() + lease if lease > 0 else 0.0
+            now = time.time()
+            until = now + lease if lease > 0 else 0.0
             if event is not None:
                 conn.execute(INSERT_EVENT, event.values())
             added: list[str] = []
             for r in records:
-                cur = conn.execute(_ADD_OUTGOING, (*r.values(), until))
-                if cur.rowcount:
+                waits = (
+                    until > 0
+                    and r.status == "pending"
+                    and r.session is not None
+                    and conn.execute(
+                        _UNLEASED_IN_LANE, (r.subscription_id, r.session, now)
+                    ).fetchone()
+                    is not None
+                )
+                cur = conn.execute(_ADD_OUTGOING, (*r.values(), 0.0 if waits else until))
+                if cur.rowcount and not waits:
                     added.append(r.id)
             return added
 
