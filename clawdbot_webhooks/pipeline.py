@@ -36,7 +36,7 @@ from clawdbot_webhooks.slots import Slots
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
 from clawdbot_webhooks.templates import context_for, trusted_context
 from clawdbot_webhooks.web.outage import describe, poller_outage
-from clawdbot_webhooks.web.requests import parse_content
+from clawdbot_webhooks.web.requests import Rejected, parse_content
 
 log = logging.getLogger(__name__)
 
@@ -323,11 +323,11 @@ class Pipeline:
     async def _unkeyed(self, record: IncomingRecord, spec: HandlerSpec, payload: Any) -> None:
         """A persistent delivery stored without a session: its key had no value. Rendered
         again (the key may have been fixed before a replay), else a dead letter saying why."""
-        if payload is None:
-            payload = parse_content(record.body, record.content_type)
         try:
+            if payload is None:
+                payload = self._payload(record, spec)
             record.session = render_session_key(spec, record.as_delivery(payload))
-        except SessionKeyError as exc:
+        except (SessionKeyError, ActionError) as exc:
             attempt = record.attempts + 1
             failure = ActionError(str(exc), retry=False)
             await self._failed(record, spec, attempt, failure, time.monotonic())
@@ -342,7 +342,11 @@ class Pipeline:
         handler = spec.handler
         attempt = record.attempts + 1
         if payload is None:
-            payload = spec.presented(parse_content(record.body, record.content_type))
+            try:
+                payload = self._payload(record, spec)
+            except ActionError as exc:
+                await self._failed(record, spec, attempt, exc, time.monotonic())
+                return
         delivery = record.as_delivery(payload)
         event = self._sessions.begin(record.session, handler.id, spec.persistent, record.id)
         if event is not None:
@@ -358,6 +362,22 @@ class Pipeline:
         event = self._sessions.finish(record.session, record.id, spec.persistent)
         if event is not None:
             await self._bus.publish(event, source="webhook")
+
+    def _payload(self, record: IncomingRecord, spec: HandlerSpec) -> Any:
+        """A stored delivery's payload as it was presented when it arrived (a retry, a
+        replay, work of a stopped process): parsed by the same rules, the same depth limit
+        and the verifier's ``present``. A body the config in force no longer parses (its
+        depth limit lowered since) is a dead letter saying why."""
+        try:
+            parsed = parse_content(
+                record.body,
+                record.content_type,
+                max_depth=self.settings.incoming.max_json_depth,
+            )
+        except Rejected as exc:
+            message = f"the stored body does not parse: {exc.message}"
+            raise ActionError(message, retry=False) from exc
+        return spec.presented(parsed)
 
     def _succeeded(
         self,

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from clawdbot_webhooks.builtin.local_gateway import read_log
 
@@ -391,3 +392,41 @@ async def test_a_failed_runs_message_is_kept_for_its_event(start_server, tmp_pat
     kinds = [e.type for e in events]
     assert kinds == ["session_started", "message_received", "error", "session_ended"]
     assert json.loads(events[1].payload)["message"]["text"] == "about it"
+
+
+async def test_a_retry_sees_the_payload_the_first_attempt_saw(start_server, tmp_path) -> None:
+    """A stored body is parsed again for a retry by the rules it was received by (the depth
+    limit among them): a form whose ``payload`` holds JSON nested too deeply stays the form
+    on every attempt, not the JSON from the second on."""
+    _write_module(
+        tmp_path,
+        "seeing_fns",
+        """
+        seen = []
+        def once_more(ctx):
+            seen.append(ctx.delivery.payload)
+            if len(seen) < 2:
+                raise RuntimeError("again")
+            return "ok"
+    """,
+    )
+    config = {
+        "incoming": {"maxJsonDepth": 2},
+        "handlers": [
+            {
+                "id": "f",
+                "action": "custom",
+                "function": "seeing_fns:once_more",
+                "retry": {"maxAttempts": 3, "initialDelay": 0.02, "jitter": False},
+            },
+        ],
+    }
+    srv = await start_server(config)
+    deep = '{"a": {"b": {"c": 1}}}'
+    form = urlencode({"payload": deep}).encode()
+    status, _ = await srv.post("f", raw=form, content_type="application/x-www-form-urlencoded")
+    assert status == 202
+    await srv.idle()
+    import seeing_fns
+
+    assert seeing_fns.seen == [{"payload": deep}, {"payload": deep}]

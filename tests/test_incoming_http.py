@@ -195,6 +195,38 @@ async def test_json_nothing_downstream_could_hold_is_refused(
     assert await srv.runtime.store.count_incoming() == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "raw", "text"),
+    [
+        ("x-foo", b"\xff\xfe", "\xff\xfe"),
+        ("idempotency-key", b"abc\xff", "abc\xff"),  # the delivery id, stored with its row
+        ("content-type", b"text/plain; x=\xff", "text/plain; x=\xff"),  # stored with it too
+        ("x-utf8", "caf\xe9".encode(), "caf\xe9"),  # UTF-8 stays as it is
+    ],
+)
+async def test_header_bytes_that_are_not_utf8_are_read_as_latin_1(
+    start_server, name: str, raw: bytes, text: str
+) -> None:
+    """A header's bytes that are not UTF-8 are read as ISO-8859-1, as HTTP once defined
+    them: the delivery is stored (not a 503 from a store that cannot hold them), runs, and
+    its templates see the value; a second delivery with the same odd id is a duplicate."""
+    config = {
+        **BASIC,
+        "handlers": [{**BASIC["handlers"][0], "template": f"{{{{ headers['{name}'] }}}}"}],
+    }
+    srv = await start_server(config)
+    head = b"" if name == "content-type" else b"Content-Type: text/plain\r\n"
+    first = await _raw_post(srv, head + name.encode() + b": " + raw + b"\r\n", b"hi")
+    assert first[0] == 202, first
+    await srv.idle()
+    assert [m["text"] for m in srv.messages()] == [text]
+    stored = await srv.runtime.store.get_incoming(first[1]["id"])
+    assert stored is not None and stored.status == "done" and stored.headers[name] == text
+    if name == "idempotency-key":
+        again = await _raw_post(srv, head + name.encode() + b": " + raw + b"\r\n", b"hi")
+        assert again == (200, {"ok": True, "duplicate": True, "id": first[1]["id"]})
+
+
 async def test_header_bytes_that_are_not_utf8_are_stored(start_server) -> None:
     """A header value with bytes that are not UTF-8 still gets a 202 and is kept."""
     srv = await start_server(BASIC)
@@ -377,3 +409,81 @@ async def test_sync_mode_answers_200_with_result(start_server) -> None:
     assert body["result"]["text"] == "[main #1] ping 1"
     assert body["id"].startswith("dlv_")
     await asyncio.sleep(0)
+
+
+async def _raw_post(srv, head: bytes, body: bytes) -> tuple[int, dict]:
+    """A request written byte for byte (header bytes aiohttp's client would not send)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.server.port)
+    writer.write(
+        b"POST /webhook/my-hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + f"X-Webhook-Secret: {SECRET}\r\nContent-Length: {len(body)}\r\n".encode()
+        + head
+        + b"\r\n"
+        + body
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "fragment"),
+    [
+        # UTF-7 decodes to half of a UTF-16 pair, which no text can hold
+        (b"Content-Type: text/plain; charset=utf-7\r\n", b"+2AA-", "lone UTF-16 surrogate"),
+        (b"Content-Type: application/x-www-form-urlencoded; charset=utf-7\r\n", b"a=+2AA-", "lone"),
+        # percent-escapes that are not UTF-8
+        (b"Content-Type: application/x-www-form-urlencoded\r\n", b"name=%FF", "not valid utf-8"),
+        # a body that does not decode as its Content-Encoding says
+        (b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n", b"not gzip", "could"),
+    ],
+)
+async def test_text_that_cannot_be_stored_is_refused_at_once(
+    start_server, head: bytes, body: bytes, fragment: str
+) -> None:
+    """A body that could be neither stored, rendered nor sent is a 400 with a JSON body while
+    the sender waits: not a 202 followed by a delivery that fails for ever, not a 500."""
+    srv = await start_server(BASIC)
+    status, answer = await _raw_post(srv, head, body)
+    assert status == 400, answer
+    assert_error(answer, fragment)
+    assert await srv.runtime.store.count_incoming() == 0
+    # the store is as well as it was: the next delivery is taken
+    assert (await srv.post("my-hook", {"text": "next"}, headers=AUTH))[0] == 202
+
+
+@pytest.mark.parametrize(
+    ("content_type", "raw", "text"),
+    [
+        ("text/plain; charset=utf-8; format=flowed", b"plain", "plain"),
+        ("text/plain; Charset=ISO-8859-1", b"h\xe9", "h\xe9"),
+        ('text/plain; charset="latin-1" ; x=y', b"h\xe9", "h\xe9"),
+        ("application/json; charset=UTF-8; boundary=x", b'{"text": "j"}', "j"),
+        ("application/x-www-form-urlencoded; charset=iso-8859-1", b"text=Ren%E9", "Ren\xe9"),
+        ("application/x-www-form-urlencoded", b"text=Ren%C3%A9", "Ren\xe9"),
+    ],
+)
+async def test_the_charset_is_read_wherever_it_stands_among_the_parameters(
+    start_server, content_type: str, raw: bytes, text: str
+) -> None:
+    config = {**BASIC, "handlers": [{**BASIC["handlers"][0], "template": "{{ text or event }}"}]}
+    srv = await start_server(config)
+    status, body = await srv.post("my-hook", raw=raw, headers=AUTH, content_type=content_type)
+    assert status == 202, body
+    await srv.idle()
+    assert [m["text"] for m in srv.messages()] == [text]
+
+
+async def test_a_repeated_query_key_keeps_all_its_values(start_server) -> None:
+    config = {**BASIC, "handlers": [{**BASIC["handlers"][0], "template": "{{ query.tag }}"}]}
+    srv = await start_server(config)
+    url = f"{srv.base}/webhook/my-hook?tag=a&tag=b&one=1"
+    async with srv.session.post(url, json={}, headers=AUTH) as response:
+        assert response.status == 202
+        delivery = (await response.json())["id"]
+    await srv.idle()
+    record = await srv.runtime.store.get_incoming(delivery)
+    assert record is not None and record.query == {"tag": ["a", "b"], "one": "1"}
+    assert [m["text"] for m in srv.messages()] == ["['a', 'b']"]

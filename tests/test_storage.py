@@ -628,6 +628,25 @@ async def test_failed_incoming_attempts_are_numbered_on_across_replays(
         assert all(a.latency_ms == 2.5 and a.status is None for a in history)
 
 
+async def test_an_outcome_with_half_a_utf16_pair_in_its_texts_is_recorded(
+    storage, tmp_path: Path
+) -> None:
+    """A plugin's text may hold a lone surrogate, which no text column takes: the outcome is
+    recorded all the same, the surrogate written as its escape, so the delivery is counted
+    and does not run again and again."""
+    url = storage["url"] if storage else f"sqlite:///{tmp_path / 'odd.sqlite3'}"
+    async with _opened(url, schema=(storage or {}).get("schema")) as store:
+        for n, status in ((1, "dead"), (2, "done")):
+            record = _incoming(n)
+            assert await store.add_incoming(record, 30)
+            await store.finish_incoming(
+                record.id, status, attempts=1, error="bad \ud800 text", message="sent \udcff"
+            )
+            stored = await store.get_incoming(record.id)
+            assert stored is not None and stored.status == status
+            assert stored.last_error == "bad \\ud800 text"
+
+
 async def test_dead_letter_and_inspection_queries_answer_alike_on_both_backends(
     tmp_path: Path, storage: dict[str, Any] | None
 ) -> None:

@@ -91,12 +91,25 @@ def finish_params(
         status,
         attempts,
         None if result is None else jsontext.anything(result),
-        error,
+        storable(error),
         retry_at or 0.0,
         None if status == "pending" else time.time(),
-        message,
+        storable(message),
         delivery_id,
     )
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` with any lone surrogate written as its escape: a text column holds no half
+    of a UTF-16 pair, and an outcome must be recorded whatever text a plugin produced (else
+    the delivery would run again and again, never counted)."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def attempt_params(a: Attempt) -> tuple[Any, ...]:

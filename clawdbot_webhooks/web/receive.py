@@ -22,6 +22,7 @@ from clawdbot_webhooks_hookspecs import Handshake, SignedRequest, VerificationEr
 
 from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.config import HandlerSpec
+from clawdbot_webhooks.forms import fields
 from clawdbot_webhooks.metrics import UNKNOWN_HOOK
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
@@ -36,6 +37,7 @@ from clawdbot_webhooks.web.ratelimit import retry_after
 from clawdbot_webhooks.web.requests import (
     Rejected,
     client_ip,
+    header_text,
     ip_allowed,
     parse_content,
     read_body,
@@ -145,7 +147,7 @@ async def _accept(
         raise
     if handshake is not None:  # the provider checking the endpoint: no delivery to store
         return web.json_response(handshake.body, status=handshake.status)
-    raw_type = request.headers.get("Content-Type", "")
+    raw_type = header_text(request.headers.get("Content-Type", ""))
     payload = spec.presented(parse_content(body, raw_type, max_depth=incoming.max_json_depth))
     wait = limits.handler(spec.handler.id)
     if wait:
@@ -156,7 +158,7 @@ async def _accept(
             raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
     headers = stored_headers(request.headers, spec.credential_headers)
     window = incoming.dedup_window
-    dedup = dedup_key(sender_id, headers) if window > 0 else None
+    dedup = dedup_key(header_text(sender_id), headers) if window > 0 else None
     record = IncomingRecord(
         id=new_id("dlv"),
         hook_id=spec.handler.id,
@@ -164,7 +166,7 @@ async def _accept(
         content_type=raw_type,
         body=body,
         headers=headers,
-        query=dict(request.query) if request.query_string else {},
+        query=fields(request.query.items()) if request.query_string else {},
         client_ip=ip,
         session="",
         dedup_key=dedup,

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from clawdbot_webhooks.content_types import media_and_charset
 from clawdbot_webhooks.forms import FORM_TYPE, parse_form
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -90,7 +91,10 @@ def whole_body(request: web.Request, limit: int) -> bytes | None:
     content = request.content
     if not content.is_eof():
         return None
-    body = content.read_nowait()
+    try:
+        body = content.read_nowait()
+    except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode, say
+        raise Rejected(400, f"body could not be read: {exc}") from None
     if len(body) > limit:
         raise Rejected(413, f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
     return body
@@ -118,6 +122,8 @@ async def read_body(request: web.Request, limit: int, timeout: float | None = No
                 chunks.append(chunk)
     except TimeoutError:
         raise Rejected(408, f"request body not received within {timeout:g}s") from None
+    except web.RequestPayloadError as exc:
+        raise Rejected(400, f"body could not be read: {exc}") from None
     return b"".join(chunks)
 
 
@@ -181,8 +187,9 @@ _DECODER = json.JSONDecoder(parse_constant=_strict_json_constant, parse_float=_f
 
 
 def _refuse_lone_surrogates(value: Any) -> None:
-    """Valid JSON may escape half of a UTF-16 pair (``"\\ud800"``), but no text can hold
-    it: storing, rendering or sending it would fail later, after the sender was told 202."""
+    """Valid JSON may escape half of a UTF-16 pair (``"\\ud800"``), and some charsets
+    decode to one (UTF-7), but no text can hold it: storing, rendering or sending it would
+    fail later, after the sender was told 202."""
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -238,10 +245,12 @@ def parse_body(
             raise Rejected(400, f"invalid JSON: {exc}") from exc
     if mime == FORM_TYPE:
         try:
-            text = body.decode(charset or "utf-8")
+            form = parse_form(body.decode(charset or "utf-8"), charset or "utf-8")
+            _refuse_lone_surrogates(form)
         except (UnicodeDecodeError, LookupError) as exc:
             raise Rejected(400, f"form body is not valid {charset or 'utf-8'}") from exc
-        form = parse_form(text)
+        except ValueError as exc:
+            raise Rejected(400, f"form body: {exc}") from exc
         # A form whose one field `payload` is JSON is how GitHub and Slack send JSON as a form:
         # it is presented as that JSON, as if sent so (the raw form stays in `form`).
         if set(form) == {"payload"} and isinstance(form["payload"], str):
@@ -251,9 +260,13 @@ def parse_body(
         return form
     if mime.startswith("text/"):
         try:
-            return body.decode(charset or "utf-8")
+            text = body.decode(charset or "utf-8")
+            _refuse_lone_surrogates(text)
         except (UnicodeDecodeError, LookupError) as exc:
             raise Rejected(400, f"text body is not valid {charset or 'utf-8'}") from exc
+        except ValueError as exc:
+            raise Rejected(400, f"text body: {exc}") from exc
+        return text
     if mime == "" and not body:
         return {}
     if mime == "":
@@ -265,13 +278,30 @@ def parse_body(
     )
 
 
+def header_text(value: str) -> str:
+    """A header value as text that can be stored, shown and sent. aiohttp keeps bytes that
+    are not UTF-8 as lone surrogates, which no text can hold; they are read as ISO-8859-1
+    instead, as HTTP once defined header bytes (one character per byte: two values that
+    differ stay different)."""
+    if value.isascii():  # nearly always
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
 def stored_headers(headers: Mapping[str, str], drop: frozenset[str]) -> dict[str, str]:
-    """Lower-cased request headers minus ``drop`` (lower-case names of credentials)."""
-    return {name: v for k, v in headers.items() if (name := k.lower()) not in drop}
+    """Lower-cased request headers minus ``drop`` (lower-case names of credentials), each
+    value as ``header_text``."""
+    kept = {name: v for k, v in headers.items() if (name := k.lower()) not in drop}
+    if "".join(kept.values()).isascii():  # nearly always: nothing to look at
+        return kept
+    return {name: header_text(value) for name, value in kept.items()}
 
 
 def parse_content(body: bytes, content_type: str, *, max_depth: int | None = None) -> Any:
     """``parse_body`` for a whole ``Content-Type`` value (``application/json; charset=…``)."""
-    mime, _, params = content_type.partition(";")
-    charset = params.partition("charset=")[2].strip().strip('"') or None
-    return parse_body(body, mime.strip(), charset, max_depth=max_depth)
+    mime, charset = media_and_charset(content_type)
+    return parse_body(body, mime, charset, max_depth=max_depth)
