@@ -310,6 +310,37 @@ async def test_custom_template_and_headers(start_server, make_sink) -> None:
     assert got["headers"]["Content-Type"].startswith("text/plain")
 
 
+async def test_a_dead_letter_of_a_failed_template_is_sent_with_the_fixed_one(
+    state_dir: Path, storage: dict[str, Any] | None, make_sink
+) -> None:
+    """A subscription's template that fails for an event makes its delivery a dead letter
+    at once; replayed after the template is fixed, it is sent as the fixed template renders
+    it, not as the event's plain JSON."""
+    sink = await make_sink()
+
+    def config(template: str) -> dict[str, Any]:
+        subscription = sub(sink.url, events=["session_ended"], template=template)
+        return with_storage({"strictTemplates": True, "outgoing": [subscription]}, storage)
+
+    broken = '{"text": "ended: {{ data.reason }}"}'
+    async with serve(config(broken), state_dir=state_dir) as srv:
+        await srv.runtime.bus.publish(Event("session_ended", {"n": 1}, session="s"))
+        states = await settled(srv)
+        [(delivery, state)] = states.items()
+        assert state == "dead"
+        [letter] = await srv.runtime.store.dead_letters()
+        assert letter.error is not None and "template failed" in letter.error
+    assert sink.received == []
+    fixed = '{"text": "ended: {{ data.reason | default(\'?\') }}"}'
+    async with serve(config(fixed), state_dir=state_dir) as srv:
+        assert await srv.runtime.store.revive([delivery]) == [delivery]
+        srv.runtime.outbox.wake()
+        await sink.wait_for(1)
+        assert await settled(srv) == {delivery: "done"}
+    assert sink.json_bodies() == [{"text": "ended: ?"}]
+    assert sink.received[0]["headers"]["Content-Type"] == "application/json"
+
+
 async def test_unknown_event_name_is_a_config_error_with_key_path(start_server) -> None:
     with pytest.raises(ConfigError) as info:
         await start_server(

@@ -63,12 +63,12 @@ def payload_bytes(event: Event) -> bytes:
     return jsontext.encode(event.to_payload())
 
 
-def render_template(sub: Subscription, event: Event) -> bytes:
-    """A subscription's custom body: its template rendered with the payload's keys (and the
-    whole payload as ``event``)."""
+def render_template(sub: Subscription, payload: bytes) -> bytes:
+    """A subscription's custom body: its template rendered with the keys of the event's
+    payload (and the whole payload as ``event``)."""
     assert sub.template is not None
-    payload = event.to_payload()
-    text = sub.template.render({**payload, "event": payload})
+    event = json.loads(payload)
+    text = sub.template.render({**event, "event": event})
     return str(text).encode("utf-8")
 
 
@@ -214,39 +214,21 @@ class Outbox:
         if not subs:
             self._store.record_event(stored)
             return
-        records: list[OutgoingRecord] = []
-        for sub in subs:
-            status, error = "pending", None
-            if sub.template is None:
-                body = payload
-            else:
-                try:
-                    body = render_template(sub, event)
-                except Exception as exc:
-                    # Stored as a dead letter with the plain payload: visible, replayable
-                    # once the template is fixed, never silently lost.
-                    body, status, error = payload, "dead", f"template failed: {exc}"
-                    log.error(
-                        "event %s for %s: %s",
-                        event.id,
-                        sub.id,
-                        error,
-                        extra={"subscription": sub.id},
-                    )
-            records.append(
-                OutgoingRecord(
-                    id=outbox_id(event.id, sub.id),
-                    event_id=event.id,
-                    subscription_id=sub.id,
-                    event_type=event.type,
-                    session=event.session,
-                    payload=body,
-                    created_at=now,
-                    status=status,
-                    last_error=error,
-                    causation=event.causation,
-                )
+        # Each row holds the event's payload: a subscription's template is rendered from it
+        # for each attempt, so a template fixed since applies to a replayed dead letter.
+        records = [
+            OutgoingRecord(
+                id=outbox_id(event.id, sub.id),
+                event_id=event.id,
+                subscription_id=sub.id,
+                event_type=event.type,
+                session=event.session,
+                payload=payload,
+                created_at=now,
+                causation=event.causation,
             )
+            for sub in subs
+        ]
         lease = self.lease if self._running else 0
         added = set(await self._store.add_outgoing(records, lease, stored))
         if self._running:
@@ -377,7 +359,12 @@ class Outbox:
         self, rec: OutgoingRecord, sub: Subscription, *, hold: bool = True
     ) -> Verdict:
         """One attempt: send, classify, record (retry schedule, dead letter, or done)."""
-        request = self._request(rec, sub)
+        try:
+            request = self._request(rec, sub)
+        except Exception as exc:  # the template: no attempt would do better until it is fixed
+            reason = f"template failed: {exc}"
+            await self._dead(rec, reason, None)
+            return Verdict("dead", reason, unhealthy=False)
         at = time.time()
         started = time.monotonic()
         task = asyncio.current_task(self._loop)
@@ -453,7 +440,7 @@ class Outbox:
         return Verdict("dead", reason, verdict.unhealthy)
 
     def _request(self, rec: OutgoingRecord, sub: Subscription) -> OutgoingRequest:
-        body = rec.payload
+        body = rec.payload if sub.template is None else render_template(sub, rec.payload)
         json_body = sub.template is None or _looks_like_json(body)
         headers = {
             "content-type": "application/json" if json_body else "text/plain; charset=utf-8",
