@@ -91,20 +91,18 @@ def finish_params(
         status,
         attempts,
         None if result is None else jsontext.anything(result),
-        storable(error),
+        error if error is None or error.isascii() else storable(error),
         retry_at or 0.0,
         None if status == "pending" else time.time(),
-        storable(message),
+        message if message is None or message.isascii() else storable(message),
         delivery_id,
     )
 
 
-def storable(text: str | None) -> str | None:
+def storable(text: str) -> str:
     """``text`` with any lone surrogate written as its escape: a text column holds no half
     of a UTF-16 pair, and an outcome must be recorded whatever text a plugin produced (else
     the delivery would run again and again, never counted)."""
-    if text is None or text.isascii():
-        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

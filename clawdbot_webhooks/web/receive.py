@@ -147,7 +147,9 @@ async def _accept(
         raise
     if handshake is not None:  # the provider checking the endpoint: no delivery to store
         return web.json_response(handshake.body, status=handshake.status)
-    raw_type = header_text(request.headers.get("Content-Type", ""))
+    raw_type = request.headers.get("Content-Type", "")
+    if not raw_type.isascii():  # stored with the delivery: as ``header_text``
+        raw_type = header_text(raw_type)
     payload = spec.presented(parse_content(body, raw_type, max_depth=incoming.max_json_depth))
     wait = limits.handler(spec.handler.id)
     if wait:
@@ -158,7 +160,9 @@ async def _accept(
             raise _too_many(1, f"hook {spec.handler.id!r} has {pending} deliveries waiting")
     headers = stored_headers(request.headers, spec.credential_headers)
     window = incoming.dedup_window
-    dedup = dedup_key(header_text(sender_id), headers) if window > 0 else None
+    if not sender_id.isascii():  # the id is stored too
+        sender_id = header_text(sender_id)
+    dedup = dedup_key(sender_id, headers) if window > 0 else None
     record = IncomingRecord(
         id=new_id("dlv"),
         hook_id=spec.handler.id,

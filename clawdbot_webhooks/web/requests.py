@@ -283,8 +283,6 @@ def header_text(value: str) -> str:
     are not UTF-8 as lone surrogates, which no text can hold; they are read as ISO-8859-1
     instead, as HTTP once defined header bytes (one character per byte: two values that
     differ stay different)."""
-    if value.isascii():  # nearly always
-        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -298,7 +296,7 @@ def stored_headers(headers: Mapping[str, str], drop: frozenset[str]) -> dict[str
     kept = {name: v for k, v in headers.items() if (name := k.lower()) not in drop}
     if "".join(kept.values()).isascii():  # nearly always: nothing to look at
         return kept
-    return {name: header_text(value) for name, value in kept.items()}
+    return {name: v if v.isascii() else header_text(v) for name, v in kept.items()}
 
 
 def parse_content(body: bytes, content_type: str, *, max_depth: int | None = None) -> Any:
