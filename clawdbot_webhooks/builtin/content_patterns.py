@@ -45,7 +45,9 @@ PATTERNS: dict[str, list[str]] = {
     ],
     # Text posing as another role: system/assistant turns, chat-template tokens.
     "role-impersonation": [
-        r"(?:^|\n)\s*(?:#+\s*)?(?:system|assistant|developer)\s*(?:prompt|message)?\s*:",
+        # At a line's start, blanks before the word but not line breaks: ``(?:^|\n)\s*``
+        # tried every line break of a long run of them again from each one (quadratic).
+        r"(?m)^[^\S\n]*(?:#+\s*)?(?:system|assistant|developer)\s*(?:prompt|message)?\s*:",
         r"<\|\s*(?:im_start|im_end|system|assistant|endoftext)\s*\|>",
         r"\[/?(?:INST|SYS)\]|<</?SYS>>",
         r"</?\s*(?:system|system[_-]?prompt|instructions)\s*>",

@@ -41,9 +41,24 @@ _FOLD = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}
 # (U+FF1C, U+3008, U+2039, U+27E8, U+FE64 and their closing pairs.)
 _FOLD.update({ord(c): ord("<") for c in "\uff1c\u3008\u2039\u27e8\ufe64"})
 _FOLD.update({ord(c): ord(">") for c in "\uff1e\u3009\u203a\u27e9\ufe65"})
-# Invisible characters someone may slip between the letters of a marker: folded to a space
-# here (one character for one), dropped before matching (``fold_for_matching``).
-INVISIBLE = frozenset("\u00ad\u180e\u200b\u200c\u200d\u2060\ufeff")
+# Dashes of every kind (Unicode's Pd, and the minus sign) read as the hyphen they look like.
+_DASHES = (
+    "\u058a\u05be\u1400\u1806\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2e17\u2e1a"
+    "\u2e3a\u2e3b\u2e40\u2e5d\u301c\u3030\u30a0\ufe31\ufe32\ufe58\ufe63\U00010ead"
+)
+_FOLD.update({ord(c): ord("-") for c in _DASHES})
+# Characters shown as nothing at all, which someone may slip between the letters of a marker
+# or a phrase: Unicode's Default_Ignorable_Code_Point (zero-width spaces and joiners, bidi
+# and invisible-operator controls, variation selectors, tags, Hangul fillers). Folded to a
+# space here (one character for one), dropped before matching (``fold_for_matching``).
+_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)  # fmt: skip
+INVISIBLE = frozenset(chr(c) for low, high in _IGNORABLE for c in range(low, high + 1))
 _FOLD.update({ord(c): ord(" ") for c in INVISIBLE})
 
 _SEP = r"[\s_\-.]*"
@@ -54,8 +69,9 @@ _MARKER = re.compile(
 
 
 def fold_markers(text: str) -> str:
-    """``text`` with fullwidth letters, bracket homoglyphs and invisible characters folded to
-    ASCII, one character for one (so a match in it is a match at the same place in ``text``)."""
+    """``text`` with fullwidth letters, bracket homoglyphs, dashes and invisible characters
+    folded to ASCII, one character for one (so a match in it is a match at the same place in
+    ``text``)."""
     return text.translate(_FOLD)
 
 
