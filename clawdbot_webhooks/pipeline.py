@@ -34,7 +34,7 @@ from clawdbot_webhooks.session_keys import SessionKeyError, render_session_key
 from clawdbot_webhooks.sessions import Sessions
 from clawdbot_webhooks.slots import Slots
 from clawdbot_webhooks.store import Attempt, IncomingRecord, Store
-from clawdbot_webhooks.templates import context_for, trusted_context
+from clawdbot_webhooks.templates import context_for, is_trusted, trusted_context
 from clawdbot_webhooks.web.outage import describe, poller_outage
 from clawdbot_webhooks.web.requests import Rejected, parse_content
 
@@ -496,9 +496,10 @@ class Pipeline:
         for path, template in spec.templates.items():
             try:
                 # The operator's instructions are trusted: no payload text may reach them.
-                trusted = path == ("instructions",)
                 text = template.render(
-                    trusted_context(delivery, spec.handler) if trusted else context
+                    trusted_context(delivery, spec.handler, spec.persistent)
+                    if is_trusted(path)
+                    else context
                 )
             except Exception as exc:  # strict undefined, a filter's error, the sandbox
                 raise ActionError(f"template {'.'.join(path)}: {exc}", retry=False) from exc

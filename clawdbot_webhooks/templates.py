@@ -7,6 +7,7 @@ data (variables), so a payload value that looks like ``{{ ... }}`` is printed as
 from __future__ import annotations
 
 import functools
+import hashlib
 import keyword
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -333,10 +334,23 @@ def _wanted(names: frozenset[str]) -> tuple[tuple[str, ...], frozenset[str]]:
     return keys, names & _SPECIAL
 
 
-def trusted_context(delivery: Delivery, handler: Handler) -> dict[str, Any]:
+def is_trusted(path: tuple[str, ...]) -> bool:
+    """Whether a handler's template at ``path`` (its place among the options) holds the
+    operator's own words, rendered with ``trusted_context``: ``instructions``."""
+    return path == ("instructions",)
+
+
+def trusted_context(
+    delivery: Delivery, handler: Handler, persistent: bool = False
+) -> dict[str, Any]:
     """What a trusted template (a handler's ``instructions``) sees of a delivery: the hook and
-    the delivery's ids, none of the sender's text (payload, headers, query)."""
+    the delivery's ids, none of the sender's text (payload, headers, query). A persistent
+    session's key may be rendered from the payload: it is seen as a digest, an id that
+    carries none of its text."""
+    session = delivery.session
+    if persistent:
+        session = "sha256:" + hashlib.sha256(session.encode("utf-8", "replace")).hexdigest()[:16]
     return {
         "hook": {"id": handler.id, "path": handler.path, "action": handler.action},
-        "delivery": {"id": delivery.id, "session": delivery.session},
+        "delivery": {"id": delivery.id, "session": session},
     }

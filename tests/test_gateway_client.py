@@ -390,7 +390,7 @@ async def test_events_of_our_runs_are_mapped_without_a_duplicate_reply(fake: Fak
     finally:
         await gateway.close()
     assert (reply.text, reply.run_id, reply.agent_id) == ("ours", "dlv_9", "main")
-    assert fake.requests[0][1]["params"]["sessionKey"] == "agent:main:hook:abc"
+    assert fake.requests[0][1]["params"]["sessionKey"] == "agent:main:hooks:hook:abc"
     kinds = [(e.type, e.session, e.causation) for e in emitted]
     assert kinds == [
         ("session_started", "hook:abc", "dlv_9"),
@@ -439,3 +439,23 @@ async def test_a_failed_run_is_one_error_event(fake: FakeGateway) -> None:
     errors = [e for e in emitted if e.type == "error"]
     assert len(errors) == 1 and errors[0].data["error"] == "boom"
     assert errors[0].causation == "e1"
+
+
+def test_no_persistent_session_key_reaches_one_of_the_agents_own_sessions() -> None:
+    """A persistent session's key may come from a payload: spelt like one of Clawdbot's own
+    sessions (``main``, ``agent:devops:main``, a chat's) it still gets a session of its own
+    under ``hooks:``; an ephemeral session keeps its ``hook:<uuid>``."""
+    from clawdbot_webhooks.builtin.clawdbot.gateway import clawdbot_session_key
+    from clawdbot_webhooks.sessions import ephemeral_session
+
+    ephemeral = ephemeral_session()
+    keys = ["main", "agent:devops:main", "telegram:dm:42", "hook:abc", "x", ephemeral]
+    sent = {s: clawdbot_session_key("devops", s) for s in keys}
+    assert sent == {
+        "main": "agent:devops:hooks:main",
+        "agent:devops:main": "agent:devops:hooks:agent:devops:main",
+        "telegram:dm:42": "agent:devops:hooks:telegram:dm:42",
+        "hook:abc": "agent:devops:hooks:hook:abc",
+        "x": "agent:devops:hooks:x",
+        ephemeral: f"agent:devops:{ephemeral}",
+    }

@@ -23,6 +23,7 @@ maps every run the gateway reports (chats from other channels, other clients' ru
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -73,12 +74,19 @@ class _Run:
     delivery: str
 
 
+#: An ephemeral session of ours: ``hook:`` and a version-4 UUID (``sessions.ephemeral_session``).
+_EPHEMERAL = re.compile(r"hook:[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
 def clawdbot_session_key(agent_id: str, session: str) -> str:
     """The session key sent to Clawdbot. It must name the agent (Clawdbot refuses an
-    ``agentId`` whose session key belongs to another agent), so ours are qualified."""
-    if session.startswith("agent:"):
-        return session
-    return f"agent:{agent_id}:{session}"
+    ``agentId`` whose session key belongs to another agent). An ephemeral session keeps its
+    ``hook:<uuid>``; a persistent one's key, which may come from a payload, goes under
+    ``hooks:``, so that no key (``main``, ``agent:devops:main``, a chat's) can reach one of
+    the agent's own sessions."""
+    if _EPHEMERAL.fullmatch(session):
+        return f"agent:{agent_id}:{session}"
+    return f"agent:{agent_id}:hooks:{session}"
 
 
 def agent_run_params(

@@ -22,7 +22,7 @@ from clawdbot_webhooks.store import (
     OutgoingRecord,
     attempts_made,
 )
-from clawdbot_webhooks.templates import context_for
+from clawdbot_webhooks.templates import context_for, is_trusted, trusted_context
 from clawdbot_webhooks.web.admin import chain
 from clawdbot_webhooks.web.admin.chain import BadRequest, Holds
 from clawdbot_webhooks.web.requests import parse_content
@@ -131,11 +131,13 @@ def rendered_templates(rt: Holds, record: IncomingRecord) -> dict[str, str]:
     if spec is None or not spec.templates:
         return {}
     payload = spec.presented(_parsed(record.body, record.content_type))
-    context = context_for(record.as_delivery(payload), spec.handler)
+    delivery = record.as_delivery(payload)
+    context = context_for(delivery, spec.handler)
+    trusted = trusted_context(delivery, spec.handler, spec.persistent)
     out: dict[str, str] = {}
     for path, template in spec.templates.items():
         try:
-            out[".".join(path)] = str(template.render(context))
+            out[".".join(path)] = str(template.render(trusted if is_trusted(path) else context))
         except Exception as exc:  # the same errors the action would meet
             out[".".join(path)] = f"(template failed: {exc})"
     return out
