@@ -4,6 +4,8 @@ pagination, replays, dead letters, the separate listener and the OpenAPI documen
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from typing import Any
 
@@ -87,6 +89,18 @@ async def test_auth_bearer_and_errors_are_json(start_server, make_sink) -> None:
     assert status == 400 and "limit" in body["error"]
     status, body = await call(srv, "GET", "/admin/api/incoming?cursor=zz")
     assert status == 400 and "cursor" in body["error"]
+    # made up, with numbers no column holds: 400 too, on every listing that pages
+    for values in (["9" * 400, "x"], [1e308 * 10, "x"], [0, 2**70, "x"], [0, float("inf"), "x"]):
+        text = json.dumps(values).replace('"' + "9" * 400 + '"', "9" * 400)
+        cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        for path in (
+            "/admin/api/incoming",
+            "/admin/api/outgoing",
+            "/admin/api/events",
+            "/admin/api/sessions/s",
+        ):
+            status, body = await call(srv, "GET", f"{path}?cursor={cursor}")
+            assert status == 400 and "cursor" in body["error"], (path, values, body)
 
 
 async def test_list_filter_paginate_show(start_server, make_sink) -> None:

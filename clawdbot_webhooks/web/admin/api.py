@@ -4,7 +4,6 @@ the dashboard. Every answer is JSON; every error ``{"ok": false, "error": ...}``
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
 from dataclasses import asdict
@@ -78,14 +77,6 @@ def encode_cursor(summary: DeliverySummary) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(text: str) -> tuple[float, str]:
-    try:
-        created, delivery_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        return float(created), str(delivery_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise BadRequest("cursor: not a cursor from a previous page") from None
-
-
 def delivery_query(request: web.Request, kind: str) -> DeliveryQuery:
     status = request.query.get("status") or None
     if status is not None and status not in STATUSES:
@@ -97,7 +88,7 @@ def delivery_query(request: web.Request, kind: str) -> DeliveryQuery:
         target=request.query.get(target_key) or None,
         since=_since(request),
         search=(request.query.get("q") or "").strip()[:200] or None,
-        cursor=decode_cursor(cursor) if cursor else None,
+        cursor=chain.listing_cursor(cursor) if cursor else None,
         limit=int(_number(request, "limit", 50, 1, MAX_LIMIT)),
     )
 

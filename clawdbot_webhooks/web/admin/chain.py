@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -169,23 +170,37 @@ def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode(text: str, shape: tuple[type, ...]) -> tuple[Any, ...]:
+def decode_cursor(text: str, shape: tuple[type, ...]) -> tuple[Any, ...]:
+    """A page's cursor (base64 of a JSON list) as values of ``shape``'s types; anything else,
+    also a number no column holds (infinite, beyond 64 bits), is a 400."""
     try:
         values = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         if not isinstance(values, list) or len(values) != len(shape):
             raise ValueError
-        return tuple(kind(v) for kind, v in zip(shape, values, strict=True))
-    except (ValueError, TypeError, binascii.Error):
+        decoded = tuple(kind(v) for kind, v in zip(shape, values, strict=True))
+        if not all(_holdable(v) for v in decoded):
+            raise ValueError
+        return decoded
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise BadRequest("cursor: not a cursor from a previous page") from None
 
 
-def event_cursor(text: str) -> tuple[float, str]:
-    created, event_id = _decode(text, (float, str))
-    return created, event_id
+def _holdable(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return True
+
+
+def listing_cursor(text: str) -> tuple[float, str]:
+    """The cursor of a listing by time (deliveries, events): a time and an id."""
+    created, item_id = decode_cursor(text, (float, str))
+    return created, item_id
 
 
 def timeline_cursor(text: str) -> tuple[float, int, str]:
-    at, rank, item_id = _decode(text, (float, int, str))
+    at, rank, item_id = decode_cursor(text, (float, int, str))
     return at, rank, item_id
 
 
@@ -207,7 +222,7 @@ def event_query(request: web.Request, since: float | None) -> EventQuery:
         session=request.query.get("session") or None,
         causation=request.query.get("causation") or None,
         since=since,
-        cursor=event_cursor(cursor) if cursor else None,
+        cursor=listing_cursor(cursor) if cursor else None,
         limit=_limit(request),
     )
 
