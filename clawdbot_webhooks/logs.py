@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import markupsafe
 from aiohttp.http_exceptions import BadHttpMessage, InvalidURLError
 
 from clawdbot_webhooks.config import Settings
@@ -84,20 +85,34 @@ def collect_secrets(settings: Settings) -> set[str]:
     return {s for s in found if len(s) >= MIN_SECRET}
 
 
+def spellings(secret: str) -> set[str]:
+    """A secret as text may show it: as it is; inside a JSON string (quotes, backslashes and
+    non-ASCII escaped or not), once or twice (a payload's JSON shown as a string of JSON);
+    and any of these in HTML (``&``, ``<``, ``>``, quotes as entities)."""
+
+    def in_json(texts: set[str]) -> set[str]:
+        return {json.dumps(t, ensure_ascii=a)[1:-1] for t in texts for a in (True, False)}
+
+    once = in_json({secret})
+    written = {secret} | once | in_json(once)
+    return written | {str(markupsafe.escape(t)) for t in written}
+
+
 class Redactor(logging.Filter):
-    """Replaces secret values with ``***`` in everything a record will print."""
+    """Replaces secret values with ``***`` in everything a record will print, and in what the
+    admin API and dashboard show (whichever way it is written there: ``spellings``)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        # Longest first, so a secret containing another is masked whole.
-        ordered = sorted(set(secrets), key=len, reverse=True)
-        self._secrets = ordered
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._secrets: list[str] = []
+        self._pattern: re.Pattern[str] | None = None
+        self.extend(secrets)
 
     def extend(self, secrets: Iterable[str]) -> None:
         """Mask these too (a reloaded config's secrets); the ones known stay masked."""
-        known = set(self._secrets) | set(secrets)
+        known = set(self._secrets).union(*(spellings(s) for s in secrets))
         if len(known) != len(self._secrets):
+            # Longest first, so a secret containing another is masked whole.
             self._secrets = sorted(known, key=len, reverse=True)
             self._pattern = re.compile("|".join(map(re.escape, self._secrets)))
 

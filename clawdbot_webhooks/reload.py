@@ -52,6 +52,7 @@ class Runtime(Protocol):
     bus: EventBus
     sessions: Sessions
     metrics: Metrics
+    redactor: Redactor
 
 
 log = logging.getLogger("clawdbot_webhooks.reload")
@@ -272,6 +273,7 @@ class Reloader:
             for flt in handler.filters:
                 if isinstance(flt, Redactor):
                     flt.extend(secrets)
+        rt.redactor.extend(secrets)  # and in what the admin API and dashboard show
         rt.settings = settings
         rt.pipeline.update(settings)
         rt.outbox.update(settings.outgoing)

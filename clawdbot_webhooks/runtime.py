@@ -15,6 +15,7 @@ from clawdbot_webhooks_hookspecs import Event, Gateway, GatewayEnv
 
 from clawdbot_webhooks.config import Settings
 from clawdbot_webhooks.events import EventBus
+from clawdbot_webhooks.logs import Redactor, collect_secrets
 from clawdbot_webhooks.metrics import GatewayHealth, Metrics
 from clawdbot_webhooks.outgoing.breaker import Breakers
 from clawdbot_webhooks.outgoing.outbox import Outbox
@@ -62,6 +63,9 @@ class Runtime:
     def __init__(self, settings: Settings, plugins: PluginSet) -> None:
         self.settings = settings
         self.plugins = plugins
+        #: What the admin API and dashboard mask: every secret of the config, and of every
+        #: config reloaded since (``Reloader``).
+        self.redactor = Redactor(collect_secrets(settings))
         self.bus = EventBus(plugins.pm)
         self.store: Store = open_store(
             settings.storage.url,

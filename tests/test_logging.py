@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import markupsafe
 
 from clawdbot_webhooks.logs import JsonFormatter, Redactor
 
@@ -311,3 +312,22 @@ def test_a_text_record_is_one_line_whatever_its_message_holds() -> None:
     line = TextFormatter().format(record)
     assert "\n" not in line and "\r" not in line
     assert line.endswith("x: sink answered 500: oops\\nfake WARN line\\r\\n")
+
+
+def test_a_secret_is_masked_however_json_or_html_writes_it() -> None:
+    """The admin API and dashboard mask the text they send: a secret with quotes, an
+    ampersand, a backslash or non-ASCII in it is written differently there (escaped in JSON,
+    once or twice, and in HTML), and masked all the same."""
+    secret = 'Tr0ub4dor&3"horse\u2039\u00e9\\x'
+    redactor = Redactor([secret])
+    body = json.dumps({"title": f"leak {secret}"})
+    for written in (
+        secret,
+        json.dumps({"payload": body}),
+        json.dumps({"payload": body}, ensure_ascii=False),
+        json.dumps({"title": secret}, ensure_ascii=False),
+        str(markupsafe.escape(body)),
+        str(markupsafe.escape(secret)),
+    ):
+        masked = redactor.redact(written)
+        assert "Tr0ub4dor" not in masked and "***" in masked, masked

@@ -265,3 +265,47 @@ async def test_a_subscription_added_by_a_reload_gets_the_events_nobody_took_befo
     assert types_for(second["session"]) == ["message_received", "session_ended", "session_started"]
     assert types_for(first["session"]) == []
     assert proc.terminate() == 0
+
+
+async def test_a_secret_a_reload_brings_is_masked_in_the_admin_api_and_dashboard(
+    server_process: Any,
+) -> None:
+    """A secret added by a reload is masked where the admin shows text, as in the log: the
+    one masker the runtime keeps learns it with the reload."""
+    first, rotated = "s3cret-initial-AAAA", 'rotated&"<BBBB\\secret'
+    hook = {"id": "h", "action": "send_message", "target": {"channel": "c", "peer": "p"}}
+    proc = server_process(
+        {
+            "incoming": {"secret": first},
+            "handlers": [{**hook, "template": "{{ title }}"}],
+            "admin": {"enabled": True, "token": ADMIN},
+        }
+    )
+    await asyncio.to_thread(proc.start)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession() as client:
+
+        async def applied() -> bool:
+            async with client.get(f"{proc.base}/admin/api/config", headers=auth) as resp:
+                return (await resp.json())["applied"] >= 1
+
+        full = json.loads(proc.config.read_text())
+        full["webhooks"]["incoming"]["secret"] = rotated
+        proc.config.write_text(json.dumps(full, indent=2))
+        await wait_for(applied, "the reload with the new secret")
+        title = f"leak {rotated} and {first}"
+        headers = {"X-Webhook-Secret": rotated}
+        async with client.post(
+            f"{proc.base}/webhook/h", json={"title": title}, headers=headers
+        ) as r:
+            assert r.status == 202
+            delivery = (await r.json())["id"]
+        shown = []
+        for path in (f"/admin/api/incoming/{delivery}", f"/admin/deliveries/{delivery}"):
+            async with client.get(f"{proc.base}{path}", headers=auth) as resp:
+                assert resp.status == 200, path
+                shown.append(await resp.text())
+    assert proc.terminate() == 0
+    for text in shown:
+        assert "BBBB" not in text and "AAAA" not in text, text[:2000]
+        assert "***" in text

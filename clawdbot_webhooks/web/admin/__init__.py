@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from clawdbot_webhooks.logs import Redactor, collect_secrets
 from clawdbot_webhooks.runtime import Runtime
 from clawdbot_webhooks.web.admin import api
 from clawdbot_webhooks.web.admin.auth import AUTH, REDACTOR, AdminAuth
@@ -90,7 +89,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
     token = runtime.settings.admin.token
     assert token, "the config requires admin.token when admin is enabled"
     app[AUTH] = AdminAuth(token)
-    app[REDACTOR] = Redactor(collect_secrets(runtime.settings))
+    app[REDACTOR] = runtime.redactor
     app[api.RUNTIME] = runtime
     router = app.router
     router.add_get("/admin/api/openapi.json", json_errors(_guarded(openapi_json)))
