@@ -222,3 +222,59 @@ async def test_send_test_signs_with_a_private_key_for_discord_and_google(
     await srv.idle()
     replies = [m["text"] for m in srv.messages() if m["kind"] == "reply"]
     assert "[a #1] test" in replies and "[a #1] clawdbot-webhooks send-test" in replies
+
+
+async def test_tail_gives_every_delivery_once_when_one_kind_fills_a_page(tmp_path: Path) -> None:
+    """More deliveries of one kind than a look reads, and rows of the other kind that
+    finished after that look's last: each is given once, in the order they finished (the
+    cursor moved past the first kind's unread rows, which were never shown)."""
+    import sqlite3
+
+    from clawdbot_webhooks.cli.ops import TAIL_PAGE, Finished
+    from clawdbot_webhooks.store import IncomingRecord, OutgoingOutcome, open_store
+    from tests.conftest import outgoing_record
+
+    path = tmp_path / "store.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        incoming = [
+            IncomingRecord(f"dlv_{n:04d}", "h", 1.0, "application/json", b"{}", {}, {}, "ip", "s")
+            for n in range(TAIL_PAGE + 105)
+        ]
+        for record in incoming:
+            assert await store.add_incoming(record, 30)
+            await store.finish_incoming(record.id, "done", attempts=1)
+        outgoing = [outgoing_record(n, session=f"s{n}") for n in range(11)]
+        await store.add_outgoing(outgoing, 30)
+        await store.finish_outgoing_many([OutgoingOutcome(r.id, "done", 1) for r in outgoing])
+    finally:
+        await store.close()
+    # Incoming rows finish 10 ms apart over six seconds; the outgoing ones just after the
+    # TAIL_PAGE-th incoming row, long before the last ones.
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "UPDATE inbox SET finished_at=? WHERE id=?",
+            [(1000.0 + n * 0.01, r.id) for n, r in enumerate(incoming)],
+        )
+        conn.executemany(
+            "UPDATE outbox SET finished_at=? WHERE id=?",
+            [(1000.0 + TAIL_PAGE * 0.01 + 0.005, r.id) for r in outgoing],
+        )
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        follow, given, looks = Finished(900.0), [], 0
+        while True:
+            rows, caught_up = await follow.next(store)
+            given += rows
+            looks += 1
+            if caught_up:
+                break
+    finally:
+        await store.close()
+    ids = [row.id for row in given]
+    assert sorted(ids) == sorted([r.id for r in incoming] + [r.id for r in outgoing])
+    assert len(ids) == len(set(ids))
+    assert [row.finished_at for row in given] == sorted(row.finished_at for row in given)
+    assert looks >= 2

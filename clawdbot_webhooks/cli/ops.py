@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import time
 import urllib.error
@@ -31,6 +32,8 @@ from clawdbot_webhooks.store import DeliveryQuery, DeliverySummary, Store
 KINDS = ("incoming", "outgoing")
 #: How often ``deliveries tail`` looks for newly finished deliveries.
 TAIL_POLL = 0.5
+#: Rows of each kind one look reads, beyond those it reads again.
+TAIL_PAGE = 500
 
 
 # ------------------------------------------------------------------------------ send-test
@@ -212,6 +215,47 @@ def list_(
         click.echo(_line(s))
 
 
+class Finished:
+    """Deliveries of both kinds as they finish, in the order they finished, each once."""
+
+    def __init__(self, since: float) -> None:
+        self.cursor = since
+        # Rows finishing in the same instant as the cursor may commit after we looked:
+        # each look reads a little behind it and skips what it gave already.
+        self._given: dict[tuple[str, float], None] = {}
+
+    async def next(self, store: Store) -> tuple[list[DeliverySummary], bool]:
+        """The rows finished since the last look, and whether that was all of them (else
+        look again at once)."""
+        rows: list[DeliverySummary] = []
+        # A full page of one kind may have more after it: nothing finished later than its
+        # last row is given yet (the other kind's rows would move the cursor past them).
+        # A page holds as many more rows as the look behind the cursor reads again, so a
+        # full one always brings new rows.
+        limit = TAIL_PAGE + sum(1 for _, at in self._given if at > self.cursor - 1.0)
+        bound = math.inf
+        for kind in KINDS:
+            page = await store.list_deliveries(
+                kind, DeliveryQuery(finished_after=self.cursor - 1.0, limit=limit)
+            )
+            rows += page
+            if len(page) == limit:
+                bound = min(bound, page[-1].finished_at or self.cursor)
+        rows.sort(key=lambda s: (s.finished_at or 0.0, s.id))
+        fresh = []
+        before = self.cursor
+        for s in rows:
+            key = (s.id, s.finished_at or 0.0)
+            if key in self._given or (s.finished_at or 0.0) > bound:
+                continue
+            self._given[key] = None
+            fresh.append(s)
+            self.cursor = max(self.cursor, s.finished_at or self.cursor)
+        for key in [k for k in self._given if k[1] < self.cursor - 5.0]:
+            del self._given[key]
+        return fresh, bound == math.inf or self.cursor == before
+
+
 @deliveries.command()
 @config_option
 @json_option
@@ -226,28 +270,14 @@ def tail(config_path: str | None, as_json: bool, since: float | None) -> None:
     """Follow deliveries as they finish (done, dropped or dead), one line each; Ctrl-C stops."""
 
     async def work(settings: Settings, plugins: PluginSet, store: Store) -> None:
-        cursor = time.time() if since is None else since
-        # Rows finishing in the same instant as the cursor may commit after we looked:
-        # re-read a little behind it and skip what was printed already.
-        printed: dict[tuple[str, float], None] = {}
+        follow = Finished(time.time() if since is None else since)
         while True:
-            rows: list[DeliverySummary] = []
-            for kind in KINDS:
-                rows += await store.list_deliveries(
-                    kind, DeliveryQuery(finished_after=cursor - 1.0, limit=500)
-                )
-            rows.sort(key=lambda s: (s.finished_at or 0.0, s.id))
+            rows, caught_up = await follow.next(store)
             for s in rows:
-                key = (s.id, s.finished_at or 0.0)
-                if key in printed:
-                    continue
-                printed[key] = None
                 click.echo(json.dumps(_row(s), ensure_ascii=False) if as_json else _line(s))
-                cursor = max(cursor, s.finished_at or cursor)
-            for key in [k for k in printed if k[1] < cursor - 5.0]:
-                del printed[key]
             sys.stdout.flush()
-            await asyncio.sleep(TAIL_POLL)
+            if caught_up:
+                await asyncio.sleep(TAIL_POLL)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it ends
         with_store(config_path, work, store_only=True)
