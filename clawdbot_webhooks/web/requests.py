@@ -84,6 +84,9 @@ def ip_allowed(ip: str, allowed: Iterable[IPNetwork] | None) -> bool:
     return address is not None and _within(address, allowed)
 
 
+_UNREADABLE = "body could not be read: it does not decode as its Content-Encoding says"
+
+
 def whole_body(request: web.Request, limit: int) -> bytes | None:
     """The body when it was received whole with the headers (most are), refused (413) when
     longer than ``limit``; None when more is to come (``read_body``). No coroutine, no timer,
@@ -93,8 +96,8 @@ def whole_body(request: web.Request, limit: int) -> bytes | None:
         return None
     try:
         body = content.read_nowait()
-    except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode, say
-        raise Rejected(400, f"body could not be read: {exc}") from None
+    except web.RequestPayloadError:  # a Content-Encoding that does not decode, say
+        raise Rejected(400, _UNREADABLE) from None
     if len(body) > limit:
         raise Rejected(413, f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
     return body
@@ -122,8 +125,8 @@ async def read_body(request: web.Request, limit: int, timeout: float | None = No
                 chunks.append(chunk)
     except TimeoutError:
         raise Rejected(408, f"request body not received within {timeout:g}s") from None
-    except web.RequestPayloadError as exc:
-        raise Rejected(400, f"body could not be read: {exc}") from None
+    except web.RequestPayloadError:
+        raise Rejected(400, _UNREADABLE) from None
     return b"".join(chunks)
 
 
