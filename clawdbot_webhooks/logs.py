@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import markupsafe
 from aiohttp.http_exceptions import BadHttpMessage, InvalidURLError
+from aiohttp.web import RequestPayloadError
 
 from clawdbot_webhooks.config import Settings
 from clawdbot_webhooks.credentials import url_credentials
@@ -179,6 +180,9 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RequestPayloadError) and isinstance(exc.__cause__, BadHttpMessage):
+            # A body that does not decode: answered 400, then aiohttp reads on and fails again.
+            exc = exc.__cause__
         if not isinstance(exc, BadHttpMessage):
             return True
         log_it, held_back = self.throttle.admit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 
 import aiohttp
@@ -452,6 +453,20 @@ async def test_text_that_cannot_be_stored_is_refused_at_once(
     assert await srv.runtime.store.count_incoming() == 0
     # the store is as well as it was: the next delivery is taken
     assert (await srv.post("my-hook", {"text": "next"}, headers=AUTH))[0] == 202
+
+
+async def test_a_body_that_does_not_decode_is_one_warning_not_a_traceback(
+    start_server, caplog
+) -> None:
+    srv = await start_server(BASIC)
+    head = b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+    with caplog.at_level(logging.WARNING):
+        assert (await _raw_post(srv, head, b"not gzip"))[0] == 400
+        await asyncio.sleep(0.1)  # aiohttp reads what is left of the body after the answer
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [r.levelname for r in server] == ["WARNING"], [r.getMessage() for r in server]
+    assert "content-encoding" in server[0].getMessage().lower()
+    assert server[0].exc_info is None
 
 
 @pytest.mark.parametrize(
