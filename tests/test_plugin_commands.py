@@ -72,3 +72,27 @@ def test_messages_belongs_to_the_local_gateway_plugin(
     )
     result = CliRunner().invoke(main, ["messages"])
     assert result.exit_code == 2 and "No such command 'messages'" in result.output
+
+
+def test_messages_works_without_the_secrets_the_config_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the README says: the commands that only read work without the secrets exported,
+    also when the config is found by itself rather than named."""
+    config = write(tmp_path, {"incoming": {"secret": "${NOT_SET_ANYWHERE}"}})
+    monkeypatch.setenv("CLAWDBOT_WEBHOOKS_CONFIG", str(config))
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    result = CliRunner().invoke(main, ["messages"])
+    assert (result.exit_code, result.output) == (0, "No messages yet.\n")
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 0 and "local-gateway" in result.output
+    # the plugin switches are still read from that file
+    write(
+        tmp_path,
+        {
+            "incoming": {"secret": "${NOT_SET_ANYWHERE}"},
+            "plugins": {"disabled": ["local-gateway"]},
+            "gateway": {"type": "clawdbot-http", "token": "t"},
+        },
+    )
+    assert "No such command 'messages'" in CliRunner().invoke(main, ["messages"]).output

@@ -23,7 +23,7 @@ from clawdbot_webhooks.cli.support import (
 )
 from clawdbot_webhooks.config import ConfigError, find_config
 from clawdbot_webhooks.eventloop import CHOICES, LoopUnavailable, loop_factory
-from clawdbot_webhooks.plugins import PluginError, PluginSelection, load_plugins
+from clawdbot_webhooks.plugins import PluginError, load_plugins
 from clawdbot_webhooks.store import redact_url
 
 
@@ -167,12 +167,10 @@ def check(config_path: str | None, probe: bool) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Include the hooks each plugin implements.")
 def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
     """List plugins: name, distribution, version, what each registers, enabled or not."""
-    path = find_config(config_path)
-    from clawdbot_webhooks.config import plugin_selection, read_raw
+    from clawdbot_webhooks.config import selection_of
 
     try:
-        selection = plugin_selection(read_raw(path)) if path else PluginSelection.from_config()
-        plugin_set = load_plugins(selection)
+        plugin_set = load_plugins(selection_of(find_config(config_path)))
     except (ConfigError, PluginError) as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)

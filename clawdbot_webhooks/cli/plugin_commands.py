@@ -16,8 +16,8 @@ import click
 from clawdbot_webhooks_hookspecs import CommandEnv
 
 from clawdbot_webhooks.cli.support import load_or_exit
-from clawdbot_webhooks.config import ConfigError, find_config, plugin_selection, read_raw
-from clawdbot_webhooks.plugins import PluginError, PluginSelection, load_plugins
+from clawdbot_webhooks.config import ConfigError, find_config, selection_of
+from clawdbot_webhooks.plugins import PluginError, load_plugins
 from clawdbot_webhooks.plugins.calls import HookCalls, result_of
 
 
@@ -66,9 +66,7 @@ class PluginCommandsGroup(click.Group):
 
     def _call_plugins(self) -> None:
         try:
-            path = find_config(None)
-            selection = plugin_selection(read_raw(path)) if path else PluginSelection.from_config()
-            plugin_set = load_plugins(selection)
+            plugin_set = load_plugins(selection_of(find_config(None)))
         except (ConfigError, PluginError, OSError):
             return
         calls = HookCalls(plugin_set.pm, "register_commands")

@@ -12,6 +12,7 @@ from clawdbot_webhooks.config.load import (
     load_settings,
     plugin_selection,
     read_raw,
+    selection_of,
 )
 from clawdbot_webhooks.config.model import (
     CREDENTIAL_HEADERS,
@@ -64,4 +65,5 @@ __all__ = [
     "plugin_selection",
     "read_raw",
     "search_paths",
+    "selection_of",
 ]

@@ -95,6 +95,15 @@ def _substitute(value: Any, path: str, errors: list[str]) -> Any:
     return value
 
 
+def selection_of(path: Path | None) -> PluginSelection:
+    """The plugin switches of the config file at ``path`` (the defaults without one), read
+    on their own: the commands that only read (``messages``, ``plugins``) work without the
+    secrets the rest of the file names."""
+    if path is None:
+        return PluginSelection.from_config()
+    return plugin_selection(read_raw_lenient(path, only=("plugins",))[0])
+
+
 def plugin_selection(raw: Mapping[str, Any]) -> PluginSelection:
     """Read just the plugin switches, before the plugins the rest of the config needs load."""
     section = raw.get("plugins") or {}
