@@ -185,10 +185,11 @@ class Reloader:
         runtime.metrics.registry.register(ReloadCollector(self.state))
 
     def start(self) -> None:
-        if self.path is None:
-            return  # the built-in defaults: no file to follow
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._watch(), name="config-watch")
+        if self.path is not None:  # else the built-in defaults: no file to follow
+            self._task = loop.create_task(self._watch(), name="config-watch")
+        # Taken with or without a file: SIGHUP's default would end the process (a service
+        # manager's "reload" sends it).
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             # Not in the main thread (tests), or no signals here: the file watch still works.
             loop.add_signal_handler(signal.SIGHUP, self._on_signal)
@@ -204,6 +205,9 @@ class Reloader:
                 await self._task
 
     def _on_signal(self) -> None:
+        if self.path is None:
+            log.info("SIGHUP: no config file to reload (the built-in defaults are in use)")
+            return
         log.info("SIGHUP: reloading %s", self.path)
         # Held until done: the loop keeps only a weak reference to a task.
         task = asyncio.get_running_loop().create_task(self.reload("signal"))

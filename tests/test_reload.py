@@ -309,3 +309,43 @@ async def test_a_secret_a_reload_brings_is_masked_in_the_admin_api_and_dashboard
     for text in shown:
         assert "BBBB" not in text and "AAAA" not in text, text[:2000]
         assert "***" in text
+
+
+def test_sighup_without_a_config_file_leaves_the_server_running(tmp_path: Path) -> None:
+    """On the built-in defaults there is no file to reload, but SIGHUP (a service manager's
+    "reload") must not end the process, as the signal's default would."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CLAWDBOT_WEBHOOKS_CONFIG"}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clawdbot_webhooks", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while b"webhooks listener on" not in (tmp_path / "serve.log").read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, "did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None, "SIGHUP ended the server"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+        assert b"no config file to reload" in (tmp_path / "serve.log").read_bytes()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
