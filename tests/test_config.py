@@ -191,6 +191,26 @@ def test_clawdbots_own_file_is_refused_in_one_line(
     assert path.read_text() == text
 
 
+def test_our_settings_without_their_wrapper_are_called_that_not_clawdbots_file(
+    tmp_path: Path,
+) -> None:
+    """A file of our settings that lacks the ``webhooks`` key, with a ``gateway`` among them
+    (a key Clawdbot's file has too), is told what it lacks, not sent to where it already is."""
+    path = tmp_path / "webhooks.json5"
+    path.write_text('{incoming: {port: 3011}, handlers: [], gateway: {type: "local"}}')
+    result = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "webhooks: missing" in result.output and "{ webhooks: { ... } }" in result.output
+    assert "Clawdbot's own config" not in result.output
+
+
+def test_init_refuses_a_port_that_check_would(tmp_path: Path) -> None:
+    path = tmp_path / "p.json5"
+    result = CliRunner().invoke(main, ["init", "--config", str(path), "--port", "70000"])
+    assert result.exit_code == 2 and "70000" in result.output
+    assert not path.exists()
+
+
 def test_read_only_commands_do_not_need_the_secrets_they_do_not_use(
     tmp_path: Path, monkeypatch
 ) -> None:

@@ -151,7 +151,9 @@ def install_bridge(
     "directory (~/.clawdbot/webhooks.json5).",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-@click.option("--port", type=int, default=3011, show_default=True, help="incoming.port.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=3011, show_default=True, help="incoming.port."
+)
 @click.option(
     "--bridge",
     is_flag=True,

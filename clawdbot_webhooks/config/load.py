@@ -65,7 +65,12 @@ def read_raw_lenient(
         raise ClawdbotsOwnFile([why], str(path))
     section = document.get("webhooks")
     if section is None:
-        raise ConfigError(["webhooks: missing (only the 'webhooks' key of the file is read)"])
+        raise ConfigError(
+            [
+                "webhooks: missing (only the 'webhooks' key of the file is read: put the "
+                "settings inside { webhooks: { ... } })"
+            ]
+        )
     if not isinstance(section, dict):
         raise ConfigError(["webhooks: must be an object"])
     if only is not None:

@@ -20,6 +20,8 @@ FILE_NAME = "webhooks.json5"
 #: The names Clawdbot and OpenClaw give their own config files.
 CLAWDBOT_FILE_NAMES = frozenset({"clawdbot.json", "openclaw.json"})
 #: Top-level keys of Clawdbot's config; a file with some of them and no ``webhooks`` is its.
+#: Keys only our section has.
+OUR_KEYS = frozenset({"incoming", "handlers", "outgoing", "storage", "stateDir", "sessions"})
 CLAWDBOT_KEYS = frozenset(
     {"gateway", "agents", "models", "channels", "hooks", "plugins", "auth", "meta", "wizard"}
 )
@@ -53,11 +55,14 @@ def find_config(explicit: str | None, env: Mapping[str, str] | None = None) -> P
 
 
 def clawdbots_own(path: Path, document: Any) -> str | None:
-    """Why ``path`` is Clawdbot's config rather than ours (one line), or ``None``."""
+    """Why ``path`` is Clawdbot's config rather than ours (one line), or ``None``. A file
+    with keys of our section at its top is ours without its ``webhooks`` wrapper (the
+    loader says so), though it shares a key with Clawdbot's (``gateway``)."""
     if path.name in CLAWDBOT_FILE_NAMES or (
         isinstance(document, Mapping)
         and "webhooks" not in document
         and CLAWDBOT_KEYS.intersection(document)
+        and not OUR_KEYS.intersection(document)
     ):
         return (
             f"{path} is Clawdbot's own config, which clawdbot-webhooks never reads or writes "
