@@ -347,3 +347,28 @@ async def test_unknown_event_name_is_a_config_error_with_key_path(start_server) 
             {"outgoing": [sub("http://127.0.0.1:9/in", events=["agent_response", "nope"])]}
         )
     assert any(e.startswith("webhooks.outgoing[0].events[1]:") for e in info.value.errors)
+
+
+async def test_a_reload_changes_the_circuit_breaker_of_an_endpoint_in_use() -> None:
+    """A breaker made before a reload takes the new threshold and cooldown, keeping its
+    count of failures: lowered to 1, the next failure opens it."""
+    from clawdbot_webhooks.config import build_settings
+    from clawdbot_webhooks.outgoing.breaker import Breakers
+    from clawdbot_webhooks.plugins import load_plugins
+
+    def subscriptions(threshold: int, cooldown: float) -> Any:
+        breaker = {"threshold": threshold, "cooldown": cooldown}
+        raw = {"outgoing": [sub("http://127.0.0.1:9/in", circuitBreaker=breaker)]}
+        return build_settings(raw, load_plugins(), None).outgoing
+
+    before = subscriptions(1000, 30)
+    breakers = Breakers(before)
+    breaker = breakers.of(before[0])
+    for _ in range(3):
+        breaker.record(False)
+    assert breakers.states() == {"s1": "closed"}
+    after = subscriptions(1, 5)
+    breakers.update(after)
+    assert breakers.of(after[0]) is breaker and breaker.cooldown == 5
+    breaker.record(False)
+    assert breakers.states() == {"s1": "open"}

@@ -50,6 +50,11 @@ class CircuitBreaker:
                 await asyncio.wait_for(self._changed.wait(), timeout)
         return False
 
+    def configure(self, threshold: int, cooldown: float) -> None:
+        """New settings, from a reload; those waiting out a cooldown look at it again."""
+        self.threshold, self.cooldown = threshold, cooldown
+        self._changed.set()
+
     def abandon_probe(self) -> None:
         """The probe ended without an answer (shutdown); let the next delivery probe."""
         self._probing = False
@@ -86,8 +91,16 @@ class Breakers:
         self._by_url: dict[str, CircuitBreaker] = {}
 
     def update(self, subscriptions: Iterable[Subscription]) -> None:
-        """A reloaded config's subscriptions; an endpoint's breaker keeps its state."""
+        """A reloaded config's subscriptions: an endpoint's breaker keeps its state and takes
+        the new threshold and cooldown (of the first subscription to it, as when made)."""
         self._subs = list(subscriptions)
+        seen: set[str] = set()
+        for sub in self._subs:
+            breaker = self._by_url.get(sub.url)
+            if breaker is None or sub.url in seen:
+                continue
+            seen.add(sub.url)
+            breaker.configure(sub.breaker_threshold, sub.breaker_cooldown)
 
     def of(self, sub: Subscription) -> CircuitBreaker:
         breaker = self._by_url.get(sub.url)
