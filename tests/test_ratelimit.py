@@ -188,3 +188,38 @@ async def test_max_pending_refuses_before_storing(start_server) -> None:
     assert GATE["peak"] == 1
     assert (await _post(srv, "costly", {"n": 9}))[0] == 202  # room again
     await srv.idle()
+
+
+def test_a_reload_keeps_the_state_of_every_limit_it_leaves_as_it_was() -> None:
+    """An edit elsewhere in the config (a handler added, another's limit changed) neither
+    refills a handler's bucket nor lifts an address's block for failed authentication."""
+    from clawdbot_webhooks.config import build_settings
+    from clawdbot_webhooks.plugins import load_plugins
+    from clawdbot_webhooks.web.ratelimit import Limits
+
+    def settings(*extra: dict[str, Any], b_per: float = 3600) -> Any:
+        hook = {"action": "send_message", "target": {"channel": "c", "peer": "p"}, "template": "x"}
+        raw = {
+            "incoming": {"secret": "s3cret", "authFailures": {"max": 3, "window": 600}},
+            "handlers": [
+                {**hook, "id": "b", "rateLimit": {"requests": 1, "per": b_per}},
+                {**hook, "id": "d", "rateLimit": {"requests": 1, "per": 3600}},
+                *({**hook, **more} for more in extra),
+            ],
+        }
+        loaded = build_settings(raw, load_plugins(), None)
+        return loaded.incoming, [(h.handler.id, h.rate_limit) for h in loaded.handlers]
+
+    now = [1000.0]
+    limits = Limits(*settings(), clock=lambda: now[0])
+    assert limits.handler("b") == 0 and limits.handler("b") > 0
+    assert limits.handler("d") == 0 and limits.handler("d") > 0
+    for _ in range(3):
+        limits.auth_failed("10.0.0.9")
+    assert limits.auth_blocked("10.0.0.9") > 0
+    limits.configure(*settings({"id": "c"}))  # an unrelated handler added
+    assert limits.handler("b") > 0 and limits.handler("d") > 0
+    assert limits.auth_blocked("10.0.0.9") > 0
+    limits.configure(*settings({"id": "c"}, b_per=60))  # b's own limit changed: b starts over
+    assert limits.handler("b") == 0 and limits.handler("d") > 0
+    assert limits.auth_blocked("10.0.0.9") > 0

@@ -12,6 +12,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from clawdbot_webhooks.config import IncomingSettings, RateLimit
 
@@ -119,6 +120,11 @@ class Limits:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
+        self.per_ip: BucketsByKey | None = None
+        self.auth: FailureThrottle | None = None
+        self.handlers: dict[str, TokenBucket] = {}
+        #: What the limits were built from (``configure``).
+        self._settings: tuple[Any, Any, dict[str, RateLimit]] | None = None
         self.configure(incoming, handler_limits)
 
     def configure(
@@ -126,22 +132,25 @@ class Limits:
         incoming: IncomingSettings,
         handler_limits: Iterable[tuple[str, RateLimit | None]],
     ) -> None:
-        """(Re)build the limits from settings; a reload that leaves them as they were keeps
-        the buckets' state."""
-        handler_limits = list(handler_limits)
-        source = (incoming.rate_limit_per_ip, incoming.auth_failures, handler_limits)
-        if source == getattr(self, "source", None):
-            return
-        self.source = source
-        clock = self.clock
-        per_ip = incoming.rate_limit_per_ip
-        self.per_ip = BucketsByKey(per_ip) if per_ip else None
-        failures = incoming.auth_failures
-        self.auth = FailureThrottle(failures.max, failures.window) if failures else None
-        now = clock()
+        """(Re)build the limits from settings. Each limit a reload leaves as it was keeps its
+        state: the buckets of the addresses and of each handler, and the addresses blocked
+        for failed authentication (an edit elsewhere lifts no throttle)."""
+        limits = {hook: limit for hook, limit in handler_limits if limit}
+        per_ip, failures = incoming.rate_limit_per_ip, incoming.auth_failures
+        old = self._settings
+        if old is None or per_ip != old[0]:
+            self.per_ip = BucketsByKey(per_ip) if per_ip else None
+        if old is None or failures != old[1]:
+            self.auth = FailureThrottle(failures.max, failures.window) if failures else None
+        before = {} if old is None else old[2]
+        now = self.clock()
         self.handlers = {
-            hook: TokenBucket.from_config(limit, now) for hook, limit in handler_limits if limit
+            hook: self.handlers[hook]
+            if before.get(hook) == limit and hook in self.handlers
+            else TokenBucket.from_config(limit, now)
+            for hook, limit in limits.items()
         }
+        self._settings = (per_ip, failures, limits)
 
     def client(self, ip: str) -> float:
         """Take a token of the client's bucket: 0, or the seconds to wait."""
