@@ -61,6 +61,7 @@ log = logging.getLogger("clawdbot_webhooks.reload")
 WATCH_SECONDS = 1.0
 #: ``incoming`` keys bound when the listener starts: (attribute, config key).
 LISTENER_KEYS = (
+    ("enabled", "enabled"),
     ("host", "host"),
     ("port", "port"),
     ("base_path", "basePath"),

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from clawdbot_webhooks.cli import main
-from clawdbot_webhooks.config import ConfigError, find_config, load_settings
+from clawdbot_webhooks.config import ConfigError, build_settings, find_config, load_settings
+from clawdbot_webhooks.plugins import load_plugins
 
 FIVE_MISTAKES = """
 // only `webhooks` is read
@@ -202,6 +203,19 @@ def test_our_settings_without_their_wrapper_are_called_that_not_clawdbots_file(
     assert result.exit_code == 2
     assert "webhooks: missing" in result.output and "{ webhooks: { ... } }" in result.output
     assert "Clawdbot's own config" not in result.output
+
+
+def test_a_gateway_without_options_names_every_option_given_as_unknown() -> None:
+    """``local`` takes no options: a misspelt ``type`` (``typ``) left the gateway local and
+    dropped the url and token without a word."""
+    raw = {"gateway": {"typ": "clawdbot", "url": "ws://127.0.0.1:18789", "token": "t0k3n"}}
+    with pytest.raises(ConfigError) as caught:
+        build_settings(raw, load_plugins(), None)
+    assert sorted(caught.value.errors) == [
+        "webhooks.gateway.token: Unknown field.",
+        "webhooks.gateway.typ: Unknown field.",
+        "webhooks.gateway.url: Unknown field.",
+    ]
 
 
 def test_init_refuses_a_port_that_check_would(tmp_path: Path) -> None:

@@ -502,3 +502,12 @@ async def test_a_repeated_query_key_keeps_all_its_values(start_server) -> None:
     record = await srv.runtime.store.get_incoming(delivery)
     assert record is not None and record.query == {"tag": ["a", "b"], "one": "1"}
     assert [m["text"] for m in srv.messages()] == ["['a', 'b']"]
+
+
+async def test_intake_switched_off_takes_no_webhook_but_serves_the_rest(start_server) -> None:
+    srv = await start_server({**BASIC, "incoming": {**BASIC["incoming"], "enabled": False}})
+    status, body = await srv.post("my-hook", {"text": "hi"}, headers=AUTH)
+    assert status == 404 and body["ok"] is False
+    assert await srv.runtime.store.count_incoming() == 0
+    async with srv.session.get(f"{srv.base}/healthz") as response:
+        assert response.status == 200

@@ -162,11 +162,13 @@ def _build_gateway(
         errors.append("webhooks.gateway.type: " + _unknown(plugins, "gateways", name, "gateway"))
         return GatewaySettings(type=name)
     schema = getattr(plugins.registries.gateways[name], "schema", None)
-    if schema is not None:
-        try:
-            options = schema().load(options)
-        except ValidationError as exc:
-            errors.extend(flatten_errors(exc.messages, "webhooks.gateway"))
+    if schema is None:  # a gateway without options (``local``): any given is a mistake
+        errors.extend(f"webhooks.gateway.{key}: Unknown field." for key in options)
+        return GatewaySettings(type=name)
+    try:
+        options = schema().load(options)
+    except ValidationError as exc:
+        errors.extend(flatten_errors(exc.messages, "webhooks.gateway"))
     return GatewaySettings(type=name, options=options)
 
 

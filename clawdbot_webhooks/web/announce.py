@@ -21,10 +21,12 @@ def start_lines(runtime: Runtime, app: web.Application, listening: str, loop: st
     settings = runtime.settings
     incoming = settings.incoming
     handlers = ", ".join(sorted(h.handler.id for h in settings.handlers)) or "none"
-    lines = [
-        f"webhooks listener on {listening}: POST {incoming.base_path.rstrip('/')}/<hook-id> "
-        f"(handlers: {handlers}; event loop: {loop})"
-    ]
+    intake = (
+        f"POST {incoming.base_path.rstrip('/')}/<hook-id> (handlers: {handlers}; "
+        if incoming.enabled
+        else "no webhooks taken: incoming.enabled is false ("
+    )
+    lines = [f"webhooks listener on {listening}: {intake}event loop: {loop})"]
     if settings.admin.enabled:
         from clawdbot_webhooks.web.admin import ADMIN_LISTENER
 

@@ -100,9 +100,10 @@ def make_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(stop_accepting)
     base = incoming.base_path.rstrip("/")
-    app[WEBHOOK_ROUTE] = app.router.add_route(
-        "*", base + "/{hook_id:[^{}]+}", functools.partial(receive, runtime, ingress)
-    )
+    if incoming.enabled:  # off: the listener serves the rest (health, metrics, admin), no webhook
+        app[WEBHOOK_ROUTE] = app.router.add_route(
+            "*", base + "/{hook_id:[^{}]+}", functools.partial(receive, runtime, ingress)
+        )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
