@@ -10,6 +10,7 @@ from __future__ import annotations
 from clawdbot_webhooks_hookspecs import Delivery
 
 from clawdbot_webhooks.config import HandlerSpec
+from clawdbot_webhooks.store.rows import storable
 from clawdbot_webhooks.templates import context_for
 
 
@@ -30,4 +31,4 @@ def render_session_key(spec: HandlerSpec, delivery: Delivery) -> str:
         raise SessionKeyError(
             f"sessionKey of handler {spec.handler.id!r} rendered empty for this delivery"
         )
-    return key
+    return storable(key)  # stored with every row of the session, on either backend

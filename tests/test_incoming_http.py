@@ -511,3 +511,23 @@ async def test_intake_switched_off_takes_no_webhook_but_serves_the_rest(start_se
     assert await srv.runtime.store.count_incoming() == 0
     async with srv.session.get(f"{srv.base}/healthz") as response:
         assert response.status == 200
+
+
+async def test_a_nul_in_the_payload_is_taken_and_recorded_on_either_backend(start_server) -> None:
+    """A NUL is valid in JSON text; PostgreSQL's text columns refuse it. The session key and
+    the text kept with the outcome are stored with it escaped: the delivery is accepted and
+    done once, as on SQLite, not answered 503 or run again at every lease."""
+    hook = {
+        **BASIC["handlers"][0],
+        "template": "{{ text }}",
+        "sessionMode": "persistent",
+        "sessionKey": "{{ user }}",
+    }
+    srv = await start_server({**BASIC, "handlers": [hook]})
+    status, body = await srv.post("my-hook", {"text": "a\u0000b", "user": "u\u0000v"}, headers=AUTH)
+    assert status == 202, body
+    assert body["session"] == "u\\x00v"
+    await srv.idle()
+    assert [m["text"] for m in srv.messages()] == ["a\x00b"]  # the gateway gets the text
+    record = await srv.runtime.store.get_incoming(body["id"])
+    assert record is not None and record.status == "done" and record.attempts == 1

@@ -9,10 +9,12 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from clawdbot_webhooks_hookspecs import Event
 from click.testing import CliRunner, Result
 
@@ -628,23 +630,21 @@ async def test_failed_incoming_attempts_are_numbered_on_across_replays(
         assert all(a.latency_ms == 2.5 and a.status is None for a in history)
 
 
-async def test_an_outcome_with_half_a_utf16_pair_in_its_texts_is_recorded(
-    storage, tmp_path: Path
-) -> None:
-    """A plugin's text may hold a lone surrogate, which no text column takes: the outcome is
-    recorded all the same, the surrogate written as its escape, so the delivery is counted
-    and does not run again and again."""
+async def test_an_outcome_with_text_no_column_holds_is_recorded(storage, tmp_path: Path) -> None:
+    """A plugin's or a payload's text may hold a lone surrogate (no UTF-8 holds it) or a NUL
+    (PostgreSQL's text refuses it): the outcome is recorded all the same, each written as its
+    escape, so the delivery is counted and does not run again and again."""
     url = storage["url"] if storage else f"sqlite:///{tmp_path / 'odd.sqlite3'}"
     async with _opened(url, schema=(storage or {}).get("schema")) as store:
         for n, status in ((1, "dead"), (2, "done")):
             record = _incoming(n)
             assert await store.add_incoming(record, 30)
             await store.finish_incoming(
-                record.id, status, attempts=1, error="bad \ud800 text", message="sent \udcff"
+                record.id, status, attempts=1, error="bad \ud800 te\x00xt", message="sent \udcff"
             )
             stored = await store.get_incoming(record.id)
             assert stored is not None and stored.status == status
-            assert stored.last_error == "bad \\ud800 text"
+            assert stored.last_error == "bad \\ud800 te\\x00xt"
 
 
 async def test_dead_letter_and_inspection_queries_answer_alike_on_both_backends(
@@ -767,3 +767,39 @@ def test_a_write_that_finishes_after_its_loop_closed_fails_nobody(tmp_path: Path
     assert errors == []
     with sqlite3.connect(tmp_path / "w.sqlite3") as conn:
         assert conn.execute("SELECT n FROM t").fetchall() == [(1,)]
+
+
+def test_a_schema_name_with_capitals_is_refused_when_the_config_loads() -> None:
+    """PostgreSQL folds a name on the search path to lower case: "Hooks" would be made as one
+    schema and searched as another (or as some other deployment's "hooks")."""
+    from clawdbot_webhooks.config import ConfigError, build_settings
+    from clawdbot_webhooks.plugins import load_plugins
+
+    raw = {"storage": {"url": "postgresql://postgres@127.0.0.1:5432/test", "schema": "Hooks"}}
+    with pytest.raises(ConfigError) as caught:
+        build_settings(raw, load_plugins(), None)
+    assert any(e.startswith("webhooks.storage.schema: lower-case") for e in caught.value.errors)
+
+
+async def test_a_role_given_its_schema_needs_no_create_privilege_on_the_database() -> None:
+    """A DBA may make the schema and hand it to a role that cannot create schemas: the store
+    finds it and uses it (creating it, even "if not exists", takes that privilege)."""
+    import asyncpg
+
+    from tests.conftest import POSTGRES_URL, drop_schema, require_postgres
+
+    require_postgres()
+    role, schema = f"cw_role_{uuid.uuid4().hex[:8]}", f"cw_given_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"')
+        url = POSTGRES_URL.replace("postgres@", f"{role}@", 1)
+        async with _opened(url, schema=schema) as store:
+            record = _incoming(1)
+            assert await store.add_incoming(record, 30)
+            assert (await store.get_incoming(record.id)) is not None
+    finally:
+        drop_schema(schema)
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()

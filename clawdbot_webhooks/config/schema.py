@@ -351,9 +351,17 @@ class StorageSchema(Section):
     leaseSeconds = fields.Float(load_default=30.0, validate=validate.Range(min=0.2))
     retention = fields.Nested(RetentionSchema, load_default=defaults(RetentionSchema))
     #: PostgreSQL: the schema the tables live in (created when missing); default: the URL's.
+    # Lower case: PostgreSQL folds a name on the search path to it, so "Hooks" would be
+    # made as one schema and searched as another.
     schema = fields.String(
         load_default=None,
-        validate=[validate.Regexp(r"^[A-Za-z_]\w{0,62}$"), _not_reserved],
+        validate=[
+            validate.Regexp(
+                r"^[a-z_][a-z0-9_]{0,62}$",
+                error="lower-case letters, digits and _, starting with a letter or _",
+            ),
+            _not_reserved,
+        ],
     )
     #: PostgreSQL: connections this process keeps at most.
     poolSize = fields.Integer(load_default=10, validate=validate.Range(min=1, max=200))

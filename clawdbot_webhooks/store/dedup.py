@@ -12,6 +12,8 @@ import hashlib
 import logging
 from collections.abc import Mapping
 
+from clawdbot_webhooks.store.rows import storable
+
 log = logging.getLogger(__name__)
 
 #: Headers whose value identifies a delivery at its sender, so a repeat is recognised.
@@ -25,7 +27,7 @@ def dedup_key(sender_id: str | None, headers: Mapping[str, str]) -> str | None:
     key = sender_id or _sent_id(headers)
     if key is None:
         return None
-    key = key.strip()
+    key = storable(key.strip())  # the id may come from the payload (a NUL in it, say)
     if len(key) > MAX_KEY_LENGTH:
         return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
     return key or None

@@ -107,7 +107,13 @@ class PostgresPool:
                 # The schema must exist before the pool's connections put it on their path.
                 conn = await asyncpg.connect(self.url, timeout=self.connect_timeout)
                 try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    # Looked for first: creating one, even "IF NOT EXISTS", takes the CREATE
+                    # privilege on the database, which a role given its schema may lack.
+                    found = await conn.fetchval(
+                        "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
+                    )
+                    if found is None:
+                        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 except asyncpg.UniqueViolationError:  # another process made it just now
                     pass
                 finally:

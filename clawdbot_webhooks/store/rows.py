@@ -91,18 +91,23 @@ def finish_params(
         status,
         attempts,
         None if result is None else jsontext.anything(result),
-        error if error is None or error.isascii() else storable(error),
+        None if error is None else storable(error),
         retry_at or 0.0,
         None if status == "pending" else time.time(),
-        message if message is None or message.isascii() else storable(message),
+        None if message is None else storable(message),
         delivery_id,
     )
 
 
 def storable(text: str) -> str:
-    """``text`` with any lone surrogate written as its escape: a text column holds no half
-    of a UTF-16 pair, and an outcome must be recorded whatever text a plugin produced (else
-    the delivery would run again and again, never counted)."""
+    """``text`` with what a text column cannot hold written as its escape: a NUL character
+    (PostgreSQL's text refuses it) and a lone half of a UTF-16 pair (no UTF-8 holds it). An
+    outcome must be recorded whatever text a payload or a plugin brought, else the delivery
+    would run again and again, never counted; and both backends keep the same text."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -112,7 +117,9 @@ def storable(text: str) -> str:
 
 def attempt_params(a: Attempt) -> tuple[Any, ...]:
     """The parameters of ``RECORD_ATTEMPT``."""
-    return (a.delivery_id, a.at, a.status, a.latency_ms, a.response, a.error, a.delivery_id)
+    response = None if a.response is None else storable(a.response)
+    error = None if a.error is None else storable(a.error)
+    return (a.delivery_id, a.at, a.status, a.latency_ms, response, error, a.delivery_id)
 
 
 def outcome_params(outcomes: Sequence[OutgoingOutcome]) -> list[tuple[Any, ...]]:
@@ -122,7 +129,7 @@ def outcome_params(outcomes: Sequence[OutgoingOutcome]) -> list[tuple[Any, ...]]
         (
             o.status,
             o.attempts,
-            o.error,
+            None if o.error is None else storable(o.error),
             o.retry_at or 0.0,
             o.hold_until,
             None if o.status == "pending" else now,
