@@ -803,3 +803,48 @@ async def test_a_role_given_its_schema_needs_no_create_privilege_on_the_database
         drop_schema(schema)
         await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         await admin.close()
+
+
+async def test_a_lock_on_the_outbox_does_not_hold_up_the_inbox_leases() -> None:
+    """The heartbeat renews each table on its own, waiting for a lock a third of the lease
+    at most: with the outbox locked (an index being built, say), the inbox leases are still
+    renewed, and the outbox's renewal gives up before its leases run out."""
+    import asyncpg
+
+    from tests.conftest import POSTGRES_URL, drop_schema, require_postgres
+
+    require_postgres()
+    schema = f"cw_locked_{uuid.uuid4().hex[:8]}"
+    try:
+        async with _opened(POSTGRES_URL, schema=schema) as store:
+            record = _incoming(1)
+            assert await store.add_incoming(record, 0.5)
+            await store.add_outgoing([outgoing_record(1)], 0.5)
+            locker = await asyncpg.connect(POSTGRES_URL)
+            try:
+                lock = locker.transaction()
+                await lock.start()
+                await locker.execute(f'LOCK TABLE "{schema}".outbox IN SHARE MODE')
+                started = time.monotonic()
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await store.renew_leases([record.id], ["out_1"], 3.0)
+                assert time.monotonic() - started < 3.0  # gave up before the leases ran out
+                await lock.rollback()
+            finally:
+                await locker.close()
+            [(until,)] = await _pg(schema, "SELECT lease_until FROM inbox WHERE id=$1", record.id)
+            assert until > time.time() + 1.5  # renewed for about 3 s
+    finally:
+        drop_schema(schema)
+
+
+async def _pg(schema: str, query: str, *args: Any) -> list[Any]:
+    import asyncpg
+
+    from tests.conftest import POSTGRES_URL
+
+    conn = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": schema})
+    try:
+        return [tuple(row) for row in await conn.fetch(query, *args)]
+    finally:
+        await conn.close()

@@ -481,22 +481,35 @@ class PostgresStore(PostgresPool, SharedQueries):
     async def renew_leases(
         self, incoming: Sequence[str], outgoing: Sequence[str], lease: float
     ) -> int:
-        async def op(conn: asyncpg.Connection) -> int:
-            until = time.time() + lease
-            n = 0
-            for table, ids in (("inbox", incoming), ("outbox", outgoing)):
-                if ids:
-                    status = await conn.execute(
-                        f"UPDATE {table} SET lease_until=GREATEST(lease_until, $1) "
-                        "WHERE id = ANY($2::text[]) AND status='pending' AND lease_owner=$3",
-                        until,
-                        list(ids),
-                        self.owner,
-                    )
-                    n += rowcount(status)
-            return n
+        """Each table in a transaction of its own that waits for a lock a third of the lease
+        at most: a lock held on one table (an index being built, a newer version's
+        migration) neither holds the other's renewal up nor keeps this one's row locks until
+        the leases have run out and another process takes the work."""
+        until = time.time() + lease
+        wait = f"SET LOCAL lock_timeout = '{max(1, int(lease * 1000 / 3))}ms'"
+        renewed, failure = 0, None
+        for table, ids in (("inbox", incoming), ("outbox", outgoing)):
+            if not ids:
+                continue
 
-        return await self._run(op)
+            async def op(conn: asyncpg.Connection, table: str = table, ids: Any = ids) -> int:
+                await conn.execute(wait)
+                status = await conn.execute(
+                    f"UPDATE {table} SET lease_until=GREATEST(lease_until, $1) "
+                    "WHERE id = ANY($2::text[]) AND status='pending' AND lease_owner=$3",
+                    until,
+                    list(ids),
+                    self.owner,
+                )
+                return rowcount(status)
+
+            try:
+                renewed += await self._run(op)
+            except Exception as exc:  # the other table is still renewed
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return renewed
 
     def _retention_lock(self) -> Statement:
         return ("SELECT pg_try_advisory_xact_lock(?)", (self._retention_lock_key,))
