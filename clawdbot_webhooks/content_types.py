@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def media_and_charset(value: str) -> tuple[str, str | None]:
-    """``("text/plain", "iso-8859-1")`` of ``text/plain; format=flowed; Charset="ISO-8859-1"``:
+    """``("text/plain", "ISO-8859-1")`` of ``Text/Plain; format=flowed; Charset="ISO-8859-1"``:
     the media type lower-cased, the charset as given (None when there is none). Parameter
     names are case-insensitive and any of them may follow the charset."""
     mime, semicolon, params = value.partition(";")

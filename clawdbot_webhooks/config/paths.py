@@ -20,11 +20,11 @@ FILE_NAME = "webhooks.json5"
 #: The names Clawdbot and OpenClaw give their own config files.
 CLAWDBOT_FILE_NAMES = frozenset({"clawdbot.json", "openclaw.json"})
 #: Top-level keys of Clawdbot's config; a file with some of them and no ``webhooks`` is its.
-#: Keys only our section has.
-OUR_KEYS = frozenset({"incoming", "handlers", "outgoing", "storage", "stateDir", "sessions"})
 CLAWDBOT_KEYS = frozenset(
     {"gateway", "agents", "models", "channels", "hooks", "plugins", "auth", "meta", "wizard"}
 )
+#: Keys only our section has.
+OUR_KEYS = frozenset({"incoming", "handlers", "outgoing", "storage", "stateDir", "sessions"})
 
 
 def search_paths(env: Mapping[str, str] | None = None) -> list[Path]:
