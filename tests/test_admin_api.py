@@ -193,6 +193,15 @@ async def test_replay_dead_letters_and_purge(start_server, make_sink) -> None:
     assert status == 202 and body["status"] == "pending"
     await until(delivered)
 
+    # a time that is a number but names no time, and a limit that is not a whole number
+    for since in ("NaN", "inf", "-Infinity"):
+        status, body = await call(
+            srv, "POST", "/admin/api/dead-letters/replay", json={"all": True, "since": since}
+        )
+        assert status == 400 and "since" in body["error"], (since, body)
+    for path in ("/admin/api/incoming?limit=1.9", "/admin/api/events?limit=1.5"):
+        status, body = await call(srv, "GET", path)
+        assert status == 400 and "limit" in body["error"], (path, body)
     status, body = await call(srv, "POST", "/admin/api/dead-letters/replay", json={"ids": 3})
     assert status == 400
     inc_id = kinds["incoming"]["id"]

@@ -5,6 +5,7 @@ for one command."""
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import sys
 import time
@@ -104,9 +105,12 @@ def parse_time(text: str, now: float | None = None) -> float:
     if match:
         return now - float(match.group(1)) * _UNITS[match.group(2)]
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if math.isfinite(seconds):  # "nan" and "inf" read as numbers, but name no time
+            return seconds
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

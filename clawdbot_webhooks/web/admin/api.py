@@ -29,7 +29,6 @@ from clawdbot_webhooks.web.requests import parse_content
 RUNTIME = web.AppKey("admin_runtime", Runtime)
 KINDS = ("incoming", "outgoing")
 STATUSES = ("pending", "done", "dropped", "dead")
-MAX_LIMIT = 500
 #: The throughput chart: at most this many buckets.
 MAX_BUCKETS = 1440
 
@@ -89,7 +88,7 @@ def delivery_query(request: web.Request, kind: str) -> DeliveryQuery:
         since=_since(request),
         search=(request.query.get("q") or "").strip()[:200] or None,
         cursor=chain.listing_cursor(cursor) if cursor else None,
-        limit=int(_number(request, "limit", 50, 1, MAX_LIMIT)),
+        limit=chain.page_limit(request),
     )
 
 

@@ -204,7 +204,8 @@ def timeline_cursor(text: str) -> tuple[float, int, str]:
     return at, rank, item_id
 
 
-def _limit(request: web.Request) -> int:
+def page_limit(request: web.Request) -> int:
+    """``limit``: a whole number of rows, 1 to ``MAX_LIMIT`` (50 when absent)."""
     raw = request.query.get("limit") or "50"
     try:
         limit = int(raw)
@@ -223,7 +224,7 @@ def event_query(request: web.Request, since: float | None) -> EventQuery:
         causation=request.query.get("causation") or None,
         since=since,
         cursor=listing_cursor(cursor) if cursor else None,
-        limit=_limit(request),
+        limit=page_limit(request),
     )
 
 
@@ -239,7 +240,7 @@ async def list_events(rt: Holds, query: EventQuery) -> dict[str, Any]:
 async def session_page(rt: Holds, session: str, request: web.Request) -> dict[str, Any]:
     cursor = request.query.get("cursor")
     after = timeline_cursor(cursor) if cursor else None
-    limit = _limit(request)
+    limit = page_limit(request)
     if is_ephemeral(session):
         items = await _ephemeral_timeline(rt, session, after, limit)
     else:
