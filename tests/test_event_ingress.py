@@ -105,3 +105,14 @@ async def test_not_configured_is_404(start_server: Any) -> None:
     server = await start_server({"handlers": []})
     status, answer = await _post(server, _call("agent_end", {}))
     assert status == 404 and answer["ok"] is False
+
+
+async def test_a_time_no_calendar_holds_is_taken_as_now(start_server: Any) -> None:
+    """A bridge's timestamp far beyond the year 9999 (or infinite) is no reason to refuse
+    the event, nor to answer 500: it is stamped with the time it arrived."""
+    server = await _server(start_server)
+    for stamp in (1e20, 10**30, 1e308):
+        call = {**_call("message_received", {"from": "a", "content": "b"}), "timestamp": stamp}
+        call["id"] = f"call-{stamp}"
+        status, answer = await _post(server, call)
+        assert status < 300 and answer["ok"] is True, (stamp, answer)

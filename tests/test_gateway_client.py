@@ -36,6 +36,9 @@ class FakeGateway:
     first_frame: dict[str, Any] | None = None
     down: bool = False
     on_request: Handler | None = None
+    #: Connections (by number) answered with an error whose ``details`` is not an object, and
+    #: whose hello's ``policy`` is not one either, as a gateway starting up may.
+    odd_on: set[int] = field(default_factory=set)
     requests: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     connections: int = 0
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
@@ -66,6 +69,11 @@ class FakeGateway:
             }
             await ws.send_json({**res, "ok": False, "error": error})
             await ws.close(code=1002, message=b"protocol mismatch")
+            return ws
+        if n in self.odd_on:
+            error = {"code": "UNAVAILABLE", "message": "gateway starting", "details": "in 1s"}
+            await ws.send_json({**res, "ok": False, "error": error})
+            await ws.close()
             return ws
         if (params.get("auth") or {}).get("token") != self.token:
             error = {"code": "INVALID_REQUEST", "message": "unauthorized: gateway token mismatch"}
@@ -459,3 +467,45 @@ def test_no_persistent_session_key_reaches_one_of_the_agents_own_sessions() -> N
         "x": "agent:devops:hooks:x",
         ephemeral: f"agent:devops:{ephemeral}",
     }
+
+
+async def test_an_odd_answer_while_reconnecting_is_one_failed_attempt(fake: FakeGateway) -> None:
+    """Clawdbot's error ``details`` are free-form: a text there, answered to a reconnect,
+    is a failed attempt like any other, and the next one connects (it ended reconnecting)."""
+
+    async def answer(ws: web.WebSocketResponse, frame: dict[str, Any], n: int) -> None:
+        await ws.send_json(res(frame, {"ok": True, "n": n}))
+
+    fake.on_request = answer
+    fake.odd_on = {2}
+    client = client_for(fake)
+    await client.start()
+    try:
+        await fake.drop_all()
+        answer_ = await asyncio.wait_for(client.request("send", {"idempotencyKey": "s"}), 5)
+    finally:
+        await client.close()  # and it closes cleanly
+    assert answer_["n"] == 3 and fake.connections == 3
+
+
+async def test_connect_timeout_bounds_a_gateway_that_never_answers_the_upgrade() -> None:
+    silent: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # takes the connection, says nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = GatewayClient(
+        f"ws://127.0.0.1:{port}", "t", options=ClientOptions(connect_timeout=0.5)
+    )
+    try:
+        # not reachable yet: start goes on (the gateway may come later), said so at once
+        await asyncio.wait_for(client.start(), 30)
+        assert client.last_error is not None and "timed out after 0.5s" in str(client.last_error)
+    finally:
+        await client.close()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()

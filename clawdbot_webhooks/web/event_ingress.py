@@ -22,6 +22,7 @@ the bridge's call id, so a retried POST yields the same event id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -51,8 +52,11 @@ def authorized(header: str | None, token: str) -> bool:
 
 
 def _timestamp(value: Any) -> str:
+    """The event's time (seconds or milliseconds since the epoch); now when it has none or
+    one no calendar holds (infinite, beyond the year 9999)."""
     if isinstance(value, int | float) and value > 0:
-        return utc_timestamp(value / 1000 if value > 1e11 else value)
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            return utc_timestamp(value / 1000 if value > 1e11 else value)
     return utc_timestamp()
 
 

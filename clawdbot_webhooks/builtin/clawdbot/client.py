@@ -190,7 +190,9 @@ class GatewayClient:
                 try:
                     await self._open()
                     waits = self._waits()
-                except GatewayError as exc:
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any failed attempt, however odd the answer: retry
                     delay = backoff.full_jitter(min(next(waits), self.opts.reconnect_max))
                     self.log.warning(
                         "Clawdbot gateway connection failed (%s); retrying in %.2fs", exc, delay
@@ -226,7 +228,8 @@ class GatewayClient:
             self.last_error = exc
             raise
         self.hello = hello
-        tick_ms = (hello.get("policy") or {}).get("tickIntervalMs")
+        policy = hello.get("policy")
+        tick_ms = policy.get("tickIntervalMs") if isinstance(policy, Mapping) else None
         self._tick_s = tick_ms / 1000 if isinstance(tick_ms, int | float) and tick_ms > 0 else 30.0
         self._ws = ws
         self.last_error = None
@@ -239,11 +242,16 @@ class GatewayClient:
     ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
         timeout = self.opts.connect_timeout
         try:
-            ws = await session.ws_connect(
-                self.url,
-                heartbeat=self.opts.heartbeat,
-                timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
-                max_msg_size=64 * 1024 * 1024,
+            # Bounded as a whole: a gateway that takes the connection but never answers the
+            # upgrade would otherwise hold it for the session's default five minutes.
+            ws = await asyncio.wait_for(
+                session.ws_connect(
+                    self.url,
+                    heartbeat=self.opts.heartbeat,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
+                    max_msg_size=64 * 1024 * 1024,
+                ),
+                timeout,
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise GatewayError(
@@ -251,10 +259,10 @@ class GatewayClient:
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise GatewayError(f"cannot connect to {self.url}: {connect_failure(exc)}") from exc
+        except TimeoutError as exc:  # before OSError, of which it is one
+            raise GatewayError(f"cannot connect to {self.url}: timed out after {timeout}s") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise GatewayError(f"cannot connect to {self.url}: {exc}") from exc
-        except TimeoutError as exc:
-            raise GatewayError(f"cannot connect to {self.url}: timed out after {timeout}s") from exc
         try:
             hello = await asyncio.wait_for(self._greet(ws), timeout)
         except TimeoutError as exc:
@@ -301,9 +309,9 @@ class GatewayClient:
             detail = (
                 str(error.get("message") or error) if isinstance(error, Mapping) else str(error)
             )
-            expected = ((error.get("details") or {}) if isinstance(error, Mapping) else {}).get(
-                "expectedProtocol"
-            )
+            # ``details`` is free-form: an object only sometimes.
+            details = error.get("details") if isinstance(error, Mapping) else None
+            expected = details.get("expectedProtocol") if isinstance(details, Mapping) else None
             if expected is not None:
                 detail += (
                     f" (the gateway speaks protocol {expected}, this client {PROTOCOL_VERSION})"
