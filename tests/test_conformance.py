@@ -145,3 +145,37 @@ async def test_an_installed_distribution_by_name(fake_distribution, tmp_path: Pa
     assert checked.plugins == ["upper"] and checked.registers == {"filters": ["upper2"]}
     with pytest.raises(AssertionError, match="is not installed"):
         await assert_plugin_conforms("clawdbot-webhooks-nothing", state_dir=tmp_path)
+
+
+class GuideToken:
+    """The guide's own verifier (docs/plugins.md): the secret itself in a header."""
+
+    credential_headers = ("X-Token",)
+
+    class schema(Schema):
+        token = fields.String(required=True)
+
+    def verify(self, request: Any, options: Any) -> str | None:
+        import hmac
+
+        given = request.headers.get("x-token", "")
+        if not hmac.compare_digest(given.encode(), options["token"].encode()):
+            raise VerificationError("X-Token does not match")
+        header: str | None = request.headers.get("x-request-id")
+        return header
+
+    def sign(self, body: bytes, options: Any, now: int) -> dict[str, str]:
+        return {"X-Token": options["token"]}
+
+    @hookimpl
+    def register_verifiers(self, register: Any) -> None:
+        register("token", self)
+
+
+async def test_the_guides_token_verifier_conforms(tmp_path: Path) -> None:
+    """A scheme that sends the secret itself binds no body: the kit checks that it refuses a
+    request without the secret and takes one with it, not that a changed body is refused."""
+    checked = await assert_plugin_conforms(
+        ("guide", GuideToken()), verifiers={"token": {"token": "abc"}}, state_dir=tmp_path
+    )
+    assert checked.verifiers == {"token": "refuses requests without the secret, accepts it"}

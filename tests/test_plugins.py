@@ -87,6 +87,24 @@ def test_disabling_removes_both_and_check_names_the_plugin(
     assert result.exit_code == 0, result.output
 
 
+def test_a_switched_off_plugin_is_not_imported_unless_asked_what_it_registers(
+    fake_distribution, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Switched off, a plugin is never loaded by a server or a clean check: its import-time
+    code does not run. Only a listing, or an error that names it, loads it alone."""
+    marker = tmp_path / "imported"
+    monkeypatch.setenv("CW_SHOUT_MARK", str(marker))
+    marked = "\n    import os, pathlib\n    pathlib.Path(os.environ['CW_SHOUT_MARK']).touch()"
+    fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", marked + SHOUT, entry="shout")
+    plugins = load_plugins(PluginSelection.from_config(disabled=["shout"]))
+    config = write(tmp_path, {"handlers": [], "plugins": {"disabled": ["shout"]}})
+    assert CliRunner().invoke(main, ["check", "--config", config]).exit_code == 0
+    assert not marker.exists()
+    plugins.describe_off()  # as `plugins` asks, to list what it would register
+    assert marker.exists()
+    assert plugins.infos["shout"].registers == {"actions": ["shout"], "filters": ["sparkle"]}
+
+
 def test_filter_of_a_disabled_plugin_is_an_unknown_filter(fake_distribution) -> None:
     fake_distribution("clawdbot-webhooks-shout", "1.2.3", "cw_shout", SHOUT, entry="shout")
     from clawdbot_webhooks.config import ConfigError, build_settings

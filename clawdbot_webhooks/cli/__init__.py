@@ -171,6 +171,7 @@ def plugins(config_path: str | None, as_json: bool, show_all: bool) -> None:
 
     try:
         plugin_set = load_plugins(selection_of(find_config(config_path)))
+        plugin_set.describe_off()  # what the switched-off ones would register, for the list
     except (ConfigError, PluginError) as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)

@@ -170,9 +170,19 @@ class PluginSet:
     registries: Registries
     infos: dict[str, PluginInfo]
     selection: PluginSelection
+    #: The switched-off plugins, loaded only to say what they would register when asked
+    #: (``describe_off``): never by a server or a check that finds nothing wrong.
+    off: list[tuple[str, object, bool]] = field(default_factory=list)
+
+    def describe_off(self) -> None:
+        """Load each switched-off plugin alone, once, to fill in what it would register
+        (its import-time code runs then: listings and error messages only)."""
+        off, self.off = self.off, []
+        _describe_off(off, self.infos)
 
     def disabled_provider(self, kind: str, name: str) -> PluginInfo | None:
         """The switched-off plugin that would register ``name``, found on the error path only."""
+        self.describe_off()
         for info in self.infos.values():
             if not info.enabled and name in info.registers.get(kind, []):
                 return info
@@ -336,8 +346,7 @@ def load_plugins(
     for name, plugin in pm.list_name_plugin():
         if name in infos:
             infos[name].hooks = _hooks_of(plugin)
-    _describe_off(off, infos)
-    return PluginSet(pm, registries, infos, selection)
+    return PluginSet(pm, registries, infos, selection, off)
 
 
 def _describe_off(off: list[tuple[str, object, bool]], infos: dict[str, PluginInfo]) -> None:
