@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from clawdbot_webhooks_hookspecs import ActionContext
+from clawdbot_webhooks_hookspecs import ActionContext, VerificationError, hookimpl
 
 from clawdbot_webhooks.config import RateLimit
 from clawdbot_webhooks.web.ratelimit import BucketsByKey, FailureThrottle, TokenBucket, retry_after
@@ -223,3 +223,34 @@ def test_a_reload_keeps_the_state_of_every_limit_it_leaves_as_it_was() -> None:
     limits.configure(*settings({"id": "c"}, b_per=60))  # b's own limit changed: b starts over
     assert limits.handler("b") == 0 and limits.handler("d") > 0
     assert limits.auth_blocked("10.0.0.9") > 0
+
+
+class _Broken:
+    """A third party's verifier with a fault of its own: it raises on some requests."""
+
+    def verify(self, request: Any, options: Any) -> None:
+        if request.headers.get("x-odd"):
+            raise RuntimeError("the verifier's own bug")
+        raise VerificationError("no credentials")
+
+    @hookimpl
+    def register_verifiers(self, register: Any) -> None:
+        register("broken", self)
+
+
+async def test_a_verifier_that_raises_refuses_the_request_and_counts_it(start_server) -> None:
+    """A verifier's own exception is no authentication: a 401 with a JSON body (not a 500),
+    counted by the failed-authentication throttle like any other refusal."""
+    srv = await start_server(
+        {
+            "incoming": {"authFailures": {"max": 3, "window": 60}},
+            "handlers": [_hook(verify={"type": "broken"})],
+        },
+        plugins=[("broken", _Broken())],
+    )
+    for _ in range(3):
+        status, _after, body = await _post(srv, "h", {}, {"X-Odd": "1"})
+        assert status == 401 and body == {"ok": False, "error": "the request could not be verified"}
+    status, _after, body = await _post(srv, "h", {}, {"X-Odd": "1"})
+    _assert_429(status, body)
+    assert await srv.runtime.store.count_incoming() == 0

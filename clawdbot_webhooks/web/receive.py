@@ -85,6 +85,9 @@ async def _verify(
             sender_id = await sender_id
     except VerificationError as exc:
         raise Rejected(401, str(exc)) from exc
+    except Exception as exc:  # the verifier's own fault: the request is not authenticated
+        log.error("the verifier of hook %s failed: %r", spec.handler.id, exc, exc_info=exc)
+        raise Rejected(401, "the request could not be verified") from exc
     handshake = spec.verify.handshake
     return sender_id or "", None if handshake is None else handshake(signed, options)
 
