@@ -238,6 +238,10 @@ def test_read_only_commands_do_not_need_the_secrets_they_do_not_use(
     for command in (["messages"], ["dlq", "list"], ["deliveries", "list"], ["db", "status"]):
         result = CliRunner().invoke(main, [*command, "--config", str(path)])
         assert result.exit_code == 0, (command, result.output)
+    # `deliveries show` uses the handlers' config where it loads, and says when it does not
+    result = CliRunner().invoke(main, ["deliveries", "show", "dlv_none", "--config", str(path)])
+    assert result.exit_code == 1 and "no incoming or outgoing delivery 'dlv_none'" in result.output
+    assert "NOT_EXPORTED_HERE is not set" in result.output
     # What does use them still says which is missing.
     result = CliRunner().invoke(main, ["check", "--config", str(path)])
     assert result.exit_code == 2

@@ -106,7 +106,7 @@ def show(config_path: str | None, as_json: bool, delivery_id: str) -> None:
     async def work(settings: Settings, plugins: PluginSet, store: Store) -> Found | None:
         return await find(store, settings, delivery_id)
 
-    found = with_store(config_path, work)
+    found = with_store(config_path, work, reading=True)
     if found is None:
         click.echo(f"Error: no incoming or outgoing delivery {delivery_id!r}", err=True)
         sys.exit(1)

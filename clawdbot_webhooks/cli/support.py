@@ -60,16 +60,35 @@ def load_or_exit(
         sys.exit(2)
 
 
+def load_for_reading(config_path: str | None) -> tuple[Settings, PluginSet]:
+    """The whole config for a command that only reads, when it loads; else (a variable it
+    names not set here, say) what opening the store takes, with a line saying so."""
+    try:
+        return load_settings(config_path)
+    except (ConfigError, PluginError) as exc:
+        first = exc.errors[0] if isinstance(exc, ConfigError) and exc.errors else str(exc)
+        click.echo(
+            f"Note: the config loads only in part here ({first}): shown without it", err=True
+        )
+        return load_or_exit(config_path, store_only=True)
+
+
 def with_store(
     config_path: str | None,
     work: Callable[[Settings, PluginSet, Store], Awaitable[T]],
     *,
     migrate: bool = True,
     store_only: bool = False,
+    reading: bool = False,
 ) -> T:
     """Run ``work`` with the configured store open (a small pool: one command, one user).
-    ``store_only``: a command that only reads the store loads only what that takes."""
-    settings, plugins = load_or_exit(config_path, store_only=store_only)
+    ``store_only``: a command that only reads the store loads only what that takes;
+    ``reading``: one that reads uses the rest of the config where it loads
+    (``load_for_reading``)."""
+    if reading:
+        settings, plugins = load_for_reading(config_path)
+    else:
+        settings, plugins = load_or_exit(config_path, store_only=store_only)
 
     async def run() -> T:
         store = open_store(
