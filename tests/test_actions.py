@@ -211,6 +211,26 @@ async def test_forward_passes_body_and_retries_until_the_sink_heals(
     assert record is not None and record.status == "done" and record.attempts == 3
 
 
+async def test_forward_of_a_compressed_webhook_sends_what_it_stored(
+    start_server, make_sink
+) -> None:
+    """A webhook sent gzipped is stored decoded; it is forwarded as stored, without the
+    Content-Encoding label that no longer fits its bytes (the receiver could not read it)."""
+    import gzip
+
+    sink = await make_sink()
+    srv = await start_server({"handlers": [{"id": "relay", "action": "forward", "url": sink.url}]})
+    raw = b'{"zipped": true}'
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    url = f"{srv.base}/webhook/relay"
+    async with srv.session.post(url, data=gzip.compress(raw), headers=headers) as response:
+        assert response.status == 202
+    await sink.wait_for(1)
+    await srv.idle()
+    [got] = sink.received
+    assert got["body"] == raw and "Content-Encoding" not in got["headers"]
+
+
 async def test_forward_failure_is_recorded_after_last_attempt(
     start_server, make_sink, recorder
 ) -> None:

@@ -193,6 +193,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
+        # The body is stored as decoded (aiohttp undoes gzip and the like on the way in): the
+        # label would name an encoding the forwarded bytes no longer have.
+        "content-encoding",
         "x-forwarded-for",
         "x-forwarded-host",
         "x-forwarded-proto",
