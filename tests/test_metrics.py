@@ -217,7 +217,8 @@ def test_tallies_expose_what_prometheus_client_would() -> None:
 
 
 class BrokenVerifier:
-    """A verifier plugin with a bug: it raises something other than VerificationError."""
+    """A verifier plugin with a bug past authentication: its ``present`` raises. (One that
+    raises in ``verify`` refuses the request: 401.)"""
 
     from clawdbot_webhooks_hookspecs import hookimpl
 
@@ -230,6 +231,9 @@ class BrokenVerifier:
                 pass
 
             def verify(self, request, options):  # type: ignore[no-untyped-def]
+                return None
+
+            def present(self, payload, options):  # type: ignore[no-untyped-def]
                 raise RuntimeError("a bug in the plugin")
 
         register("broken", Broken())

@@ -19,7 +19,7 @@ from clawdbot_webhooks_hookspecs import Action, Handler
 from jinja2 import Template
 
 from clawdbot_webhooks.retry import RetryPolicy
-from clawdbot_webhooks.templates import reads_of
+from clawdbot_webhooks.templates import is_trusted, reads_of
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -189,7 +189,7 @@ class HandlerSpec:
     def reads(self) -> frozenset[str] | None:
         """The context's names its templates read (``context_for``); the trusted
         ``instructions`` get a context of their own."""
-        return reads_of(t for path, t in self.templates.items() if path != ("instructions",))
+        return reads_of(t for path, t in self.templates.items() if not is_trusted(path))
 
     @functools.cached_property
     def persistent(self) -> bool:
