@@ -27,10 +27,11 @@ from clawdbot_webhooks_hookspecs import (
     ReplyTarget,
     hookimpl,
 )
+from clawdbot_webhooks_hookspecs.sqlite import rows_for
 
 from clawdbot_webhooks.builtin.local_log import LOG_FILE, read_log, read_path
 from clawdbot_webhooks.builtin.local_messages import messages
-from clawdbot_webhooks.builtin.sqlite_log import LogWriter, rows_for
+from clawdbot_webhooks.builtin.sqlite_log import LogWriter
 
 # ``n`` without AUTOINCREMENT: no row is ever deleted, so rowids only grow as they are, and
 # AUTOINCREMENT wrote sqlite_sequence once per message (bench/README.md). Logs made before

@@ -23,7 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clawdbot_webhooks_hookspecs.sqlite import LoopConnection, switch_to_wal
+from clawdbot_webhooks_hookspecs.sqlite import (
+    CHECKPOINT_ROWS,
+    COMMIT_ROWS,
+    LoopConnection,
+    switch_to_wal,
+)
 
 T = TypeVar("T")
 
@@ -31,15 +36,6 @@ log = logging.getLogger(__name__)
 
 #: A batch takes in further turns' operations up to this many: a transaction stays short.
 MAX_BATCH = 256
-#: The thread checkpoints once its commits since the last count this many, each counting as
-#: its operations' rows plus ``COMMIT_ROWS`` (a commit writes a few pages however few its
-#: rows).
-CHECKPOINT_ROWS = 1000
-COMMIT_ROWS = 3
-#: A long text counts as a row per this many bytes (``rows_for``), as the store counts bodies:
-#: long prompts and replies neither grow the WAL far past its usual size nor hold the next
-#: writes up long while it is copied.
-ROW_BYTES = 16384
 
 #: An operation, its caller's future, and how many rows it counts as.
 _Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], int]
@@ -214,11 +210,6 @@ def _one_by_one(
             conn.execute("ROLLBACK")
         outcomes = [(future, None, exc) for _, future, _ in batch]
     return outcomes
-
-
-def rows_for(size: int) -> int:
-    """How many rows an operation writing ``size`` bytes of text counts as (``ROW_BYTES``)."""
-    return 1 + size // ROW_BYTES
 
 
 def _rows(batch: list[_Job]) -> int:

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from clawdbot_webhooks_hookspecs.sqlite import rows_for
+
 from clawdbot_webhooks import jsontext
 from clawdbot_webhooks.store.queries import Dialect, Query
 from clawdbot_webhooks.store.records import (
@@ -36,13 +38,7 @@ from clawdbot_webhooks.store.rows import (
 from clawdbot_webhooks.store.shared import SharedQueries
 from clawdbot_webhooks.store.sqlite_schema import PROBE_WRITE, SQLITE_MIGRATIONS
 from clawdbot_webhooks.store.sqlite_schema import migrate as upgrade_schema
-from clawdbot_webhooks.store.sqlite_writer import (
-    Rows,
-    SQLiteWriter,
-    Weighed,
-    execute_all,
-    rows_for,
-)
+from clawdbot_webhooks.store.sqlite_writer import Rows, SQLiteWriter, Weighed, execute_all
 
 #: A new delivery: its row (pending, no attempts yet, leased) and its body.
 #: Bodies up to this size stay in the inbox row: one insert instead of two, and the row

@@ -12,7 +12,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
-from clawdbot_webhooks_hookspecs.sqlite import LoopConnection, switch_to_wal
+from clawdbot_webhooks_hookspecs.sqlite import (
+    CHECKPOINT_ROWS,
+    COMMIT_ROWS,
+    LoopConnection,
+    switch_to_wal,
+)
 
 from clawdbot_webhooks.store.protocol import StoreUnavailable
 
@@ -64,11 +69,6 @@ class Weighed(Generic[T]):
 
     def __call__(self, conn: sqlite3.Connection) -> T:
         return self.fn(conn)
-
-
-def rows_for(size: int) -> int:
-    """How many rows a write of ``size`` bytes counts as toward the next checkpoint."""
-    return 1 + size // ROW_BYTES
 
 
 def execute_all(
@@ -335,16 +335,9 @@ Outcome = tuple[Any, Any, BaseException | None]
 BUSY_SECONDS = 5.0
 #: How long a write nobody waits for is held back for one somebody waits for to go with.
 LATER_SECONDS = 0.05
-#: Neither connection checkpoints by itself: after the loop's connection wrote this many rows
-#: the writer thread does (``_copy_wal``, ``_restart_wal``), and after its own connection did.
-CHECKPOINT_ROWS = 1000
-#: A large body counts as a row per this many bytes (``Rows.rows``), so large bodies neither
-#: grow the WAL far past its usual size nor hold the writes up long while it is copied
-#: (bench/README.md).
-ROW_BYTES = 16384
-#: A commit writes the pages it touched, however few its rows: at a row or two a commit, pages
-#: rather than rows fill the WAL, so each commit counts as this many rows more.
-COMMIT_ROWS = 3
+# Neither connection checkpoints by itself: after the loop's connection wrote
+# ``CHECKPOINT_ROWS`` rows the writer thread does (``_copy_wal``, ``_restart_wal``), and after
+# its own connection did (bench/README.md).
 
 
 def _copy_wal(conn: sqlite3.Connection) -> None:

@@ -26,6 +26,24 @@ log = logging.getLogger(__name__)
 #: The ``synchronous`` settings under which a commit in WAL mode does not wait for the disk.
 NO_WAIT_SYNCHRONOUS = frozenset({"NORMAL", "OFF", "0", "1"})
 
+# How the runtime's store and the local gateway's log count their writes toward the next
+# checkpoint, which their writer threads make between batches (SQLite's own is switched off:
+# it would run inside a commit somebody waits for). Since 1.9.
+#: A checkpoint once the commits since the last one count this many rows.
+CHECKPOINT_ROWS = 1000
+#: A commit writes the pages it touched, however few its rows: at a row or two a commit,
+#: pages rather than rows fill the WAL, so each commit counts as this many rows more.
+COMMIT_ROWS = 3
+#: A large write counts as a row per this many bytes (``rows_for``): large bodies, payloads,
+#: prompts and replies neither grow the WAL far past its usual size nor hold the next writes
+#: up long while it is copied.
+ROW_BYTES = 16384
+
+
+def rows_for(size: int) -> int:
+    """How many rows a write of ``size`` bytes counts as toward the next checkpoint."""
+    return 1 + size // ROW_BYTES
+
 
 def switch_to_wal(conn: sqlite3.Connection, seconds: float = 5.0) -> None:
     """``PRAGMA journal_mode=WAL``, waiting out other connections that open the same new file
