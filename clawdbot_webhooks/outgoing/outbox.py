@@ -359,12 +359,15 @@ class Outbox:
         self, rec: OutgoingRecord, sub: Subscription, *, hold: bool = True
     ) -> Verdict:
         """One attempt: send, classify, record (retry schedule, dead letter, or done)."""
-        try:
-            request = self._request(rec, sub)
-        except Exception as exc:  # the template: no attempt would do better until it is fixed
-            reason = f"template failed: {exc}"
-            await self._dead(rec, reason, None)
-            return Verdict("dead", reason, unhealthy=False)
+        body = rec.payload
+        if sub.template is not None:
+            try:
+                body = render_template(sub, body)
+            except Exception as exc:  # no attempt would do better until it is fixed
+                reason = f"template failed: {exc}"
+                await self._dead(rec, reason, None)
+                return Verdict("dead", reason, unhealthy=False)
+        request = self._request(rec, sub, body)
         at = time.time()
         started = time.monotonic()
         task = asyncio.current_task(self._loop)
@@ -439,8 +442,9 @@ class Outbox:
         await self._dead(rec, reason, response.status, attempt)
         return Verdict("dead", reason, verdict.unhealthy)
 
-    def _request(self, rec: OutgoingRecord, sub: Subscription) -> OutgoingRequest:
-        body = rec.payload if sub.template is None else render_template(sub, rec.payload)
+    def _request(self, rec: OutgoingRecord, sub: Subscription, body: bytes) -> OutgoingRequest:
+        """The attempt's request: ``body`` the row's payload, or its subscription's template
+        rendered from it."""
         json_body = sub.template is None or _looks_like_json(body)
         headers = {
             "content-type": "application/json" if json_body else "text/plain; charset=utf-8",
