@@ -227,12 +227,10 @@ def _json(text: str | bytes, max_depth: int | None) -> Any:
     return value
 
 
-def parse_body(
-    body: bytes, content_type: str, charset: str | None, *, max_depth: int | None = None
-) -> Any:
+def parse_body(body: bytes, mime: str, charset: str | None, *, max_depth: int | None = None) -> Any:
     """The payload as templates see it: JSON as it is (also when wrapped in a form's only field
-    ``payload``), other forms as a dict, text as a string."""
-    mime = content_type.lower()
+    ``payload``), other forms as a dict, text as a string. ``mime``: the media type, lower
+    case (``media_and_charset``)."""
     if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
         if not body or body.isspace():  # all whitespace, without a stripped copy
             raise Rejected(400, "empty body: expected a JSON document")
@@ -276,7 +274,7 @@ def parse_body(
         raise Rejected(415, "missing Content-Type (send application/json, a form or text)")
     raise Rejected(
         415,
-        f"unsupported content type {content_type!r}: send application/json, "
+        f"unsupported content type {mime!r}: send application/json, "
         "application/x-www-form-urlencoded or text/*",
     )
 
