@@ -76,10 +76,14 @@ class ContentPolicy:
         ]
         return sorted(found, key=lambda m: (m.start, -m.end))
 
-    def screen(self, text: str, on_match: OnMatch | None = None) -> str:
+    def screen(
+        self, text: str, on_match: OnMatch | None = None, found: list[Match] | None = None
+    ) -> str:
         """``text`` as the policy lets it go to the agent; raises ``ActionError`` (no retry)
-        when the mode is ``block`` and a pattern matched."""
-        found = self.matches(text)
+        when the mode is ``block`` and a pattern matched. ``found``: ``matches(text)``, when
+        already known."""
+        if found is None:
+            found = self.matches(text)
         if not found:
             return text
         names = sorted({m.pattern for m in found})

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 30.0
 #: How often stored work (retries, work of a dead process) is looked for at the latest.
 POLL_SECONDS = 1.0
+#: Text bound for an agent longer than this is screened by the content policy in a worker
+#: thread: its patterns take most of a second for a megabyte, which the loop would wait for.
+SCREEN_ON_LOOP_CHARS = 16_384
 
 
 def _untimed(hook: str, outcome: str, seconds: float) -> None:
@@ -458,8 +461,11 @@ class Pipeline:
             delivery = changed
         options = self._render(spec, delivery)
         text = options.get("template")
+        screen = None if spec.screen is None else self._screen(spec)
         if isinstance(text, str):
             await self._said(delivery, spec, text, kept)
+            if screen is not None and len(text) > SCREEN_ON_LOOP_CHARS:
+                screen = await self._screen_apart(spec, text)
         ctx = ActionContext(
             delivery=delivery,
             handler=handler,
@@ -471,7 +477,7 @@ class Pipeline:
             publish=self._publish,
             logger=spec.logger,
             sender=spec.sender,
-            screen=None if spec.screen is None else self._screen(spec),
+            screen=screen,
         )
         return await spec.action.run(ctx)
 
@@ -563,6 +569,13 @@ class Pipeline:
                 lambda text: policy.screen(text, self._on_policy_match),
             )
         return made[1]
+
+    async def _screen_apart(self, spec: HandlerSpec, text: str) -> Callable[[str], str]:
+        """``_screen``, with the matches in ``text`` (the action's ``template``) found in a
+        worker thread beforehand; counted, logged and applied on the loop as ever."""
+        policy, on_match = spec.screen, self._on_policy_match
+        found = await asyncio.to_thread(policy.matches, text)
+        return lambda given: policy.screen(given, on_match, found if given is text else None)
 
     def _settle(self, delivery_id: str, outcome: Any) -> None:
         waiter = self._waiters.pop(delivery_id, None)

@@ -219,3 +219,36 @@ def test_a_flood_of_line_breaks_does_not_hang_the_screen() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "['role-impersonation']"
+
+
+async def test_a_long_text_is_screened_off_the_event_loop(start_server, monkeypatch) -> None:
+    """Screening takes most of a second a megabyte: text above ``SCREEN_ON_LOOP_CHARS`` is
+    matched in a worker thread while the loop goes on serving; what the agent gets, and what
+    is counted, is the same as when the loop screens it itself."""
+    import threading
+
+    from clawdbot_webhooks.content_policy import ContentPolicy
+    from clawdbot_webhooks.pipeline import SCREEN_ON_LOOP_CHARS
+
+    threads: list[str] = []
+    matches = ContentPolicy.matches
+
+    def watched(self: ContentPolicy, text: str) -> Any:
+        threads.append(threading.current_thread().name)
+        return matches(self, text)
+
+    monkeypatch.setattr(ContentPolicy, "matches", watched)
+    srv = await start_server({"handlers": [_hook(contentPolicy={"mode": "quarantine"})]})
+    filler = "The build on main fails since yesterday. " * (SCREEN_ON_LOOP_CHARS // 40)
+    for title in (f"Crash. {INJECTION}", f"{filler}{INJECTION}"):
+        await srv.post("gh", {"title": title})
+        await srv.idle()
+    short, long = _prompts(srv)
+    loop_thread = threading.current_thread().name
+    assert threads[0] == loop_thread and threads[1] != loop_thread and len(threads) == 2
+    for prompt in (short, long):
+        assert "[quarantined: instruction-override]" in prompt
+        assert "previous instructions" not in prompt and "rm -rf" not in prompt
+    assert long.count("The build on main fails") == SCREEN_ON_LOOP_CHARS // 40
+    labels = {"hook": "gh", "mode": "quarantine", "pattern": "instruction-override"}
+    assert await _metric(srv, **labels) == 2

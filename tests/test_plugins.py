@@ -188,8 +188,14 @@ def test_a_misspelt_hook_fails_loudly(fake_distribution) -> None:
     """,
         entry="typo",
     )
-    with pytest.raises(PluginError, match="register_action"):
+    with pytest.raises(PluginError) as caught:
         load_plugins()
+    # Named as every other plugin error names a plugin: its entry point and distribution,
+    # with the hook it most likely meant.
+    assert str(caught.value) == (
+        "plugin 'typo' (clawdbot-webhooks-typo) implements 'register_action', which is no "
+        "hook of the plugin API; did you mean 'register_actions'?"
+    )
 
 
 def test_plugins_listing(fake_distribution, tmp_path: Path) -> None:

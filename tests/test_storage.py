@@ -620,6 +620,8 @@ async def test_failed_incoming_attempts_are_numbered_on_across_replays(
             await store.finish_incoming(record.id, "dead", attempts=1, error=error, failed=failed)
             if error == "first run":
                 assert await store.revive([record.id]) == [record.id]
+                # Run again as the pipeline runs it: claimed first.
+                assert [r.id for r in await store.claim_incoming(10, 30)] == [record.id]
         history = await store.attempts(record.id)
         assert [(a.number, a.error) for a in history] == [(1, "first run"), (2, "replayed")]
         # What is shown counts both rounds, though the row's count started over.
@@ -667,7 +669,8 @@ async def test_dead_letter_and_inspection_queries_answer_alike_on_both_backends(
         await store.finish_incoming("dlv_0", "done", attempts=1)
         await store.finish_incoming("dlv_1", "dead", attempts=2, error="dead 1", failed=failed)
         await store.finish_incoming("dlv_2", "dead", attempts=1, error="dead 2")
-        await store.finish_incoming("dlv_3", "pending", attempts=1, retry_at=time.time() + 600)
+        retry_at = time.time() + 2  # waiting for its retry while the counts are taken
+        await store.finish_incoming("dlv_3", "pending", attempts=1, retry_at=retry_at)
         outgoing = [outgoing_record(n) for n in range(2)]
         assert await store.add_outgoing(outgoing, 30) == ["out_0", "out_1"]
         await store.finish_outgoing_many(
@@ -731,6 +734,9 @@ async def test_dead_letter_and_inspection_queries_answer_alike_on_both_backends(
             assert conn.execute("SELECT COUNT(*) FROM inbox_bodies").fetchone() == (0,)
             conn.close()
         assert await store.get_incoming("dlv_3") is not None
+        # Its retry, claimed as the pipeline claims it once due, fails for good.
+        await asyncio.sleep(retry_at - time.time())
+        assert "dlv_3" in [r.id for r in await store.claim_incoming(10, 30)]
         await store.finish_incoming("dlv_3", "dead", attempts=2, error="dead 3")
         assert await store.purge_dead(before=1003.0) == 0  # dlv_3 came in at 1003
         assert await store.purge_dead() == 1
@@ -848,3 +854,55 @@ async def _pg(schema: str, query: str, *args: Any) -> list[Any]:
         return [tuple(row) for row in await conn.fetch(query, *args)]
     finally:
         await conn.close()
+
+
+async def test_a_process_whose_lease_was_taken_over_leaves_the_delivery_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Process A's lease runs out (a pause longer than the lease) and B takes the delivery
+    over. A's late outcomes (a retry schedule, a "done" recorded in a batch, an outgoing
+    attempt) must not touch B's row: B's lease stays, and B's outcome is the one kept.
+    Otherwise A's retry would make a delivery B finished pending again, to run once more."""
+    from tests.conftest import drop_schema, require_postgres
+
+    require_postgres()
+    schema = f"cw_owner_{uuid.uuid4().hex[:8]}"
+    try:
+        async with _opened(POSTGRES_URL, schema=schema) as b:
+            async with _opened(POSTGRES_URL, schema=schema) as a:
+                record = _incoming(1)
+                assert await a.add_incoming(record, 0.3)
+                await a.add_outgoing([outgoing_record(1)], 0.3)
+                await asyncio.sleep(0.5)  # A's leases run out
+                assert [r.id for r in await b.claim_incoming(10, 30)] == [record.id]
+                assert [r.id for r in await b.claim_outgoing(10, 30)] == ["out_1"]
+                caplog.clear()
+                await a.finish_incoming(
+                    record.id, "pending", attempts=1, error="late", retry_at=time.time() + 60
+                )
+                a.record_outcome(record.id, "done", attempts=1, result={"late": True})
+                await a.finish_outgoing_many([OutgoingOutcome("out_1", "done", 1)])
+            # A is closed: its batched outcome is written (or refused) by now.
+            rows = await _pg(
+                schema,
+                "SELECT status, attempts, lease_owner, result FROM inbox WHERE id=$1",
+                record.id,
+            )
+            assert rows == [("pending", 0, b.owner, None)]
+            rows = await _pg(schema, "SELECT status, lease_owner FROM outbox WHERE id='out_1'")
+            assert rows == [("pending", b.owner)]
+            lost = [r.getMessage() for r in caplog.records if "another process" in r.getMessage()]
+            assert len(lost) == 3, lost
+            assert all(record.id in m or "out_1" in m for m in lost)
+            # B's own outcomes are recorded as ever.
+            b.record_outcome(record.id, "done", attempts=1, result={"by": "b"})
+            await b.finish_outgoing_many([OutgoingOutcome("out_1", "done", 1)])
+            await b._outcomes.written()
+            [(status, result)] = await _pg(
+                schema, "SELECT status, result FROM inbox WHERE id=$1", record.id
+            )
+            assert (status, json.loads(result)) == ("done", {"by": "b"})
+            rows = await _pg(schema, "SELECT status FROM outbox WHERE id='out_1'")
+            assert rows == [("done",)]
+    finally:
+        drop_schema(schema)

@@ -8,6 +8,7 @@ owner, which is what makes a clash error name both plugins.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -338,7 +339,7 @@ def load_plugins(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(str(exc)) from exc
+        raise PluginError(_unknown_hook(pm, exc.plugin, infos) or str(exc)) from exc
 
     registries = Registries()
     for owner, kinds in _collect(pm, registries).items():
@@ -347,6 +348,32 @@ def load_plugins(
         if name in infos:
             infos[name].hooks = _hooks_of(plugin)
     return PluginSet(pm, registries, infos, selection, off)
+
+
+def _unknown_hook(
+    pm: pluggy.PluginManager, plugin: object, infos: dict[str, PluginInfo]
+) -> str | None:
+    """What ``check_pending`` refused, said as the other plugin errors say it: the plugin by
+    its entry point and distribution, and the hook it most likely meant."""
+    name = pm.get_name(plugin)
+    unknown = [
+        hook
+        for hook, caller in vars(pm.hook).items()
+        if isinstance(caller, pluggy.HookCaller)
+        and not caller.has_spec()
+        and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+    ]
+    if name is None or not unknown:
+        return None
+    info = infos.get(name)
+    hooks = [
+        h for h, c in vars(pm.hook).items() if isinstance(c, pluggy.HookCaller) and c.has_spec()
+    ]
+    dist = info.distribution if info is not None else None
+    said = f"plugin {name!r}" + (f" ({dist})" if dist else "")
+    guess = difflib.get_close_matches(unknown[0], hooks, n=1)
+    meant = f"; did you mean {guess[0]!r}?" if guess else ""
+    return f"{said} implements {unknown[0]!r}, which is no hook of the plugin API{meant}"
 
 
 def _describe_off(off: list[tuple[str, object, bool]], infos: dict[str, PluginInfo]) -> None:

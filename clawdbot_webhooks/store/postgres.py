@@ -102,9 +102,12 @@ _ADD_EVENTS = (
     "$3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[], $8::float8[]) "
     "ON CONFLICT DO NOTHING"
 )
+#: An outcome is written only while this process (``$9``) still holds the lease: once another
+#: process took the delivery over, the row and its outcome are that process's.
 _FINISH_INCOMING = (
     "UPDATE inbox SET status=$1, attempts=$2, result=$3, last_error=$4, next_attempt_at=$5, "
-    "lease_until=0, lease_owner=NULL, finished_at=$6, message=COALESCE($7, message) WHERE id=$8"
+    "lease_until=0, lease_owner=NULL, finished_at=$6, message=COALESCE($7, message) "
+    "WHERE id=$8 AND lease_owner=$9 RETURNING id"
 )
 
 T = TypeVar("T")
@@ -118,7 +121,7 @@ _PROBE_WRITE = (
 
 #: The shared statements, their placeholders numbered for asyncpg.
 _RECORD_ATTEMPT = numbered(RECORD_ATTEMPT)
-_FINISH_OUTGOING = numbered(FINISH_OUTGOING)
+_FINISH_OUTGOING = numbered(f"{FINISH_OUTGOING} AND lease_owner=? RETURNING id")
 
 POSTGRES = Dialect(
     name="postgresql",
@@ -164,7 +167,7 @@ class PostgresStore(PostgresPool, SharedQueries):
         #: round trip and one commit for all that came meanwhile, and no pool connection taken
         #: from the inserts for each.
         self._outcomes: Batches[tuple[Any, ...] | EventRecord, None] = Batches(
-            self._run, _finish_many
+            self._run, self._finish_many
         )
         self._inserts = Batches(
             functools.partial(self._run, transaction=False), self._insert_incoming
@@ -304,8 +307,9 @@ class PostgresStore(PostgresPool, SharedQueries):
         params = finish_params(delivery_id, status, attempts, result, error, retry_at, message)
 
         async def op(conn: asyncpg.Connection) -> None:
-            await conn.execute(_FINISH_INCOMING, *params)
-            if failed is not None:
+            if await conn.fetchval(_FINISH_INCOMING, *params, self.owner) is None:
+                _taken_over("delivery", delivery_id, status)
+            if failed is not None:  # it was made all the same
                 await conn.execute(_RECORD_ATTEMPT, *attempt_params(failed))
 
         await self._run(op, transaction=failed is not None)
@@ -326,6 +330,23 @@ class PostgresStore(PostgresPool, SharedQueries):
     def record_event(self, event: EventRecord) -> None:
         written = self._outcomes.submit(event)
         written.add_done_callback(functools.partial(_report_unwritten_event, event.id))
+
+    async def _finish_many(
+        self, batch: Sequence[tuple[Any, ...] | EventRecord], conn: asyncpg.Connection
+    ) -> list[None]:
+        # Rows locked in id order, as the lease heartbeat locks them, so the two cannot
+        # deadlock.
+        outcomes = sorted(
+            ((*params, self.owner) for params in batch if isinstance(params, tuple)),
+            key=lambda params: params[-2],
+        )
+        if outcomes:
+            written = {row["id"] for row in await conn.fetchmany(_FINISH_INCOMING, outcomes)}
+            for params in outcomes:
+                if params[-2] not in written:
+                    _taken_over("delivery", params[-2], params[0])
+        await _insert_events([e for e in batch if isinstance(e, EventRecord)], conn)
+        return [None] * len(batch)
 
     async def release_leases(self) -> None:
         """Free this process's leases (other processes' stay theirs)."""
@@ -440,7 +461,11 @@ class PostgresStore(PostgresPool, SharedQueries):
 
     async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> None:
         async def op(conn: asyncpg.Connection) -> None:
-            await conn.executemany(_FINISH_OUTGOING, outcome_params(outcomes))
+            params = [(*row, self.owner) for row in outcome_params(outcomes)]
+            written = {row["id"] for row in await conn.fetchmany(_FINISH_OUTGOING, params)}
+            for outcome in outcomes:
+                if outcome.delivery_id not in written:
+                    _taken_over("outgoing delivery", outcome.delivery_id, outcome.status)
             attempts = [o.attempt for o in outcomes if o.attempt is not None]
             if attempts:
                 await conn.executemany(_RECORD_ATTEMPT, [attempt_params(a) for a in attempts])
@@ -515,15 +540,15 @@ class PostgresStore(PostgresPool, SharedQueries):
         return ("SELECT pg_try_advisory_xact_lock(?)", (self._retention_lock_key,))
 
 
-async def _finish_many(
-    batch: Sequence[tuple[Any, ...] | EventRecord], conn: asyncpg.Connection
-) -> list[None]:
-    outcomes = [params for params in batch if isinstance(params, tuple)]
-    # Rows locked in id order, as the lease heartbeat locks them, so the two cannot deadlock.
-    if outcomes:
-        await conn.executemany(_FINISH_INCOMING, sorted(outcomes, key=lambda params: params[-1]))
-    await _insert_events([e for e in batch if isinstance(e, EventRecord)], conn)
-    return [None] * len(batch)
+def _taken_over(kind: str, delivery_id: str, status: str) -> None:
+    log.warning(
+        "%s %s: its lease ran out and another process took it over; this process's outcome "
+        "(%s) is not recorded (the other's will be)",
+        kind,
+        delivery_id,
+        status,
+        extra={"delivery": delivery_id},
+    )
 
 
 async def _insert_events(events: Sequence[EventRecord], conn: asyncpg.Connection) -> None:
