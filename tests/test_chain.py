@@ -445,17 +445,23 @@ async def test_deliveries_are_found_by_the_start_of_their_id_in_any_collation(
         await store.close()
 
 
-def _old_payload(cause: str) -> bytes:
+def _old_payload(cause: str, data: dict[str, Any] | None = None) -> bytes:
+    event = {"id": "evt_1", "type": "agent_response", "session": "s", "data": data or {}}
     return json.dumps(
-        {"id": "evt_1", "type": "agent_response", "session": "s", "data": {}, "causation": cause},
-        separators=(",", ":"),
+        {**event, "causation": cause}, separators=(",", ":"), ensure_ascii=False
     ).encode()
 
 
 async def test_outgoing_rows_from_before_get_their_cause(tmp_path, storage) -> None:
     """The migration that adds events takes an old row's cause from its payload; a body a
-    template made, without one, stays without."""
-    rows = [("out_1", _old_payload("dlv_1")), ("out_2", b"plain text from a template")]
+    template made, without one, stays without, also one that is no text at all (a NUL, bytes
+    that are not UTF-8): PostgreSQL cannot make text of those."""
+    rows = [
+        ("out_1", _old_payload("dlv_1")),
+        ("out_2", b"plain text from a template"),
+        ("out_3", b"a NUL \x00 and \xff\xfe from a template"),
+        ("out_4", _old_payload("dlv_4", {"text": "Réponse: ça marche"})),
+    ]
     insert = (
         "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, payload, "
         "created_at, status) VALUES (?, 'evt_1', 'sub', 'agent_response', 's', ?, 0, 'done')"
@@ -492,6 +498,10 @@ async def test_outgoing_rows_from_before_get_their_cause(tmp_path, storage) -> N
         first, second = await store.get_outgoing("out_1"), await store.get_outgoing("out_2")
         assert first is not None and first.causation == "dlv_1"
         assert second is not None and second.causation is None
+        third = await store.get_outgoing("out_3")
+        assert third is not None and third.causation is None
+        fourth = await store.get_outgoing("out_4")
+        assert fourth is not None and fourth.causation == "dlv_4"
     finally:
         await store.close()
 

@@ -76,7 +76,8 @@ CREATE INDEX attempts_at ON attempts (at);
     # Every published event, subscribed or not, so a webhook can be followed to what it caused;
     # an outgoing row names the delivery that caused its event. Rows stored before take it from
     # their payload: the event's compact JSON ends with its causation (a template's body may
-    # not, and stays NULL).
+    # not, and stays NULL). Read through the ``escape`` encoding, which makes text of any
+    # bytes: a template's body may hold a NUL or bytes that are not UTF-8.
     Migration(
         2,
         "events, and the cause of outgoing deliveries",
@@ -96,8 +97,8 @@ CREATE INDEX events_causation ON events (causation) WHERE causation IS NOT NULL;
 CREATE INDEX events_session ON events (session, created_at) WHERE session IS NOT NULL;
 ALTER TABLE outbox ADD COLUMN causation TEXT;
 UPDATE outbox SET causation = substring(
-    convert_from(payload, 'UTF8') from '"causation":"([^"\\]*)"}$'
-) WHERE position('"causation":"' in convert_from(payload, 'UTF8')) > 0;
+    encode(payload, 'escape') from '"causation":"([^"\\]*)"}$'
+) WHERE position('"causation":"' in encode(payload, 'escape')) > 0;
 CREATE INDEX outbox_causation ON outbox (causation) WHERE causation IS NOT NULL;
 """,
     ),
