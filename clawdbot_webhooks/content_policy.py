@@ -10,8 +10,10 @@ look-alike brackets, invisible characters), so spans map back onto the original.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,14 +78,10 @@ class ContentPolicy:
         ]
         return sorted(found, key=lambda m: (m.start, -m.end))
 
-    def screen(
-        self, text: str, on_match: OnMatch | None = None, found: list[Match] | None = None
-    ) -> str:
+    def screen(self, text: str, on_match: OnMatch | None = None) -> str:
         """``text`` as the policy lets it go to the agent; raises ``ActionError`` (no retry)
-        when the mode is ``block`` and a pattern matched. ``found``: ``matches(text)``, when
-        already known."""
-        if found is None:
-            found = self.matches(text)
+        when the mode is ``block`` and a pattern matched."""
+        found = self.matches(text)
         if not found:
             return text
         names = sorted({m.pattern for m in found})
@@ -125,3 +123,34 @@ def _quarantine(text: str, found: list[Match]) -> str:
         last = end
     parts.append(text[last:])
     return "".join(parts)
+
+
+class Screens:
+    """Each handler's content policy as ``ActionContext.screen``, made once per policy (a
+    reloaded config brings new policies, and with them new screens). A screen may run in a
+    worker thread (``agent_prompt_async``); ``on_match`` is called on the loop's thread all
+    the same, where the metrics belong."""
+
+    def __init__(self, on_match: OnMatch | None) -> None:
+        self._on_match = on_match
+        self._made: dict[str, tuple[ContentPolicy, Callable[[str], str]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called on ``loop``'s thread."""
+        self._loop, self._loop_thread = loop, threading.get_ident()
+
+    def of(self, hook: str, policy: ContentPolicy) -> Callable[[str], str]:
+        made = self._made.get(hook)
+        if made is None or made[0] is not policy:
+            made = self._made[hook] = (policy, lambda text: policy.screen(text, self._matched))
+        return made[1]
+
+    def _matched(self, hook: str, pattern: str, mode: str) -> None:
+        if self._on_match is None:
+            return
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self._on_match(hook, pattern, mode)
+        else:
+            self._loop.call_soon_threadsafe(self._on_match, hook, pattern, mode)

@@ -27,6 +27,7 @@ from clawdbot_webhooks_hookspecs import (
 )
 
 from clawdbot_webhooks.config import HandlerSpec, Settings
+from clawdbot_webhooks.content_policy import Screens
 from clawdbot_webhooks.dead_letters import attempts_in_all, dead_letter, error_event
 from clawdbot_webhooks.events import EventBus, message_received
 from clawdbot_webhooks.plugins.calls import HookCalls, call_on_incoming
@@ -45,9 +46,6 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 30.0
 #: How often stored work (retries, work of a dead process) is looked for at the latest.
 POLL_SECONDS = 1.0
-#: Text bound for an agent longer than this is screened by the content policy in a worker
-#: thread: its patterns take most of a second for a megabyte, which the loop would wait for.
-SCREEN_ON_LOOP_CHARS = 16_384
 
 
 def _untimed(hook: str, outcome: str, seconds: float) -> None:
@@ -110,14 +108,14 @@ class Pipeline:
         self._closing = False
         self.lease = settings.storage.lease_seconds
         self._on_action = on_action
-        self._on_policy_match = on_policy_match
-        self._screens: dict[str, tuple[Any, Callable[[str], str]]] = {}
+        self._screens = Screens(on_policy_match)
 
     # -- lifecycle
 
     def start(self, http: Any) -> None:
         self._http = http
         self._loop = asyncio.get_running_loop()
+        self._screens.start(self._loop)
         self._poller = self._loop.create_task(self._poll(), name="inbox-poller")
 
     async def stop(self, timeout: float) -> int:
@@ -461,11 +459,8 @@ class Pipeline:
             delivery = changed
         options = self._render(spec, delivery)
         text = options.get("template")
-        screen = None if spec.screen is None else self._screen(spec)
         if isinstance(text, str):
             await self._said(delivery, spec, text, kept)
-            if screen is not None and len(text) > SCREEN_ON_LOOP_CHARS:
-                screen = await self._screen_apart(spec, text)
         ctx = ActionContext(
             delivery=delivery,
             handler=handler,
@@ -477,7 +472,7 @@ class Pipeline:
             publish=self._publish,
             logger=spec.logger,
             sender=spec.sender,
-            screen=screen,
+            screen=None if spec.screen is None else self._screens.of(spec.handler.id, spec.screen),
         )
         return await spec.action.run(ctx)
 
@@ -556,26 +551,6 @@ class Pipeline:
             source="webhook",
         )
         self._settle(record.id, ActionError(reason, retry=False))
-
-    def _screen(self, spec: HandlerSpec) -> Callable[[str], str]:
-        """The handler's content policy as ``ActionContext.screen``, made once per policy (a
-        reloaded config brings new policies, and with them new screens)."""
-        policy = spec.screen
-        assert policy is not None  # asked only for a handler with a policy
-        made = self._screens.get(spec.handler.id)
-        if made is None or made[0] is not policy:
-            made = self._screens[spec.handler.id] = (
-                policy,
-                lambda text: policy.screen(text, self._on_policy_match),
-            )
-        return made[1]
-
-    async def _screen_apart(self, spec: HandlerSpec, text: str) -> Callable[[str], str]:
-        """``_screen``, with the matches in ``text`` (the action's ``template``) found in a
-        worker thread beforehand; counted, logged and applied on the loop as ever."""
-        policy, on_match = spec.screen, self._on_policy_match
-        found = await asyncio.to_thread(policy.matches, text)
-        return lambda given: policy.screen(given, on_match, found if given is text else None)
 
     def _settle(self, delivery_id: str, outcome: Any) -> None:
         waiter = self._waiters.pop(delivery_id, None)

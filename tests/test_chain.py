@@ -459,8 +459,9 @@ async def test_outgoing_rows_from_before_get_their_cause(tmp_path, storage) -> N
     rows = [
         ("out_1", _old_payload("dlv_1")),
         ("out_2", b"plain text from a template"),
-        ("out_3", b"a NUL \x00 and \xff\xfe from a template"),
+        ("out_3", b'a NUL \x00 and \xff\xfe from a template, "causation":"dlv_3"}'),
         ("out_4", _old_payload("dlv_4", {"text": "Réponse: ça marche"})),
+        ("out_5", _old_payload("évt-caused")),  # a plugin's event may name any cause
     ]
     insert = (
         "INSERT INTO outbox (id, event_id, subscription_id, event_type, session, payload, "
@@ -502,6 +503,8 @@ async def test_outgoing_rows_from_before_get_their_cause(tmp_path, storage) -> N
         assert third is not None and third.causation is None
         fourth = await store.get_outgoing("out_4")
         assert fourth is not None and fourth.causation == "dlv_4"
+        fifth = await store.get_outgoing("out_5")
+        assert fifth is not None and fifth.causation == "évt-caused"
     finally:
         await store.close()
 

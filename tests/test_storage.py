@@ -881,7 +881,9 @@ async def test_a_process_whose_lease_was_taken_over_leaves_the_delivery_alone(
                     record.id, "pending", attempts=1, error="late", retry_at=time.time() + 60
                 )
                 a.record_outcome(record.id, "done", attempts=1, result={"late": True})
-                await a.finish_outgoing_many([OutgoingOutcome("out_1", "done", 1)])
+                assert await a.finish_outgoing_many([OutgoingOutcome("out_1", "done", 1)]) == [
+                    "out_1"
+                ]
             # A is closed: its batched outcome is written (or refused) by now.
             rows = await _pg(
                 schema,
@@ -896,7 +898,7 @@ async def test_a_process_whose_lease_was_taken_over_leaves_the_delivery_alone(
             assert all(record.id in m or "out_1" in m for m in lost)
             # B's own outcomes are recorded as ever.
             b.record_outcome(record.id, "done", attempts=1, result={"by": "b"})
-            await b.finish_outgoing_many([OutgoingOutcome("out_1", "done", 1)])
+            assert await b.finish_outgoing_many([OutgoingOutcome("out_1", "done", 1)]) == []
             await b._outcomes.written()
             [(status, result)] = await _pg(
                 schema, "SELECT status, result FROM inbox WHERE id=$1", record.id
@@ -904,5 +906,42 @@ async def test_a_process_whose_lease_was_taken_over_leaves_the_delivery_alone(
             assert (status, json.loads(result)) == ("done", {"by": "b"})
             rows = await _pg(schema, "SELECT status FROM outbox WHERE id='out_1'")
             assert rows == [("done",)]
+    finally:
+        drop_schema(schema)
+
+
+async def test_an_outgoing_retry_taken_over_by_another_process_is_left_to_it(
+    make_sink, tmp_path: Path
+) -> None:
+    """A process waiting to retry an outgoing delivery whose lease ran out meanwhile (another
+    process took it over) learns so from its next attempt's refused outcome and stops: the
+    endpoint is not sent the same event again and again until the first one's retries run
+    out."""
+    from clawdbot_webhooks.testing import serve
+    from tests.conftest import drop_schema, require_postgres
+
+    require_postgres()
+    schema = f"cw_retry_{uuid.uuid4().hex[:8]}"
+    sink = await make_sink(default=503)
+    retry = {"maxAttempts": 40, "initialDelay": 0.2, "backoff": "constant", "jitter": False}
+    hooks = {
+        "storage": {"url": POSTGRES_URL, "schema": schema, "leaseSeconds": 30},
+        "outgoing": [{"id": "s1", "url": sink.url, "events": ["*"], "retry": retry}],
+    }
+    try:
+        async with serve(hooks, state_dir=tmp_path / "a") as a:
+            await a.runtime.bus.publish(Event("agent_response", {"text": "hi"}, session="s"))
+            await sink.wait_for(2)
+            # A pause longer than the lease: it runs out, and process B takes the row over.
+            await _pg(schema, "UPDATE outbox SET lease_until=0, next_attempt_at=0")
+            async with _opened(POSTGRES_URL, schema=schema) as b:
+                [taken] = await b.claim_outgoing(10, 30)
+                sent = len(sink.received)
+                await asyncio.sleep(2.0)  # ten of A's retry periods
+                # A's attempt under way when B took over, and no more.
+                assert len(sink.received) <= sent + 1
+                rows = await _pg(schema, "SELECT status, lease_owner FROM outbox")
+                assert rows == [("pending", b.owner)]
+                assert taken.id not in a.runtime.outbox._finisher.taken_over  # forgotten
     finally:
         drop_schema(schema)

@@ -19,7 +19,7 @@ from clawdbot_webhooks_hookspecs import (
     ReplyTarget,
     SupportsWake,
     Template,
-    agent_prompt,
+    agent_prompt_async,
     derived_event_id,
     hookimpl,
     prompt_agent,
@@ -141,11 +141,11 @@ class RunAgent:
         return {"runId": reply.run_id, "text": reply.text}
 
 
-def wake_text(ctx: ActionContext) -> str:
+async def wake_text(ctx: ActionContext) -> str:
     """The text a ``wake`` queues: the rendered template inside the untrusted-content
     boundary (the content policy applied first), the handler's ``instructions`` before it: a
     wake has no system-prompt channel of its own."""
-    text = agent_prompt(ctx, ctx.options["template"])
+    text = await agent_prompt_async(ctx, ctx.options["template"])
     instructions = ctx.options.get("instructions")
     return f"{instructions}\n\n{text}" if instructions else text
 
@@ -173,7 +173,7 @@ class Wake:
         if not ctx.options["template"].strip():
             # Clawdbot refuses an empty wake; trying again would render the same.
             raise ActionError("wake: the template rendered no text", retry=False)
-        text = wake_text(ctx)
+        text = await wake_text(ctx)
         mode = ctx.options["wakeMode"]
         answer = await gateway.wake(text, mode)
         return {"mode": mode, **dict(answer)}

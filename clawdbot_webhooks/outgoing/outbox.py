@@ -92,6 +92,9 @@ class _Finisher:
         self._store = store
         self._batch: list[OutgoingOutcome] = []
         self._task: asyncio.Task[None] | None = None
+        #: Deliveries waiting for a retry here that another process took over meanwhile
+        #: (their lease ran out): they are that process's to send now.
+        self.taken_over: set[str] = set()
 
     def put(self, outcome: OutgoingOutcome) -> None:
         self._batch.append(outcome)
@@ -102,7 +105,9 @@ class _Finisher:
         while self._batch:
             batch, self._batch = self._batch, []
             try:
-                await self._store.finish_outgoing_many(batch)
+                taken = await self._store.finish_outgoing_many(batch)
+                waiting = {o.delivery_id for o in batch if o.status == "pending"}
+                self.taken_over.update(waiting.intersection(taken))
             except Exception:
                 # The rows stay leased and pending: they are attempted again once the lease
                 # expires (or at the next start), so nothing is lost, at worst repeated.
@@ -335,6 +340,9 @@ class Outbox:
             wait = rec.next_attempt_at - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
+            if rec.id in self._finisher.taken_over:  # its retry is another process's now
+                self._finisher.taken_over.discard(rec.id)
+                return True
             probe = False
             verdict: Verdict | None = None
             try:

@@ -166,7 +166,7 @@ class PostgresStore(PostgresPool, SharedQueries):
         #: Outcomes and events nobody waits for (``record_outcome``, ``record_event``): one
         #: round trip and one commit for all that came meanwhile, and no pool connection taken
         #: from the inserts for each.
-        self._outcomes: Batches[tuple[Any, ...] | EventRecord, None] = Batches(
+        self._outcomes: Batches[tuple[Any, ...] | EventRecord, bool] = Batches(
             self._run, self._finish_many
         )
         self._inserts = Batches(
@@ -306,13 +306,14 @@ class PostgresStore(PostgresPool, SharedQueries):
     ) -> None:
         params = finish_params(delivery_id, status, attempts, result, error, retry_at, message)
 
-        async def op(conn: asyncpg.Connection) -> None:
-            if await conn.fetchval(_FINISH_INCOMING, *params, self.owner) is None:
-                _taken_over("delivery", delivery_id, status)
+        async def op(conn: asyncpg.Connection) -> bool:
+            taken = await conn.fetchval(_FINISH_INCOMING, *params, self.owner) is None
             if failed is not None:  # it was made all the same
                 await conn.execute(_RECORD_ATTEMPT, *attempt_params(failed))
+            return taken
 
-        await self._run(op, transaction=failed is not None)
+        if await self._run(op, transaction=failed is not None):
+            _taken_over("delivery", delivery_id, status)
 
     def record_outcome(
         self,
@@ -325,7 +326,7 @@ class PostgresStore(PostgresPool, SharedQueries):
     ) -> None:
         params = finish_params(delivery_id, status, attempts, result, None, None, message)
         written = self._outcomes.submit(params)
-        written.add_done_callback(functools.partial(_report_unwritten, delivery_id))
+        written.add_done_callback(functools.partial(_report_unwritten, delivery_id, status))
 
     def record_event(self, event: EventRecord) -> None:
         written = self._outcomes.submit(event)
@@ -333,20 +334,20 @@ class PostgresStore(PostgresPool, SharedQueries):
 
     async def _finish_many(
         self, batch: Sequence[tuple[Any, ...] | EventRecord], conn: asyncpg.Connection
-    ) -> list[None]:
+    ) -> list[bool]:
+        """Outcomes and events; for each, whether it was an outcome another process's lease
+        kept out."""
         # Rows locked in id order, as the lease heartbeat locks them, so the two cannot
         # deadlock.
         outcomes = sorted(
             ((*params, self.owner) for params in batch if isinstance(params, tuple)),
             key=lambda params: params[-2],
         )
+        written: set[str] = set()
         if outcomes:
             written = {row["id"] for row in await conn.fetchmany(_FINISH_INCOMING, outcomes)}
-            for params in outcomes:
-                if params[-2] not in written:
-                    _taken_over("delivery", params[-2], params[0])
         await _insert_events([e for e in batch if isinstance(e, EventRecord)], conn)
-        return [None] * len(batch)
+        return [isinstance(one, tuple) and one[-1] not in written for one in batch]
 
     async def release_leases(self) -> None:
         """Free this process's leases (other processes' stay theirs)."""
@@ -459,18 +460,23 @@ class PostgresStore(PostgresPool, SharedQueries):
 
         return await self._run(op)
 
-    async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> None:
-        async def op(conn: asyncpg.Connection) -> None:
-            params = [(*row, self.owner) for row in outcome_params(outcomes)]
+    async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> list[str]:
+        async def op(conn: asyncpg.Connection) -> set[str]:
+            # In id order, as ``_finish_many``.
+            params = sorted(
+                ((*row, self.owner) for row in outcome_params(outcomes)), key=lambda p: p[-2]
+            )
             written = {row["id"] for row in await conn.fetchmany(_FINISH_OUTGOING, params)}
-            for outcome in outcomes:
-                if outcome.delivery_id not in written:
-                    _taken_over("outgoing delivery", outcome.delivery_id, outcome.status)
             attempts = [o.attempt for o in outcomes if o.attempt is not None]
             if attempts:
                 await conn.executemany(_RECORD_ATTEMPT, [attempt_params(a) for a in attempts])
+            return written
 
-        await self._run(op)
+        written = await self._run(op)
+        taken = [o for o in outcomes if o.delivery_id not in written]
+        for outcome in taken:
+            _taken_over("outgoing delivery", outcome.delivery_id, outcome.status)
+        return [o.delivery_id for o in taken]
 
     async def release_outgoing(self, ids: Sequence[str]) -> None:
         async def op(conn: asyncpg.Connection) -> None:
@@ -556,14 +562,16 @@ async def _insert_events(events: Sequence[EventRecord], conn: asyncpg.Connection
         await conn.execute(_ADD_EVENTS, *zip(*(e.values() for e in events), strict=True))
 
 
-def _report_unwritten_event(event_id: str, written: asyncio.Future[None]) -> None:
+def _report_unwritten_event(event_id: str, written: asyncio.Future[bool]) -> None:
     exc = None if written.cancelled() else written.exception()
     if exc is not None:
         log.error("event %s could not be stored: %s", event_id, reason(exc))
 
 
-def _report_unwritten(delivery_id: str, written: asyncio.Future[None]) -> None:
+def _report_unwritten(delivery_id: str, status: str, written: asyncio.Future[bool]) -> None:
     # Its delivery stays pending under its lease and runs again once the lease expires.
     exc = None if written.cancelled() else written.exception()
     if exc is not None:
         log.error("the outcome of delivery %s could not be written: %s", delivery_id, reason(exc))
+    elif not written.cancelled() and written.result():
+        _taken_over("delivery", delivery_id, status)

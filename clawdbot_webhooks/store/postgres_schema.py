@@ -76,8 +76,8 @@ CREATE INDEX attempts_at ON attempts (at);
     # Every published event, subscribed or not, so a webhook can be followed to what it caused;
     # an outgoing row names the delivery that caused its event. Rows stored before take it from
     # their payload: the event's compact JSON ends with its causation (a template's body may
-    # not, and stays NULL). Read through the ``escape`` encoding, which makes text of any
-    # bytes: a template's body may hold a NUL or bytes that are not UTF-8.
+    # not, and stays NULL). A template's body may hold a NUL or bytes that are not UTF-8,
+    # which are no text: should any payload be such, the rows are read one at a time.
     Migration(
         2,
         "events, and the cause of outgoing deliveries",
@@ -96,9 +96,28 @@ CREATE INDEX events_created ON events (created_at);
 CREATE INDEX events_causation ON events (causation) WHERE causation IS NOT NULL;
 CREATE INDEX events_session ON events (session, created_at) WHERE session IS NOT NULL;
 ALTER TABLE outbox ADD COLUMN causation TEXT;
-UPDATE outbox SET causation = substring(
-    encode(payload, 'escape') from '"causation":"([^"\\]*)"}$'
-) WHERE position('"causation":"' in encode(payload, 'escape')) > 0;
+DO $$
+BEGIN
+    UPDATE outbox SET causation = substring(
+        convert_from(payload, 'UTF8') from '"causation":"([^"\\]*)"}$'
+    ) WHERE position('"causation":"'::bytea in payload) > 0;
+EXCEPTION WHEN character_not_in_repertoire THEN
+    -- Some payload is no text: row by row, and such a body keeps no cause.
+    DECLARE
+        r record;
+    BEGIN
+        FOR r IN SELECT id, payload FROM outbox
+                WHERE position('"causation":"'::bytea in payload) > 0 LOOP
+            BEGIN
+                UPDATE outbox SET causation = substring(
+                    convert_from(r.payload, 'UTF8') from '"causation":"([^"\\]*)"}$'
+                ) WHERE id = r.id;
+            EXCEPTION WHEN character_not_in_repertoire THEN
+                NULL;
+            END;
+        END LOOP;
+    END;
+END $$;
 CREATE INDEX outbox_causation ON outbox (causation) WHERE causation IS NOT NULL;
 """,
     ),

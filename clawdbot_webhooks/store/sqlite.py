@@ -373,11 +373,12 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
 
         return await self._do(op)
 
-    async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> None:
+    async def finish_outgoing_many(self, outcomes: Sequence[OutgoingOutcome]) -> list[str]:
         """Record many attempts' outcomes in one transaction (the dispatcher batches them).
 
         Attempt numbers continue across replays, so the history of a revived dead letter is
-        kept; ``attempts`` on the row counts the current round only.
+        kept; ``attempts`` on the row counts the current round only. Every outcome is
+        recorded: one process owns the file (no id is returned as taken over).
         """
 
         def op(conn: sqlite3.Connection) -> None:
@@ -388,6 +389,7 @@ class SQLiteStore(SQLiteWriter, SharedQueries):
             )
 
         await self._do(op)
+        return []
 
     async def release_outgoing(self, ids: Sequence[str]) -> None:
         """Give up the leases of deliveries this process holds but will not finish."""

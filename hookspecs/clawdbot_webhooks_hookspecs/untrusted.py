@@ -8,6 +8,7 @@ instructions. The markers are the ones Clawdbot agents already recognise for ext
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -148,6 +149,19 @@ def agent_prompt(ctx: ActionContext, text: str) -> str:
     return wrap_untrusted(text, source_of(ctx))
 
 
+#: Longer text is made ready for an agent in a worker thread (``agent_prompt_async``): the
+#: content policy's patterns take most of a second for a megabyte. Since 1.10.
+OFF_LOOP_CHARS = 16_384
+
+
+async def agent_prompt_async(ctx: ActionContext, text: str) -> str:
+    """``agent_prompt(ctx, text)``, in a worker thread when ``text`` is longer than
+    ``OFF_LOOP_CHARS``, so that the event loop goes on serving meanwhile. Since 1.10."""
+    if len(text) > OFF_LOOP_CHARS:
+        return await asyncio.to_thread(agent_prompt, ctx, text)
+    return agent_prompt(ctx, text)
+
+
 def takes_instructions(gateway: Any) -> bool:
     """Whether ``gateway.run_agent`` accepts ``instructions`` (gateways written before 1.6
     do not)."""
@@ -167,7 +181,7 @@ async def prompt_agent(ctx: ActionContext, *, agent_id: str, text: str, **extra:
     text)`` as the message, the handler's rendered ``instructions`` (if any) outside the
     boundary, through the gateway's system-prompt channel where it has one. ``extra`` goes to
     ``gateway.run_agent`` as it is."""
-    message = agent_prompt(ctx, text)
+    message = await agent_prompt_async(ctx, text)
     instructions = ctx.options.get("instructions") or None
     if instructions and not takes_instructions(ctx.gateway):
         message, instructions = f"{instructions}\n\n{message}", None
