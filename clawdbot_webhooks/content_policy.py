@@ -65,13 +65,20 @@ class ContentPolicy:
         self.hook = hook
         self.mode = mode
         self.patterns = dict(patterns)
+        #: The same, for text of ASCII alone (``_for_ascii``).
+        self._ascii_patterns = {
+            name: [_for_ascii(expression) for expression in expressions]
+            for name, expressions in self.patterns.items()
+        }
 
     def matches(self, text: str) -> list[Match]:
         """Every match of every pattern class, in the order of the text."""
         folded, where = fold_for_matching(text)
+        ascii_only = folded.isascii() and _ASCII_ONLY_SPACES.search(folded) is None
+        patterns = self._ascii_patterns if ascii_only else self.patterns
         found = [
             Match(name, where(m.start()), where(m.end() - 1) + 1)
-            for name, expressions in self.patterns.items()
+            for name, expressions in patterns.items()
             for expression in expressions
             for m in expression.finditer(folded)
             if m.end() > m.start()
@@ -104,6 +111,22 @@ class ContentPolicy:
         if self.mode == "quarantine":
             return _quarantine(text, found)
         return text
+
+
+#: The ASCII characters Unicode counts as white space and ``re.ASCII`` does not.
+_ASCII_ONLY_SPACES = re.compile("[\x1c-\x1f]")
+
+
+def _for_ascii(expression: re.Pattern[str]) -> re.Pattern[str]:
+    """``expression`` compiled with ``re.ASCII``, when its source is ASCII: on text of ASCII
+    alone (less ``_ASCII_ONLY_SPACES``) it matches exactly what the Unicode one matches, case
+    folding included, in about 60 % of the time (bench/README.md). Otherwise itself."""
+    if not expression.pattern.isascii():
+        return expression
+    try:
+        return re.compile(expression.pattern, (expression.flags & ~re.UNICODE) | re.ASCII)
+    except (re.error, ValueError):  # an inline flag of its own, say ``(?u)``
+        return expression
 
 
 def _quarantine(text: str, found: list[Match]) -> str:
