@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from clawdbot_webhooks.builtin.local_gateway import read_log
@@ -344,35 +345,35 @@ async def test_custom_sync_and_async_functions(start_server, tmp_path) -> None:
     ]
 
 
-async def test_custom_function_errors_go_down_the_failure_path(start_server, tmp_path) -> None:
-    _write_module(
-        tmp_path,
-        "failing_fns",
-        """
-        calls = []
-        def flaky(ctx):
-            calls.append(ctx.delivery.attempt)
-            if len(calls) < 3:
+def _failing_at_first(tmp_path: Path, module: str, seen: str, failures: int) -> None:
+    """Module ``module`` with ``run(ctx)``, which keeps ``seen`` (an expression of ``ctx``) in
+    its list ``seen`` on every call and fails the first ``failures`` times."""
+    source = f"""
+        seen = []
+        def run(ctx):
+            seen.append({seen})
+            if len(seen) <= {failures}:
                 raise RuntimeError("not yet")
             return "ok"
-    """,
-    )
-    config = {
-        "handlers": [
-            {
-                "id": "f",
-                "action": "custom",
-                "function": "failing_fns:flaky",
-                "retry": {"maxAttempts": 5, "initialDelay": 0.02, "jitter": False},
-            },
-        ],
-    }
+    """
+    _write_module(tmp_path, module, source)
+
+
+def _retried(function: str, attempts: int, **more: Any) -> dict[str, Any]:
+    """Handler ``f``: the custom ``function``, tried ``attempts`` times, 20 ms apart."""
+    retry = {"maxAttempts": attempts, "initialDelay": 0.02, "jitter": False}
+    return {"id": "f", "action": "custom", "function": function, "retry": retry, **more}
+
+
+async def test_custom_function_errors_go_down_the_failure_path(start_server, tmp_path) -> None:
+    _failing_at_first(tmp_path, "failing_fns", "ctx.delivery.attempt", 2)
+    config = {"handlers": [_retried("failing_fns:run", 5)]}
     srv = await start_server(config)
     _, body = await srv.post("f", {})
     await srv.idle()
     import failing_fns
 
-    assert failing_fns.calls == [1, 2, 3]
+    assert failing_fns.seen == [1, 2, 3]
     record = await srv.runtime.store.get_incoming(body["id"])
     assert record is not None and record.status == "done" and record.result == "ok"
     assert json.loads(json.dumps(record.result)) == "ok"
@@ -391,17 +392,7 @@ async def test_a_failed_runs_message_is_kept_for_its_event(start_server, tmp_pat
             raise RuntimeError("down")
     """,
     )
-    config = {
-        "handlers": [
-            {
-                "id": "f",
-                "action": "custom",
-                "function": "refusing_fns:refuse",
-                "template": "about {{ what }}",
-                "retry": {"maxAttempts": 2, "initialDelay": 0.02, "jitter": False},
-            },
-        ],
-    }
+    config = {"handlers": [_retried("refusing_fns:refuse", 2, template="about {{ what }}")]}
     srv = await start_server(config)
     _, body = await srv.post("f", {"what": "it"})
     await srv.idle()
@@ -418,29 +409,8 @@ async def test_a_retry_sees_the_payload_the_first_attempt_saw(start_server, tmp_
     """A stored body is parsed again for a retry by the rules it was received by (the depth
     limit among them): a form whose ``payload`` holds JSON nested too deeply stays the form
     on every attempt, not the JSON from the second on."""
-    _write_module(
-        tmp_path,
-        "seeing_fns",
-        """
-        seen = []
-        def once_more(ctx):
-            seen.append(ctx.delivery.payload)
-            if len(seen) < 2:
-                raise RuntimeError("again")
-            return "ok"
-    """,
-    )
-    config = {
-        "incoming": {"maxJsonDepth": 2},
-        "handlers": [
-            {
-                "id": "f",
-                "action": "custom",
-                "function": "seeing_fns:once_more",
-                "retry": {"maxAttempts": 3, "initialDelay": 0.02, "jitter": False},
-            },
-        ],
-    }
+    _failing_at_first(tmp_path, "seeing_fns", "ctx.delivery.payload", 1)
+    config = {"incoming": {"maxJsonDepth": 2}, "handlers": [_retried("seeing_fns:run", 3)]}
     srv = await start_server(config)
     deep = '{"a": {"b": {"c": 1}}}'
     form = urlencode({"payload": deep}).encode()
