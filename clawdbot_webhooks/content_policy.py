@@ -11,6 +11,7 @@ look-alike brackets, invisible characters), so spans map back onto the original.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import threading
@@ -117,6 +118,7 @@ class ContentPolicy:
 _ASCII_ONLY_SPACES = re.compile("[\x1c-\x1f]")
 
 
+@functools.cache  # the classes' patterns are shared by every handler's policy
 def _for_ascii(expression: re.Pattern[str]) -> re.Pattern[str]:
     """``expression`` compiled with ``re.ASCII``, when its source is ASCII: on text of ASCII
     alone (less ``_ASCII_ONLY_SPACES``) it matches exactly what the Unicode one matches, case
@@ -164,10 +166,11 @@ class Screens:
         """Called on ``loop``'s thread."""
         self._loop, self._loop_thread = loop, threading.get_ident()
 
-    def of(self, hook: str, policy: ContentPolicy) -> Callable[[str], str]:
-        made = self._made.get(hook)
+    def of(self, policy: ContentPolicy) -> Callable[[str], str]:
+        made = self._made.get(policy.hook)
         if made is None or made[0] is not policy:
-            made = self._made[hook] = (policy, lambda text: policy.screen(text, self._matched))
+            screen = (policy, lambda text: policy.screen(text, self._matched))
+            made = self._made[policy.hook] = screen
         return made[1]
 
     def _matched(self, hook: str, pattern: str, mode: str) -> None:

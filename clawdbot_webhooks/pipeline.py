@@ -472,7 +472,7 @@ class Pipeline:
             publish=self._publish,
             logger=spec.logger,
             sender=spec.sender,
-            screen=None if spec.screen is None else self._screens.of(spec.handler.id, spec.screen),
+            screen=None if spec.screen is None else self._screens.of(spec.screen),
         )
         return await spec.action.run(ctx)
 

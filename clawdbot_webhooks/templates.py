@@ -340,9 +340,7 @@ def is_trusted(path: tuple[str, ...]) -> bool:
     return path == ("instructions",)
 
 
-def trusted_context(
-    delivery: Delivery, handler: Handler, persistent: bool = False
-) -> dict[str, Any]:
+def trusted_context(delivery: Delivery, handler: Handler, persistent: bool) -> dict[str, Any]:
     """What a trusted template (a handler's ``instructions``) sees of a delivery: the hook and
     the delivery's ids, none of the sender's text (payload, headers, query). A persistent
     session's key may be rendered from the payload: it is seen as a digest, an id that

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import functools
 import ipaddress
@@ -254,7 +255,8 @@ def parse_body(body: bytes, mime: str, charset: str | None, *, max_depth: int | 
     if mime == FORM_TYPE:
         try:
             form = parse_form(body.decode(charset or "utf-8"), charset or "utf-8")
-            _refuse_lone_surrogates(form)
+            if not _is_utf8(charset):
+                _refuse_lone_surrogates(form)
         except (UnicodeDecodeError, LookupError) as exc:
             raise Rejected(400, f"form body is not valid {charset or 'utf-8'}") from exc
         except ValueError as exc:
@@ -269,7 +271,8 @@ def parse_body(body: bytes, mime: str, charset: str | None, *, max_depth: int | 
     if mime.startswith("text/"):
         try:
             text = body.decode(charset or "utf-8")
-            _refuse_lone_surrogates(text)
+            if not _is_utf8(charset):
+                _refuse_lone_surrogates(text)
         except (UnicodeDecodeError, LookupError) as exc:
             raise Rejected(400, f"text body is not valid {charset or 'utf-8'}") from exc
         except ValueError as exc:
@@ -284,6 +287,18 @@ def parse_body(body: bytes, mime: str, charset: str | None, *, max_depth: int | 
         f"unsupported content type {mime!r}: send application/json, "
         "application/x-www-form-urlencoded or text/*",
     )
+
+
+def _is_utf8(charset: str | None) -> bool:
+    """Whether a body's ``charset`` is UTF-8 (or none, UTF-8 by default): its strict decoder
+    refuses what would decode to a lone surrogate, so nothing is left to look for. Unknown
+    names are not (their decoding fails first)."""
+    if charset is None:
+        return True
+    try:
+        return codecs.lookup(charset).name == "utf-8"
+    except LookupError:
+        return False
 
 
 def header_text(value: str) -> str:

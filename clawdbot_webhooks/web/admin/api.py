@@ -3,8 +3,6 @@ the dashboard. Every answer is JSON; every error ``{"ok": false, "error": ...}``
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from dataclasses import asdict
 from typing import Any
@@ -69,11 +67,6 @@ def _since(request: web.Request, name: str = "since") -> float | None:
         raise BadRequest(
             f"{name}: expected an ISO 8601 time, epoch seconds or a duration like 2h"
         ) from None
-
-
-def encode_cursor(summary: DeliverySummary) -> str:
-    raw = json.dumps([summary.created_at, summary.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def delivery_query(request: web.Request, kind: str) -> DeliveryQuery:
@@ -278,7 +271,9 @@ async def _list(request: web.Request, kind: str) -> web.Response:
     return web.json_response(
         {
             "items": [summary_view(s) for s in rows],
-            "next_cursor": encode_cursor(rows[-1]) if more and rows else None,
+            "next_cursor": (
+                chain.encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+            ),
         }
     )
 
