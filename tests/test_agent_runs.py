@@ -484,3 +484,26 @@ def test_messages_shows_a_wrapped_prompt_on_one_row(tmp_path: Path) -> None:
     assert lines[1].endswith("prompt  s        a         [untrusted] alert: disk ⏎ full")
     whole = CliRunner().invoke(main, ["messages", "--json", "--config", str(config)])
     assert json.loads(whole.output)[0]["text"] == prompt
+
+
+async def test_clawdbot_http_gateway_keeps_a_payloads_session_key_out_of_the_agents_own(
+    start_server, make_sink
+) -> None:
+    """As over the WebSocket: a persistent key rendered from a payload (``main`` here) goes
+    under ``hooks:``, where it cannot name the agent's main session (the hook files it as
+    ``agent:main:<key>``); an ephemeral session is sent as its ``hook:<uuid>``."""
+    hooks = await make_sink(default=202)
+    base = {"action": "run_agent", "agentId": "main", "template": "t", **RAW}
+    handlers = [
+        {"id": "kept", **base, "sessionMode": "persistent", "sessionKey": "{{ key }}"},
+        {"id": "once", **base},
+    ]
+    gateway = {"type": "clawdbot-http", "url": f"http://127.0.0.1:{hooks.port}", "token": "t"}
+    srv = await start_server({"handlers": handlers, "gateway": gateway})
+    _, kept = await srv.post("kept", {"key": "main"})
+    _, once = await srv.post("once", {})
+    await srv.idle()
+    keys = [json.loads(r["body"])["sessionKey"] for r in hooks.received]
+    assert kept["session"] == "main"
+    assert keys == ["hooks:main", once["session"]]
+    assert once["session"].startswith("hook:")

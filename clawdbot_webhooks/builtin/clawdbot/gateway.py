@@ -23,7 +23,6 @@ maps every run the gateway reports (chats from other channels, other clients' ru
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from clawdbot_webhooks_hookspecs import (
 from marshmallow import Schema, fields, validate
 
 from clawdbot_webhooks.builtin.clawdbot.client import ClientOptions, GatewayClient
+from clawdbot_webhooks.builtin.clawdbot.keys import hook_session_key
 from clawdbot_webhooks.builtin.clawdbot_config import ClawdbotConfigError, describe, discover
 
 DEFAULT_URL = "ws://127.0.0.1:18789"
@@ -74,19 +74,10 @@ class _Run:
     delivery: str
 
 
-#: An ephemeral session of ours: ``hook:`` and a version-4 UUID (``sessions.ephemeral_session``).
-_EPHEMERAL = re.compile(r"hook:[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-
-
 def clawdbot_session_key(agent_id: str, session: str) -> str:
-    """The session key sent to Clawdbot. It must name the agent (Clawdbot refuses an
-    ``agentId`` whose session key belongs to another agent). An ephemeral session keeps its
-    ``hook:<uuid>``; a persistent one's key, which may come from a payload, goes under
-    ``hooks:``, so that no key (``main``, ``agent:devops:main``, a chat's) can reach one of
-    the agent's own sessions."""
-    if _EPHEMERAL.fullmatch(session):
-        return f"agent:{agent_id}:{session}"
-    return f"agent:{agent_id}:hooks:{session}"
+    """The session key sent to Clawdbot: under the agent's own (Clawdbot refuses an
+    ``agentId`` whose session key belongs to another agent), then ``hook_session_key``."""
+    return f"agent:{agent_id}:{hook_session_key(session)}"
 
 
 def agent_run_params(

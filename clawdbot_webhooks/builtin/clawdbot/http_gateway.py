@@ -6,7 +6,8 @@ gets ``202 {"ok": true, "runId"}``. Its limits, plainly:
 - no reply text: the run happens after the answer, so ``agent_response`` carries an empty
   ``text`` (use the ``clawdbot`` WebSocket gateway to get the reply);
 - the ``runId`` it answers is not the one Clawdbot's WebSocket events use; a run can only be
-  correlated with them by its session key (Clawdbot stores it as ``agent:main:<key>``);
+  correlated with them by its session key (Clawdbot stores it as ``agent:main:<key>``, the
+  key being ``hook_session_key``'s);
 - no idempotency key: a retried delivery whose first POST was accepted runs the agent again;
 - no system-prompt field: a handler's ``instructions`` go before the message;
 - no ``send_message`` (there is no HTTP hook that sends text as it is), and no events;
@@ -35,6 +36,7 @@ from clawdbot_webhooks_hookspecs import (
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from clawdbot_webhooks.builtin.clawdbot.client import connect_failure
+from clawdbot_webhooks.builtin.clawdbot.keys import hook_session_key
 from clawdbot_webhooks.builtin.clawdbot_config import (
     ClawdbotConfig,
     ClawdbotConfigError,
@@ -167,7 +169,7 @@ class ClawdbotHttpGateway:
         body: dict[str, Any] = {
             "message": message,
             "name": agent_id,
-            "sessionKey": session,
+            "sessionKey": hook_session_key(session),
             "deliver": deliver is not None,
         }
         unsupported = [
