@@ -341,6 +341,32 @@ async def test_a_dead_letter_of_a_failed_template_is_sent_with_the_fixed_one(
     assert sink.received[0]["headers"]["Content-Type"] == "application/json"
 
 
+async def test_a_failing_template_leaves_the_endpoints_breaker_alone(
+    start_server, make_sink
+) -> None:
+    """A body the template cannot make was never sent: its dead letter neither waits for an
+    open breaker nor counts as the endpoint answering (which closed the breaker)."""
+    sink = await make_sink(default=503)
+    subscription = sub(
+        sink.url,
+        template='{"t": "{{ data.reason }}"}',
+        retry={"maxAttempts": 1},
+        circuitBreaker={"threshold": 2, "cooldown": 30},
+    )
+    srv = await start_server({"strictTemplates": True, "outgoing": [subscription]})
+    for n in range(2):
+        await srv.runtime.bus.publish(Event("session_ended", {"reason": str(n)}, session="s"))
+    await sink.wait_for(2)
+    breaker = srv.runtime.outbox.breakers.of(srv.runtime.outbox._subs["s1"])
+    await settled(srv)
+    assert breaker.state == "open"
+    await srv.runtime.bus.publish(Event("session_ended", {"n": 3}, session="s"))
+    states = await settled(srv, timeout=5)  # not the breaker's 30 s
+    assert list(states.values()) == ["dead"] * 3
+    assert breaker.state == "open" and breaker.failures == 2
+    assert len(sink.received) == 2
+
+
 async def test_unknown_event_name_is_a_config_error_with_key_path(start_server) -> None:
     with pytest.raises(ConfigError) as info:
         await start_server(

@@ -335,6 +335,9 @@ class Outbox:
         if sub is None:
             await self._dead(rec, "subscription is no longer configured", None)
             return True
+        body = await self._body(rec, sub)
+        if body is None:
+            return True
         breaker = self.breakers.of(sub)
         while not self._closing:
             wait = rec.next_attempt_at - time.time()
@@ -351,7 +354,7 @@ class Outbox:
                     # breaker cannot open between the two.
                     probe = await breaker.admit()
                     if not self._closing:
-                        verdict = await self._attempt(rec, sub)
+                        verdict = await self._attempt(rec, sub, body)
             finally:
                 if verdict is not None:
                     breaker.record(not verdict.unhealthy, probe)
@@ -363,18 +366,23 @@ class Outbox:
                 return True
         return False
 
+    async def _body(self, rec: OutgoingRecord, sub: Subscription) -> bytes | None:
+        """What the row's attempts send: its payload, or its subscription's template rendered
+        from it; None when the template fails, the row then a dead letter. Before any
+        attempt: a body never sent says nothing of the endpoint (its breaker)."""
+        if sub.template is None:
+            return rec.payload
+        try:
+            return render_template(sub, rec.payload)
+        except Exception as exc:  # no attempt would do better until it is fixed
+            await self._dead(rec, f"template failed: {exc}", None)
+            return None
+
     async def _attempt(
-        self, rec: OutgoingRecord, sub: Subscription, *, hold: bool = True
+        self, rec: OutgoingRecord, sub: Subscription, body: bytes, *, hold: bool = True
     ) -> Verdict:
-        """One attempt: send, classify, record (retry schedule, dead letter, or done)."""
-        body = rec.payload
-        if sub.template is not None:
-            try:
-                body = render_template(sub, body)
-            except Exception as exc:  # no attempt would do better until it is fixed
-                reason = f"template failed: {exc}"
-                await self._dead(rec, reason, None)
-                return Verdict("dead", reason, unhealthy=False)
+        """One attempt with ``body`` (``_body``): send, classify, record (retry schedule,
+        dead letter, or done)."""
         request = self._request(rec, sub, body)
         at = time.time()
         started = time.monotonic()
@@ -552,7 +560,11 @@ class Outbox:
                 await self._dead(rec, "subscription is no longer configured", None)
                 states[delivery_id] = "dead"
                 continue
-            verdict = await self._attempt(rec, sub, hold=False)
+            body = await self._body(rec, sub)
+            if body is None:
+                states[delivery_id] = "dead"
+                continue
+            verdict = await self._attempt(rec, sub, body, hold=False)
             states[delivery_id] = {"done": "delivered", "retry": "retrying"}.get(
                 verdict.outcome, "dead"
             )
