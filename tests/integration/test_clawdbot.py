@@ -382,6 +382,45 @@ async def test_http_hooks_gateway_runs_the_agent_without_reply_text(
     assert "cannot send messages" in (record.last_error or "")
 
 
+async def test_http_hooks_gateway_runs_a_persistent_session_under_hooks(
+    clawdbot: ClawdbotProcess, model_stub: ModelStub, start_server: Any
+) -> None:
+    """A persistent key is sent as ``hooks:<key>``: Clawdbot's agent hook takes it and runs
+    the agent, twice in the one session."""
+    m = marker()
+    server = await start_server(
+        {
+            "handlers": [
+                {
+                    "id": "ask",
+                    "action": "run_agent",
+                    "agentId": "main",
+                    "template": "{{ n }} via http {{ m }}",
+                    "sessionMode": "persistent",
+                    "sessionKey": "main",
+                }
+            ],
+            "gateway": {
+                "type": "clawdbot-http",
+                "url": clawdbot.http_url,
+                "token": clawdbot.hooks_token,
+            },
+            "incoming": {"retry": FAST_RETRY},
+        }
+    )
+    for n in (1, 2):
+        status, body = await server.post("ask", {"n": n, "m": m})
+        assert status == 202
+        await server.idle(timeout=30)
+        record = await server.runtime.store.get_incoming(body["id"])
+        assert record is not None and record.status == "done", record
+        for _ in range(200):
+            if model_stub.runs_with(f"{n} via http {m}"):
+                break
+            await asyncio.sleep(0.05)
+        assert model_stub.runs_with(f"{n} via http {m}") == 1
+
+
 async def test_the_model_gets_payload_text_inside_the_boundary_and_instructions_as_system_prompt(
     clawdbot: ClawdbotProcess, model_stub: ModelStub, start_server: Any
 ) -> None:
