@@ -258,11 +258,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def configure(fmt: str, level: str, secrets: Iterable[str] = ()) -> logging.Handler:
-    """Send the root logger's records to stderr as text or JSON lines, secrets redacted."""
+def configure(fmt: str, level: str, redactor: Redactor) -> logging.Handler:
+    """Send the root logger's records to stderr as text or JSON lines, the secrets
+    ``redactor`` knows masked (a reload teaches it new ones: ``Reloader``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(Redactor(secrets))
+    handler.addFilter(redactor)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -272,13 +272,9 @@ class Reloader:
 
     def _install(self, settings: Settings) -> None:
         rt = self.runtime
-        # New secrets are masked in the log before anything can print them.
-        secrets = collect_secrets(settings)
-        for handler in logging.getLogger().handlers:
-            for flt in handler.filters:
-                if isinstance(flt, Redactor):
-                    flt.extend(secrets)
-        rt.redactor.extend(secrets)  # and in what the admin API and dashboard show
+        # New secrets are masked (in the log, the admin API and the dashboard) before
+        # anything can print them.
+        rt.redactor.extend(collect_secrets(settings))
         rt.settings = settings
         rt.pipeline.update(settings)
         rt.outbox.update(settings.outgoing)

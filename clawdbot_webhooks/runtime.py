@@ -60,12 +60,14 @@ class Runtime:
     """Every part is made here, each given what it uses; ``start`` opens and starts them
     (the HTTP client, which needs a running loop, is the one part made there)."""
 
-    def __init__(self, settings: Settings, plugins: PluginSet) -> None:
+    def __init__(
+        self, settings: Settings, plugins: PluginSet, redactor: Redactor | None = None
+    ) -> None:
         self.settings = settings
         self.plugins = plugins
-        #: What the admin API and dashboard mask: every secret of the config, and of every
-        #: config reloaded since (``Reloader``).
-        self.redactor = Redactor(collect_secrets(settings))
+        #: What the admin API and dashboard mask (and the log, given the log's: ``serve``):
+        #: every secret of the config, and of every config reloaded since (``Reloader``).
+        self.redactor = redactor or Redactor(collect_secrets(settings))
         self.bus = EventBus(plugins.pm)
         self.store: Store = open_store(
             settings.storage.url,

@@ -222,3 +222,50 @@ async def test_an_attempt_that_fails_while_stopping_is_counted_as_left(
     assert again.terminate() == 0
     counts = await asyncio.to_thread(again.store_counts)
     assert counts["outbox"] == {"done": 1}
+
+
+LEAKY = """
+    import logging
+
+    log = logging.getLogger("leaky")
+
+    async def leak(ctx):
+        log.warning("calling upstream with key %s", ctx.delivery.payload["key"])
+        return "done"
+"""
+
+
+def test_a_secret_a_reload_brings_is_masked_in_the_log_from_then_on(
+    server_process, tmp_path: Path
+) -> None:
+    """The log's redaction learns the secrets of a reloaded config before anything can print
+    them: a handler's function logging the new secret shows ``***``."""
+    (tmp_path / "leaky_fn.py").write_text(textwrap.dedent(LEAKY))
+    first = "first-secret-of-the-file-7"
+    added = "secret-the-reload-brings-8"
+    leaky = {"id": "leaky", "action": "custom", "function": "leaky_fn:leak", "verify": PUBLIC}
+    server = server_process({"incoming": {"secret": first}, "handlers": [leaky]})
+    server.start()
+    assert server.log is not None
+    config = json.loads(server.config.read_text())
+    config["webhooks"]["handlers"].append(
+        {"id": "signed", "action": "custom", "function": "leaky_fn:leak", "secret": added}
+    )
+    server.config.write_text(json.dumps(config))
+    deadline = time.monotonic() + 30
+    while not messages(server.log, "config reloaded from "):
+        assert time.monotonic() < deadline, "the config was not reloaded"
+        time.sleep(0.05)
+    post(server.base, "leaky", {"key": added})
+    post(server.base, "leaky", {"key": first})
+    while len(messages(server.log, "calling upstream with key ")) < 2:
+        assert time.monotonic() < deadline, "the handler's lines were not logged"
+        time.sleep(0.05)
+    assert server.terminate() == 0
+
+    assert messages(server.log, "calling upstream with key ") == [
+        "calling upstream with key ***",
+        "calling upstream with key ***",
+    ]
+    text = server.log.read_text()
+    assert added not in text and first not in text

@@ -82,13 +82,11 @@ def serve(
     except LoopUnavailable as exc:
         raise click.UsageError(str(exc)) from None
     settings, plugins = load_or_exit(config_path)
-    from clawdbot_webhooks.logs import collect_secrets, configure
+    from clawdbot_webhooks.logs import Redactor, collect_secrets, configure
 
-    configure(
-        log_format or settings.logging.format,
-        log_level or settings.logging.level,
-        collect_secrets(settings),
-    )
+    # One for the log and the admin views alike, so a reload's new secrets reach both.
+    redactor = Redactor(collect_secrets(settings))
+    configure(log_format or settings.logging.format, log_level or settings.logging.level, redactor)
     from clawdbot_webhooks.runtime import Runtime
     from clawdbot_webhooks.web.app import serve as run
 
@@ -105,7 +103,7 @@ def serve(
     from clawdbot_webhooks.store import StoreUnavailable
 
     try:
-        runtime = Runtime(settings, plugins)
+        runtime = Runtime(settings, plugins, redactor)
     except GatewayError as exc:
         click.echo(f"Error: gateway {settings.gateway.type!r}: {exc}", err=True)
         sys.exit(2)
