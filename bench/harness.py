@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import platform
 import re
 import shutil
 import socket
@@ -339,6 +340,19 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> str:
+    """What the figures were measured on: the processor's model, how many CPUs, the Python,
+    the kernel (the docs quote figures by machine)."""
+    model = "unknown processor"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{model}, {os.cpu_count()} CPUs, {python}, Linux {platform.release()}"
 
 
 def host_cpu() -> list[int]:

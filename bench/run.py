@@ -21,7 +21,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from harness import RESULTS, host_cpu, save, stolen, table  # noqa: E402
+from harness import RESULTS, host_cpu, machine, save, stolen, table  # noqa: E402
 
 from clawdbot_webhooks.eventloop import CHOICES, chosen_name  # noqa: E402
 
@@ -202,7 +202,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ["BENCH_LOOP"] = args.loop
-    print(f"event loop: {chosen_name(args.loop)}", flush=True)
+    measured_on = machine()
+    print(f"machine: {measured_on}\nevent loop: {chosen_name(args.loop)}", flush=True)
     for name, (full, quick) in RUNS.items():
         if (name not in args.only) if args.only else (name in OPTIONAL):
             continue
@@ -218,9 +219,9 @@ def main() -> None:
             flush=True,
         )
     rows = _rows()
-    print()
+    print(f"\nmeasured on: {measured_on}")
     print(table(rows, ["figure", "value", "target", "met"]))
-    save("summary", rows)
+    save("summary", {"machine": measured_on, "figures": rows})
     plot = _plot(rows)
     if plot:
         print(f"\nplot: {plot}")
