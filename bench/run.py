@@ -219,7 +219,8 @@ def main() -> None:
             flush=True,
         )
     rows = _rows()
-    print(f"\nmeasured on: {measured_on}")
+    # With --only, the other rows are an earlier run's, whatever machine that was.
+    print(f"\nthis run on: {measured_on}")
     print(table(rows, ["figure", "value", "target", "met"]))
     save("summary", {"machine": measured_on, "figures": rows})
     plot = _plot(rows)
